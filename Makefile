@@ -1,0 +1,44 @@
+# teltonika-ingest: every command a developer or CI needs. `make help` lists them.
+SHELL := /bin/bash
+SWIFT ?= swift
+FUZZ_SECONDS ?= 60
+CI_FUZZ_SECONDS ?= 30
+ARGS ?= decode Tests/Fixtures/sample-session.hex
+
+.PHONY: help deps build release test run bench fuzz lint format clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
+
+deps: ## Install what is missing (apt), once
+	@scripts/deps.sh
+
+build: deps ## Debug build of every target
+	$(SWIFT) build
+
+release: deps ## Release build of the binary, static Swift stdlib (as the Dockerfile will build it)
+	$(SWIFT) build -c release --product teltonika-ingest --static-swift-stdlib
+
+test: deps ## Build and run every test, then fuzz the codec briefly
+	$(SWIFT) build --build-tests
+	TELTONIKA_INGEST_BIN="$$($(SWIFT) build --show-bin-path)/teltonika-ingest" $(SWIFT) test --skip-build
+	scripts/fuzz.sh $(CI_FUZZ_SECONDS)
+
+run: deps ## Build and run the binary (ARGS=..., default: decode the sample capture)
+	$(SWIFT) build -c release --product teltonika-ingest
+	"$$($(SWIFT) build -c release --show-bin-path)/teltonika-ingest" $(ARGS)
+
+bench: deps ## Micro benchmarks (release build); figures go to docs/PERFORMANCE.md
+	scripts/bench.sh
+
+fuzz: deps ## libFuzzer over the framer and decoder for FUZZ_SECONDS (default 60)
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+lint: deps ## swift-format lint, strict (config: .swift-format)
+	$(SWIFT) format lint --strict --recursive Package.swift Sources Tests Fuzz Benchmarks/Package.swift Benchmarks/Benchmarks
+
+format: ## Rewrite sources in the house format
+	$(SWIFT) format --in-place --recursive Package.swift Sources Tests Fuzz Benchmarks/Package.swift Benchmarks/Benchmarks
+
+clean: ## Remove build folders
+	rm -rf .build .build-* Benchmarks/.build

@@ -1,0 +1,68 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+/// Settings every target shares (STYLE.md habit 15).
+let swiftSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "teltonika-ingest",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "teltonika-ingest", targets: ["teltonika-ingest"]),
+        .library(name: "Codec8", targets: ["Codec8"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.100.0"),
+    ],
+    targets: [
+        // Pure protocol: bytes in, values out. No NIO, no Foundation I/O, no Redis.
+        .target(name: "Codec8", swiftSettings: swiftSettings),
+        // The device server (acceptor, sessions, publisher, metrics port).
+        .target(
+            name: "Ingest",
+            dependencies: [
+                "Codec8",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Process life: signals, drain, crash handling, exit statuses.
+        .target(name: "Lifecycle", swiftSettings: swiftSettings),
+        // Engineer-facing tools behind the subcommands (decode; replay and simulate later).
+        .target(name: "IngestTools", dependencies: ["Codec8"], swiftSettings: swiftSettings),
+        // The binary: only wires the modules together.
+        .executableTarget(
+            name: "teltonika-ingest",
+            dependencies: [
+                "Codec8", "Ingest", "Lifecycle", "IngestTools",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "Codec8Tests",
+            dependencies: ["Codec8"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "IngestTests",
+            dependencies: [
+                "Codec8", "Ingest",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "CLITests",
+            dependencies: ["Codec8", "Lifecycle"],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

@@ -1,0 +1,77 @@
+import ArgumentParser
+import Codec8
+import IngestTools
+import Lifecycle
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// `teltonika-ingest decode`: hex frames in, one JSON line each out.
+struct DecodeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "decode",
+        abstract: "Decode hex frames (one per line) into JSON lines.",
+        discussion: """
+            Reads hex frames, one per line, from the FILEs (or standard input when none is given or \
+            FILE is -). Whitespace inside a line is ignored; '#' starts a comment. Each line that holds \
+            hex gives one JSON object on standard output:
+              {"line":N,"kind":"avl","codec":"8E","records":[...]}     records in docs/record-schema.md form
+              {"line":N,"kind":"imei","imei":"..."}                    an IMEI login
+              {"line":N,"kind":"ping"}                                 the keep-alive byte FF
+              {"line":N,"kind":"message","codec":"12","type":6,...}    Codec 12/13/14/15 (imei, timestamp, text)
+              {"line":N,"kind":"error","error":"crc_mismatch","message":"..."}
+            Error categories: truncated, bad_preamble, too_large, length_mismatch, crc_mismatch, \
+            record_count_mismatch, malformed_record, unsupported_codec, bad_imei; bad_hex for a line \
+            that is not hex. Records carry device_id from --imei, else from the latest IMEI line of \
+            the same input, else null.
+            Exit status: 0 when no line is an error, 1 otherwise, 2 on usage errors or unreadable input.
+            """
+    )
+
+    @Argument(help: "Files of hex frames, one per line ('-' or none: standard input).")
+    var files: [String] = []
+
+    @Option(help: "IMEI to put in device_id of every record (15 or 16 digits).")
+    var imei: String?
+
+    @Option(help: "Largest accepted data-field length in bytes (as the server's MAX_FRAME_BYTES).")
+    var maxFrameBytes: Int = TeltonikaFramer.defaultMaxDataLength
+
+    func validate() throws {
+        if let imei, IMEI(imei) == nil {
+            throw ValidationError("--imei must be 15 or 16 ASCII digits, got '\(imei)'")
+        }
+        if maxFrameBytes < 1 { throw ValidationError("--max-frame-bytes must be at least 1") }
+    }
+
+    func run() throws {
+        var report = FrameDecodeReport(deviceID: imei.flatMap { IMEI($0) }, maxDataLength: maxFrameBytes)
+        var anyError = false
+        var out: [UInt8] = []
+        out.reserveCapacity(1 << 16)
+        for path in files.isEmpty ? ["-"] : files {
+            report.startInput()
+            guard let input = LineInput(path: path) else {
+                flush(&out)
+                StandardIO.writeStderr("teltonika-ingest decode: cannot read '\(path)': \(String(cString: strerror(errno)))\n")
+                terminate(.usage)
+            }
+            var number = 0
+            while let line = input.nextLine() {
+                number += 1
+                if report.process(line: line, number: number, to: &out) == .error { anyError = true }
+                if out.count >= 1 << 16 { flush(&out) }
+            }
+        }
+        flush(&out)
+        if anyError { terminate(.failure) }
+    }
+
+    private func flush(_ out: inout [UInt8]) {
+        StandardIO.writeStdout(out)
+        out.removeAll(keepingCapacity: true)
+    }
+}

@@ -1,0 +1,42 @@
+import ArgumentParser
+import Lifecycle
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// `teltonika-ingest`: the Teltonika device server and its tools.
+@main
+struct TeltonikaIngest: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "teltonika-ingest",
+        abstract: "Ingestion server for Teltonika GPS trackers, and its tools.",
+        subcommands: [DecodeCommand.self]
+    )
+
+    /// Parses and runs a subcommand; usage errors exit with ``ExitStatus/usage`` (2), not ArgumentParser's 64.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success {
+                exit(withError: error)  // --help, --version: printed, exit 0
+            }
+            let message = fullMessage(for: error)
+            if code == .validationFailure {
+                if !message.isEmpty { StandardIO.writeStderr(message + "\n") }
+                terminate(ExitStatus.usage)
+            }
+            exit(withError: error)
+        }
+    }
+}
+
+/// Ends the process with `status`.
+func terminate(_ status: ExitStatus) -> Never {
+    exit(status.rawValue)
+}

@@ -1,0 +1,152 @@
+import Foundation
+import Lifecycle
+import Testing
+
+/// Runs the real `teltonika-ingest` binary.
+enum Binary {
+    /// `TELTONIKA_INGEST_BIN`, else the binary beside the test bundle in the build folder.
+    static let url: URL = {
+        if let path = ProcessInfo.processInfo.environment["TELTONIKA_INGEST_BIN"] { return URL(fileURLWithPath: path) }
+        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for _ in 0..<3 {
+            let candidate = dir.appendingPathComponent("teltonika-ingest")
+            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        return URL(fileURLWithPath: "/nonexistent/teltonika-ingest")
+    }()
+
+    struct Result {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    static func run(_ arguments: [String], stdin: String? = nil) throws -> Result {
+        let process = Process()
+        process.executableURL = url
+        process.arguments = arguments
+        let out = Pipe()
+        let err = Pipe()
+        let input = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = input
+        try process.run()
+        if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+        try input.fileHandleForWriting.close()
+        let stdoutData = out.fileHandleForReading.readDataToEndOfFile()
+        let stderrData = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Result(
+            status: process.terminationStatus,
+            stdout: String(decoding: stdoutData, as: UTF8.self),
+            stderr: String(decoding: stderrData, as: UTF8.self)
+        )
+    }
+}
+
+enum CLIFixtures {
+    static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures")
+
+    /// (id, expect, hex) of every frames.tsv row.
+    static let rows: [(id: String, expect: String, hex: String)] = {
+        let text = try! String(contentsOf: directory.appendingPathComponent("frames.tsv"), encoding: .utf8)
+        return text.split(separator: "\n").dropFirst().map { line in
+            let c = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+            return (c[0], c[3], c[4])
+        }
+    }()
+
+    static func writeTemporary(_ lines: [String]) throws -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("decode-\(UUID().uuidString).hex").path
+        try (lines.joined(separator: "\n") + "\n").write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    static func objects(_ stdout: String) throws -> [[String: Any]] {
+        try stdout.split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+    }
+
+    /// The outcome of one output object in frames.tsv spelling.
+    static func outcome(_ o: [String: Any]) -> String {
+        switch o["kind"] as? String {
+        case "avl": "avl:\((o["records"] as? [Any])?.count ?? -1)"
+        case "message": "message:\(o["codec"] as? String ?? "?")"
+        case "imei": "imei"
+        case "ping": "ping"
+        case "error": "error:\(o["error"] as? String ?? "?")"
+        default: "unknown"
+        }
+    }
+}
+
+@Suite(.serialized)
+struct DecodeCommandTests {
+    @Test func testEveryFixtureLineGivesItsOutcomeAndErrorsExitOne() throws {
+        let path = try CLIFixtures.writeTemporary(CLIFixtures.rows.map(\.hex))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let result = try Binary.run(["decode", path])
+        #expect(result.status == ExitStatus.failure.rawValue)
+        let objects = try CLIFixtures.objects(result.stdout)
+        try #require(objects.count == CLIFixtures.rows.count)
+        for (i, (object, row)) in zip(objects, CLIFixtures.rows).enumerated() {
+            #expect((object["line"] as? Int) == i + 1)
+            #expect(CLIFixtures.outcome(object) == row.expect, "\(row.id)")
+            if row.expect.hasPrefix("error") { #expect((object["message"] as? String)?.isEmpty == false) }
+        }
+    }
+
+    @Test func testValidLinesExitZeroAndLoginLinesFillDeviceID() throws {
+        let valid = CLIFixtures.rows.filter { !$0.expect.hasPrefix("error") && $0.expect != "imei" }
+        let input = ["# a capture", "", "000F333536333037303432343431303133  # login"] + valid.map(\.hex) + ["FF"]
+        let result = try Binary.run(["decode"], stdin: input.joined(separator: "\n"))
+        #expect(result.status == ExitStatus.success.rawValue, "\(result.stderr)")
+        let objects = try CLIFixtures.objects(result.stdout)
+        #expect(objects.count == valid.count + 2)
+        #expect(objects.first?["imei"] as? String == "356307042441013")
+        #expect(objects.first?["line"] as? Int == 3)
+        #expect(objects.last?["kind"] as? String == "ping")
+        for object in objects where object["kind"] as? String == "avl" {
+            for record in object["records"] as! [[String: Any]] {
+                #expect(record["device_id"] as? String == "356307042441013")
+            }
+        }
+    }
+
+    @Test func testIMEIFlagFillsDeviceID() throws {
+        let row = try #require(CLIFixtures.rows.first { $0.id == "w-c8-3" })
+        let result = try Binary.run(["decode", "--imei", "352093081452251", "-"], stdin: row.hex)
+        #expect(result.status == 0)
+        let records = try CLIFixtures.objects(result.stdout).first?["records"] as? [[String: Any]]
+        #expect(records?.count == 2)
+        #expect(records?.allSatisfy { $0["device_id"] as? String == "352093081452251" } == true)
+    }
+
+    @Test func testNonHexLineIsAnErrorLine() throws {
+        let result = try Binary.run(["decode"], stdin: "00zz\n")
+        #expect(result.status == ExitStatus.failure.rawValue)
+        #expect(try CLIFixtures.objects(result.stdout).first?["error"] as? String == "bad_hex")
+    }
+
+    @Test(arguments: [["decode", "--imei", "123"], ["decode", "--no-such-flag"], ["decode", "/nonexistent/frames.hex"], ["decode", "--max-frame-bytes", "0"]])
+    func testUsageErrorsExitTwo(_ arguments: [String]) throws {
+        let result = try Binary.run(arguments, stdin: "")
+        #expect(result.status == ExitStatus.usage.rawValue, "\(arguments): \(result.stderr)")
+        #expect(!result.stderr.isEmpty)
+    }
+
+    @Test func testHelpExplainsTheOutput() throws {
+        let result = try Binary.run(["decode", "--help"])
+        #expect(result.status == 0)
+        #expect(result.stdout.contains("crc_mismatch"))
+        #expect(result.stdout.contains("Exit status"))
+    }
+
+    @Test func testMaxFrameBytesApplies() throws {
+        let row = try #require(CLIFixtures.rows.first { $0.id == "t025" })  // 1037-byte frame
+        let result = try Binary.run(["decode", "--max-frame-bytes", "512"], stdin: row.hex)
+        #expect(try CLIFixtures.objects(result.stdout).first?["error"] as? String == "too_large")
+    }
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the system packages the build and tests need, when missing (Debian/apt; root or sudo).
+set -euo pipefail
+
+packages=(python3)   # the fuzz script seeds its corpus with python3
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ! command -v swift >/dev/null; then
+    echo "deps: swift is not on PATH; install the Swift 6.3 toolchain first" >&2
+    exit 1
+fi
+if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+echo "deps: installing ${missing[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
