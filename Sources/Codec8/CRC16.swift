@@ -32,7 +32,8 @@ public enum CRC16IBM {
             while n - i >= 8 {
                 let word = UInt64(littleEndian: base.loadUnaligned(fromByteOffset: i, as: UInt64.self))
                 let x = UInt16(truncatingIfNeeded: word) ^ crc
-                crc = t[7 &* 256 &+ Int(x & 0xFF)]
+                crc =
+                    t[7 &* 256 &+ Int(x & 0xFF)]
                     ^ t[6 &* 256 &+ Int(x >> 8)]
                     ^ t[5 &* 256 &+ Int((word >> 16) & 0xFF)]
                     ^ t[4 &* 256 &+ Int((word >> 24) & 0xFF)]

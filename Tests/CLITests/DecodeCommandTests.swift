@@ -130,7 +130,10 @@ struct DecodeCommandTests {
         #expect(try CLIFixtures.objects(result.stdout).first?["error"] as? String == "bad_hex")
     }
 
-    @Test(arguments: [["decode", "--imei", "123"], ["decode", "--no-such-flag"], ["decode", "/nonexistent/frames.hex"], ["decode", "--max-frame-bytes", "0"]])
+    @Test(arguments: [
+        ["decode", "--imei", "123"], ["decode", "--no-such-flag"], ["decode", "/nonexistent/frames.hex"],
+        ["decode", "--max-frame-bytes", "0"],
+    ])
     func testUsageErrorsExitTwo(_ arguments: [String]) throws {
         let result = try Binary.run(arguments, stdin: "")
         #expect(result.status == ExitStatus.usage.rawValue, "\(arguments): \(result.stderr)")

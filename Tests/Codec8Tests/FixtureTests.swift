@@ -43,7 +43,10 @@ struct FixtureTests {
             rest["device_id"] = nil
             #expect(Set(rest.keys) == Set(want.keys), "record \(index) keys")
             for key in want.keys {
-                #expect(jsonEqual(rest[key], want[key]), "record \(index) field \(key): \(String(describing: rest[key])) != \(String(describing: want[key]))")
+                #expect(
+                    jsonEqual(rest[key], want[key]),
+                    "record \(index) field \(key): \(String(describing: rest[key])) != \(String(describing: want[key]))"
+                )
             }
         }
     }

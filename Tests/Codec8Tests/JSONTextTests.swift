@@ -58,16 +58,23 @@ struct JSONTextTests {
 
     @Test func testDecimalsAndBase64() {
         var g = SeededGenerator(seed: 10)
-        for v in [UInt64(0), 9, 10, 99, 100, .max] + (0..<1000).map({ _ in UInt64.random(in: .min ... .max, using: &g) >> UInt64.random(in: 0...63, using: &g) }) {
+        for v in [UInt64(0), 9, 10, 99, 100, .max]
+            + (0..<1000).map({ _ in UInt64.random(in: .min ... .max, using: &g) >> UInt64.random(in: 0...63, using: &g) })
+        {
             #expect(JSONTextTests.text { JSONText.appendDecimal(v, to: &$0) } == String(v))
         }
         #expect(JSONTextTests.text { JSONText.appendDecimal(Int64.min, to: &$0) } == String(Int64.min))
-        for (plain, want) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy")] {
+        for (plain, want) in [
+            ("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg=="), ("fooba", "Zm9vYmE="), ("foobar", "Zm9vYmFy"),
+        ] {
             #expect(JSONTextTests.text { out in Array(plain.utf8).withUnsafeBytes { JSONText.appendBase64($0, to: &out) } } == want)
         }
         for n in 0..<100 {
             let bytes = (0..<n).map { _ in UInt8.random(in: .min ... .max, using: &g) }
-            #expect(JSONTextTests.text { out in bytes.withUnsafeBytes { JSONText.appendBase64($0, to: &out) } } == Data(bytes).base64EncodedString())
+            #expect(
+                JSONTextTests.text { out in bytes.withUnsafeBytes { JSONText.appendBase64($0, to: &out) } }
+                    == Data(bytes).base64EncodedString()
+            )
         }
     }
 
@@ -106,7 +113,9 @@ struct JSONTextTests {
 struct CRC16Tests {
     @Test func testCheckValueAndWorkedExample() {
         #expect(CRC16IBM.checksum(Array("123456789".utf8)) == 0xBB3D)
-        let frame = Hex.decode("000000000000003608010000016B40D8EA30010000000000000000000000000000000105021503010101425E0F01F10000601A014E0000000000000000010000C7CF")!
+        let frame = Hex.decode(
+            "000000000000003608010000016B40D8EA30010000000000000000000000000000000105021503010101425E0F01F10000601A014E0000000000000000010000C7CF"
+        )!
         #expect(CRC16IBM.checksum(frame[8..<(frame.count - 4)]) == 0xC7CF)
     }
 

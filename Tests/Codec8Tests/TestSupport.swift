@@ -31,14 +31,17 @@ enum RandomRecords {
                 case 2: value = .u32(.random(in: .min ... .max, using: &g))
                 case 3: value = .u64(.random(in: .min ... .max, using: &g))
                 default:
-                    let n = !small && Int.random(in: 0..<20, using: &g) == 0 ? Int.random(in: 0...600, using: &g) : Int.random(in: 0...24, using: &g)
+                    let n =
+                        !small && Int.random(in: 0..<20, using: &g) == 0
+                        ? Int.random(in: 0...600, using: &g) : Int.random(in: 0...24, using: &g)
                     value = .bytes((0..<n).map { _ in UInt8.random(in: .min ... .max, using: &g) })
                 }
                 elements.append(IOElement(id: id, value: value))
             }
         }
         return AVLRecord(
-            timestampMs: Bool.random(using: &g) ? .random(in: 1_400_000_000_000...1_900_000_000_000, using: &g) : .random(in: .min ... .max, using: &g),
+            timestampMs: Bool.random(using: &g)
+                ? .random(in: 1_400_000_000_000...1_900_000_000_000, using: &g) : .random(in: .min ... .max, using: &g),
             priority: .random(in: .min ... .max, using: &g),
             longitudeE7: .random(in: .min ... .max, using: &g),
             latitudeE7: .random(in: .min ... .max, using: &g),

@@ -41,7 +41,9 @@ struct TeltonikaFrameDecoderTests {
     @Test func testMaliciousLengthClosesAtOnceWithoutBuffering() throws {
         let channel = EmbeddedChannel(handler: ByteToMessageHandler(TeltonikaFrameDecoder()))
         try channel.writeInbound(ByteBuffer(bytes: TeltonikaFrameDecoderTests.login))
-        #expect(try channel.readInbound(as: TeltonikaFrameDecoder.Frame.self) == .login(ByteBuffer(bytes: TeltonikaFrameDecoderTests.login)))
+        #expect(
+            try channel.readInbound(as: TeltonikaFrameDecoder.Frame.self) == .login(ByteBuffer(bytes: TeltonikaFrameDecoderTests.login))
+        )
         #expect(throws: Codec8Error.tooLarge(declared: 0xFFFF_FFFF, limit: TeltonikaFramer.defaultMaxDataLength)) {
             try channel.writeInbound(ByteBuffer(bytes: [0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]))
         }
