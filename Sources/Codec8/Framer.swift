@@ -25,7 +25,8 @@ public struct TeltonikaFramer: Sendable, Equatable {
 
     /// The framer's answer for the bytes buffered so far.
     public enum Decision: Sendable, Equatable {
-        /// At least this many more bytes must arrive before anything can be decided.
+        /// Nothing can be cut yet: no frame or keep-alive is complete before at least this many more
+        /// bytes arrive (an error may be seen sooner, e.g. a bad preamble byte).
         case needMore(Int)
         /// The first byte is a keep-alive (0xFF): consume it.
         case keepAlive

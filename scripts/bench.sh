@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Codec8 micro benchmarks (ordo-one/benchmark): `make bench` runs this.
+#
+# The benchmarks are their own SwiftPM package in Benchmarks/, so the server's build never needs the
+# harness. The plugin builds them in release mode first (2 to 4 minutes the first time on 2 cores).
+# Extra arguments go to the benchmark plugin, e.g. `scripts/bench.sh --filter 'CRC.*'`.
+#
+# `--scale` makes the tool print raw per-sample values: one sample is 1,000 records (or 1,000 KiB for
+# the CRC buffer), so `Malloc (total)` is mallocs per 1,000 records and `Time` is µs per 1,000 records.
+# Without it the tool divides by 1,000 and rounds, which would print 0.4 mallocs/record as 0.
+# `Throughput (K)` is thousands of records (KiB for the CRC buffer) per second either way.
+# How to read the output, and the figures of the last recorded run: docs/PERFORMANCE.md.
+set -euo pipefail
+
+cd "$(dirname "$0")/../Benchmarks"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'),"\
+     "load average $(cut -d' ' -f1-3 /proc/loadavg); $(swift --version 2>/dev/null | head -1)"
+exec swift package --disable-sandbox benchmark --target Codec8Benchmarks --no-progress --scale "$@"

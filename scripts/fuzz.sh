@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer target over the Codec8 framer and decoders and runs it.
+#
+#   scripts/fuzz.sh [SECONDS]     (default 60; `make fuzz` calls this)
+#
+# Build:     .build-fuzz/fuzz-codec8 (Sources/Codec8/*.swift + Fuzz/*.swift, -O, fuzzer + ASan)
+# Seeds:     .build-fuzz/seeds/, regenerated from Tests/Fixtures/frames.tsv on every run
+# Corpus:    Fuzz/corpus-run/ (kept between runs, git-ignored)
+# Crashes:   Fuzz/crashes/ (crash-*, timeout-*, oom-*, leak-*), git-ignored
+# Exit:      0 when the run ends without a finding, non-zero on a crash or a build failure.
+# Env:       SWIFTC (default: swiftc on PATH, else /opt/swift/usr/bin/swiftc), FUZZ_ARGS (extra libFuzzer flags)
+set -euo pipefail
+
+duration="${1:-60}"
+case "$duration" in
+    '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;;
+esac
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+swiftc="${SWIFTC:-}"
+if [[ -z "$swiftc" ]]; then
+    if command -v swiftc >/dev/null 2>&1; then swiftc="$(command -v swiftc)"
+    elif [[ -x /opt/swift/usr/bin/swiftc ]]; then swiftc=/opt/swift/usr/bin/swiftc
+    else echo "fuzz.sh: swiftc not found (set SWIFTC)" >&2; exit 2
+    fi
+fi
+
+# Swift's own crash backtracer runs inside the ASan process and trips ASan itself; libFuzzer prints the stack.
+export SWIFT_BACKTRACE="${SWIFT_BACKTRACE:-enable=no}"
+
+build="$root/.build-fuzz"
+bin="$build/fuzz-codec8"
+seeds="$build/seeds"
+corpus="$root/Fuzz/corpus-run"
+crashes="$root/Fuzz/crashes"
+mkdir -p "$build" "$corpus" "$crashes"
+
+# lld ships with the toolchain and links the sanitizer runtimes without gold's export warnings.
+linker=()
+if [[ -x "$(dirname "$swiftc")/ld.lld" ]]; then linker=(-use-ld=lld); fi
+
+echo "fuzz.sh: building $bin" >&2
+"$swiftc" -O "${linker[@]}" -sanitize=fuzzer,address -parse-as-library \
+    -swift-version 6 -enable-upcoming-feature ExistentialAny \
+    -module-name Codec8Fuzz -module-cache-path "$build/module-cache" \
+    Sources/Codec8/*.swift Fuzz/*.swift -o "$bin"
+
+echo "fuzz.sh: seeding $seeds from Tests/Fixtures/frames.tsv" >&2
+rm -rf "$seeds"
+mkdir -p "$seeds"
+python3 - "$root/Tests/Fixtures/frames.tsv" "$seeds" <<'PY'
+import binascii, os, sys
+
+tsv, out = sys.argv[1], sys.argv[2]
+rows = []
+with open(tsv, encoding="utf-8") as f:
+    header = f.readline().rstrip("\n").split("\t")
+    col = {name: i for i, name in enumerate(header)}
+    for line in f:
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) <= col["hex"] or not parts[col["hex"]].strip():
+            continue
+        try:
+            data = binascii.unhexlify("".join(parts[col["hex"]].split()))
+        except (binascii.Error, ValueError):
+            continue
+        rows.append((parts[col["id"]], parts[col["expect"]], data))
+
+def write(name, data):
+    with open(os.path.join(out, name), "wb") as f:
+        f.write(data)
+
+for ident, _, data in rows:
+    write("frame-" + ident, data)
+write("keepalive", b"\xff")
+
+logins = [d for _, e, d in rows if e == "imei"]
+avl = [d for _, e, d in rows if e.startswith("avl:")]
+msgs = [d for _, e, d in rows if e.startswith("message:")]
+bad = [d for _, e, d in rows if e.startswith("error:")]
+login = logins[0] if logins else b"\x00\x0f" + b"356307042441013"
+ka = b"\xff"
+
+streams = {
+    # login, then a few packets with keep-alives between them
+    "stream-login-avl": login + avl[0] + ka + b"".join(avl[1:3]) + ka + ka,
+    # login, every small AVL packet and message, keep-alive between each
+    "stream-login-mixed": login + b"".join(d + ka for d in (avl + msgs) if len(d) <= 300),
+    # packets only (already logged in), ends with a partial frame
+    "stream-packets": ka + b"".join(avl[:4]) + (avl[4][: len(avl[4]) // 2] if len(avl) > 4 else b""),
+    # login, one packet, then a bad frame (the server closes there)
+    "stream-login-bad": login + (avl[0] if avl else b"") + (bad[0] if bad else b"\x00\x00\x00\x01"),
+    # 16-digit login followed by messages
+    "stream-login16-msgs": b"\x00\x10" + b"3563070424410131" + b"".join(msgs[:3]),
+}
+for name, data in streams.items():
+    write(name, data)
+print(f"fuzz.sh: {len(rows)} fixture frames + {len(streams) + 1} streams/keep-alive seeded", file=sys.stderr)
+PY
+
+before="$(ls -1 "$crashes" | wc -l)"
+echo "fuzz.sh: running for ${duration}s (artifacts in Fuzz/crashes/)" >&2
+status=0
+# shellcheck disable=SC2086
+"$bin" -max_total_time="$duration" -rss_limit_mb=2048 -timeout=5 -max_len=8192 \
+    -dict="$root/Fuzz/codec8.dict" -artifact_prefix="$crashes/" -print_final_stats=1 \
+    ${FUZZ_ARGS:-} "$corpus" "$seeds" || status=$?
+after="$(ls -1 "$crashes" | wc -l)"
+
+if [[ $status -ne 0 || $after -ne $before ]]; then
+    echo "fuzz.sh: FAILED (libFuzzer exit $status); artifacts:" >&2
+    ls -1t "$crashes" | head -n 10 >&2
+    for f in $(ls -1t "$crashes" | head -n 3); do
+        echo "  $f: $(python3 -c 'import sys; print(open(sys.argv[1], "rb").read().hex())' "$crashes/$f" | cut -c1-400)" >&2
+    done
+    echo "reproduce: SWIFT_BACKTRACE=enable=no $bin Fuzz/crashes/<file>" >&2
+    exit "$(( status == 0 ? 1 : status ))"
+fi
+echo "fuzz.sh: no crash in ${duration}s" >&2
