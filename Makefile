@@ -3,7 +3,7 @@ SHELL := /bin/bash
 SWIFT ?= swift
 FUZZ_SECONDS ?= 60
 CI_FUZZ_SECONDS ?= 30
-ARGS ?= decode Tests/Fixtures/sample-session.hex
+ARGS ?=
 
 .PHONY: help deps build release test run bench fuzz lint format clean
 
@@ -19,14 +19,12 @@ build: deps ## Debug build of every target
 release: deps ## Release build of the binary, static Swift stdlib (as the Dockerfile will build it)
 	$(SWIFT) build -c release --product teltonika-ingest --static-swift-stdlib
 
-test: deps ## Build and run every test, then fuzz the codec briefly
-	$(SWIFT) build --build-tests
-	TELTONIKA_INGEST_BIN="$$($(SWIFT) build --show-bin-path)/teltonika-ingest" $(SWIFT) test --skip-build
+test: deps ## Every test against a throwaway redis-server, then fuzz the codec briefly
+	scripts/test.sh
 	scripts/fuzz.sh $(CI_FUZZ_SECONDS)
 
-run: deps ## Build and run the binary (ARGS=..., default: decode the sample capture)
-	$(SWIFT) build -c release --product teltonika-ingest
-	"$$($(SWIFT) build -c release --show-bin-path)/teltonika-ingest" $(ARGS)
+run: deps ## Serve devices on 5027 (starts a local redis-server unless REDIS_URL is set); ARGS=... passes flags
+	scripts/run.sh $(ARGS)
 
 bench: deps ## Micro benchmarks (release build); figures go to docs/PERFORMANCE.md
 	scripts/bench.sh

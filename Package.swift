@@ -18,16 +18,24 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.100.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
     ],
     targets: [
         // Pure protocol: bytes in, values out. No NIO, no Foundation I/O, no Redis.
         .target(name: "Codec8", swiftSettings: swiftSettings),
+        // hiredis 0.14 (libhiredis-dev). A plain module map: hiredis' pkg-config flags draw a SwiftPM warning.
+        .systemLibrary(name: "CHiredis", path: "Sources/CHiredis"),
         // The device server (acceptor, sessions, publisher, metrics port).
         .target(
             name: "Ingest",
             dependencies: [
-                "Codec8",
+                "Codec8", "CHiredis",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -41,6 +49,9 @@ let package = Package(
             dependencies: [
                 "Codec8", "Ingest", "Lifecycle", "IngestTools",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -56,6 +67,14 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: [
+                "Codec8", "Ingest",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

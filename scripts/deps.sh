@@ -2,7 +2,9 @@
 # Installs the system packages the build and tests need, when missing (Debian/apt; root or sudo).
 set -euo pipefail
 
-packages=(python3)   # the fuzz script seeds its corpus with python3
+# hiredis for the publisher; redis-server and redis-cli for `make run` and the tests;
+# python3 for the test and fuzz scripts.
+packages=(libhiredis-dev redis-server redis-tools python3)
 
 missing=()
 for p in "${packages[@]}"; do

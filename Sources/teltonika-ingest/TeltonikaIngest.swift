@@ -9,18 +9,23 @@ import Darwin
 
 /// `teltonika-ingest`: the Teltonika device server and its tools.
 @main
-struct TeltonikaIngest: ParsableCommand {
+struct TeltonikaIngest: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "teltonika-ingest",
         abstract: "Ingestion server for Teltonika GPS trackers, and its tools.",
-        subcommands: [DecodeCommand.self]
+        subcommands: [ServeCommand.self, DecodeCommand.self],
+        defaultSubcommand: ServeCommand.self
     )
 
     /// Parses and runs a subcommand; usage errors exit with ``ExitStatus/usage`` (2), not ArgumentParser's 64.
-    static func main() {
+    static func main() async {
         do {
             var command = try parseAsRoot()
-            try command.run()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
         } catch {
             let code = exitCode(for: error)
             if code == .success {

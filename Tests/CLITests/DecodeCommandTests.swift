@@ -22,10 +22,11 @@ enum Binary {
         var stderr: String
     }
 
-    static func run(_ arguments: [String], stdin: String? = nil) throws -> Result {
+    static func run(_ arguments: [String], stdin: String? = nil, environment: [String: String] = [:]) throws -> Result {
         let process = Process()
         process.executableURL = url
         process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let out = Pipe()
         let err = Pipe()
         let input = Pipe()
@@ -151,5 +152,30 @@ struct DecodeCommandTests {
         let row = try #require(CLIFixtures.rows.first { $0.id == "t025" })  // 1037-byte frame
         let result = try Binary.run(["decode", "--max-frame-bytes", "512"], stdin: row.hex)
         #expect(try CLIFixtures.objects(result.stdout).first?["error"] as? String == "too_large")
+    }
+}
+
+@Suite(.serialized)
+struct ServeConfigurationTests {
+    @Test(arguments: [
+        (["serve", "--port", "abc"], [:]),
+        (["serve", "--no-such-setting", "1"], [:]),
+        (["--max-frame-bytes", "1"], [:]),
+        (["serve"], ["TELTONIKA_PORT": "70000"]),
+        (["serve"], ["REDIS_URL": "http://localhost"]),
+        (["serve"], ["LOG_FORMAT": "xml"]),
+    ] as [([String], [String: String])])
+    func testInvalidSettingsExitTwoNamingTheSetting(_ arguments: [String], _ environment: [String: String]) throws {
+        let result = try Binary.run(arguments, stdin: "", environment: environment)
+        #expect(result.status == ExitStatus.usage.rawValue, "\(arguments) \(environment): \(result.stderr)")
+        #expect(result.stderr.contains("invalid setting") || result.stderr.contains("unknown option"), "\(result.stderr)")
+    }
+
+    @Test func testServeHelpListsEverySetting() throws {
+        let result = try Binary.run(["serve", "--help"])
+        #expect(result.status == 0)
+        for env in ["TELTONIKA_PORT", "MAX_FRAME_BYTES", "REDIS_URL", "PUBLISH_QUEUE_CAPACITY", "LOG_FORMAT"] {
+            #expect(result.stdout.contains(env), "\(env)")
+        }
     }
 }

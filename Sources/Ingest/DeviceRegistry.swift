@@ -1,0 +1,27 @@
+import Codec8
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Which connection each logged-in IMEI has on this instance. A device that logs in again has
+/// abandoned its old socket: the newer connection replaces the older one, which is closed.
+final class DeviceRegistry: Sendable {
+    private let channels = NIOLockedValueBox<[IMEI: any Channel]>([:])
+
+    /// Records `channel` as `imei`'s connection; returns the connection it replaces, if any.
+    func register(_ imei: IMEI, channel: any Channel) -> (any Channel)? {
+        channels.withLockedValue { map in
+            let old = map[imei]
+            map[imei] = channel
+            return old.flatMap { $0 === channel ? nil : $0 }
+        }
+    }
+
+    /// Forgets `channel` if it is still `imei`'s connection.
+    func remove(_ imei: IMEI, channel: any Channel) {
+        channels.withLockedValue { map in
+            if let current = map[imei], current === channel { map[imei] = nil }
+        }
+    }
+
+    var count: Int { channels.withLockedValue { $0.count } }
+}

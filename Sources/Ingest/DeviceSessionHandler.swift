@@ -1,0 +1,384 @@
+import Codec8
+import CoreMetrics
+import Logging
+import NIOCore
+import NIOPosix
+
+/// What every session of the server shares.
+final class SessionEnvironment: Sendable {
+    let configuration: IngestConfiguration
+    let publisher: RedisPublisher
+    let registry = DeviceRegistry()
+    let logger: Logger
+    /// One entry encoder per event-loop thread (its 8 KiB scratch is not paid per connection).
+    let encoders = ThreadSpecificVariable<EncoderBox>()
+
+    init(configuration: IngestConfiguration, publisher: RedisPublisher, logger: Logger) {
+        self.configuration = configuration
+        self.publisher = publisher
+        self.logger = logger
+    }
+
+    /// The calling event loop's encoder.
+    var encoder: EncoderBox {
+        if let box = encoders.currentValue { return box }
+        let box = EncoderBox(
+            StreamEntryEncoder(
+                telemetryStream: configuration.telemetryStream,
+                responsesStream: configuration.responsesStream,
+                maxLength: configuration.streamMaxLength
+            )
+        )
+        encoders.currentValue = box
+        return box
+    }
+}
+
+/// A mutable encoder owned by one thread (held in a thread-specific variable, never shared).
+final class EncoderBox: @unchecked Sendable {
+    var encoder: StreamEntryEncoder
+    init(_ encoder: StreamEntryEncoder) { self.encoder = encoder }
+}
+
+/// One device connection: login, then packets, one in flight at a time.
+///
+/// ```
+/// awaitingLogin --IMEI ok--> ready --AVL packet--> publishing --Redis confirmed--> ready (+ ACK)
+///       |  \--bad IMEI: 0x00, close           |  \--keep-alive, Codec 12-15: stay ready
+///       \--handshake timeout: close           \--bad frame: close, no ACK     \--not confirmed in time: close, no ACK
+/// ```
+/// While a packet is publishing the socket is not read (backpressure); bytes already received wait in
+/// the buffer, which never holds more than one frame plus one read.
+final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private enum State {
+        case awaitingLogin
+        case ready(IMEI)
+        case publishing(IMEI, PublishJob, frameCompleted: NIODeadline)
+        case closed
+    }
+
+    private let environment: SessionEnvironment
+    private let framer: TeltonikaFramer
+    private var state = State.awaitingLogin
+    private var pending: ByteBuffer? = nil
+    private var handshakeTimer: Scheduled<Void>? = nil
+    private var logger: Logger
+
+    private var isClosed: Bool {
+        if case .closed = state { return true }
+        return false
+    }
+
+    init(environment: SessionEnvironment) {
+        self.environment = environment
+        self.framer = TeltonikaFramer(maxDataLength: environment.configuration.maxFrameBytes)
+        self.logger = environment.logger
+    }
+
+    // MARK: - Channel events
+
+    func channelActive(context: ChannelHandlerContext) {
+        logger[metadataKey: "peer"] = "\(peerString(context.remoteAddress))"
+        IngestMetrics.connectionsActive.increment()
+        let timeout = TimeAmount.milliseconds(Int64(environment.configuration.handshakeTimeoutMs))
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        handshakeTimer = context.eventLoop.scheduleTask(in: timeout) {
+            let (handler, context) = bound.value
+            guard case .awaitingLogin = handler.state else { return }
+            IngestMetrics.handshakes(result: "timeout").increment()
+            handler.logger.warning("no login in time", metadata: ["event": "device.handshake_timeout"])
+            handler.close(context)
+        }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        handshakeTimer?.cancel()
+        IngestMetrics.connectionsActive.decrement()
+        switch state {
+        case .publishing(let imei, let job, _):
+            job.cancel()
+            environment.registry.remove(imei, channel: context.channel)
+        case .ready(let imei):
+            environment.registry.remove(imei, channel: context.channel)
+        case .awaitingLogin, .closed:
+            break
+        }
+        if let rest = pending, rest.readableBytes > 0, !isClosed {
+            IngestMetrics.frames(codec: "unknown", result: "malformed").increment()
+            logger.warning(
+                "connection closed inside a frame: no ACK",
+                metadata: ["event": "frame.truncated", "error": "truncated", "buffered_bytes": "\(rest.readableBytes)"]
+            )
+        }
+        logger.info("connection closed", metadata: ["event": "device.disconnected"])
+        state = .closed
+        pending = nil
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        IngestMetrics.bytesReceived.increment(by: bytes.readableBytes)
+        if pending == nil {
+            pending = bytes
+        } else {
+            pending!.writeBuffer(&bytes)
+        }
+        process(context)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
+            logger.info("idle connection closed", metadata: ["event": "device.idle_timeout"])
+            close(context)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.warning("connection error", metadata: ["event": "device.connection_error", "error": "\(error)"])
+        close(context)
+    }
+
+    // MARK: - Framing
+
+    /// Cuts and handles frames from the buffer until it needs more bytes or a packet is in flight.
+    private func process(_ context: ChannelHandlerContext) {
+        while let buffer = pending, buffer.readableBytes > 0 {
+            let mode: TeltonikaFramer.Mode
+            switch state {
+            case .awaitingLogin: mode = .login
+            case .ready: mode = .packets
+            case .publishing, .closed: return
+            }
+            let decision: TeltonikaFramer.Decision
+            do throws(Codec8Error) {
+                decision = try buffer.withUnsafeReadableBytes { (raw) throws(Codec8Error) in try framer.next(raw, mode: mode) }
+            } catch {
+                reject(context, error: error, codec: buffer.getInteger(at: buffer.readerIndex + 8, as: UInt8.self))
+                return
+            }
+            switch decision {
+            case .needMore:
+                return
+            case .keepAlive:
+                pending!.moveReaderIndex(forwardBy: 1)
+                IngestMetrics.keepAlives.increment()
+            case .frame(let length):
+                let frame = pending!.readSlice(length: length)!
+                if case .awaitingLogin = state {
+                    login(context, frame: frame)
+                } else {
+                    packet(context, frame: frame)
+                }
+            }
+            if pending?.readableBytes == 0 { pending = nil }
+        }
+    }
+
+    private func login(_ context: ChannelHandlerContext, frame: ByteBuffer) {
+        handshakeTimer?.cancel()
+        do throws(Codec8Error) {
+            let imei = try frame.withUnsafeReadableBytes { (raw) throws(Codec8Error) in try IMEI.parseLogin(raw) }
+            state = .ready(imei)
+            logger[metadataKey: "imei"] = "\(imei)"
+            if let old = environment.registry.register(imei, channel: context.channel) {
+                IngestMetrics.connectionsReplaced.increment()
+                logger.info(
+                    "newer login replaces the older connection",
+                    metadata: ["event": "device.replaced", "old_peer": "\(peerString(old.remoteAddress))"]
+                )
+                old.close(promise: nil)
+            }
+            IngestMetrics.handshakes(result: "accepted").increment()
+            logger.info("device logged in", metadata: ["event": "device.login"])
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(1))), promise: nil)
+        } catch {
+            IngestMetrics.handshakes(result: "rejected").increment()
+            logger.warning(
+                "login rejected",
+                metadata: ["event": "device.login_rejected", "error": "\(error.category)", "detail": "\(error)"]
+            )
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(0)))).whenComplete { _ in channel.close(promise: nil) }
+            state = .closed
+        }
+    }
+
+    private func packet(_ context: ChannelHandlerContext, frame: ByteBuffer) {
+        guard case .ready(let imei) = state else { return }
+        let completed = NIODeadline.now()
+        let encoderBox = environment.encoder
+        var writer = RESPWriter()
+        let outcome: Result<(codec: String, records: Int, isAVL: Bool), Codec8Error> = frame.withUnsafeReadableBytes { raw in
+            do throws(Codec8Error) {
+                switch try TeltonikaFrame.parse(raw, maxDataLength: framer.maxDataLength) {
+                case .avl(let packet):
+                    encoderBox.encoder.appendRecords(of: packet, imei: imei, to: &writer)
+                    return .success((packet.codec.name, packet.recordCount, true))
+                case .message(let message):
+                    encoderBox.encoder.appendMessage(message, imei: imei, receivedMs: wallClockMilliseconds(), to: &writer)
+                    logger.info(
+                        "device message",
+                        metadata: ["event": "device.message", "codec": "\(message.codec.name)", "type": "\(message.type)"]
+                    )
+                    return .success((message.codec.name, 0, false))
+                }
+            } catch {
+                return .failure(error)
+            }
+        }
+        switch outcome {
+        case .failure(let error):
+            reject(context, error: error, codec: frame.getInteger(at: frame.readerIndex + 8, as: UInt8.self))
+        case .success(let parsed) where !parsed.isAVL:
+            IngestMetrics.frames(codec: parsed.codec, result: "ok").increment()
+            IngestMetrics.deviceMessages(codec: parsed.codec).increment()
+            let job = PublishJob(
+                commands: writer.bytes,
+                commandCount: writer.commandCount,
+                recordCount: 1,
+                deadline: .now() + .milliseconds(Int64(environment.configuration.publishTimeoutMs)),
+                completion: { _ in }
+            )
+            if !environment.publisher.submit(job) {
+                IngestMetrics.publishOverflow.increment()
+                logger.warning("device message dropped: publish queue full", metadata: ["event": "publish.overflow"])
+            }
+        case .success(let parsed):
+            IngestMetrics.frames(codec: parsed.codec, result: "ok").increment()
+            IngestMetrics.records(codec: parsed.codec).increment(by: parsed.records)
+            logger.debug("packet", metadata: ["event": "device.packet", "codec": "\(parsed.codec)", "records": "\(parsed.records)"])
+            guard parsed.records > 0 else {
+                acknowledge(context, records: 0, frameCompleted: completed)
+                return
+            }
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            let job = PublishJob(
+                commands: writer.bytes,
+                commandCount: writer.commandCount,
+                recordCount: parsed.records,
+                deadline: .now() + .milliseconds(Int64(environment.configuration.publishTimeoutMs)),
+                completion: { outcome in
+                    bound.eventLoop.execute {
+                        let (handler, context) = bound.value
+                        handler.published(context, outcome: outcome)
+                    }
+                }
+            )
+            state = .publishing(imei, job, frameCompleted: completed)
+            context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+            submit(context, job: job, waitedMs: 0)
+        }
+    }
+
+    /// Queues the job; a full queue is retried every 10 ms for up to `OVERFLOW_WAIT_MS`, then the
+    /// connection is closed without ACK (the device resends after reconnecting).
+    private func submit(_ context: ChannelHandlerContext, job: PublishJob, waitedMs: Int) {
+        guard case .publishing(_, let current, _) = state, current === job else { return }
+        if environment.publisher.submit(job) { return }
+        let limit = environment.configuration.overflowWaitMs
+        guard waitedMs < limit else {
+            IngestMetrics.publishOverflow.increment()
+            logger.warning(
+                "publish queue full: packet not acknowledged",
+                metadata: ["event": "publish.overflow", "records": "\(job.recordCount)", "waited_ms": "\(waitedMs)"]
+            )
+            close(context)
+            return
+        }
+        let step = min(10, limit - waitedMs)
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(in: .milliseconds(Int64(step))) {
+            let (handler, context) = bound.value
+            handler.submit(context, job: job, waitedMs: waitedMs + step)
+        }
+    }
+
+    private func published(_ context: ChannelHandlerContext, outcome: PublishOutcome) {
+        guard case .publishing(let imei, let job, let completed) = state else { return }
+        switch outcome {
+        case .stored:
+            state = .ready(imei)
+            acknowledge(context, records: job.recordCount, frameCompleted: completed)
+            context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+            process(context)
+        case .expired(let reason):
+            logger.error(
+                "records not confirmed by Redis: no ACK, closing",
+                metadata: ["event": "publish.failed", "records": "\(job.recordCount)", "reason": "\(reason)"]
+            )
+            close(context)
+        case .dropped:
+            close(context)
+        }
+    }
+
+    private func acknowledge(_ context: ChannelHandlerContext, records: Int, frameCompleted: NIODeadline) {
+        var ack = context.channel.allocator.buffer(capacity: 4)
+        ack.writeInteger(UInt32(records))
+        context.writeAndFlush(wrapOutboundOut(ack), promise: nil)
+        IngestMetrics.acks.increment()
+        IngestMetrics.ackLatency.recordNanoseconds((NIODeadline.now() - frameCompleted).nanoseconds)
+    }
+
+    private func reject(_ context: ChannelHandlerContext, error: Codec8Error, codec: UInt8?) {
+        let codecName = codec.flatMap { AVLCodec(rawValue: $0)?.name ?? DeviceMessage.Codec(rawValue: $0)?.name } ?? "unknown"
+        let result: String
+        switch error {
+        case .crcMismatch: result = "crc_fail"
+        case .tooLarge: result = "too_large"
+        case .unsupportedCodec:
+            result = "unknown_codec"
+            IngestMetrics.unknownCodec.increment()
+        case .badIMEI:
+            IngestMetrics.handshakes(result: "malformed").increment()
+            result = "malformed"
+        default: result = "malformed"
+        }
+        if case .badIMEI = error {
+            logger.warning(
+                "malformed login",
+                metadata: ["event": "device.login_rejected", "error": "\(error.category)", "detail": "\(error)"]
+            )
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(0)))).whenComplete { _ in channel.close(promise: nil) }
+            state = .closed
+            return
+        }
+        IngestMetrics.frames(codec: codecName, result: result).increment()
+        logger.warning(
+            "frame rejected: no ACK, closing",
+            metadata: ["event": "frame.rejected", "error": "\(error.category)", "detail": "\(error)", "codec": "\(codecName)"]
+        )
+        close(context)
+    }
+
+    private func close(_ context: ChannelHandlerContext) {
+        if case .publishing(_, let job, _) = state { job.cancel() }
+        pending = nil
+        context.close(promise: nil)
+    }
+}
+
+@available(*, unavailable)
+extension DeviceSessionHandler: Sendable {}
+
+/// Milliseconds since the UNIX epoch, from the system clock.
+func wallClockMilliseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec / 1_000_000)
+}
+
+/// `ip:port` of a peer, for logs.
+func peerString(_ address: SocketAddress?) -> String {
+    guard let address else { return "unknown" }
+    guard let ip = address.ipAddress, let port = address.port else { return "\(address)" }
+    return address.protocol == .inet6 ? "[\(ip)]:\(port)" : "\(ip):\(port)"
+}

@@ -1,0 +1,82 @@
+import Codec8
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+
+/// A swift-log backend writing one line per event to standard error: a JSON object
+/// (`{"ts":…,"level":…,"event":…,"msg":…,"instance_id":…, <metadata>}`) or, for people, plain text.
+///
+/// The `event` metadata key names the event (`device.login`, `frame.rejected`, …); OPERATIONS.md
+/// ("Log events") lists them all. Writes are serialised by a lock; each line is one `write(2)`.
+public struct LineLogHandler: LogHandler {
+    public enum Format: String, Sendable {
+        case json
+        case text
+    }
+
+    public var metadata: Logger.Metadata = [:]
+    public var logLevel: Logger.Level = .info
+    private let label: String
+    private let format: Format
+    private let instanceID: String
+
+    private static let lock = NIOLock()
+
+    public init(label: String, format: Format, instanceID: String, level: Logger.Level) {
+        self.label = label
+        self.format = format
+        self.instanceID = instanceID
+        self.logLevel = level
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var merged = metadata
+        if let extra = event.metadata { merged.merge(extra) { $1 } }
+        let eventName = merged.removeValue(forKey: "event").map { "\($0)" } ?? "log"
+        let now = Date().timeIntervalSince1970
+        var line: [UInt8] = []
+        line.reserveCapacity(256)
+        switch format {
+        case .json:
+            JSONText.appendRaw("{\"ts\":", to: &line)
+            JSONText.appendISO8601(milliseconds: UInt64(now * 1000), to: &line)
+            JSONText.appendRaw(",\"level\":", to: &line)
+            JSONText.appendString(event.level.rawValue, to: &line)
+            JSONText.appendRaw(",\"event\":", to: &line)
+            JSONText.appendString(eventName, to: &line)
+            JSONText.appendRaw(",\"msg\":", to: &line)
+            JSONText.appendString(event.message.description, to: &line)
+            JSONText.appendRaw(",\"instance_id\":", to: &line)
+            JSONText.appendString(instanceID, to: &line)
+            for (key, value) in merged.sorted(by: { $0.key < $1.key }) {
+                line.append(UInt8(ascii: ","))
+                JSONText.appendString(key, to: &line)
+                line.append(UInt8(ascii: ":"))
+                JSONText.appendString("\(value)", to: &line)
+            }
+            line.append(UInt8(ascii: "}"))
+        case .text:
+            JSONText.appendISO8601(milliseconds: UInt64(now * 1000), to: &line)
+            line.removeFirst()
+            line.removeLast()
+            line.append(contentsOf: " \(event.level.rawValue.uppercased()) \(eventName): \(event.message)".utf8)
+            for (key, value) in merged.sorted(by: { $0.key < $1.key }) { line.append(contentsOf: " \(key)=\(value)".utf8) }
+        }
+        line.append(0x0A)
+        LineLogHandler.lock.withLock {
+            line.withUnsafeBytes { raw in
+                var offset = 0
+                while offset < raw.count {
+                    let n = write(STDERR_FILENO, raw.baseAddress! + offset, raw.count - offset)
+                    if n <= 0 { break }
+                    offset += n
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+import CHiredis
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One blocking hiredis connection. Owned by exactly one thread (the publisher's); never touched by an
+/// event loop.
+final class RedisConnection {
+    /// A reply, reduced to what the publisher needs.
+    enum Reply: Equatable {
+        /// A bulk string (an `XADD` stream id) or a status (`OK`, `PONG`).
+        case string(String)
+        /// An error reply from Redis (`OOM ...`, `WRONGTYPE ...`, `NOAUTH ...`): the connection is still usable.
+        case error(String)
+        case integer(Int64)
+        case array([Reply])
+        case null
+    }
+
+    /// Why the connection failed; after any of these the connection is unusable.
+    struct Failure: Error, CustomStringConvertible {
+        /// `connect`, `io`, `timeout`, `auth`, `protocol`.
+        var kind: String
+        var message: String
+        var description: String { "\(kind): \(message)" }
+    }
+
+    private let context: UnsafeMutablePointer<redisContext>
+
+    /// Connects, sets the command timeout and TCP keep-alive, logs in and selects the database.
+    init(url: RedisURL, timeoutMs: Int) throws(Failure) {
+        let tv = timeval(tv_sec: timeoutMs / 1000, tv_usec: Int((timeoutMs % 1000) * 1000))
+        let ctx: UnsafeMutablePointer<redisContext>?
+        switch url.endpoint {
+        case .tcp(let host, let port): ctx = redisConnectWithTimeout(host, Int32(port), tv)
+        case .unix(let path): ctx = redisConnectUnixWithTimeout(path, tv)
+        }
+        guard let ctx else { throw Failure(kind: "connect", message: "out of memory") }
+        if ctx.pointee.err != 0 {
+            let message = RedisConnection.errorString(ctx)
+            redisFree(ctx)
+            throw Failure(kind: "connect", message: message)
+        }
+        context = ctx
+        _ = redisSetTimeout(ctx, tv)
+        if case .tcp = url.endpoint { _ = redisEnableKeepAlive(ctx) }
+        if let password = url.password {
+            let args = url.username.map { ["AUTH", $0, password] } ?? ["AUTH", password]
+            if case .error(let e) = try command(args) { throw Failure(kind: "auth", message: e) }
+        }
+        if url.database != 0, case .error(let e) = try command(["SELECT", String(url.database)]) {
+            throw Failure(kind: "auth", message: e)
+        }
+        if case .error(let e) = try command(["PING"]) { throw Failure(kind: "protocol", message: e) }
+    }
+
+    deinit {
+        redisFree(context)
+    }
+
+    /// Runs one command and waits for its reply.
+    func command(_ arguments: [String]) throws(Failure) -> Reply {
+        var writer = RESPWriter()
+        writer.beginCommand(arguments: arguments.count)
+        for a in arguments { writer.bulk(a) }
+        try append(writer.bytes)
+        return try reply()
+    }
+
+    /// Queues pre-formatted RESP commands in hiredis' output buffer (sent on the next `reply()`).
+    func append(_ resp: [UInt8]) throws(Failure) {
+        let status = resp.withUnsafeBufferPointer { buf in
+            buf.withMemoryRebound(to: CChar.self) { redisAppendFormattedCommand(context, $0.baseAddress, $0.count) }
+        }
+        guard status == REDIS_OK else { throw failure() }
+    }
+
+    /// Flushes what is queued and reads the next reply.
+    func reply() throws(Failure) -> Reply {
+        var raw: UnsafeMutableRawPointer? = nil
+        guard redisGetReply(context, &raw) == REDIS_OK, let raw else { throw failure() }
+        defer { freeReplyObject(raw) }
+        return RedisConnection.convert(raw.assumingMemoryBound(to: redisReply.self).pointee)
+    }
+
+    private static func convert(_ r: redisReply) -> Reply {
+        switch r.type {
+        case REDIS_REPLY_STRING, REDIS_REPLY_STATUS:
+            return .string(String(decoding: UnsafeRawBufferPointer(start: r.str, count: Int(r.len)), as: UTF8.self))
+        case REDIS_REPLY_ERROR:
+            return .error(String(decoding: UnsafeRawBufferPointer(start: r.str, count: Int(r.len)), as: UTF8.self))
+        case REDIS_REPLY_INTEGER:
+            return .integer(r.integer)
+        case REDIS_REPLY_ARRAY:
+            return .array((0..<Int(r.elements)).map { convert(r.element[$0]!.pointee) })
+        default:
+            return .null
+        }
+    }
+
+    private func failure() -> Failure {
+        let message = RedisConnection.errorString(context)
+        // hiredis 0.14 reports a timeout as an I/O error with EAGAIN.
+        let kind =
+            context.pointee.err == REDIS_ERR_IO && (message.contains("temporarily unavailable") || errno == EAGAIN) ? "timeout" : "io"
+        return Failure(kind: kind, message: message)
+    }
+
+    private static func errorString(_ ctx: UnsafeMutablePointer<redisContext>) -> String {
+        withUnsafeBytes(of: ctx.pointee.errstr) { raw in
+            let bytes = raw.prefix { $0 != 0 }
+            return String(decoding: bytes, as: UTF8.self)
+        }
+    }
+}

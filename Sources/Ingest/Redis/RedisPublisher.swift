@@ -1,0 +1,316 @@
+import CoreMetrics
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// What became of a publish job. Only `.stored` allows an ACK.
+public enum PublishOutcome: Sendable, Equatable {
+    /// Redis answered every command of the job with a stream id.
+    case stored
+    /// Redis did not confirm every command before the job's deadline (down, failing, or timed out):
+    /// the outcome is unknown, so nothing may be ACKed. The device sends the records again.
+    case expired(String)
+    /// The job was cancelled (its connection closed) or the publisher stopped before sending it.
+    case dropped
+}
+
+/// One packet's worth of Redis commands, and who to tell when Redis has answered.
+public final class PublishJob: Sendable {
+    /// RESP-formatted commands (one `XADD` per record).
+    let commands: [UInt8]
+    /// Number of commands in `commands`, so replies to wait for.
+    let commandCount: Int
+    /// Records the job holds: what it costs in queue capacity.
+    public let recordCount: Int
+    /// After this instant an unconfirmed job completes `.expired`.
+    let deadline: NIODeadline
+    /// When the job was made (for the publish-duration histogram).
+    let enqueued = NIODeadline.now()
+    private let completion: @Sendable (PublishOutcome) -> Void
+    private let state = NIOLockedValueBox<(cancelled: Bool, completed: Bool)>((false, false))
+
+    init(
+        commands: [UInt8],
+        commandCount: Int,
+        recordCount: Int,
+        deadline: NIODeadline,
+        completion: @escaping @Sendable (PublishOutcome) -> Void
+    ) {
+        self.commands = commands
+        self.commandCount = commandCount
+        self.recordCount = recordCount
+        self.deadline = deadline
+        self.completion = completion
+    }
+
+    /// The connection closed: skip the job if it has not been sent yet.
+    public func cancel() {
+        state.withLockedValue { $0.cancelled = true }
+    }
+
+    var isCancelled: Bool { state.withLockedValue { $0.cancelled } }
+
+    /// Calls the completion once; later calls do nothing.
+    func complete(_ outcome: PublishOutcome) {
+        let first = state.withLockedValue { s -> Bool in
+            defer { s.completed = true }
+            return !s.completed
+        }
+        if first { completion(outcome) }
+    }
+}
+
+/// The publisher's settings.
+public struct PublisherConfiguration: Sendable {
+    public var redis: RedisURL
+    /// Records the queue may hold (queued and in flight); a full queue refuses new jobs.
+    public var queueCapacity: Int
+    /// Timeout of connect and of each reply.
+    public var redisTimeoutMs: Int
+    /// Most records sent in one pipelined batch.
+    public var maxBatchRecords: Int
+    /// Reconnect backoff: first delay and cap, doubled per failed attempt, with jitter.
+    public var reconnectBaseMs: Int
+    public var reconnectMaxMs: Int
+
+    public init(
+        redis: RedisURL,
+        queueCapacity: Int,
+        redisTimeoutMs: Int,
+        maxBatchRecords: Int = 4096,
+        reconnectBaseMs: Int = 100,
+        reconnectMaxMs: Int = 5000
+    ) {
+        self.redis = redis
+        self.queueCapacity = queueCapacity
+        self.redisTimeoutMs = redisTimeoutMs
+        self.maxBatchRecords = maxBatchRecords
+        self.reconnectBaseMs = reconnectBaseMs
+        self.reconnectMaxMs = reconnectMaxMs
+    }
+}
+
+/// Drains a bounded queue of publish jobs into Redis on one dedicated thread that owns the hiredis
+/// connection: whole batches are pipelined, and a job completes `.stored` only when every one of its
+/// commands was answered with a stream id. Jobs that fail (connection lost, error reply, timeout) are
+/// retried in order, on a new connection with capped exponential backoff, until their deadline.
+public final class RedisPublisher: @unchecked Sendable {
+    private let configuration: PublisherConfiguration
+    private let logger: Logger
+    private let condition = NSCondition()
+    // Guarded by `condition`:
+    private var queue: [PublishJob] = []
+    private var queueHead = 0
+    private var heldRecords = 0
+    private var stopping = false
+    private var stopDeadline: NIODeadline = .distantFuture
+    private var finished = false
+    private let connected = NIOLockedValueBox(false)
+
+    public init(configuration: PublisherConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+        IngestMetrics.publishQueueCapacity.record(configuration.queueCapacity)
+        IngestMetrics.redisUp.record(0)
+    }
+
+    /// Starts the drain thread.
+    public func start() {
+        let thread = Thread { [self] in run() }
+        thread.name = "redis-publisher"
+        thread.start()
+    }
+
+    /// Whether the last attempt to reach Redis succeeded.
+    public var isConnected: Bool { connected.withLockedValue { $0 } }
+
+    /// Records queued or in flight.
+    public var queuedRecords: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return heldRecords
+    }
+
+    /// Queues a job; false (and the job untouched) when the queue has no room or the publisher is stopping.
+    public func submit(_ job: PublishJob) -> Bool {
+        condition.lock()
+        guard !stopping, heldRecords + job.recordCount <= configuration.queueCapacity else {
+            condition.unlock()
+            return false
+        }
+        queue.append(job)
+        heldRecords += job.recordCount
+        IngestMetrics.publishQueueDepth.record(heldRecords)
+        condition.signal()
+        condition.unlock()
+        return true
+    }
+
+    /// Stops taking jobs, sends what is queued until `deadline`, then completes the rest `.expired`
+    /// and returns once the thread has ended.
+    public func stop(deadline: NIODeadline) {
+        condition.lock()
+        stopping = true
+        stopDeadline = deadline
+        condition.broadcast()
+        while !finished { condition.wait() }
+        condition.unlock()
+    }
+
+    // MARK: - The drain thread
+
+    private func run() {
+        var connection: RedisConnection? = nil
+        var retry: [PublishJob] = []
+        var attempt = 0
+        while let batch = nextBatch(retry: &retry) {
+            let now = NIODeadline.now()
+            var live: [PublishJob] = []
+            for job in batch {
+                if job.isCancelled {
+                    finish(job, .dropped)
+                } else if job.deadline <= now {
+                    finish(job, .expired("Redis did not confirm in time"))
+                } else {
+                    live.append(job)
+                }
+            }
+            guard !live.isEmpty else { continue }
+            if connection == nil {
+                do throws(RedisConnection.Failure) {
+                    connection = try RedisConnection(url: configuration.redis, timeoutMs: configuration.redisTimeoutMs)
+                    if attempt > 0 { IngestMetrics.redisReconnects.increment() }
+                    attempt = 0
+                    setConnected(true)
+                    logger.info("redis connected", metadata: ["event": "redis.connected", "redis": "\(configuration.redis)"])
+                } catch {
+                    setConnected(false)
+                    IngestMetrics.redisErrors(kind: error.kind).increment()
+                    let delay = backoff(attempt: attempt)
+                    attempt += 1
+                    logger.error(
+                        "redis unreachable",
+                        metadata: [
+                            "event": "redis.connect_failed", "error": "\(error)", "retry_in_ms": "\(delay)",
+                            "redis": "\(configuration.redis)",
+                        ]
+                    )
+                    retry = live
+                    pause(milliseconds: delay)
+                    continue
+                }
+            }
+            retry = send(live, on: &connection)
+            if connection == nil {
+                // The connection broke mid-batch: back off a little before the retry reconnects.
+                pause(milliseconds: backoff(attempt: attempt))
+                attempt += 1
+            }
+        }
+        connection = nil
+        setConnected(false)
+        condition.lock()
+        finished = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Sends one batch pipelined; returns the jobs to retry. Sets `connection` nil when it broke.
+    private func send(_ jobs: [PublishJob], on connection: inout RedisConnection?) -> [PublishJob] {
+        guard let conn = connection else { return jobs }
+        var confirmed = 0
+        do throws(RedisConnection.Failure) {
+            for job in jobs { try conn.append(job.commands) }
+            var failed: [PublishJob] = []
+            for job in jobs {
+                var firstError: String? = nil
+                for _ in 0..<job.commandCount {
+                    if case .error(let message) = try conn.reply(), firstError == nil { firstError = message }
+                }
+                confirmed += 1
+                if let firstError {
+                    IngestMetrics.redisErrors(kind: "reply").increment()
+                    logger.error("redis refused a write", metadata: ["event": "redis.error_reply", "error": "\(firstError)"])
+                    failed.append(job)
+                } else {
+                    IngestMetrics.recordsPublished.increment(by: job.recordCount)
+                    IngestMetrics.publishDuration.recordNanoseconds((NIODeadline.now() - job.enqueued).nanoseconds)
+                    finish(job, .stored)
+                }
+            }
+            IngestMetrics.publishBatchSize.record(jobs.reduce(0) { $0 + $1.recordCount })
+            return failed
+        } catch {
+            // Outcome unknown for every job not fully answered: not confirmed, so retried (a duplicate, never a loss).
+            connection = nil
+            setConnected(false)
+            IngestMetrics.redisErrors(kind: error.kind).increment()
+            logger.error(
+                "redis connection lost",
+                metadata: ["event": "redis.connection_lost", "error": "\(error)", "unconfirmed_jobs": "\(jobs.count - confirmed)"]
+            )
+            return Array(jobs[confirmed...])
+        }
+    }
+
+    /// The next jobs to send: retries first, then queued jobs, up to the batch limit. Nil when stopped and empty.
+    private func nextBatch(retry: inout [PublishJob]) -> [PublishJob]? {
+        condition.lock()
+        defer { condition.unlock() }
+        while retry.isEmpty && queueHead == queue.count && !stopping { condition.wait() }
+        if stopping && NIODeadline.now() >= stopDeadline {
+            // Past the drain deadline: everything left is abandoned, unacknowledged.
+            let rest = retry + queue[queueHead...]
+            retry = []
+            queue.removeAll()
+            queueHead = 0
+            for job in rest {
+                condition.unlock()
+                finish(job, .expired("shutdown deadline passed"))
+                condition.lock()
+            }
+            return nil
+        }
+        if stopping && retry.isEmpty && queueHead == queue.count { return nil }
+        var batch = retry
+        retry = []
+        var records = batch.reduce(0) { $0 + $1.recordCount }
+        while queueHead < queue.count && (batch.isEmpty || records + queue[queueHead].recordCount <= configuration.maxBatchRecords) {
+            records += queue[queueHead].recordCount
+            batch.append(queue[queueHead])
+            queueHead += 1
+        }
+        if queueHead > 1024 && queueHead * 2 > queue.count {
+            queue.removeFirst(queueHead)
+            queueHead = 0
+        }
+        return batch
+    }
+
+    private func finish(_ job: PublishJob, _ outcome: PublishOutcome) {
+        condition.lock()
+        heldRecords -= job.recordCount
+        IngestMetrics.publishQueueDepth.record(heldRecords)
+        condition.unlock()
+        job.complete(outcome)
+    }
+
+    private func setConnected(_ value: Bool) {
+        connected.withLockedValue { $0 = value }
+        IngestMetrics.redisUp.record(value ? 1 : 0)
+    }
+
+    private func backoff(attempt: Int) -> Int {
+        let exponential = configuration.reconnectBaseMs << min(attempt, 16)
+        let capped = min(configuration.reconnectMaxMs, exponential)
+        return Int(Double(capped) * Double.random(in: 0.5...1.0))
+    }
+
+    /// Sleeps, waking early when a stop is requested.
+    private func pause(milliseconds: Int) {
+        condition.lock()
+        if !stopping { _ = condition.wait(until: Date(timeIntervalSinceNow: Double(milliseconds) / 1000)) }
+        condition.unlock()
+    }
+}

@@ -1,0 +1,177 @@
+import Codec8
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The real binary against a real redis-server over real TCP.
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct DeviceServerTests {
+    static let imei = "356307042441013"
+
+    /// Checks that the stream holds exactly `ids`' expected records, in order, for `imei`.
+    static func expectStreamHolds(_ ids: [String], stream: String, imei: String = imei) throws {
+        let entries = try RedisClient(url: TestEnvironment.redisURL).entries(stream)
+        let expected = ids.flatMap { TestEnvironment.expectedRecords[$0]! }
+        try #require(entries.count == expected.count, "stream has \(entries.count) entries, expected \(expected.count)")
+        for (entry, want) in zip(entries, expected) {
+            #expect(entry["device_id"] == imei)
+            #expect(entry["codec"] == want["codec"] as? String)
+            #expect(entry["ts"] == want["timestamp"] as? String)
+            let payload = try JSONSerialization.jsonObject(with: Data((entry["payload"] ?? "").utf8)) as! [String: Any]
+            #expect(payload["device_id"] as? String == imei)
+            for (key, value) in want {
+                #expect(jsonEqual(payload[key], value), "\(key): \(String(describing: payload[key])) != \(value)")
+            }
+        }
+    }
+
+    @Test func testHandshakeAcceptAndReject() throws {
+        let server = try ServerProcess()
+        let good = try DeviceClient(port: server.port)
+        #expect(try good.login(DeviceServerTests.imei))
+        let bad = try DeviceClient(port: server.port)
+        try bad.send([0x00, 0x0F] + Array("35630704244101X".utf8))
+        #expect(bad.receive(2, timeout: 5) == .closed([0]))
+        let garbage = try DeviceClient(port: server.port)
+        try garbage.send(Array("GET / HTTP/1.1\r\n\r\n".utf8))
+        #expect(garbage.receive(2, timeout: 5) == .closed([0]))
+        try server.waitForLog(event: "device.login_rejected", timeout: 5, count: 2)
+    }
+
+    /// Every fixture frame after a login gets its answer, sent whole, one byte at a time, or with keep-alives.
+    @Test(arguments: ["whole", "dribble", "keepalive"])
+    func testEveryFixtureFrameGetsTheRightAnswer(_ style: String) throws {
+        let server = try ServerProcess()
+        let probe = TestEnvironment.fixtures.first { $0.id == "w-c8-2" }!.bytes
+        var stored: [String] = []
+        for fixture in TestEnvironment.fixtures where fixture.expect != "imei" {
+            let device = try DeviceClient(port: server.port)
+            #expect(try device.login(DeviceServerTests.imei), "\(fixture.id)")
+            // A keep-alive after a truncated frame would be read as its missing bytes, so only before it.
+            let trailer: [UInt8] = fixture.expect == "error:truncated" ? [] : [0xFF]
+            let bytes = style == "keepalive" ? [0xFF, 0xFF] + fixture.bytes + trailer : fixture.bytes
+            if style == "dribble" { try device.dribble(bytes) } else { try device.send(bytes) }
+            if fixture.expect.hasPrefix("avl:") {
+                let n = UInt32(fixture.expect.dropFirst(4))!
+                #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: n)), "\(fixture.id)")
+                stored.append(fixture.id)
+            } else if fixture.expect.hasPrefix("message:") {
+                // No ACK for a message: the next 4 bytes are the ACK of the probe packet sent after it.
+                try device.send(probe)
+                #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 1)), "\(fixture.id)")
+                stored.append("w-c8-2")
+            } else if fixture.expect == "error:truncated" {
+                // The rest of the frame may still come: no answer; when the device gives up, the server closes.
+                #expect(device.receive(4, timeout: 0.5) == .timeout([]), "\(fixture.id)")
+                device.shutdownWrite()
+                #expect(device.receive(4, timeout: 10) == .closed([]), "\(fixture.id) must close without ACK")
+            } else {
+                #expect(device.receive(4, timeout: 10) == .closed([]), "\(fixture.id) must close without ACK")
+            }
+        }
+        try DeviceServerTests.expectStreamHolds(stored, stream: server.stream)
+        try server.waitForLog(event: "frame.truncated", timeout: 2, count: 2)
+        let messages = TestEnvironment.fixtures.filter { $0.expect.hasPrefix("message:") }.count
+        #expect(try RedisClient(url: TestEnvironment.redisURL).xlen(server.responses) == messages)
+    }
+
+    @Test func testMaliciousLengthClosesAtOnceAndMemoryDoesNotMove() throws {
+        let server = try ServerProcess()
+        let warm = try DeviceClient(port: server.port)
+        #expect(try warm.login(DeviceServerTests.imei))
+        let before = server.rssKiB
+        for _ in 0..<50 {
+            let device = try DeviceClient(port: server.port)
+            #expect(try device.login(DeviceServerTests.imei))
+            try device.send([0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF] + [UInt8](repeating: 0, count: 1000))
+            #expect(device.receive(4, timeout: 2) == .closed([]))
+        }
+        let after = server.rssKiB
+        #expect(after - before < 4096, "RSS grew from \(before) to \(after) KiB")
+        #expect(server.logs.contains { $0["error"] as? String == "too_large" })
+    }
+
+    @Test func testHandshakeAndIdleTimeoutsClose() throws {
+        let server = try ServerProcess(environment: ["HANDSHAKE_TIMEOUT_MS": "300", "IDLE_TIMEOUT_MS": "1000"])
+        let silent = try DeviceClient(port: server.port)
+        #expect(silent.receive(1, timeout: 3) == .closed([]))
+        let idle = try DeviceClient(port: server.port)
+        #expect(try idle.login(DeviceServerTests.imei))
+        try idle.send([0xFF])
+        #expect(idle.receive(1, timeout: 4) == .closed([]))
+        try server.waitForLog(event: "device.idle_timeout", timeout: 2)
+    }
+
+    @Test func testNewerLoginReplacesTheOlderConnection() throws {
+        let server = try ServerProcess()
+        let old = try DeviceClient(port: server.port)
+        #expect(try old.login(DeviceServerTests.imei))
+        let new = try DeviceClient(port: server.port)
+        #expect(try new.login(DeviceServerTests.imei))
+        #expect(old.receive(1, timeout: 3) == .closed([]))
+        try new.send(TestEnvironment.fixtures.first { $0.id == "w-c8-1" }!.bytes)
+        #expect(new.receive(4, timeout: 5) == .bytes([0, 0, 0, 1]))
+        try server.waitForLog(event: "device.replaced", timeout: 2)
+    }
+
+    @Test func testConnectionsBeyondTheLimitAreRefused() throws {
+        let server = try ServerProcess(environment: ["MAX_CONNECTIONS": "2"])
+        let a = try DeviceClient(port: server.port)
+        let b = try DeviceClient(port: server.port)
+        #expect(try a.login("356307042441013"))
+        #expect(try b.login("356307042441014"))
+        let c = try DeviceClient(port: server.port)
+        #expect(c.receive(1, timeout: 3) == .closed([]))
+        try server.waitForLog(event: "server.connection_refused", timeout: 2)
+    }
+
+    @Test func testRedisDownMeansNoACKUntilItIsBack() throws {
+        let redis = try OwnRedis()
+        let server = try ServerProcess(redisURL: redis.url, environment: ["PUBLISH_TIMEOUT_MS": "60000", "REDIS_TIMEOUT_MS": "500"])
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login(DeviceServerTests.imei))
+        let frame = TestEnvironment.fixtures.first { $0.id == "w-c8-3" }!.bytes
+        try device.send(frame)
+        #expect(device.receive(4, timeout: 5) == .bytes([0, 0, 0, 2]))
+        redis.stop()
+        try device.send(frame)
+        #expect(device.receive(4, timeout: 2) == .timeout([]), "no ACK while Redis is down")
+        try redis.start()
+        #expect(device.receive(4, timeout: 15) == .bytes([0, 0, 0, 2]), "ACK once Redis is back")
+        // The restarted Redis has no persistence: it holds exactly the records ACKed since.
+        #expect(try RedisClient(url: redis.url).xlen(server.stream) == 2)
+        try server.waitForLog(event: "redis.connected", timeout: 1, count: 2)
+    }
+
+    @Test func testRedisThatNeverComesBackClosesWithoutACK() throws {
+        let redis = try OwnRedis()
+        let server = try ServerProcess(redisURL: redis.url, environment: ["PUBLISH_TIMEOUT_MS": "1000", "REDIS_TIMEOUT_MS": "200"])
+        redis.stop()
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login(DeviceServerTests.imei))
+        try device.send(TestEnvironment.fixtures.first { $0.id == "w-c8-1" }!.bytes)
+        #expect(device.receive(4, timeout: 10) == .closed([]))
+        try server.waitForLog(event: "publish.failed", timeout: 2)
+    }
+}
+
+/// A value in a JSON tree, compared by meaning: numbers by value, objects without regard to key order.
+func jsonEqual(_ a: Any?, _ b: Any?) -> Bool {
+    switch (a, b) {
+    case (nil, nil): return true
+    case (is NSNull, is NSNull): return true
+    case (let x as String, let y as String): return x == y
+    case (let x as NSNumber, let y as NSNumber):
+        if x.doubleValue.rounded() == x.doubleValue && y.doubleValue.rounded() == y.doubleValue && abs(x.doubleValue) < 9e15 {
+            return x.int64Value == y.int64Value
+        }
+        return x.doubleValue == y.doubleValue
+    case (let x as [Any], let y as [Any]): return x.count == y.count && zip(x, y).allSatisfy { jsonEqual($0, $1) }
+    case (let x as [String: Any], let y as [String: Any]):
+        return Set(x.keys) == Set(y.keys) && x.keys.allSatisfy { jsonEqual(x[$0], y[$0]) }
+    default: return false
+    }
+}

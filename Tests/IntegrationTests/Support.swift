@@ -1,0 +1,300 @@
+import Codec8
+import Foundation
+import NIOConcurrencyHelpers
+
+@testable import Ingest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where the real binary and the throwaway Redis of `make test` are.
+enum TestEnvironment {
+    /// `TELTONIKA_INGEST_BIN`, else the binary beside the test bundle.
+    static let binary: String = {
+        if let path = ProcessInfo.processInfo.environment["TELTONIKA_INGEST_BIN"] { return path }
+        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for _ in 0..<3 {
+            let candidate = dir.appendingPathComponent("teltonika-ingest").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        return "/nonexistent/teltonika-ingest"
+    }()
+
+    /// The Redis `make test` started (`TEST_REDIS_URL`), else one on 127.0.0.1:6379.
+    static let redisURL = ProcessInfo.processInfo.environment["TEST_REDIS_URL"] ?? "redis://127.0.0.1:6379"
+
+    static let fixtures: [(id: String, expect: String, bytes: [UInt8])] = {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        let text = try! String(contentsOf: url.appendingPathComponent("Fixtures/frames.tsv"), encoding: .utf8)
+        return text.split(separator: "\n").dropFirst().map { line in
+            let c = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+            return (c[0], c[3], Hex.decode(c[4])!)
+        }
+    }()
+
+    nonisolated(unsafe) static let expectedRecords: [String: [[String: Any]]] = {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        let text = try! String(contentsOf: url.appendingPathComponent("Fixtures/expected-records.jsonl"), encoding: .utf8)
+        var out: [String: [[String: Any]]] = [:]
+        for line in text.split(separator: "\n") {
+            let o = try! JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+            out[o["id"] as! String] = (o["records"] as! [[String: Any]])
+        }
+        return out
+    }()
+
+    /// A port nobody listens on right now.
+    static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+}
+
+/// SIGTERM, then waits up to 10 s (SIGKILL after that). Polls instead of `waitUntilExit`, which can
+/// wait forever on a test thread with no run loop.
+func terminateAndWait(_ process: Process) {
+    guard process.isRunning else { return }
+    let pid = process.processIdentifier
+    kill(pid, SIGTERM)
+    let deadline = Date().addingTimeInterval(10)
+    while process.isRunning && Date() < deadline { usleep(10_000) }
+    if process.isRunning {
+        kill(pid, SIGKILL)
+        while process.isRunning { usleep(10_000) }
+    }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+/// A `redis-server` of the test's own (for tests that stop and start Redis).
+final class OwnRedis {
+    let port: Int
+    private var process: Process?
+    private let directory: String
+
+    init() throws {
+        port = TestEnvironment.freePort()
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try start()
+    }
+
+    var url: String { "redis://127.0.0.1:\(port)" }
+
+    func start() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/redis-server")
+        p.arguments = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        process = p
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline {
+            if (try? RedisClient(url: url)) != nil { return }
+            usleep(20_000)
+        }
+        throw TestFailure("redis-server on \(port) did not start")
+    }
+
+    func stop() {
+        if let process { terminateAndWait(process) }
+        process = nil
+    }
+
+    deinit {
+        stop()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+/// A synchronous Redis client for checks (the server's own hiredis wrapper).
+final class RedisClient {
+    private let connection: RedisConnection
+
+    init(url: String) throws {
+        connection = try RedisConnection(url: try RedisURL(parsing: url), timeoutMs: 5000)
+    }
+
+    func xlen(_ stream: String) throws -> Int {
+        guard case .integer(let n) = try connection.command(["XLEN", stream]) else { throw TestFailure("XLEN failed") }
+        return Int(n)
+    }
+
+    /// Every entry of a stream as field → value.
+    func entries(_ stream: String) throws -> [[String: String]] {
+        guard case .array(let items) = try connection.command(["XRANGE", stream, "-", "+"]) else { throw TestFailure("XRANGE failed") }
+        return items.map { item in
+            guard case .array(let pair) = item, pair.count == 2, case .array(let fields) = pair[1] else { return [:] }
+            var out: [String: String] = [:]
+            var i = 0
+            while i + 1 < fields.count {
+                if case .string(let k) = fields[i], case .string(let v) = fields[i + 1] { out[k] = v }
+                i += 2
+            }
+            return out
+        }
+    }
+}
+
+/// The real `teltonika-ingest serve`, on a free port, logging JSON to a buffer.
+final class ServerProcess {
+    let process = Process()
+    let stream: String
+    let responses: String
+    private(set) var port = 0
+    private let lines = NIOLockedValueBox<[String]>([])
+    private let stderr = Pipe()
+
+    init(redisURL: String = TestEnvironment.redisURL, environment extra: [String: String] = [:]) throws {
+        stream = "test:\(UUID().uuidString)"
+        responses = stream + ":responses"
+        var env = ProcessInfo.processInfo.environment
+        env["TELTONIKA_HOST"] = "127.0.0.1"
+        env["TELTONIKA_PORT"] = "0"
+        env["REDIS_URL"] = redisURL
+        env["REDIS_TELEMETRY_STREAM"] = stream
+        env["REDIS_RESPONSES_STREAM"] = responses
+        env["LOG_FORMAT"] = "json"
+        env["LOG_LEVEL"] = "debug"
+        for (k, v) in extra { env[k] = v }
+        process.executableURL = URL(fileURLWithPath: TestEnvironment.binary)
+        process.arguments = ["serve"]
+        process.environment = env
+        process.standardError = stderr
+        process.standardOutput = FileHandle.nullDevice
+        let box = lines
+        let partial = NIOLockedValueBox(Data())
+        stderr.fileHandleForReading.readabilityHandler = { handle in
+            let data = handle.availableData
+            partial.withLockedValue { partial in
+                partial.append(data)
+                while let nl = partial.firstIndex(of: 0x0A) {
+                    let line = String(decoding: partial[partial.startIndex..<nl], as: UTF8.self)
+                    partial = Data(partial[(nl + 1)...])
+                    box.withLockedValue { $0.append(line) }
+                }
+            }
+        }
+        try process.run()
+        let listening = try waitForLog(event: "server.listening", timeout: 10)
+        port = Int(listening["port"] as? String ?? "") ?? 0
+        guard port > 0 else { throw TestFailure("no port in \(listening)") }
+    }
+
+    /// Log objects so far.
+    var logs: [[String: Any]] {
+        lines.withLockedValue { $0 }.compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+    }
+
+    func logCount(event: String) -> Int { logs.filter { $0["event"] as? String == event }.count }
+
+    @discardableResult
+    func waitForLog(event: String, timeout: Double, count: Int = 1) throws -> [String: Any] {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            let matching = logs.filter { $0["event"] as? String == event }
+            if matching.count >= count { return matching[count - 1] }
+            if !process.isRunning { break }
+            usleep(10_000)
+        }
+        throw TestFailure("no \(event) log within \(timeout) s; logs: \(lines.withLockedValue { $0.suffix(20) })")
+    }
+
+    /// Resident memory of the server, in KiB.
+    var rssKiB: Int {
+        let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? -1
+    }
+
+    func stop() {
+        terminateAndWait(process)
+        stderr.fileHandleForReading.readabilityHandler = nil
+    }
+
+    deinit { stop() }
+}
+
+/// A device: one blocking TCP socket with receive timeouts.
+final class DeviceClient {
+    private let fd: Int32
+
+    init(port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = UInt16(port).bigEndian
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard rc == 0 else {
+            close(fd)
+            throw TestFailure("connect to \(port) failed: errno \(errno)")
+        }
+    }
+
+    deinit { close(fd) }
+
+    func send(_ bytes: [UInt8]) throws {
+        var offset = 0
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
+            guard n > 0 else { throw TestFailure("send failed: errno \(errno)") }
+            offset += n
+        }
+    }
+
+    /// Closes the sending side (FIN), as a device that gives up does.
+    func shutdownWrite() { _ = shutdown(fd, Int32(SHUT_WR)) }
+
+    /// Sends one byte at a time.
+    func dribble(_ bytes: [UInt8]) throws {
+        for b in bytes { try send([b]) }
+    }
+
+    /// What came back within `timeout` seconds: `count` bytes, fewer with `.closed` when the peer
+    /// closed, or `.timeout` with what arrived.
+    enum Received: Equatable {
+        case bytes([UInt8])
+        case closed([UInt8])
+        case timeout([UInt8])
+    }
+
+    func receive(_ count: Int, timeout: Double) -> Received {
+        var out: [UInt8] = []
+        let deadline = Date().addingTimeInterval(timeout)
+        while out.count < count {
+            let left = deadline.timeIntervalSinceNow
+            guard left > 0 else { return .timeout(out) }
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&pfd, 1, Int32(left * 1000) + 1)
+            if ready <= 0 { continue }
+            var buf = [UInt8](repeating: 0, count: count - out.count)
+            let n = recv(fd, &buf, buf.count, 0)
+            if n <= 0 { return .closed(out) }
+            out += buf[0..<n]
+        }
+        return .bytes(out)
+    }
+
+    /// Logs in with `imei`; true when the server answered 0x01.
+    func login(_ imei: String) throws -> Bool {
+        try send(IMEI(imei)!.loginFrame)
+        return receive(1, timeout: 5) == .bytes([1])
+    }
+}
