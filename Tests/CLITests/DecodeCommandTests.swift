@@ -157,14 +157,16 @@ struct DecodeCommandTests {
 
 @Suite(.serialized)
 struct ServeConfigurationTests {
-    @Test(arguments: [
-        (["serve", "--port", "abc"], [:]),
-        (["serve", "--no-such-setting", "1"], [:]),
-        (["--max-frame-bytes", "1"], [:]),
-        (["serve"], ["TELTONIKA_PORT": "70000"]),
-        (["serve"], ["REDIS_URL": "http://localhost"]),
-        (["serve"], ["LOG_FORMAT": "xml"]),
-    ] as [([String], [String: String])])
+    @Test(
+        arguments: [
+            (["serve", "--port", "abc"], [:]),
+            (["serve", "--no-such-setting", "1"], [:]),
+            (["--max-frame-bytes", "1"], [:]),
+            (["serve"], ["TELTONIKA_PORT": "70000"]),
+            (["serve"], ["REDIS_URL": "http://localhost"]),
+            (["serve"], ["LOG_FORMAT": "xml"]),
+        ] as [([String], [String: String])]
+    )
     func testInvalidSettingsExitTwoNamingTheSetting(_ arguments: [String], _ environment: [String: String]) throws {
         let result = try Binary.run(arguments, stdin: "", environment: environment)
         #expect(result.status == ExitStatus.usage.rawValue, "\(arguments) \(environment): \(result.stderr)")

@@ -60,12 +60,12 @@ enum TestEnvironment {
     }
 }
 
-/// SIGTERM, then waits up to 10 s (SIGKILL after that). Polls instead of `waitUntilExit`, which can
+/// Sends `signal`, then waits up to 10 s (SIGKILL after that). Polls instead of `waitUntilExit`, which can
 /// wait forever on a test thread with no run loop.
-func terminateAndWait(_ process: Process) {
+func terminateAndWait(_ process: Process, signal: Int32 = SIGTERM) {
     guard process.isRunning else { return }
     let pid = process.processIdentifier
-    kill(pid, SIGTERM)
+    kill(pid, signal)
     let deadline = Date().addingTimeInterval(10)
     while process.isRunning && Date() < deadline { usleep(10_000) }
     if process.isRunning {
@@ -84,34 +84,51 @@ final class OwnRedis {
     let port: Int
     private var process: Process?
     private let directory: String
+    private let extraArguments: [String]
+    /// How clients reach it (for checks and for the server).
+    let url: String
 
-    init() throws {
-        port = TestEnvironment.freePort()
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-\(UUID().uuidString)").path
+    init(arguments: [String] = [], url makeURL: ((_ port: Int, _ directory: String) -> String)? = nil) throws {
+        let port = TestEnvironment.freePort()
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        self.port = port
+        self.directory = directory
+        extraArguments = arguments.map { $0.replacingOccurrences(of: "$DIR", with: directory) }
+        url = makeURL?(port, directory) ?? "redis://127.0.0.1:\(port)"
         try start()
     }
 
-    var url: String { "redis://127.0.0.1:\(port)" }
+    /// Pauses (SIGSTOP) or resumes (SIGCONT) the server process.
+    func pause() { if let process { kill(process.processIdentifier, SIGSTOP) } }
+    func resume() { if let process { kill(process.processIdentifier, SIGCONT) } }
 
     func start() throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/redis-server")
-        p.arguments = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory]
+        p.arguments =
+            ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory] + extraArguments
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
         try p.run()
         process = p
         let deadline = Date().addingTimeInterval(5)
         while Date() < deadline {
-            if (try? RedisClient(url: url)) != nil { return }
+            do {
+                _ = try RedisClient(url: url)
+                return
+            } catch {
+                if "\(error)".contains("NOAUTH") { return }  // up, and wants a password
+            }
             usleep(20_000)
         }
         throw TestFailure("redis-server on \(port) did not start")
     }
 
+    /// Kills the server (SIGKILL: children of the test runner inherit a blocked SIGTERM, and this Redis
+    /// keeps nothing on disk anyway).
     func stop() {
-        if let process { terminateAndWait(process) }
+        if let process { terminateAndWait(process, signal: SIGKILL) }
         process = nil
     }
 

@@ -1,0 +1,61 @@
+import Ingest
+import Testing
+
+struct RedisURLTests {
+    @Test func testForms() throws {
+        #expect(try RedisURL(parsing: "redis://localhost") == RedisURL(endpoint: .tcp(host: "localhost", port: 6379)))
+        #expect(
+            try RedisURL(parsing: "redis://user:p%40ss@10.0.0.5:6380/4")
+                == RedisURL(endpoint: .tcp(host: "10.0.0.5", port: 6380), username: "user", password: "p@ss", database: 4)
+        )
+        #expect(try RedisURL(parsing: "redis://:pw@[::1]:7000") == RedisURL(endpoint: .tcp(host: "::1", port: 7000), password: "pw"))
+        #expect(try RedisURL(parsing: "redis://pw@h:1/") == RedisURL(endpoint: .tcp(host: "h", port: 1), password: "pw"))
+        #expect(try RedisURL(parsing: "unix:///run/redis.sock?db=2") == RedisURL(endpoint: .unix(path: "/run/redis.sock"), database: 2))
+    }
+
+    @Test(arguments: ["http://h", "redis://", "redis://h:0", "redis://h:99999", "redis://h/x", "unix://relative", "unix:///s?db=-1"])
+    func testRejected(_ text: String) {
+        #expect(throws: ConfigurationError.self) { try RedisURL(parsing: text) }
+    }
+
+    @Test func testPasswordIsHiddenInLogs() throws {
+        let url = try RedisURL(parsing: "redis://u:secret@h:1/2")
+        #expect(!url.description.contains("secret"))
+        #expect(url.description == "redis://u:***@h:1/2")
+    }
+}
+
+struct IngestConfigurationTests {
+    @Test func testDefaults() throws {
+        let c = try IngestConfiguration.load(environment: [:], flags: [:])
+        #expect(c.port == 5027)
+        #expect(c.host == "0.0.0.0")
+        #expect(c.telemetryStream == "telemetry:teltonika")
+        #expect(c.responsesStream == "telemetry:teltonika:responses")
+        #expect(c.streamMaxLength == 1_000_000)
+        #expect(c.handshakeTimeoutMs == 10_000)
+        #expect(c.logFormat == "json")
+    }
+
+    @Test func testFlagWinsOverEnvironment() throws {
+        let c = try IngestConfiguration.load(environment: ["TELTONIKA_PORT": "6000", "MAX_FRAME_BYTES": "2048"], flags: ["port": "7000"])
+        #expect(c.port == 7000)
+        #expect(c.maxFrameBytes == 2048)
+    }
+
+    @Test func testInvalidValuesNameTheSetting() {
+        #expect(throws: ConfigurationError.self) { try IngestConfiguration.load(environment: ["IDLE_TIMEOUT_MS": "soon"], flags: [:]) }
+        do {
+            _ = try IngestConfiguration.load(environment: [:], flags: ["max-connections": "0"])
+            Issue.record("accepted 0 connections")
+        } catch {
+            #expect(error.key == "MAX_CONNECTIONS")
+        }
+    }
+
+    @Test func testEverySettingHasAUniqueEnvAndFlag() {
+        let s = IngestConfiguration.settings
+        #expect(Set(s.map(\.env)).count == s.count)
+        #expect(Set(s.map(\.flag)).count == s.count)
+    }
+}

@@ -1,0 +1,79 @@
+import Codec8
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The publisher against Redis servers that need a password and a database, listen on a unix
+/// socket, or stall; and the full-queue policy.
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct PublisherFaultTests {
+    static let frame = TestEnvironment.fixtures.first { $0.id == "w-c8-3" }!.bytes
+
+    @Test func testPasswordUserAndDatabaseAreUsed() throws {
+        let redis = try OwnRedis(arguments: ["--requirepass", "s3cret:pw", "--user", "ingest", "on", ">u-pass", "~*", "+@all"]) { port, _ in
+            "redis://127.0.0.1:\(port)"
+        }
+        // The default user with its password, database 3.
+        let server = try ServerProcess(redisURL: "redis://:s3cret%3Apw@127.0.0.1:\(redis.port)/3")
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login("356307042441013"))
+        try device.send(PublisherFaultTests.frame)
+        #expect(device.receive(4, timeout: 10) == .bytes([0, 0, 0, 2]))
+        #expect(try RedisClient(url: "redis://:s3cret%3Apw@127.0.0.1:\(redis.port)/3").xlen(server.stream) == 2)
+        #expect(try RedisClient(url: "redis://:s3cret%3Apw@127.0.0.1:\(redis.port)/0").xlen(server.stream) == 0)
+        // A named ACL user.
+        let named = try ServerProcess(redisURL: "redis://ingest:u-pass@127.0.0.1:\(redis.port)")
+        let other = try DeviceClient(port: named.port)
+        #expect(try other.login("356307042441013"))
+        try other.send(PublisherFaultTests.frame)
+        #expect(other.receive(4, timeout: 10) == .bytes([0, 0, 0, 2]))
+        // A wrong password never gets an ACK.
+        let wrong = try ServerProcess(redisURL: "redis://:nope@127.0.0.1:\(redis.port)", environment: ["PUBLISH_TIMEOUT_MS": "1000"])
+        let refused = try DeviceClient(port: wrong.port)
+        #expect(try refused.login("356307042441013"))
+        try refused.send(PublisherFaultTests.frame)
+        #expect(refused.receive(4, timeout: 10) == .closed([]))
+        #expect(wrong.logs.contains { ($0["error"] as? String)?.hasPrefix("auth") == true })
+    }
+
+    @Test func testUnixSocket() throws {
+        let redis = try OwnRedis(arguments: ["--unixsocket", "$DIR/redis.sock", "--unixsocketperm", "700"]) { _, dir in
+            "unix://\(dir)/redis.sock"
+        }
+        let server = try ServerProcess(redisURL: redis.url + "?db=2")
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login("356307042441013"))
+        try device.send(PublisherFaultTests.frame)
+        #expect(device.receive(4, timeout: 10) == .bytes([0, 0, 0, 2]))
+        #expect(try RedisClient(url: redis.url + "?db=2").xlen(server.stream) == 2)
+    }
+
+    @Test func testFullQueueWaitsThenClosesWithoutACK() throws {
+        let redis = try OwnRedis()
+        let server = try ServerProcess(
+            redisURL: redis.url,
+            environment: [
+                "PUBLISH_QUEUE_CAPACITY": "255", "OVERFLOW_WAIT_MS": "300", "REDIS_TIMEOUT_MS": "20000", "PUBLISH_TIMEOUT_MS": "60000",
+            ]
+        )
+        let big = (0..<200).map { AVLRecord(timestampMs: 1_700_000_000_000 + UInt64($0), ioElements: [IOElement(id: 1, value: .u8(1))]) }
+        let small = Array(big.prefix(100))
+        let a = try DeviceClient(port: server.port)
+        #expect(try a.login("356307042441013"))
+        let b = try DeviceClient(port: server.port)
+        #expect(try b.login("356307042441014"))
+        redis.pause()
+        try a.send(try AVLPacketEncoder.encode(big, codec: .codec8))
+        #expect(a.receive(4, timeout: 0.5) == .timeout([]))
+        // 200 of 255 records are held: 100 more do not fit. B waits 300 ms, then is closed unACKed.
+        try b.send(try AVLPacketEncoder.encode(small, codec: .codec8))
+        #expect(b.receive(4, timeout: 5) == .closed([]))
+        try server.waitForLog(event: "publish.overflow", timeout: 2)
+        redis.resume()
+        #expect(a.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 200)))
+        #expect(try RedisClient(url: redis.url).xlen(server.stream) == 200)
+    }
+}
