@@ -307,10 +307,13 @@ public final class RedisPublisher: @unchecked Sendable {
         return Int(Double(capped) * Double.random(in: 0.5...1.0))
     }
 
-    /// Sleeps, waking early when a stop is requested.
+    /// Sleeps for the backoff delay; when stopping, no longer than until the stop deadline (a stop
+    /// request also wakes it once).
     private func pause(milliseconds: Int) {
         condition.lock()
-        if !stopping { _ = condition.wait(until: Date(timeIntervalSinceNow: Double(milliseconds) / 1000)) }
+        var seconds = Double(milliseconds) / 1000
+        if stopping { seconds = min(seconds, max(0, Double((stopDeadline - .now()).nanoseconds) / 1e9)) }
+        _ = condition.wait(until: Date(timeIntervalSinceNow: seconds))
         condition.unlock()
     }
 }
