@@ -8,116 +8,252 @@
 /// One encoder is reused for many records: it owns an 8 KiB bitmap of IO IDs used to find duplicate
 /// IDs within a record without allocating. A record that repeats an ID keeps the last value (as a
 /// JavaScript object assignment did in the service this replaces); that rare path allocates.
+///
+/// Speed: the encoder also owns a scratch buffer. Each record's JSON is written there through a raw
+/// pointer (no per-byte capacity or uniqueness checks), after checking once that the scratch holds the
+/// record's worst case, then appended to `out` in one call. The scratch grows (allocates) only for a
+/// record larger than any before it; 4 KiB covers every record without a long variable-length value.
 public struct RecordJSONEncoder {
     /// One bit per possible IO ID; all zero between calls.
     private var seen: [UInt64]
+    /// Where a record's JSON is written before it is appended to the caller's buffer.
+    private var scratch: [UInt8]
 
     public init() {
         seen = [UInt64](repeating: 0, count: 65_536 / 64)
+        scratch = [UInt8](repeating: 0, count: 4096)
     }
+
+    /// The most bytes the JSON of a record can take besides the device ID's digits and the attributes'
+    /// members: 292 (`null` timestamp with a 20-digit `timestamp_ms`, `-214.7483648` coordinates,
+    /// altitude `-32768`, every 16-bit field at 65535, a generation type), rounded up.
+    private static var fixedBound: Int { 300 }
+
+    /// The most JSON bytes per byte of a record's IO section (group counts, IDs, lengths, values). The
+    /// worst is an empty variable-length value: 4 bytes on the wire, 28 in JSON
+    /// (`,"65535":{"__buffer_b64":""}`); a value of n bytes adds 4 * ceil(n / 3) <= 7n.
+    private static var bytesPerIOByte: Int { 7 }
 
     /// Appends the JSON object for `record` to `out`. `deviceID` nil writes `"device_id":null`.
     public mutating func append(_ record: AVLRecordView, deviceID: IMEI?, to out: inout [UInt8]) {
-        JSONText.appendRaw("{\"device_id\":", to: &out)
+        let bound =
+            RecordJSONEncoder.fixedBound &+ (deviceID?.digitCount ?? 0)
+            &+ RecordJSONEncoder.bytesPerIOByte &* (record.ioEnd &- record.ioStart)
+        if scratch.count < bound {
+            scratch = [UInt8](repeating: 0, count: Swift.max(bound, scratch.count &* 2))
+        }
+        scratch.withUnsafeMutableBufferPointer { buffer in
+            var w = JSONWriter(buffer.baseAddress!)
+            RecordJSONEncoder.writeFields(record, deviceID: deviceID, to: &w)
+            w.raw(",\"attributes\":")
+            seen.withUnsafeMutableBufferPointer { bits in
+                RecordJSONEncoder.writeAttributes(record, seen: bits.baseAddress!, to: &w)
+            }
+            w.bytes(UInt8(ascii: "}"), UInt8(ascii: "}"))
+            precondition(w.count <= bound, "RecordJSONEncoder: size bound exceeded")
+            out.append(contentsOf: w.written)
+        }
+    }
+
+    /// Everything before `,"attributes":`.
+    @inline(__always)
+    private static func writeFields(_ record: AVLRecordView, deviceID: IMEI?, to w: inout JSONWriter) {
         if let deviceID {
-            out.append(UInt8(ascii: "\""))
-            deviceID.appendDigits(to: &out)
-            out.append(UInt8(ascii: "\""))
+            w.raw("{\"device_id\":\"")
+            w.digits(deviceID.value, count: deviceID.digitCount)
+            w.byte(UInt8(ascii: "\""))
         } else {
-            JSONText.appendRaw("null", to: &out)
+            w.raw("{\"device_id\":null")
         }
         switch record.codec {
-        case .codec8: JSONText.appendRaw(",\"codec\":\"8\",\"timestamp\":", to: &out)
-        case .codec8Extended: JSONText.appendRaw(",\"codec\":\"8E\",\"timestamp\":", to: &out)
-        case .codec16: JSONText.appendRaw(",\"codec\":\"16\",\"timestamp\":", to: &out)
+        case .codec8: w.raw(",\"codec\":\"8\",\"timestamp\":")
+        case .codec8Extended: w.raw(",\"codec\":\"8E\",\"timestamp\":")
+        case .codec16: w.raw(",\"codec\":\"16\",\"timestamp\":")
         }
-        JSONText.appendISO8601(milliseconds: record.timestampMs, to: &out)
-        JSONText.appendRaw(",\"timestamp_ms\":", to: &out)
-        JSONText.appendDecimal(record.timestampMs, to: &out)
-        JSONText.appendRaw(",\"priority\":", to: &out)
-        JSONText.appendDecimal(UInt64(record.priority), to: &out)
-        JSONText.appendRaw(",\"longitude\":", to: &out)
-        JSONText.appendE7(record.longitudeE7, to: &out)
-        JSONText.appendRaw(",\"latitude\":", to: &out)
-        JSONText.appendE7(record.latitudeE7, to: &out)
-        JSONText.appendRaw(",\"altitude\":", to: &out)
-        JSONText.appendDecimal(Int64(record.altitudeMeters), to: &out)
-        JSONText.appendRaw(",\"angle\":", to: &out)
-        JSONText.appendDecimal(UInt64(record.angleDegrees), to: &out)
-        JSONText.appendRaw(",\"satellites\":", to: &out)
-        JSONText.appendDecimal(UInt64(record.satellites), to: &out)
-        JSONText.appendRaw(",\"speed\":", to: &out)
-        JSONText.appendDecimal(UInt64(record.speedKmh), to: &out)
-        JSONText.appendRaw(",\"event_io_id\":", to: &out)
-        JSONText.appendDecimal(UInt64(record.eventIOID), to: &out)
+        w.iso8601(milliseconds: record.timestampMs)
+        w.raw(",\"timestamp_ms\":")
+        w.decimal(record.timestampMs)
+        w.raw(",\"priority\":")
+        w.decimal(UInt16(record.priority))
+        w.raw(",\"longitude\":")
+        w.e7(record.longitudeE7)
+        w.raw(",\"latitude\":")
+        w.e7(record.latitudeE7)
+        w.raw(",\"altitude\":")
+        if record.altitudeMeters < 0 { w.byte(UInt8(ascii: "-")) }
+        w.decimal(record.altitudeMeters.magnitude)
+        w.raw(",\"angle\":")
+        w.decimal(record.angleDegrees)
+        w.raw(",\"satellites\":")
+        w.decimal(UInt16(record.satellites))
+        w.raw(",\"speed\":")
+        w.decimal(record.speedKmh)
+        w.raw(",\"event_io_id\":")
+        w.decimal(record.eventIOID)
         if let generationType = record.generationType {
-            JSONText.appendRaw(",\"generation_type\":", to: &out)
-            JSONText.appendDecimal(UInt64(generationType), to: &out)
+            w.raw(",\"generation_type\":")
+            w.decimal(UInt16(generationType))
         }
-        JSONText.appendRaw(",\"attributes\":{", to: &out)
-        appendAttributes(record.ioElements, to: &out)
-        JSONText.appendRaw("}}", to: &out)
     }
 
-    private mutating func appendAttributes(_ elements: IOElements, to out: inout [UInt8]) {
+    /// The attributes object, `{...}`, in wire order.
+    @inline(__always)
+    private static func writeAttributes(
+        _ record: AVLRecordView,
+        seen: UnsafeMutablePointer<UInt64>,
+        to w: inout JSONWriter
+    ) {
+        // Members are written each with a leading comma; the first comma then becomes the `{`.
+        let open = w.count
+        // One copy of the walk per codec, with its field widths as constants.
+        switch record.codec {
+        case .codec8:
+            writeMembers(record, idSize: 1, countSize: 1, variable: false, seen: seen, to: &w)
+        case .codec8Extended:
+            writeMembers(record, idSize: 2, countSize: 2, variable: true, seen: seen, to: &w)
+        case .codec16:
+            writeMembers(record, idSize: 2, countSize: 1, variable: false, seen: seen, to: &w)
+        }
+        if w.count == open {
+            w.byte(UInt8(ascii: "{"))
+        } else {
+            w.base[open] = UInt8(ascii: "{")
+        }
+    }
+
+    /// Walks the IO section directly (the layout `IOElements` reads): the 1-, 2-, 4- and 8-byte groups,
+    /// each a count then (ID, value) pairs, then for Codec 8E the variable-length group (u16 count, then
+    /// u16 ID, u16 length, bytes). First pass: mark every ID in `seen`, noting any repeat. Second pass
+    /// (no repeat, the normal case): write each member and clear its bitmap word.
+    @inline(__always)
+    private static func writeMembers(
+        _ record: AVLRecordView,
+        idSize: Int,
+        countSize: Int,
+        variable: Bool,
+        seen bits: UnsafeMutablePointer<UInt64>,
+        to w: inout JSONWriter
+    ) {
+        let b = record.bytes
+        @inline(__always) func count(at o: Int) -> Int { countSize == 1 ? Int(b.u8(o)) : Int(b.u16(o)) }
+        @inline(__always) func id(at o: Int) -> UInt16 { idSize == 1 ? UInt16(b.u8(o)) : b.u16(o) }
+
         var duplicate = false
-        seen.withUnsafeMutableBufferPointer { bits in
-            for element in elements {
-                let word = Int(element.id >> 6)
-                let mask = UInt64(1) << UInt64(element.id & 63)
-                if bits[word] & mask != 0 { duplicate = true }
-                bits[word] |= mask
+        @inline(__always) func mark(_ id: UInt16) {
+            let word = Int(id >> 6)
+            let mask = UInt64(1) << UInt64(id & 63)
+            if bits[word] & mask != 0 { duplicate = true }
+            bits[word] |= mask
+        }
+        var o = record.ioStart
+        var width = 1
+        while width <= 8 {
+            let n = count(at: o)
+            o &+= countSize
+            for _ in 0..<n {
+                mark(id(at: o))
+                o &+= idSize &+ width
+            }
+            width <<= 1
+        }
+        if variable {
+            let n = Int(b.u16(o))
+            o &+= 2
+            for _ in 0..<n {
+                mark(b.u16(o))
+                o &+= 4 &+ Int(b.u16(o &+ 2))
             }
         }
-        if !duplicate {
-            var first = true
-            seen.withUnsafeMutableBufferPointer { bits in
-                for element in elements {
-                    bits[Int(element.id >> 6)] = 0
-                    RecordJSONEncoder.appendElement(element, first: first, to: &out)
-                    first = false
-                }
-            }
+        if duplicate {
+            writeLastOccurrences(record, seen: bits, to: &w)
             return
         }
-        // Rare: an ID repeats. Keep each ID's last occurrence; a reverse walk clears the bits as it goes.
-        let all = Array(elements)
-        var keep = [Bool](repeating: false, count: all.count)
-        seen.withUnsafeMutableBufferPointer { bits in
-            for i in all.indices.reversed() {
-                let word = Int(all[i].id >> 6)
-                let mask = UInt64(1) << UInt64(all[i].id & 63)
-                if bits[word] & mask != 0 {
-                    keep[i] = true
-                    bits[word] &= ~mask
-                }
-            }
+
+        @inline(__always) func key(_ id: UInt16) {
+            bits[Int(id >> 6)] = 0
+            w.bytes(UInt8(ascii: ","), UInt8(ascii: "\""))
+            w.decimal(id)
+            w.bytes(UInt8(ascii: "\""), UInt8(ascii: ":"))
         }
-        var first = true
-        for i in all.indices where keep[i] {
-            RecordJSONEncoder.appendElement(all[i], first: first, to: &out)
-            first = false
+        o = record.ioStart
+        var n = count(at: o)
+        o &+= countSize
+        for _ in 0..<n {
+            key(id(at: o))
+            w.decimal(UInt16(b.u8(o &+ idSize)))
+            o &+= idSize &+ 1
+        }
+        n = count(at: o)
+        o &+= countSize
+        for _ in 0..<n {
+            key(id(at: o))
+            w.decimal(b.u16(o &+ idSize))
+            o &+= idSize &+ 2
+        }
+        n = count(at: o)
+        o &+= countSize
+        for _ in 0..<n {
+            key(id(at: o))
+            w.decimal(UInt64(b.u32(o &+ idSize)))
+            o &+= idSize &+ 4
+        }
+        n = count(at: o)
+        o &+= countSize
+        for _ in 0..<n {
+            key(id(at: o))
+            w.raw("{\"__bigint\":\"")
+            w.decimal(b.u64(o &+ idSize))
+            w.bytes(UInt8(ascii: "\""), UInt8(ascii: "}"))
+            o &+= idSize &+ 8
+        }
+        if variable {
+            n = Int(b.u16(o))
+            o &+= 2
+            for _ in 0..<n {
+                key(b.u16(o))
+                let length = Int(b.u16(o &+ 2))
+                w.raw("{\"__buffer_b64\":\"")
+                w.base64(UnsafeRawBufferPointer(start: b.baseAddress! + (o &+ 4), count: length))
+                w.bytes(UInt8(ascii: "\""), UInt8(ascii: "}"))
+                o &+= 4 &+ length
+            }
         }
     }
 
-    @inline(__always)
-    private static func appendElement(_ element: IOElementView, first: Bool, to out: inout [UInt8]) {
-        if !first { out.append(UInt8(ascii: ",")) }
-        out.append(UInt8(ascii: "\""))
-        JSONText.appendDecimal(UInt64(element.id), to: &out)
-        JSONText.appendRaw("\":", to: &out)
-        switch element.value {
-        case .u8(let v): JSONText.appendDecimal(UInt64(v), to: &out)
-        case .u16(let v): JSONText.appendDecimal(UInt64(v), to: &out)
-        case .u32(let v): JSONText.appendDecimal(UInt64(v), to: &out)
-        case .u64(let v):
-            JSONText.appendRaw("{\"__bigint\":\"", to: &out)
-            JSONText.appendDecimal(v, to: &out)
-            JSONText.appendRaw("\"}", to: &out)
-        case .bytes(let v):
-            JSONText.appendRaw("{\"__buffer_b64\":\"", to: &out)
-            JSONText.appendBase64(v, to: &out)
-            JSONText.appendRaw("\"}", to: &out)
+    /// Rare: an ID repeats. Keeps each ID's last occurrence; a reverse walk clears the bits as it goes.
+    /// Allocates.
+    private static func writeLastOccurrences(
+        _ record: AVLRecordView,
+        seen bits: UnsafeMutablePointer<UInt64>,
+        to w: inout JSONWriter
+    ) {
+        let all = Array(record.ioElements)
+        var keep = [Bool](repeating: false, count: all.count)
+        for i in all.indices.reversed() {
+            let word = Int(all[i].id >> 6)
+            let mask = UInt64(1) << UInt64(all[i].id & 63)
+            if bits[word] & mask != 0 {
+                keep[i] = true
+                bits[word] &= ~mask
+            }
+        }
+        for i in all.indices where keep[i] {
+            w.bytes(UInt8(ascii: ","), UInt8(ascii: "\""))
+            w.decimal(all[i].id)
+            w.bytes(UInt8(ascii: "\""), UInt8(ascii: ":"))
+            switch all[i].value {
+            case .u8(let v): w.decimal(UInt16(v))
+            case .u16(let v): w.decimal(v)
+            case .u32(let v): w.decimal(UInt64(v))
+            case .u64(let v):
+                w.raw("{\"__bigint\":\"")
+                w.decimal(v)
+                w.bytes(UInt8(ascii: "\""), UInt8(ascii: "}"))
+            case .bytes(let v):
+                w.raw("{\"__buffer_b64\":\"")
+                w.base64(v)
+                w.bytes(UInt8(ascii: "\""), UInt8(ascii: "}"))
+            }
         }
     }
 }
