@@ -77,3 +77,28 @@ struct PublisherFaultTests {
         #expect(try RedisClient(url: redis.url).xlen(server.stream) == 200)
     }
 }
+
+/// The process survives running out of file descriptors, and serves again once some are free.
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct DescriptorExhaustionTests {
+    @Test func testServerSurvivesRunningOutOfFileDescriptors() throws {
+        let server = try ServerProcess(launcher: ["/usr/bin/prlimit", "--nofile=64:64", "--"])
+        var clients: [DeviceClient] = []
+        for _ in 0..<120 { if let c = try? DeviceClient(port: server.port) { clients.append(c) } }
+        // Some of these got a descriptor and a login; the rest wait in the backlog or are refused.
+        var loggedIn = 0
+        for (i, c) in clients.enumerated() {
+            try? c.send(IMEI("3500000000\(String(format: "%05d", i))")!.loginFrame)
+        }
+        for c in clients where c.receive(1, timeout: 0.05) == .bytes([1]) { loggedIn += 1 }
+        #expect(loggedIn > 0 && loggedIn < 64, "logged in: \(loggedIn)")
+        #expect(server.process.isRunning)
+        clients.removeAll()  // closes every socket
+        usleep(1_500_000)
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login("356307042441013"))
+        try device.send(TestEnvironment.fixtures.first { $0.id == "w-c8-1" }!.bytes)
+        #expect(device.receive(4, timeout: 10) == .bytes([0, 0, 0, 1]))
+        #expect(server.process.isRunning)
+    }
+}

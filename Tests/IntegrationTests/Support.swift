@@ -176,7 +176,8 @@ final class ServerProcess {
     private let lines = NIOLockedValueBox<[String]>([])
     private let stderr = Pipe()
 
-    init(redisURL: String = TestEnvironment.redisURL, environment extra: [String: String] = [:]) throws {
+    /// - Parameter launcher: a command that runs the binary (e.g. `prlimit ... --`), or none.
+    init(redisURL: String = TestEnvironment.redisURL, environment extra: [String: String] = [:], launcher: [String] = []) throws {
         stream = "test:\(UUID().uuidString)"
         responses = stream + ":responses"
         var env = ProcessInfo.processInfo.environment
@@ -188,8 +189,9 @@ final class ServerProcess {
         env["LOG_FORMAT"] = "json"
         env["LOG_LEVEL"] = "debug"
         for (k, v) in extra { env[k] = v }
-        process.executableURL = URL(fileURLWithPath: TestEnvironment.binary)
-        process.arguments = ["serve"]
+        let command = launcher + [TestEnvironment.binary, "serve"]
+        process.executableURL = URL(fileURLWithPath: command[0])
+        process.arguments = Array(command.dropFirst())
         process.environment = env
         process.standardError = stderr
         process.standardOutput = FileHandle.nullDevice
