@@ -133,4 +133,28 @@ public struct DeviceMessage: Sendable, Equatable {
     public static func codec14Command(_ command: String, imei: IMEI) -> [UInt8] {
         DeviceMessage(codec: .codec14, type: typeCommand, imei: imei.description, payload: Array(command.utf8)).encoded()
     }
+
+    /// Appends this message's JSON members, without braces:
+    /// `"codec":"12","type":6[,"imei":"…"][,"timestamp":"…"][,"text":"…"],"payload_hex":"…"`.
+    /// The `decode` output and the responses-stream payload share this form.
+    public func appendJSONMembers(to out: inout [UInt8]) {
+        JSONText.appendRaw("\"codec\":", to: &out)
+        JSONText.appendString(codec.name, to: &out)
+        JSONText.appendRaw(",\"type\":", to: &out)
+        JSONText.appendDecimal(UInt64(type), to: &out)
+        if let imei {
+            JSONText.appendRaw(",\"imei\":", to: &out)
+            JSONText.appendString(imei, to: &out)
+        }
+        if let timestampSeconds {
+            JSONText.appendRaw(",\"timestamp\":", to: &out)
+            JSONText.appendISO8601(milliseconds: UInt64(timestampSeconds) * 1000, to: &out)
+        }
+        if let text {
+            JSONText.appendRaw(",\"text\":", to: &out)
+            JSONText.appendString(text, to: &out)
+        }
+        JSONText.appendRaw(",\"payload_hex\":", to: &out)
+        JSONText.appendString(Hex.encode(payload), to: &out)
+    }
 }

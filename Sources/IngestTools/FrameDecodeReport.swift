@@ -82,24 +82,8 @@ public struct FrameDecodeReport {
             }
             out.append(UInt8(ascii: "]"))
         case .frame(.message(let message)):
-            JSONText.appendRaw(",\"kind\":\"message\",\"codec\":", to: &out)
-            JSONText.appendString(message.codec.name, to: &out)
-            JSONText.appendRaw(",\"type\":", to: &out)
-            JSONText.appendDecimal(UInt64(message.type), to: &out)
-            if let imei = message.imei {
-                JSONText.appendRaw(",\"imei\":", to: &out)
-                JSONText.appendString(imei, to: &out)
-            }
-            if let seconds = message.timestampSeconds {
-                JSONText.appendRaw(",\"timestamp\":", to: &out)
-                JSONText.appendISO8601(milliseconds: UInt64(seconds) * 1000, to: &out)
-            }
-            if let text = message.text {
-                JSONText.appendRaw(",\"text\":", to: &out)
-                JSONText.appendString(text, to: &out)
-            }
-            JSONText.appendRaw(",\"payload_hex\":", to: &out)
-            JSONText.appendString(Hex.encode(message.payload), to: &out)
+            JSONText.appendRaw(",\"kind\":\"message\",", to: &out)
+            message.appendJSONMembers(to: &out)
         }
     }
 

@@ -75,7 +75,17 @@ struct DeviceServerTests {
         try DeviceServerTests.expectStreamHolds(stored, stream: server.stream)
         try server.waitForLog(event: "frame.truncated", timeout: 2, count: 2)
         let messages = TestEnvironment.fixtures.filter { $0.expect.hasPrefix("message:") }.count
-        #expect(try RedisClient(url: TestEnvironment.redisURL).xlen(server.responses) == messages)
+        let responses = try RedisClient(url: TestEnvironment.redisURL).entries(server.responses)
+        #expect(responses.count == messages)
+        for entry in responses {
+            #expect(["12", "13", "14", "15"].contains(entry["codec"] ?? ""))
+            let payload = try JSONSerialization.jsonObject(with: Data((entry["payload"] ?? "").utf8)) as? [String: Any]
+            #expect(payload?["device_id"] as? String == DeviceServerTests.imei)
+            #expect(payload?["codec"] as? String == entry["codec"])
+            #expect((payload?["type"] as? NSNumber)?.stringValue == entry["type"])
+            #expect(payload?["payload_hex"] is String)
+        }
+        #expect(responses.contains { ($0["payload"] ?? "").contains("\"text\":\"Ver:03.18.14_04") })
     }
 
     @Test func testMaliciousLengthClosesAtOnceAndMemoryDoesNotMove() throws {

@@ -53,24 +53,8 @@ struct StreamEntryEncoder {
         payload.removeAll(keepingCapacity: true)
         JSONText.appendRaw("{\"device_id\":", to: &payload)
         JSONText.appendString(imei.description, to: &payload)
-        JSONText.appendRaw(",\"codec\":", to: &payload)
-        JSONText.appendString(message.codec.name, to: &payload)
-        JSONText.appendRaw(",\"type\":", to: &payload)
-        JSONText.appendDecimal(UInt64(message.type), to: &payload)
-        if let inner = message.imei {
-            JSONText.appendRaw(",\"imei\":", to: &payload)
-            JSONText.appendString(inner, to: &payload)
-        }
-        if let seconds = message.timestampSeconds {
-            JSONText.appendRaw(",\"timestamp\":", to: &payload)
-            JSONText.appendISO8601(milliseconds: UInt64(seconds) * 1000, to: &payload)
-        }
-        if let text = message.text {
-            JSONText.appendRaw(",\"text\":", to: &payload)
-            JSONText.appendString(text, to: &payload)
-        }
-        JSONText.appendRaw(",\"payload_hex\":", to: &payload)
-        JSONText.appendString(Hex.encode(message.payload), to: &payload)
+        payload.append(UInt8(ascii: ","))
+        message.appendJSONMembers(to: &payload)
         payload.append(UInt8(ascii: "}"))
         time.removeAll(keepingCapacity: true)
         JSONText.appendISO8601(milliseconds: receivedMs, to: &time)
