@@ -55,15 +55,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The fixture corpus and JSON comparison, shared by the test targets.
+        .target(name: "FixtureSupport", path: "Tests/FixtureSupport", swiftSettings: swiftSettings),
         .testTarget(
             name: "Codec8Tests",
-            dependencies: ["Codec8"],
+            dependencies: ["Codec8", "FixtureSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "IngestTests",
             dependencies: [
-                "Codec8", "Ingest",
+                "Codec8", "Ingest", "FixtureSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
@@ -73,14 +75,14 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "Codec8", "Ingest",
+                "Codec8", "Ingest", "FixtureSupport",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["Codec8", "Lifecycle"],
+            dependencies: ["Codec8", "Lifecycle", "FixtureSupport"],
             swiftSettings: swiftSettings
         ),
     ]

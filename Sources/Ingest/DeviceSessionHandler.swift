@@ -199,15 +199,17 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
             logger.info("device logged in", metadata: ["event": "device.login"])
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(1))), promise: nil)
         } catch {
-            IngestMetrics.handshakes(result: "rejected").increment()
-            logger.warning(
-                "login rejected",
-                metadata: ["event": "device.login_rejected", "error": "\(error.category)", "detail": "\(error)"]
-            )
-            let channel = context.channel
-            context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(0)))).whenComplete { _ in channel.close(promise: nil) }
-            state = .closed
+            refuseLogin(context, error: error, result: "rejected")
         }
+    }
+
+    /// Answers 0x00, closes once it is written. `result`: `rejected` (bad digits) or `malformed` (bad length).
+    private func refuseLogin(_ context: ChannelHandlerContext, error: Codec8Error, result: String) {
+        IngestMetrics.handshakes(result: result).increment()
+        logger.warning("login rejected", metadata: ["event": "device.login_rejected", "error": "\(error.category)", "detail": "\(error)"])
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(0)))).whenComplete { _ in channel.close(promise: nil) }
+        state = .closed
     }
 
     private func packet(_ context: ChannelHandlerContext, frame: ByteBuffer) {
@@ -337,19 +339,9 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
             result = "unknown_codec"
             IngestMetrics.unknownCodec.increment()
         case .badIMEI:
-            IngestMetrics.handshakes(result: "malformed").increment()
-            result = "malformed"
-        default: result = "malformed"
-        }
-        if case .badIMEI = error {
-            logger.warning(
-                "malformed login",
-                metadata: ["event": "device.login_rejected", "error": "\(error.category)", "detail": "\(error)"]
-            )
-            let channel = context.channel
-            context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(0)))).whenComplete { _ in channel.close(promise: nil) }
-            state = .closed
+            refuseLogin(context, error: error, result: "malformed")
             return
+        default: result = "malformed"
         }
         IngestMetrics.frames(codec: codecName, result: result).increment()
         logger.warning(

@@ -1,3 +1,4 @@
+import FixtureSupport
 import Foundation
 import Lifecycle
 import Testing
@@ -51,14 +52,7 @@ enum CLIFixtures {
     static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures")
 
-    /// (id, expect, hex) of every frames.tsv row.
-    static let rows: [(id: String, expect: String, hex: String)] = {
-        let text = try! String(contentsOf: directory.appendingPathComponent("frames.tsv"), encoding: .utf8)
-        return text.split(separator: "\n").dropFirst().map { line in
-            let c = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
-            return (c[0], c[3], c[4])
-        }
-    }()
+    static let rows = FixtureCorpus.frames
 
     static func writeTemporary(_ lines: [String]) throws -> String {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("decode-\(UUID().uuidString).hex").path

@@ -1,4 +1,5 @@
 import Codec8
+import FixtureSupport
 import Testing
 
 /// The streaming framer: keep-alives, logins, bounds, and cutting a stream at every offset.

@@ -1,4 +1,5 @@
 import Codec8
+import FixtureSupport
 import Foundation
 import Ingest
 import NIOCore
@@ -9,15 +10,7 @@ import Testing
 /// The NIO adapter over the framer, checked with NIO's own decoder verifier (shuffled, drip-fed,
 /// surrounded by junk bytes) and on an embedded channel.
 struct TeltonikaFrameDecoderTests {
-    static let fixtures: [(id: String, expect: String, bytes: [UInt8])] = {
-        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("Fixtures/frames.tsv")
-        let text = try! String(contentsOf: url, encoding: .utf8)
-        return text.split(separator: "\n").dropFirst().map { line in
-            let cols = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
-            return (cols[0], cols[3], Hex.decode(cols[4])!)
-        }
-    }()
+    static let fixtures = FixtureCorpus.frames
 
     static let login = IMEI("356307042441013")!.loginFrame
 

@@ -1,4 +1,5 @@
 import Codec8
+import FixtureSupport
 import Foundation
 import Testing
 
@@ -165,23 +166,5 @@ struct DeviceServerTests {
         try device.send(TestEnvironment.fixtures.first { $0.id == "w-c8-1" }!.bytes)
         #expect(device.receive(4, timeout: 10) == .closed([]))
         try server.waitForLog(event: "publish.failed", timeout: 2)
-    }
-}
-
-/// A value in a JSON tree, compared by meaning: numbers by value, objects without regard to key order.
-func jsonEqual(_ a: Any?, _ b: Any?) -> Bool {
-    switch (a, b) {
-    case (nil, nil): return true
-    case (is NSNull, is NSNull): return true
-    case (let x as String, let y as String): return x == y
-    case (let x as NSNumber, let y as NSNumber):
-        if x.doubleValue.rounded() == x.doubleValue && y.doubleValue.rounded() == y.doubleValue && abs(x.doubleValue) < 9e15 {
-            return x.int64Value == y.int64Value
-        }
-        return x.doubleValue == y.doubleValue
-    case (let x as [Any], let y as [Any]): return x.count == y.count && zip(x, y).allSatisfy { jsonEqual($0, $1) }
-    case (let x as [String: Any], let y as [String: Any]):
-        return Set(x.keys) == Set(y.keys) && x.keys.allSatisfy { jsonEqual(x[$0], y[$0]) }
-    default: return false
     }
 }

@@ -1,4 +1,5 @@
 import Codec8
+import FixtureSupport
 import Foundation
 import NIOConcurrencyHelpers
 
@@ -25,25 +26,8 @@ enum TestEnvironment {
     /// The Redis `make test` started (`TEST_REDIS_URL`), else one on 127.0.0.1:6379.
     static let redisURL = ProcessInfo.processInfo.environment["TEST_REDIS_URL"] ?? "redis://127.0.0.1:6379"
 
-    static let fixtures: [(id: String, expect: String, bytes: [UInt8])] = {
-        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        let text = try! String(contentsOf: url.appendingPathComponent("Fixtures/frames.tsv"), encoding: .utf8)
-        return text.split(separator: "\n").dropFirst().map { line in
-            let c = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
-            return (c[0], c[3], Hex.decode(c[4])!)
-        }
-    }()
-
-    nonisolated(unsafe) static let expectedRecords: [String: [[String: Any]]] = {
-        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        let text = try! String(contentsOf: url.appendingPathComponent("Fixtures/expected-records.jsonl"), encoding: .utf8)
-        var out: [String: [[String: Any]]] = [:]
-        for line in text.split(separator: "\n") {
-            let o = try! JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
-            out[o["id"] as! String] = (o["records"] as! [[String: Any]])
-        }
-        return out
-    }()
+    static let fixtures = FixtureCorpus.frames
+    static var expectedRecords: [String: [[String: Any]]] { FixtureCorpus.expectedRecords }
 
     /// A port nobody listens on right now.
     static func freePort() -> Int {
