@@ -96,23 +96,30 @@ public struct RecordJSONEncoder {
         }
     }
 
-    /// The attributes object, `{...}`, in wire order.
+    /// The attributes object, `{...}`, in wire order. First pass: mark every ID in `seen`, noting any
+    /// repeat. Second pass (no repeat, the normal case): write each member and clear its bitmap word.
     @inline(__always)
     private static func writeAttributes(
         _ record: AVLRecordView,
-        seen: UnsafeMutablePointer<UInt64>,
+        seen bits: UnsafeMutablePointer<UInt64>,
         to w: inout JSONWriter
     ) {
         // Members are written each with a leading comma; the first comma then becomes the `{`.
         let open = w.count
-        // One copy of the walk per codec, with its field widths as constants.
-        switch record.codec {
-        case .codec8:
-            writeMembers(record, idSize: 1, countSize: 1, variable: false, seen: seen, to: &w)
-        case .codec8Extended:
-            writeMembers(record, idSize: 2, countSize: 2, variable: true, seen: seen, to: &w)
-        case .codec16:
-            writeMembers(record, idSize: 2, countSize: 1, variable: false, seen: seen, to: &w)
+        var duplicate = false
+        for element in record.ioElements {
+            let word = Int(element.id >> 6)
+            let mask = UInt64(1) << UInt64(element.id & 63)
+            if bits[word] & mask != 0 { duplicate = true }
+            bits[word] |= mask
+        }
+        if duplicate {
+            writeLastOccurrences(record, seen: bits, to: &w)
+        } else {
+            for element in record.ioElements {
+                bits[Int(element.id >> 6)] = 0
+                writeMember(element, to: &w)
+            }
         }
         if w.count == open {
             w.byte(UInt8(ascii: "{"))
@@ -121,102 +128,24 @@ public struct RecordJSONEncoder {
         }
     }
 
-    /// Walks the IO section directly (the layout `IOElements` reads): the 1-, 2-, 4- and 8-byte groups,
-    /// each a count then (ID, value) pairs, then for Codec 8E the variable-length group (u16 count, then
-    /// u16 ID, u16 length, bytes). First pass: mark every ID in `seen`, noting any repeat. Second pass
-    /// (no repeat, the normal case): write each member and clear its bitmap word.
+    /// `,"<id>":<value>` for one element.
     @inline(__always)
-    private static func writeMembers(
-        _ record: AVLRecordView,
-        idSize: Int,
-        countSize: Int,
-        variable: Bool,
-        seen bits: UnsafeMutablePointer<UInt64>,
-        to w: inout JSONWriter
-    ) {
-        let b = record.bytes
-        @inline(__always) func count(at o: Int) -> Int { countSize == 1 ? Int(b.u8(o)) : Int(b.u16(o)) }
-        @inline(__always) func id(at o: Int) -> UInt16 { idSize == 1 ? UInt16(b.u8(o)) : b.u16(o) }
-
-        var duplicate = false
-        @inline(__always) func mark(_ id: UInt16) {
-            let word = Int(id >> 6)
-            let mask = UInt64(1) << UInt64(id & 63)
-            if bits[word] & mask != 0 { duplicate = true }
-            bits[word] |= mask
-        }
-        var o = record.ioStart
-        var width = 1
-        while width <= 8 {
-            let n = count(at: o)
-            o &+= countSize
-            for _ in 0..<n {
-                mark(id(at: o))
-                o &+= idSize &+ width
-            }
-            width <<= 1
-        }
-        if variable {
-            let n = Int(b.u16(o))
-            o &+= 2
-            for _ in 0..<n {
-                mark(b.u16(o))
-                o &+= 4 &+ Int(b.u16(o &+ 2))
-            }
-        }
-        if duplicate {
-            writeLastOccurrences(record, seen: bits, to: &w)
-            return
-        }
-
-        @inline(__always) func key(_ id: UInt16) {
-            bits[Int(id >> 6)] = 0
-            w.bytes(UInt8(ascii: ","), UInt8(ascii: "\""))
-            w.decimal(id)
-            w.bytes(UInt8(ascii: "\""), UInt8(ascii: ":"))
-        }
-        o = record.ioStart
-        var n = count(at: o)
-        o &+= countSize
-        for _ in 0..<n {
-            key(id(at: o))
-            w.decimal(UInt16(b.u8(o &+ idSize)))
-            o &+= idSize &+ 1
-        }
-        n = count(at: o)
-        o &+= countSize
-        for _ in 0..<n {
-            key(id(at: o))
-            w.decimal(b.u16(o &+ idSize))
-            o &+= idSize &+ 2
-        }
-        n = count(at: o)
-        o &+= countSize
-        for _ in 0..<n {
-            key(id(at: o))
-            w.decimal(UInt64(b.u32(o &+ idSize)))
-            o &+= idSize &+ 4
-        }
-        n = count(at: o)
-        o &+= countSize
-        for _ in 0..<n {
-            key(id(at: o))
+    private static func writeMember(_ element: IOElementView, to w: inout JSONWriter) {
+        w.bytes(UInt8(ascii: ","), UInt8(ascii: "\""))
+        w.decimal(element.id)
+        w.bytes(UInt8(ascii: "\""), UInt8(ascii: ":"))
+        switch element.value {
+        case .u8(let v): w.decimal(UInt16(v))
+        case .u16(let v): w.decimal(v)
+        case .u32(let v): w.decimal(UInt64(v))
+        case .u64(let v):
             w.raw("{\"__bigint\":\"")
-            w.decimal(b.u64(o &+ idSize))
+            w.decimal(v)
             w.bytes(UInt8(ascii: "\""), UInt8(ascii: "}"))
-            o &+= idSize &+ 8
-        }
-        if variable {
-            n = Int(b.u16(o))
-            o &+= 2
-            for _ in 0..<n {
-                key(b.u16(o))
-                let length = Int(b.u16(o &+ 2))
-                w.raw("{\"__buffer_b64\":\"")
-                w.base64(UnsafeRawBufferPointer(start: b.baseAddress! + (o &+ 4), count: length))
-                w.bytes(UInt8(ascii: "\""), UInt8(ascii: "}"))
-                o &+= 4 &+ length
-            }
+        case .bytes(let v):
+            w.raw("{\"__buffer_b64\":\"")
+            w.base64(v)
+            w.bytes(UInt8(ascii: "\""), UInt8(ascii: "}"))
         }
     }
 
@@ -237,23 +166,6 @@ public struct RecordJSONEncoder {
                 bits[word] &= ~mask
             }
         }
-        for i in all.indices where keep[i] {
-            w.bytes(UInt8(ascii: ","), UInt8(ascii: "\""))
-            w.decimal(all[i].id)
-            w.bytes(UInt8(ascii: "\""), UInt8(ascii: ":"))
-            switch all[i].value {
-            case .u8(let v): w.decimal(UInt16(v))
-            case .u16(let v): w.decimal(v)
-            case .u32(let v): w.decimal(UInt64(v))
-            case .u64(let v):
-                w.raw("{\"__bigint\":\"")
-                w.decimal(v)
-                w.bytes(UInt8(ascii: "\""), UInt8(ascii: "}"))
-            case .bytes(let v):
-                w.raw("{\"__buffer_b64\":\"")
-                w.base64(v)
-                w.bytes(UInt8(ascii: "\""), UInt8(ascii: "}"))
-            }
-        }
+        for i in all.indices where keep[i] { writeMember(all[i], to: &w) }
     }
 }
