@@ -5,7 +5,7 @@ FUZZ_SECONDS ?= 60
 CI_FUZZ_SECONDS ?= 30
 ARGS ?=
 
-.PHONY: help deps build release test run bench fuzz lint format clean
+.PHONY: help deps build release test check-deploy run bench fuzz lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -16,12 +16,16 @@ deps: ## Install what is missing (apt), once
 build: deps ## Debug build of every target
 	$(SWIFT) build
 
-release: deps ## Release build of the binary, static Swift stdlib (as the Dockerfile will build it)
-	$(SWIFT) build -c release --product teltonika-ingest --static-swift-stdlib
+release: deps ## Release build of the binary, static Swift stdlib, revision compiled in (as the Dockerfile builds it)
+	SWIFT=$(SWIFT) scripts/release.sh
 
 test: deps ## Every test against a throwaway redis-server, then fuzz the codec briefly
 	scripts/test.sh
+	scripts/check-deploy.sh
 	scripts/fuzz.sh $(CI_FUZZ_SECONDS)
+
+check-deploy: ## Lint Dockerfile, check alert rules, manifests and dashboard
+	scripts/check-deploy.sh
 
 run: deps ## Serve devices on 5027 (starts a local redis-server unless REDIS_URL is set); ARGS=... passes flags
 	scripts/run.sh $(ARGS)

@@ -20,27 +20,45 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.100.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // Pure protocol: bytes in, values out. No NIO, no Foundation I/O, no Redis.
         .target(name: "Codec8", swiftSettings: swiftSettings),
         // hiredis 0.14 (libhiredis-dev). A plain module map: hiredis' pkg-config flags draw a SwiftPM warning.
         .systemLibrary(name: "CHiredis", path: "Sources/CHiredis"),
+        // The build's revision, set by scripts/release.sh with -Xcc -DTELTONIKA_REVISION="\"...\"" ("unknown" otherwise).
+        .target(name: "CBuildInfo"),
+        // The fatal-signal handler: async-signal-safe, so written in C.
+        .target(name: "CCrashHandler"),
         // The device server (acceptor, sessions, publisher, metrics port).
         .target(
             name: "Ingest",
             dependencies: [
-                "Codec8", "CHiredis",
+                "Codec8", "CHiredis", "CBuildInfo",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
         // Process life: signals, drain, crash handling, exit statuses.
-        .target(name: "Lifecycle", swiftSettings: swiftSettings),
+        .target(
+            name: "Lifecycle",
+            dependencies: [
+                "CCrashHandler",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Engineer-facing tools behind the subcommands (decode; replay and simulate later).
         .target(name: "IngestTools", dependencies: ["Codec8"], swiftSettings: swiftSettings),
         // The binary: only wires the modules together.
@@ -52,6 +70,9 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),

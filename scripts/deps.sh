@@ -3,8 +3,8 @@
 set -euo pipefail
 
 # hiredis for the publisher; redis-server and redis-cli for `make run` and the tests;
-# python3 for the test and fuzz scripts.
-packages=(libhiredis-dev redis-server redis-tools python3)
+# python3 for the test and fuzz scripts; prometheus for promtool (alert rule tests in check-deploy.sh).
+packages=(libhiredis-dev redis-server redis-tools python3 prometheus)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -20,4 +20,9 @@ sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 echo "deps: installing ${missing[*]}"
 $sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# Only promtool is wanted from the prometheus package: on a host run by systemd, the package also starts
+# a Prometheus server on :9090 (the server's own metrics port), so stop and disable it.
+if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi

@@ -1,8 +1,9 @@
 import Codec8
-import CoreMetrics
 import Logging
 import NIOCore
 import NIOPosix
+import Prometheus
+import Synchronization
 
 /// What every session of the server shares.
 final class SessionEnvironment: Sendable {
@@ -12,6 +13,8 @@ final class SessionEnvironment: Sendable {
     let logger: Logger
     /// One entry encoder per event-loop thread (its 8 KiB scratch is not paid per connection).
     let encoders = ThreadSpecificVariable<EncoderBox>()
+    /// Sessions with a packet published but not yet answered (ACK or close): what a drain waits for.
+    let packetsInFlight = Atomic<Int>(0)
 
     init(configuration: IngestConfiguration, publisher: RedisPublisher, logger: Logger) {
         self.configuration = configuration
@@ -49,6 +52,10 @@ final class EncoderBox: @unchecked Sendable {
 /// ```
 /// While a packet is publishing the socket is not read (backpressure); bytes already received wait in
 /// the buffer, which never holds more than one frame plus one read.
+///
+/// On ``SessionDrain`` (graceful shutdown) the session stops reading: a packet in flight still gets
+/// published and ACKed, nothing after it is read or handled, and the server closes the connection
+/// once the publish queue has drained.
 final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -66,6 +73,7 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
     private var pending: ByteBuffer? = nil
     private var handshakeTimer: Scheduled<Void>? = nil
     private var logger: Logger
+    private var draining = false
 
     private var isClosed: Bool {
         if case .closed = state { return true }
@@ -82,13 +90,13 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
 
     func channelActive(context: ChannelHandlerContext) {
         logger[metadataKey: "peer"] = "\(peerString(context.remoteAddress))"
-        IngestMetrics.connectionsActive.increment()
+        IngestMetrics.shared.connectionsActive.increment()
         let timeout = TimeAmount.milliseconds(Int64(environment.configuration.handshakeTimeoutMs))
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         handshakeTimer = context.eventLoop.scheduleTask(in: timeout) {
             let (handler, context) = bound.value
             guard case .awaitingLogin = handler.state else { return }
-            IngestMetrics.handshakes(result: "timeout").increment()
+            IngestMetrics.shared.handshakes(result: "timeout").increment()
             handler.logger.warning("no login in time", metadata: ["event": "device.handshake_timeout"])
             handler.close(context)
         }
@@ -97,18 +105,19 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
 
     func channelInactive(context: ChannelHandlerContext) {
         handshakeTimer?.cancel()
-        IngestMetrics.connectionsActive.decrement()
+        IngestMetrics.shared.connectionsActive.decrement()
         switch state {
         case .publishing(let imei, let job, _):
             job.cancel()
+            environment.packetsInFlight.subtract(1, ordering: .relaxed)
             environment.registry.remove(imei, channel: context.channel)
         case .ready(let imei):
             environment.registry.remove(imei, channel: context.channel)
         case .awaitingLogin, .closed:
             break
         }
-        if let rest = pending, rest.readableBytes > 0, !isClosed {
-            IngestMetrics.frames(codec: "unknown", result: "malformed").increment()
+        if let rest = pending, rest.readableBytes > 0, !isClosed, !draining {
+            IngestMetrics.shared.frames(codec: "unknown", result: "malformed").increment()
             logger.warning(
                 "connection closed inside a frame: no ACK",
                 metadata: ["event": "frame.truncated", "error": "truncated", "buffered_bytes": "\(rest.readableBytes)"]
@@ -122,7 +131,7 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
-        IngestMetrics.bytesReceived.increment(by: bytes.readableBytes)
+        IngestMetrics.shared.bytesReceived.increment(by: Int64(bytes.readableBytes))
         if pending == nil {
             pending = bytes
         } else {
@@ -132,6 +141,12 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is SessionDrain {
+            draining = true
+            handshakeTimer?.cancel()
+            context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+            return
+        }
         if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
             logger.info("idle connection closed", metadata: ["event": "device.idle_timeout"])
             close(context)
@@ -149,7 +164,7 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
 
     /// Cuts and handles frames from the buffer until it needs more bytes or a packet is in flight.
     private func process(_ context: ChannelHandlerContext) {
-        while let buffer = pending, buffer.readableBytes > 0 {
+        while !draining, let buffer = pending, buffer.readableBytes > 0 {
             let mode: TeltonikaFramer.Mode
             switch state {
             case .awaitingLogin: mode = .login
@@ -168,7 +183,7 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
                 return
             case .keepAlive:
                 pending!.moveReaderIndex(forwardBy: 1)
-                IngestMetrics.keepAlives.increment()
+                IngestMetrics.shared.keepAlives.increment()
             case .frame(let length):
                 let frame = pending!.readSlice(length: length)!
                 if case .awaitingLogin = state {
@@ -188,14 +203,14 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
             state = .ready(imei)
             logger[metadataKey: "imei"] = "\(imei)"
             if let old = environment.registry.register(imei, channel: context.channel) {
-                IngestMetrics.connectionsReplaced.increment()
+                IngestMetrics.shared.connectionsReplaced.increment()
                 logger.info(
                     "newer login replaces the older connection",
                     metadata: ["event": "device.replaced", "old_peer": "\(peerString(old.remoteAddress))"]
                 )
                 old.close(promise: nil)
             }
-            IngestMetrics.handshakes(result: "accepted").increment()
+            IngestMetrics.shared.handshakes(result: "accepted").increment()
             logger.info("device logged in", metadata: ["event": "device.login"])
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(1))), promise: nil)
         } catch {
@@ -205,7 +220,7 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
 
     /// Answers 0x00, closes once it is written. `result`: `rejected` (bad digits) or `malformed` (bad length).
     private func refuseLogin(_ context: ChannelHandlerContext, error: Codec8Error, result: String) {
-        IngestMetrics.handshakes(result: result).increment()
+        IngestMetrics.shared.handshakes(result: result).increment()
         logger.warning("login rejected", metadata: ["event": "device.login_rejected", "error": "\(error.category)", "detail": "\(error)"])
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(0)))).whenComplete { _ in channel.close(promise: nil) }
@@ -239,8 +254,8 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
         case .failure(let error):
             reject(context, error: error, codec: frame.getInteger(at: frame.readerIndex + 8, as: UInt8.self))
         case .success(let parsed) where !parsed.isAVL:
-            IngestMetrics.frames(codec: parsed.codec, result: "ok").increment()
-            IngestMetrics.deviceMessages(codec: parsed.codec).increment()
+            IngestMetrics.shared.frames(codec: parsed.codec, result: "ok").increment()
+            IngestMetrics.shared.deviceMessages(codec: parsed.codec).increment()
             let job = PublishJob(
                 commands: writer.bytes,
                 commandCount: writer.commandCount,
@@ -249,12 +264,12 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
                 completion: { _ in }
             )
             if !environment.publisher.submit(job) {
-                IngestMetrics.publishOverflow.increment()
+                IngestMetrics.shared.publishOverflow.increment()
                 logger.warning("device message dropped: publish queue full", metadata: ["event": "publish.overflow"])
             }
         case .success(let parsed):
-            IngestMetrics.frames(codec: parsed.codec, result: "ok").increment()
-            IngestMetrics.records(codec: parsed.codec).increment(by: parsed.records)
+            IngestMetrics.shared.frames(codec: parsed.codec, result: "ok").increment()
+            IngestMetrics.shared.records(codec: parsed.codec).increment(by: Int64(parsed.records))
             logger.debug("packet", metadata: ["event": "device.packet", "codec": "\(parsed.codec)", "records": "\(parsed.records)"])
             guard parsed.records > 0 else {
                 acknowledge(context, records: 0, frameCompleted: completed)
@@ -274,6 +289,7 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
                 }
             )
             state = .publishing(imei, job, frameCompleted: completed)
+            environment.packetsInFlight.add(1, ordering: .relaxed)
             context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
             submit(context, job: job, waitedMs: 0)
         }
@@ -286,7 +302,7 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
         if environment.publisher.submit(job) { return }
         let limit = environment.configuration.overflowWaitMs
         guard waitedMs < limit else {
-            IngestMetrics.publishOverflow.increment()
+            IngestMetrics.shared.publishOverflow.increment()
             logger.warning(
                 "publish queue full: packet not acknowledged",
                 metadata: ["event": "publish.overflow", "records": "\(job.recordCount)", "waited_ms": "\(waitedMs)"]
@@ -308,6 +324,8 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
         case .stored:
             state = .ready(imei)
             acknowledge(context, records: job.recordCount, frameCompleted: completed)
+            environment.packetsInFlight.subtract(1, ordering: .relaxed)
+            guard !draining else { return }
             context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
             process(context)
         case .expired(let reason):
@@ -325,8 +343,8 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
         var ack = context.channel.allocator.buffer(capacity: 4)
         ack.writeInteger(UInt32(records))
         context.writeAndFlush(wrapOutboundOut(ack), promise: nil)
-        IngestMetrics.acks.increment()
-        IngestMetrics.ackLatency.recordNanoseconds((NIODeadline.now() - frameCompleted).nanoseconds)
+        IngestMetrics.shared.acks.increment()
+        IngestMetrics.shared.ackLatency.recordNanoseconds((NIODeadline.now() - frameCompleted).nanoseconds)
     }
 
     private func reject(_ context: ChannelHandlerContext, error: Codec8Error, codec: UInt8?) {
@@ -337,13 +355,13 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
         case .tooLarge: result = "too_large"
         case .unsupportedCodec:
             result = "unknown_codec"
-            IngestMetrics.unknownCodec.increment()
+            IngestMetrics.shared.unknownCodec.increment()
         case .badIMEI:
             refuseLogin(context, error: error, result: "malformed")
             return
         default: result = "malformed"
         }
-        IngestMetrics.frames(codec: codecName, result: result).increment()
+        IngestMetrics.shared.frames(codec: codecName, result: result).increment()
         logger.warning(
             "frame rejected: no ACK, closing",
             metadata: ["event": "frame.rejected", "error": "\(error.category)", "detail": "\(error)", "codec": "\(codecName)"]
@@ -360,6 +378,9 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
 
 @available(*, unavailable)
 extension DeviceSessionHandler: Sendable {}
+
+/// Sent through every device pipeline when the server drains: finish the packet in flight, read nothing more.
+struct SessionDrain: Sendable {}
 
 /// Milliseconds since the UNIX epoch, from the system clock.
 func wallClockMilliseconds() -> UInt64 {

@@ -35,6 +35,15 @@ public struct IngestConfiguration: Sendable, Equatable {
     public var logFormat = "json"
     public var instanceID = ""
 
+    // MARK: Process
+    /// Metrics and health listener (`/metrics`, `/healthz`, `/readyz`).
+    public var metricsHost = "0.0.0.0"
+    public var metricsPort = 9090
+    /// Bound of the whole graceful drain after SIGTERM/SIGINT.
+    public var shutdownTimeoutMs = 30_000
+    /// File of `KEY=value` lines read at start and on SIGHUP (empty: none).
+    public var configFile = ""
+
     public init() {}
 
     /// One setting: its environment variable, flag, default and meaning.
@@ -95,16 +104,96 @@ public struct IngestConfiguration: Sendable, Equatable {
             c.logFormat = v
         },
         string("INSTANCE_ID", "instance-id", "Name of this instance in logs (default: host name).") { $0.instanceID = $1 },
+        string("METRICS_HOST", "metrics-host", "Address of the metrics and health listener.") { $0.metricsHost = $1 },
+        int("METRICS_PORT", "metrics-port", "Port of /metrics, /healthz, /readyz (0: any free port, logged at start).", 0...65535) {
+            $0.metricsPort = $1
+        },
+        int("SHUTDOWN_TIMEOUT_MS", "shutdown-timeout-ms", "Bound of the graceful drain; past it, exit 1.", 100...3_600_000) {
+            $0.shutdownTimeoutMs = $1
+        },
+        string("CONFIG_FILE", "config-file", "File of KEY=value settings, read at start and re-read on SIGHUP.") { $0.configFile = $1 },
     ]
 
-    /// Builds the configuration: defaults, then the environment, then flags (a flag wins).
-    /// `flags` maps a flag name (without dashes) to its value.
-    public static func load(environment: [String: String], flags: [String: String]) throws(ConfigurationError) -> IngestConfiguration {
+    /// The settings SIGHUP applies without a restart.
+    public static let reloadable: Set<String> = ["LOG_LEVEL"]
+
+    /// Builds the configuration: defaults, then the settings file, then the environment, then flags
+    /// (the later wins). `flags` maps a flag name (without dashes) to its value; `file` holds the
+    /// parsed `CONFIG_FILE` (see ``parseFile(_:)``).
+    public static func load(
+        environment: [String: String],
+        flags: [String: String],
+        file: [String: String] = [:]
+    ) throws(ConfigurationError) -> IngestConfiguration {
         var c = IngestConfiguration()
         for s in settings {
-            if let v = flags[s.flag] ?? environment[s.env] { try s.apply(&c, v) }
+            if let v = flags[s.flag] ?? environment[s.env] ?? file[s.env] { try s.apply(&c, v) }
         }
         return c
+    }
+
+    /// The path of the settings file named by the flag or the environment, if any.
+    public static func configFilePath(environment: [String: String], flags: [String: String]) -> String? {
+        guard let path = flags["config-file"] ?? environment["CONFIG_FILE"], !path.isEmpty else { return nil }
+        return path
+    }
+
+    /// Parses a settings file: `KEY=value` lines with the environment variable names, `#` comments,
+    /// blank lines; an optional `export ` prefix and one pair of surrounding quotes are dropped.
+    public static func parseFile(_ text: String) throws(ConfigurationError) -> [String: String] {
+        let known = Set(settings.map(\.env)).subtracting(["CONFIG_FILE"])
+        var values: [String: String] = [:]
+        for (number, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            var line = raw.trimmingWhitespace()
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            if line.hasPrefix("export ") { line = String(line.dropFirst(7)).trimmingWhitespace() }
+            guard let eq = line.firstIndex(of: "=") else {
+                throw ConfigurationError(key: "CONFIG_FILE", message: "line \(number + 1): expected KEY=value")
+            }
+            let key = String(line[..<eq]).trimmingWhitespace()
+            var value = String(line[line.index(after: eq)...]).trimmingWhitespace()
+            if value.count >= 2, let first = value.first, first == "\"" || first == "'", value.last == first {
+                value = String(value.dropFirst().dropLast())
+            }
+            guard known.contains(key) else {
+                throw ConfigurationError(key: "CONFIG_FILE", message: "line \(number + 1): unknown setting '\(key)'")
+            }
+            values[key] = value
+        }
+        return values
+    }
+
+    /// Environment names of the settings whose values differ between `self` and `other`.
+    public func changedSettings(comparedTo other: IngestConfiguration) -> [String] {
+        IngestConfiguration.settings.map(\.env).filter { value(of: $0) != other.value(of: $0) }
+    }
+
+    /// A setting's value as text (for comparisons and logs; the Redis password is not shown).
+    func value(of env: String) -> String {
+        switch env {
+        case "TELTONIKA_HOST": host
+        case "TELTONIKA_PORT": "\(port)"
+        case "HANDSHAKE_TIMEOUT_MS": "\(handshakeTimeoutMs)"
+        case "IDLE_TIMEOUT_MS": "\(idleTimeoutMs)"
+        case "MAX_FRAME_BYTES": "\(maxFrameBytes)"
+        case "MAX_CONNECTIONS": "\(maxConnections)"
+        case "REDIS_URL": "\(redisURL)"
+        case "REDIS_TELEMETRY_STREAM": telemetryStream
+        case "REDIS_RESPONSES_STREAM": responsesStream
+        case "REDIS_STREAM_MAXLEN": "\(streamMaxLength)"
+        case "PUBLISH_QUEUE_CAPACITY": "\(publishQueueCapacity)"
+        case "PUBLISH_TIMEOUT_MS": "\(publishTimeoutMs)"
+        case "OVERFLOW_WAIT_MS": "\(overflowWaitMs)"
+        case "REDIS_TIMEOUT_MS": "\(redisTimeoutMs)"
+        case "LOG_LEVEL": logLevel
+        case "LOG_FORMAT": logFormat
+        case "INSTANCE_ID": instanceID
+        case "METRICS_HOST": metricsHost
+        case "METRICS_PORT": "\(metricsPort)"
+        case "SHUTDOWN_TIMEOUT_MS": "\(shutdownTimeoutMs)"
+        case "CONFIG_FILE": configFile
+        default: preconditionFailure("unknown setting \(env)")
+        }
     }
 
     private static func string(
@@ -140,4 +229,13 @@ public struct IngestConfiguration: Sendable, Equatable {
 
 extension String {
     fileprivate func replacingUnderscores() -> String { String(filter { $0 != "_" }) }
+}
+
+extension StringProtocol {
+    fileprivate func trimmingWhitespace() -> String {
+        let scalars = unicodeScalars
+        guard let start = scalars.firstIndex(where: { !$0.properties.isWhitespace }) else { return "" }
+        let end = scalars.lastIndex(where: { !$0.properties.isWhitespace })!
+        return String(String.UnicodeScalarView(scalars[start...end]))
+    }
 }

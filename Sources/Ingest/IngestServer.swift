@@ -1,15 +1,17 @@
-import CoreMetrics
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import Prometheus
+import Synchronization
 
 /// The device listener: accepts connections up to `MAX_CONNECTIONS`, gives each an idle timeout and a
 /// ``DeviceSessionHandler``, and backs off accepting when the process runs out of file descriptors.
 public final class IngestServer: Sendable {
     private let environment: SessionEnvironment
     private let group: any EventLoopGroup
-    private let active = NIOLockedValueBox(0)
+    /// Open device connections, by identity (their count is what MAX_CONNECTIONS bounds).
+    private let channels = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     private let serverChannel = NIOLockedValueBox<(any Channel)?>(nil)
 
     public init(configuration: IngestConfiguration, publisher: RedisPublisher, logger: Logger, group: any EventLoopGroup) {
@@ -34,10 +36,10 @@ public final class IngestServer: Sendable {
             .childChannelOption(.maxMessagesPerRead, value: 4)
             .childChannelInitializer { [self] channel in
                 guard admit(channel) else {
-                    IngestMetrics.connections(result: "refused").increment()
+                    IngestMetrics.shared.connections(result: "refused").increment()
                     return channel.close()
                 }
-                IngestMetrics.connections(result: "accepted").increment()
+                IngestMetrics.shared.connections(result: "accepted").increment()
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers(
                         IdleStateHandler(readTimeout: idle),
@@ -57,13 +59,14 @@ public final class IngestServer: Sendable {
 
     /// Counts the connection in, or refuses it at the limit; releases the slot when it closes.
     private func admit(_ channel: any Channel) -> Bool {
-        let admitted = active.withLockedValue { n -> Bool in
-            guard n < environment.configuration.maxConnections else { return false }
-            n += 1
+        let id = ObjectIdentifier(channel)
+        let admitted = channels.withLockedValue { open -> Bool in
+            guard open.count < environment.configuration.maxConnections else { return false }
+            open[id] = channel
             return true
         }
         if admitted {
-            channel.closeFuture.whenComplete { [active] _ in active.withLockedValue { $0 -= 1 } }
+            channel.closeFuture.whenComplete { [channels] _ in _ = channels.withLockedValue { $0.removeValue(forKey: id) } }
         } else {
             environment.logger.warning("connection refused: at MAX_CONNECTIONS", metadata: ["event": "server.connection_refused"])
         }
@@ -77,5 +80,35 @@ public final class IngestServer: Sendable {
             return c
         }
         try? await channel?.close()
+    }
+
+    /// Open device connections.
+    public var connectionCount: Int { channels.withLockedValue { $0.count } }
+
+    /// Packets published but not yet ACKed or given up.
+    public var packetsInFlight: Int { environment.packetsInFlight.load(ordering: .relaxed) }
+
+    /// Tells every session to stop reading; packets in flight still complete and get their ACK.
+    public func drainSessions() {
+        for channel in channels.withLockedValue({ Array($0.values) }) {
+            channel.pipeline.fireUserInboundEventTriggered(SessionDrain())
+        }
+    }
+
+    /// Waits until no packet is in flight, or `deadline`; returns the packets still in flight.
+    public func waitForPacketsInFlight(until deadline: NIODeadline) async -> Int {
+        while packetsInFlight > 0 && NIODeadline.now() < deadline {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        return packetsInFlight
+    }
+
+    /// Closes every device connection and waits (at most until `deadline`) for them to close.
+    public func closeAll(until deadline: NIODeadline) async {
+        let open = channels.withLockedValue { Array($0.values) }
+        for channel in open { channel.close(promise: nil) }
+        while connectionCount > 0 && NIODeadline.now() < deadline {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
     }
 }

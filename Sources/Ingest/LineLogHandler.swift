@@ -2,6 +2,7 @@ import Codec8
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
+import Synchronization
 
 /// A swift-log backend writing one line per event to standard error: a JSON object
 /// (`{"ts":…,"level":…,"event":…,"msg":…,"instance_id":…, <metadata>}`) or, for people, plain text.
@@ -15,18 +16,28 @@ public struct LineLogHandler: LogHandler {
     }
 
     public var metadata: Logger.Metadata = [:]
-    public var logLevel: Logger.Level = .info
+    /// The process-wide level (``setLevel(_:)``, e.g. on SIGHUP), unless this logger set its own.
+    public var logLevel: Logger.Level {
+        get { ownLevel ?? Logger.Level.allCases[LineLogHandler.level.load(ordering: .relaxed)] }
+        set { ownLevel = newValue }
+    }
+    private var ownLevel: Logger.Level? = nil
     private let label: String
     private let format: Format
     private let instanceID: String
 
     private static let lock = NIOLock()
+    private static let level = Atomic<Int>(Logger.Level.allCases.firstIndex(of: .info)!)
 
-    public init(label: String, format: Format, instanceID: String, level: Logger.Level) {
+    /// Changes the level of every logger that did not set its own, at once.
+    public static func setLevel(_ newLevel: Logger.Level) {
+        level.store(Logger.Level.allCases.firstIndex(of: newLevel)!, ordering: .relaxed)
+    }
+
+    public init(label: String, format: Format, instanceID: String) {
         self.label = label
         self.format = format
         self.instanceID = instanceID
-        self.logLevel = level
     }
 
     public subscript(metadataKey key: String) -> Logger.Metadata.Value? {

@@ -3,40 +3,130 @@ import Foundation
 import Ingest
 import Lifecycle
 import Logging
-import NIOCore
-import NIOPosix
+import Metrics
+import Prometheus
+import Synchronization
 
 /// `teltonika-ingest serve`: the device server (the default subcommand).
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
         abstract: "Serve Teltonika devices on TCP and publish their records to Redis Streams.",
-        discussion: "Every setting comes from an environment variable or its flag (the flag wins):\n\n"
+        discussion: "Every setting comes from a flag, the environment or CONFIG_FILE (in that order of precedence):\n\n"
             + IngestConfiguration.settings.map { "  --\($0.flag) VALUE  (\($0.env))\n      \($0.help)" }.joined(separator: "\n")
-            + "\n\nDefaults and guidance: OPERATIONS.md."
+            + "\n\nSignals: SIGTERM/SIGINT drain and exit (a second one exits 1 at once); SIGHUP re-reads CONFIG_FILE."
+            + "\nDefaults, signals, exit codes and guidance: OPERATIONS.md."
     )
 
     @Argument(parsing: .allUnrecognized, help: .hidden)
     var options: [String] = []
 
     func run() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        let flags = try parseFlags()
         let configuration: IngestConfiguration
         do {
-            configuration = try IngestConfiguration.load(environment: ProcessInfo.processInfo.environment, flags: try parseFlags())
+            configuration = try Self.load(environment: environment, flags: flags)
         } catch let error as ConfigurationError {
             throw ValidationError("invalid setting \(error)")
         }
         let instanceID = configuration.instanceID.isEmpty ? ProcessInfo.processInfo.hostName : configuration.instanceID
-        LoggingSystem.bootstrap { label in
-            LineLogHandler(
-                label: label,
-                format: LineLogHandler.Format(rawValue: configuration.logFormat) ?? .json,
-                instanceID: instanceID,
-                level: Logger.Level(rawValue: configuration.logLevel) ?? .info
-            )
-        }
+        let format = LineLogHandler.Format(rawValue: configuration.logFormat) ?? .json
+        LoggingSystem.bootstrap { LineLogHandler(label: $0, format: format, instanceID: instanceID) }
+        LineLogHandler.setLevel(Logger.Level(rawValue: configuration.logLevel) ?? .info)
+        CrashHandler.install(json: format == .json, instanceID: instanceID)
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: IngestMetrics.shared.registry))
         let logger = Logger(label: "teltonika-ingest")
-        try await IngestProcess(configuration: configuration, logger: logger).run()
+        if let kind = environment["TELTONIKA_CRASH_TEST"] { Self.scheduleTestCrash(kind, logger: logger) }
+
+        let ingest = IngestService(configuration: configuration, logger: logger)
+        let metrics = MetricsServer(host: configuration.metricsHost, port: configuration.metricsPort, health: ingest.health, logger: logger)
+        let current = CurrentConfiguration(configuration)
+        let lifecycle = ProcessLifecycle(shutdownTimeout: .milliseconds(configuration.shutdownTimeoutMs), logger: logger)
+        do {
+            try await lifecycle.run(
+                services: [metrics, ingest],
+                onShutdown: { ingest.beginShutdown() },
+                onReload: { Self.reload(environment: environment, flags: flags, current: current, logger: logger) }
+            )
+        } catch {
+            logger.critical("stopped by an error", metadata: ["event": "server.failed", "error": "\(error)", "exit_code": "1"])
+            terminate(.failure)
+        }
+        guard let report = ingest.drainReport else {
+            // The services only return after a drain: anything else is a broken invariant.
+            fatalError("the device server returned without draining")
+        }
+        let fields: Logger.Metadata = [
+            "packets_in_flight": "\(report.packetsInFlight)", "abandoned_records": "\(report.abandonedRecords)",
+            "redis_thread_finished": "\(report.publisherFinished)", "seconds": "\(report.seconds)",
+        ]
+        if report.isClean {
+            logger.info("drained and stopped", metadata: fields.merging(["event": "server.stopped", "exit_code": "0"]) { $1 })
+            return
+        }
+        logger.critical(
+            "drain timed out: records abandoned unacknowledged (devices resend them)",
+            metadata: fields.merging(["event": "server.drain_timeout", "exit_code": "1"]) { $1 }
+        )
+        terminate(.failure)
+    }
+
+    /// Defaults < CONFIG_FILE < environment < flags.
+    private static func load(environment: [String: String], flags: [String: String]) throws -> IngestConfiguration {
+        var file: [String: String] = [:]
+        if let path = IngestConfiguration.configFilePath(environment: environment, flags: flags) {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw ConfigurationError(key: "CONFIG_FILE", message: "cannot read '\(path)'")
+            }
+            file = try IngestConfiguration.parseFile(text)
+        }
+        return try IngestConfiguration.load(environment: environment, flags: flags, file: file)
+    }
+
+    /// SIGHUP: re-reads CONFIG_FILE and applies what can change at run time (the log level); other
+    /// changed settings are named as needing a restart. A bad file changes nothing.
+    private static func reload(
+        environment: [String: String],
+        flags: [String: String],
+        current: CurrentConfiguration,
+        logger: Logger
+    ) {
+        let next: IngestConfiguration
+        do {
+            next = try load(environment: environment, flags: flags)
+        } catch {
+            logger.error(
+                "settings not reloaded: keeping the current ones",
+                metadata: ["event": "config.reload_failed", "error": "\(error)"]
+            )
+            return
+        }
+        let changed = current.value.withLock { old -> [String] in
+            let changed = next.changedSettings(comparedTo: old)
+            old.logLevel = next.logLevel
+            return changed
+        }
+        LineLogHandler.setLevel(Logger.Level(rawValue: next.logLevel) ?? .info)
+        let needRestart = changed.filter { !IngestConfiguration.reloadable.contains($0) }
+        logger.notice(
+            "settings reloaded",
+            metadata: [
+                "event": "config.reloaded", "log_level": "\(next.logLevel)",
+                "applied": "\(changed.filter { IngestConfiguration.reloadable.contains($0) }.joined(separator: ","))",
+                "restart_required": "\(needRestart.joined(separator: ","))",
+                "config_file": "\(IngestConfiguration.configFilePath(environment: environment, flags: flags) ?? "")",
+            ]
+        )
+    }
+
+    /// Test-only (TELTONIKA_CRASH_TEST, documented in OPERATIONS.md): crash 300 ms after start.
+    private static func scheduleTestCrash(_ kind: String, logger: Logger) {
+        logger.warning("test crash requested", metadata: ["event": "process.crash_test", "kind": "\(kind)"])
+        Thread.detachNewThread {
+            Thread.sleep(forTimeInterval: 0.3)
+            CrashHandler.crashForTesting(kind)
+        }
     }
 
     /// `--name value` and `--name=value` pairs, checked against the known settings.
@@ -63,4 +153,10 @@ struct ServeCommand: AsyncParsableCommand {
         }
         return flags
     }
+}
+
+/// The configuration in force, updated by SIGHUP.
+final class CurrentConfiguration: Sendable {
+    let value: Mutex<IngestConfiguration>
+    init(_ configuration: IngestConfiguration) { value = Mutex(configuration) }
 }

@@ -9,7 +9,7 @@ struct OperationsDocTests {
     static let sources: String = {
         let enumerator = FileManager.default.enumerator(at: root.appendingPathComponent("Sources"), includingPropertiesForKeys: nil)!
         var text = ""
-        for case let url as URL in enumerator where url.pathExtension == "swift" {
+        for case let url as URL in enumerator where url.pathExtension == "swift" || url.pathExtension == "c" {
             text += (try? String(contentsOf: url, encoding: .utf8)) ?? ""
         }
         return text
@@ -25,12 +25,13 @@ struct OperationsDocTests {
 
     @Test func testEveryLogEventIsDocumented() {
         let events = OperationsDocTests.matches(#""event": "([a-z_]+\.[a-z_]+)""#)
+            .union(OperationsDocTests.matches(#"\\"event\\":\\"([a-z_]+\.[a-z_]+)\\""#))  // the C crash handler's line
         #expect(events.count >= 20)
         for event in events { #expect(OperationsDocTests.operations.contains("`\(event)`"), "log event \(event)") }
     }
 
     @Test func testEveryMetricIsDocumented() {
-        let metrics = OperationsDocTests.matches(#""(teltonika_[a-z_]+)""#)
+        let metrics = OperationsDocTests.matches(#""((?:teltonika|process)_[a-z_]+)""#)
         #expect(metrics.count >= 20)
         for metric in metrics { #expect(OperationsDocTests.operations.contains("`\(metric)`"), "metric \(metric)") }
     }

@@ -15,6 +15,9 @@ public enum FixtureCorpus {
     public static let directory = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures")
 
+    /// The repository's root folder (for scripts, deploy files and docs).
+    public static var repositoryRoot: String { directory.deletingLastPathComponent().deletingLastPathComponent().path }
+
     /// Every row of frames.tsv, in order.
     public static let frames: [FixtureFrame] = {
         let text = try! String(contentsOf: directory.appendingPathComponent("frames.tsv"), encoding: .utf8)

@@ -157,11 +157,20 @@ final class ServerProcess {
     let stream: String
     let responses: String
     private(set) var port = 0
+    /// The metrics and health port (`/metrics`, `/healthz`, `/readyz`).
+    private(set) var metricsPort = 0
     private let lines = NIOLockedValueBox<[String]>([])
     private let stderr = Pipe()
 
-    /// - Parameter launcher: a command that runs the binary (e.g. `prlimit ... --`), or none.
-    init(redisURL: String = TestEnvironment.redisURL, environment extra: [String: String] = [:], launcher: [String] = []) throws {
+    /// - Parameters:
+    ///   - launcher: a command that runs the binary (e.g. `prlimit ... --`), or none.
+    ///   - waitUntilListening: wait for both listeners (and learn their ports) before returning.
+    init(
+        redisURL: String = TestEnvironment.redisURL,
+        environment extra: [String: String] = [:],
+        launcher: [String] = [],
+        waitUntilListening: Bool = true
+    ) throws {
         stream = "test:\(UUID().uuidString)"
         responses = stream + ":responses"
         var env = ProcessInfo.processInfo.environment
@@ -172,7 +181,10 @@ final class ServerProcess {
         env["REDIS_RESPONSES_STREAM"] = responses
         env["LOG_FORMAT"] = "json"
         env["LOG_LEVEL"] = "debug"
-        for (k, v) in extra { env[k] = v }
+        env["METRICS_HOST"] = "127.0.0.1"
+        env["METRICS_PORT"] = "0"
+        env["SWIFT_BACKTRACE"] = "interactive=no"
+        for (k, v) in extra { env[k] = v.isEmpty ? nil : v }  // "" unsets
         let command = launcher + [TestEnvironment.binary, "serve"]
         process.executableURL = URL(fileURLWithPath: command[0])
         process.arguments = Array(command.dropFirst())
@@ -193,9 +205,49 @@ final class ServerProcess {
             }
         }
         try process.run()
+        guard waitUntilListening else { return }
         let listening = try waitForLog(event: "server.listening", timeout: 10)
         port = Int(listening["port"] as? String ?? "") ?? 0
         guard port > 0 else { throw TestFailure("no port in \(listening)") }
+        let metrics = try waitForLog(event: "metrics.listening", timeout: 10)
+        metricsPort = Int(metrics["port"] as? String ?? "") ?? 0
+        guard metricsPort > 0 else { throw TestFailure("no metrics port in \(metrics)") }
+    }
+
+    /// Every line the server wrote to stderr (log lines, and a crash's backtrace).
+    var stderrLines: [String] { lines.withLockedValue { $0 } }
+
+    /// Sends a signal to the server.
+    func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+
+    /// Waits up to `timeout` seconds for the server to exit; nil when it is still running.
+    /// Reaps the child itself when Foundation has not (seen with children that died by a signal
+    /// under the test runner: they stay zombies and `isRunning` stays true).
+    func waitForExit(timeout: Double) -> (status: Int32, bySignal: Bool, seconds: Double)? {
+        let start = Date()
+        let pid = process.processIdentifier
+        while process.isRunning && Date().timeIntervalSince(start) < timeout {
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid {
+                usleep(100_000)  // let the last stderr lines arrive
+                let signalled = (status & 0x7f) != 0 && (status & 0x7f) != 0x7f
+                return (signalled ? status & 0x7f : (status >> 8) & 0xff, signalled, Date().timeIntervalSince(start))
+            }
+            usleep(5_000)
+        }
+        guard !process.isRunning else { return nil }
+        usleep(100_000)  // let the last stderr lines arrive
+        return (process.terminationStatus, process.terminationReason == .uncaughtSignal, Date().timeIntervalSince(start))
+    }
+
+    /// GET on the metrics port.
+    func http(_ path: String) throws -> HTTPResult { try httpGet(port: metricsPort, path: path) }
+
+    /// `/metrics`, parsed.
+    func scrape() throws -> Scrape {
+        let result = try http("/metrics")
+        guard result.status == 200 else { throw TestFailure("/metrics answered \(result.status)") }
+        return Scrape(text: result.body)
     }
 
     /// Log objects so far.
@@ -232,23 +284,30 @@ final class ServerProcess {
     deinit { stop() }
 }
 
+/// A blocking TCP socket connected to 127.0.0.1:`port`.
+func connectLoopback(port: Int) throws -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = UInt16(port).bigEndian
+    let rc = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard rc == 0 else {
+        let error = errno
+        close(fd)
+        throw TestFailure("connect to \(port) failed: errno \(error)")
+    }
+    return fd
+}
+
 /// A device: one blocking TCP socket with receive timeouts.
 final class DeviceClient {
     private let fd: Int32
 
     init(port: Int) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = UInt16(port).bigEndian
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard rc == 0 else {
-            close(fd)
-            throw TestFailure("connect to \(port) failed: errno \(errno)")
-        }
+        fd = try connectLoopback(port: port)
     }
 
     deinit { close(fd) }
@@ -299,5 +358,56 @@ final class DeviceClient {
     func login(_ imei: String) throws -> Bool {
         try send(IMEI(imei)!.loginFrame)
         return receive(1, timeout: 5) == .bytes([1])
+    }
+}
+
+struct HTTPResult {
+    var status: Int
+    var body: String
+}
+
+/// A one-shot HTTP/1.1 GET on 127.0.0.1 (`Connection: close`, read to EOF).
+func httpGet(port: Int, path: String, timeout: Double = 10) throws -> HTTPResult {
+    let fd = try connectLoopback(port: port)
+    defer { close(fd) }
+    var tv = timeval(tv_sec: Int(timeout), tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    let request = Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".utf8)
+    _ = request.withUnsafeBytes { Glibc.send(fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
+    var response: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = recv(fd, &buffer, buffer.count, 0)
+        if n <= 0 { break }
+        response += buffer[0..<n]
+    }
+    let text = String(decoding: response, as: UTF8.self)
+    guard let headerEnd = text.range(of: "\r\n\r\n") else { throw TestFailure("no HTTP response from \(path): \(text)") }
+    let statusLine = text[..<headerEnd.lowerBound].split(separator: "\r\n").first ?? ""
+    let status = Int(statusLine.split(separator: " ").dropFirst().first ?? "") ?? 0
+    return HTTPResult(status: status, body: String(text[headerEnd.upperBound...]))
+}
+
+/// A Prometheus text exposition, as series → value.
+struct Scrape {
+    let text: String
+    let values: [String: Double]
+
+    init(text: String) {
+        self.text = text
+        var values: [String: Double] = [:]
+        for line in text.split(separator: "\n") where !line.hasPrefix("#") {
+            guard let space = line.lastIndex(of: " ") else { continue }
+            values[String(line[..<space])] = Double(line[line.index(after: space)...])
+        }
+        self.values = values
+    }
+
+    /// The value of one series, written as in the exposition (`name{label="v",...}`); 0 when absent.
+    subscript(_ series: String) -> Double { values[series] ?? 0 }
+
+    /// Metric names (without labels, histogram suffixes kept).
+    var names: Set<String> {
+        Set(values.keys.map { String($0.prefix { $0 != "{" }) })
     }
 }

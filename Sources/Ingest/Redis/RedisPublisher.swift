@@ -1,8 +1,8 @@
-import CoreMetrics
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import Prometheus
 
 /// What became of a publish job. Only `.stored` allows an ACK.
 public enum PublishOutcome: Sendable, Equatable {
@@ -73,6 +73,9 @@ public struct PublisherConfiguration: Sendable {
     /// Reconnect backoff: first delay and cap, doubled per failed attempt, with jitter.
     public var reconnectBaseMs: Int
     public var reconnectMaxMs: Int
+    /// With nothing to send for this long, the connection is checked with `PING` (or, when down,
+    /// re-established), so `teltonika_redis_up` and `/readyz` follow Redis without traffic.
+    public var healthCheckMs: Int
 
     public init(
         redis: RedisURL,
@@ -80,7 +83,8 @@ public struct PublisherConfiguration: Sendable {
         redisTimeoutMs: Int,
         maxBatchRecords: Int = 4096,
         reconnectBaseMs: Int = 100,
-        reconnectMaxMs: Int = 5000
+        reconnectMaxMs: Int = 5000,
+        healthCheckMs: Int = 1000
     ) {
         self.redis = redis
         self.queueCapacity = queueCapacity
@@ -88,6 +92,7 @@ public struct PublisherConfiguration: Sendable {
         self.maxBatchRecords = maxBatchRecords
         self.reconnectBaseMs = reconnectBaseMs
         self.reconnectMaxMs = reconnectMaxMs
+        self.healthCheckMs = healthCheckMs
     }
 }
 
@@ -106,13 +111,16 @@ public final class RedisPublisher: @unchecked Sendable {
     private var stopping = false
     private var stopDeadline: NIODeadline = .distantFuture
     private var finished = false
+    private var abandonedRecords = 0
+    /// Touched only by the drain thread.
+    private var everConnected = false
     private let connected = NIOLockedValueBox(false)
 
     public init(configuration: PublisherConfiguration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
-        IngestMetrics.publishQueueCapacity.record(configuration.queueCapacity)
-        IngestMetrics.redisUp.record(0)
+        IngestMetrics.shared.publishQueueCapacity.set(Int64(configuration.queueCapacity))
+        IngestMetrics.shared.redisUp.set(Int64(0))
     }
 
     /// Starts the drain thread.
@@ -141,21 +149,34 @@ public final class RedisPublisher: @unchecked Sendable {
         }
         queue.append(job)
         heldRecords += job.recordCount
-        IngestMetrics.publishQueueDepth.record(heldRecords)
+        IngestMetrics.shared.publishQueueDepth.set(Int64(heldRecords))
         condition.signal()
         condition.unlock()
         return true
     }
 
-    /// Stops taking jobs, sends what is queued until `deadline`, then completes the rest `.expired`
-    /// and returns once the thread has ended.
-    public func stop(deadline: NIODeadline) {
+    /// What a stop left behind.
+    public struct StopReport: Sendable, Equatable {
+        /// Records never confirmed by Redis (so never ACKed): their devices send them again.
+        public var abandonedRecords: Int
+        /// False when the drain thread was still inside a Redis call at the deadline (Redis hung).
+        public var threadFinished: Bool
+    }
+
+    /// Stops taking jobs and sends what is queued until `deadline`; jobs still unconfirmed then
+    /// complete `.expired`. Returns when the thread has ended, or at `deadline` if it is stuck in a
+    /// Redis call (a hung Redis); the report says which, and how many records were abandoned.
+    public func stop(deadline: NIODeadline) -> StopReport {
         condition.lock()
+        defer { condition.unlock() }
         stopping = true
         stopDeadline = deadline
         condition.broadcast()
-        while !finished { condition.wait() }
-        condition.unlock()
+        while !finished {
+            let seconds = max(0, Double((deadline - .now()).nanoseconds) / 1e9)
+            if !condition.wait(until: Date(timeIntervalSinceNow: seconds)) && NIODeadline.now() >= deadline { break }
+        }
+        return StopReport(abandonedRecords: finished ? abandonedRecords : heldRecords, threadFinished: finished)
     }
 
     // MARK: - The drain thread
@@ -164,7 +185,13 @@ public final class RedisPublisher: @unchecked Sendable {
         var connection: RedisConnection? = nil
         var retry: [PublishJob] = []
         var attempt = 0
-        while let batch = nextBatch(retry: &retry) {
+        while true {
+            let idleWaitMs = connection == nil ? backoff(attempt: attempt) : configuration.healthCheckMs
+            guard let next = nextBatch(retry: &retry, idleWaitMs: idleWaitMs) else { break }
+            guard case .jobs(let batch) = next else {
+                checkHealth(&connection, attempt: &attempt)
+                continue
+            }
             let now = NIODeadline.now()
             var live: [PublishJob] = []
             for job in batch {
@@ -178,26 +205,10 @@ public final class RedisPublisher: @unchecked Sendable {
             }
             guard !live.isEmpty else { continue }
             if connection == nil {
-                do throws(RedisConnection.Failure) {
-                    connection = try RedisConnection(url: configuration.redis, timeoutMs: configuration.redisTimeoutMs)
-                    if attempt > 0 { IngestMetrics.redisReconnects.increment() }
-                    attempt = 0
-                    setConnected(true)
-                    logger.info("redis connected", metadata: ["event": "redis.connected", "redis": "\(configuration.redis)"])
-                } catch {
-                    setConnected(false)
-                    IngestMetrics.redisErrors(kind: error.kind).increment()
-                    let delay = backoff(attempt: attempt)
-                    attempt += 1
-                    logger.error(
-                        "redis unreachable",
-                        metadata: [
-                            "event": "redis.connect_failed", "error": "\(error)", "retry_in_ms": "\(delay)",
-                            "redis": "\(configuration.redis)",
-                        ]
-                    )
+                connection = connect(attempt: &attempt)
+                if connection == nil {
                     retry = live
-                    pause(milliseconds: delay)
+                    pause(milliseconds: backoff(attempt: attempt))
                     continue
                 }
             }
@@ -216,6 +227,52 @@ public final class RedisPublisher: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// A new connection, or nil (counted, logged; `attempt` grows) when Redis cannot be reached.
+    private func connect(attempt: inout Int) -> RedisConnection? {
+        do throws(RedisConnection.Failure) {
+            let connection = try RedisConnection(url: configuration.redis, timeoutMs: configuration.redisTimeoutMs)
+            if everConnected { IngestMetrics.shared.redisReconnects.increment() }
+            everConnected = true
+            attempt = 0
+            setConnected(true)
+            logger.info("redis connected", metadata: ["event": "redis.connected", "redis": "\(configuration.redis)"])
+            return connection
+        } catch {
+            setConnected(false)
+            IngestMetrics.shared.redisErrors(kind: error.kind).increment()
+            attempt += 1
+            logger.error(
+                "redis unreachable",
+                metadata: [
+                    "event": "redis.connect_failed", "error": "\(error)", "retry_in_ms": "\(backoff(attempt: attempt))",
+                    "redis": "\(configuration.redis)",
+                ]
+            )
+            return nil
+        }
+    }
+
+    /// Nothing to send: PING the connection, or try to re-establish it.
+    private func checkHealth(_ connection: inout RedisConnection?, attempt: inout Int) {
+        guard let conn = connection else {
+            connection = connect(attempt: &attempt)
+            return
+        }
+        do throws(RedisConnection.Failure) {
+            if case .error(let message) = try conn.command(["PING"]) {
+                throw RedisConnection.Failure(kind: "reply", message: message)
+            }
+        } catch {
+            connection = nil
+            setConnected(false)
+            IngestMetrics.shared.redisErrors(kind: error.kind).increment()
+            logger.error(
+                "redis health check failed",
+                metadata: ["event": "redis.connection_lost", "error": "\(error)", "unconfirmed_jobs": "0"]
+            )
+        }
+    }
+
     /// Sends one batch pipelined; returns the jobs to retry. Sets `connection` nil when it broke.
     private func send(_ jobs: [PublishJob], on connection: inout RedisConnection?) -> [PublishJob] {
         guard let conn = connection else { return jobs }
@@ -230,22 +287,22 @@ public final class RedisPublisher: @unchecked Sendable {
                 }
                 confirmed += 1
                 if let firstError {
-                    IngestMetrics.redisErrors(kind: "reply").increment()
+                    IngestMetrics.shared.redisErrors(kind: "reply").increment()
                     logger.error("redis refused a write", metadata: ["event": "redis.error_reply", "error": "\(firstError)"])
                     failed.append(job)
                 } else {
-                    IngestMetrics.recordsPublished.increment(by: job.recordCount)
-                    IngestMetrics.publishDuration.recordNanoseconds((NIODeadline.now() - job.enqueued).nanoseconds)
+                    IngestMetrics.shared.recordsPublished.increment(by: Int64(job.recordCount))
+                    IngestMetrics.shared.publishDuration.recordNanoseconds((NIODeadline.now() - job.enqueued).nanoseconds)
                     finish(job, .stored)
                 }
             }
-            IngestMetrics.publishBatchSize.record(jobs.reduce(0) { $0 + $1.recordCount })
+            IngestMetrics.shared.publishBatchSize.record(Int64(jobs.reduce(0) { $0 + $1.recordCount }))
             return failed
         } catch {
             // Outcome unknown for every job not fully answered: not confirmed, so retried (a duplicate, never a loss).
             connection = nil
             setConnected(false)
-            IngestMetrics.redisErrors(kind: error.kind).increment()
+            IngestMetrics.shared.redisErrors(kind: error.kind).increment()
             logger.error(
                 "redis connection lost",
                 metadata: ["event": "redis.connection_lost", "error": "\(error)", "unconfirmed_jobs": "\(jobs.count - confirmed)"]
@@ -254,11 +311,21 @@ public final class RedisPublisher: @unchecked Sendable {
         }
     }
 
-    /// The next jobs to send: retries first, then queued jobs, up to the batch limit. Nil when stopped and empty.
-    private func nextBatch(retry: inout [PublishJob]) -> [PublishJob]? {
+    private enum Next {
+        case jobs([PublishJob])
+        /// Nothing arrived for `idleWaitMs`.
+        case idle
+    }
+
+    /// The next jobs to send: retries first, then queued jobs, up to the batch limit; `.idle` after
+    /// `idleWaitMs` without work. Nil when stopped and empty.
+    private func nextBatch(retry: inout [PublishJob], idleWaitMs: Int) -> Next? {
         condition.lock()
         defer { condition.unlock() }
-        while retry.isEmpty && queueHead == queue.count && !stopping { condition.wait() }
+        let idleAt = Date(timeIntervalSinceNow: Double(idleWaitMs) / 1000)
+        while retry.isEmpty && queueHead == queue.count && !stopping {
+            if !condition.wait(until: idleAt) && retry.isEmpty && queueHead == queue.count && !stopping { return .idle }
+        }
         if stopping && NIODeadline.now() >= stopDeadline {
             // Past the drain deadline: everything left is abandoned, unacknowledged.
             let rest = retry + queue[queueHead...]
@@ -266,6 +333,7 @@ public final class RedisPublisher: @unchecked Sendable {
             queue.removeAll()
             queueHead = 0
             for job in rest {
+                abandonedRecords += job.recordCount
                 condition.unlock()
                 finish(job, .expired("shutdown deadline passed"))
                 condition.lock()
@@ -285,20 +353,20 @@ public final class RedisPublisher: @unchecked Sendable {
             queue.removeFirst(queueHead)
             queueHead = 0
         }
-        return batch
+        return .jobs(batch)
     }
 
     private func finish(_ job: PublishJob, _ outcome: PublishOutcome) {
         condition.lock()
         heldRecords -= job.recordCount
-        IngestMetrics.publishQueueDepth.record(heldRecords)
+        IngestMetrics.shared.publishQueueDepth.set(Int64(heldRecords))
         condition.unlock()
         job.complete(outcome)
     }
 
     private func setConnected(_ value: Bool) {
         connected.withLockedValue { $0 = value }
-        IngestMetrics.redisUp.record(value ? 1 : 0)
+        IngestMetrics.shared.redisUp.set(Int64(value ? 1 : 0))
     }
 
     private func backoff(attempt: Int) -> Int {

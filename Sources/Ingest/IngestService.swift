@@ -1,0 +1,159 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Synchronization
+
+/// What a drain left undone. Empty means every packet that was read got its ACK and every queued
+/// record reached Redis.
+public struct DrainReport: Sendable, Equatable {
+    /// Packets whose publish had not completed at the deadline (never ACKed: the devices resend them).
+    public var packetsInFlight: Int
+    /// Records Redis had not confirmed at the deadline (never ACKed).
+    public var abandonedRecords: Int
+    /// False when the Redis thread was stuck in a call at the deadline (Redis hung).
+    public var publisherFinished: Bool
+    public var seconds: Double
+
+    public var isClean: Bool { packetsInFlight == 0 && abandonedRecords == 0 && publisherFinished }
+}
+
+/// Readiness and liveness of the device server, for `/readyz`, `/healthz` and `teltonika_ready`.
+public final class ServerHealth: Sendable {
+    let listening = Atomic<Bool>(false)
+    let draining = Atomic<Bool>(false)
+    let publisher: RedisPublisher
+    let eventLoops: any EventLoopGroup
+
+    init(publisher: RedisPublisher, eventLoops: any EventLoopGroup) {
+        self.publisher = publisher
+        self.eventLoops = eventLoops
+    }
+
+    /// Ready: listener bound, Redis connected, not draining. Otherwise the first reason that applies.
+    public var readiness: (ready: Bool, reason: String) {
+        if draining.load(ordering: .relaxed) { return (false, "draining") }
+        if !listening.load(ordering: .relaxed) { return (false, "not listening") }
+        if !publisher.isConnected { return (false, "redis down") }
+        return (true, "ok")
+    }
+
+    /// Succeeds when every device event loop ran a no-op task within `timeout`.
+    func eventLoopsRespond(on loop: any EventLoop, timeout: TimeAmount) -> EventLoopFuture<Bool> {
+        let pings = eventLoops.makeIterator().map { $0.submit {} }
+        let all = EventLoopFuture.andAllSucceed(pings, on: loop).map { true }
+        let promise = loop.makePromise(of: Bool.self)
+        let timer = loop.scheduleTask(in: timeout) { promise.succeed(false) }
+        all.whenComplete { result in
+            timer.cancel()
+            promise.succeed((try? result.get()) ?? false)
+        }
+        return promise.futureResult
+    }
+}
+
+/// The device server as a service: publisher, event loops and listener; on graceful shutdown, the drain.
+///
+/// Drain, in order (OPERATIONS.md, "Signals and shutdown"): readiness false; the listener closes;
+/// every session stops reading and finishes its packet in flight (published, then ACKed); the publish
+/// queue drains to Redis; device connections close; the Redis connection closes. All of it is bounded
+/// by the deadline set when shutdown began (`SHUTDOWN_TIMEOUT_MS`); what is left then is reported in
+/// the ``DrainReport`` and the process exits 1.
+public final class IngestService: Service, Sendable {
+    public let health: ServerHealth
+    private let configuration: IngestConfiguration
+    private let logger: Logger
+    private let publisher: RedisPublisher
+    private let group: MultiThreadedEventLoopGroup
+    private let state = NIOLockedValueBox<(deadline: NIODeadline?, report: DrainReport?)>((nil, nil))
+
+    public init(configuration: IngestConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+        self.publisher = RedisPublisher(
+            configuration: PublisherConfiguration(
+                redis: configuration.redisURL,
+                queueCapacity: configuration.publishQueueCapacity,
+                redisTimeoutMs: configuration.redisTimeoutMs
+            ),
+            logger: logger
+        )
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        self.health = ServerHealth(publisher: publisher, eventLoops: group)
+    }
+
+    /// The drain's outcome, once `run()` has returned after a shutdown.
+    public var drainReport: DrainReport? { state.withLockedValue { $0.report } }
+
+    /// Shutdown was asked for (first signal): readiness turns false now, and the drain deadline is
+    /// fixed from this moment. Safe to call from any thread, more than once.
+    public func beginShutdown() {
+        health.draining.store(true, ordering: .relaxed)
+        state.withLockedValue { s in
+            if s.deadline == nil { s.deadline = .now() + .milliseconds(Int64(configuration.shutdownTimeoutMs)) }
+        }
+    }
+
+    public func run() async throws {
+        logger.info(
+            "starting",
+            metadata: [
+                "event": "server.starting", "redis": "\(configuration.redisURL)", "stream": "\(configuration.telemetryStream)",
+                "max_frame_bytes": "\(configuration.maxFrameBytes)", "max_connections": "\(configuration.maxConnections)",
+                "version": "\(IngestMetrics.version)", "revision": "\(IngestMetrics.revision)",
+            ]
+        )
+        publisher.start()
+        let server = IngestServer(configuration: configuration, publisher: publisher, logger: logger, group: group)
+        do {
+            _ = try await server.start()
+        } catch {
+            logger.critical("cannot listen", metadata: ["event": "server.listen_failed", "error": "\(error)"])
+            _ = publisher.stop(deadline: .now())
+            try await group.shutdownGracefully()
+            throw error
+        }
+        health.listening.store(true, ordering: .relaxed)
+        // Until the service group asks for a graceful shutdown (or is cancelled: then drain all the same).
+        try? await gracefulShutdown()
+        let report = await drain(server)
+        state.withLockedValue { $0.report = report }
+    }
+
+    private func drain(_ server: IngestServer) async -> DrainReport {
+        beginShutdown()
+        let started = NIODeadline.now()
+        let deadline = state.withLockedValue { $0.deadline! }
+        logger.notice(
+            "draining",
+            metadata: [
+                "event": "server.draining", "connections": "\(server.connectionCount)", "packets_in_flight": "\(server.packetsInFlight)",
+                "queued_records": "\(publisher.queuedRecords)", "timeout_ms": "\(configuration.shutdownTimeoutMs)",
+            ]
+        )
+        await server.stopAccepting()
+        server.drainSessions()
+        let inFlight = await server.waitForPacketsInFlight(until: deadline)
+        let stopped = await withCheckedContinuation { (continuation: CheckedContinuation<RedisPublisher.StopReport, Never>) in
+            let publisher = self.publisher
+            Thread.detachNewThread { continuation.resume(returning: publisher.stop(deadline: deadline)) }
+        }
+        await server.closeAll(until: max(deadline, .now() + .milliseconds(500)))
+        if stopped.threadFinished {
+            do {
+                try await group.shutdownGracefully()
+            } catch {
+                // Shutting the loops down can only fail if done twice: an invariant broke.
+                fatalError("event loop shutdown failed during drain: \(error)")
+            }
+        }
+        return DrainReport(
+            packetsInFlight: inFlight,
+            abandonedRecords: stopped.abandonedRecords,
+            publisherFinished: stopped.threadFinished,
+            seconds: Double((NIODeadline.now() - started).nanoseconds) / 1e9
+        )
+    }
+}

@@ -1,0 +1,175 @@
+import Codec8
+import FixtureSupport
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Process life of the real binary: the graceful drain under load, the bounded drain with a hung
+/// Redis, the second signal, SIGHUP, and crashes.
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct LifecycleTests {
+    static let twoRecords = TestEnvironment.fixtures.first { $0.id == "w-c8-3" }!.bytes
+
+    /// Devices send packets in rounds while SIGTERM arrives: the server exits 0, and every record any
+    /// device got an ACK for is in the stream (the ACK log checked against Redis).
+    @Test func testSigtermDuringTrafficExitsZeroAndLosesNoACKedRecord() throws {
+        let devices = 200
+        let recordsPerPacket = 4
+        let server = try ServerProcess()
+        var clients: [DeviceClient?] = []
+        for d in 0..<devices {
+            let client = try DeviceClient(port: server.port)
+            try client.send(IMEI(FleetTests.imei(d))!.loginFrame)
+            clients.append(client)
+        }
+        for (d, client) in clients.enumerated() { #expect(client!.receive(1, timeout: 10) == .bytes([1]), "device \(d) login") }
+        let pid = server.process.processIdentifier
+        DispatchQueue.global().asyncAfter(deadline: .now() + 0.7) { _ = kill(pid, SIGTERM) }
+
+        var acked: Set<String> = []  // "imei:timestamp" of every record whose packet was ACKed
+        var unacked = 0
+        var round = 0
+        while clients.contains(where: { $0 != nil }) && round < 2000 {
+            var sent: [Int: [UInt64]] = [:]
+            for d in 0..<devices {
+                guard let client = clients[d] else { continue }
+                let stamps = (0..<recordsPerPacket).map { 1_700_000_000_000 + UInt64(round * recordsPerPacket + $0) }
+                let records = stamps.map { AVLRecord(timestampMs: $0, priority: 1, ioElements: [IOElement(id: 239, value: .u8(1))]) }
+                do {
+                    try client.send(try AVLPacketEncoder.encode(records, codec: .codec8))
+                    sent[d] = stamps
+                } catch {
+                    clients[d] = nil
+                }
+            }
+            for (d, stamps) in sent {
+                switch clients[d]!.receive(4, timeout: 15) {
+                case .bytes(let ack):
+                    #expect(ack == AVLAck.bytes(count: UInt32(recordsPerPacket)), "device \(d) round \(round)")
+                    for ts in stamps { acked.insert("\(FleetTests.imei(d)):\(ts)") }
+                case .closed, .timeout:
+                    unacked += 1
+                    clients[d] = nil
+                }
+            }
+            round += 1
+        }
+        let exit = try #require(server.waitForExit(timeout: 40), "server still running after the drain")
+        #expect(exit.status == 0 && !exit.bySignal, "exit \(exit)")
+        #expect(server.logCount(event: "server.draining") == 1)
+        #expect(server.logCount(event: "server.stopped") == 1)
+        #expect(acked.count > devices * recordsPerPacket, "too little traffic before the signal to prove anything")
+
+        let stored = Set(
+            try RedisClient(url: TestEnvironment.redisURL).entries(server.stream).map { entry -> String in
+                let payload = try JSONSerialization.jsonObject(with: Data(entry["payload"]!.utf8)) as! [String: Any]
+                return "\(entry["device_id"]!):\((payload["timestamp_ms"] as! NSNumber).intValue)"
+            }
+        )
+        let missing = acked.subtracting(stored)
+        #expect(missing.isEmpty, "\(missing.count) ACKed records missing from Redis, e.g. \(missing.prefix(5))")
+        print("drain under load: \(round) rounds, \(acked.count) records ACKed, \(unacked) packets cut unACKed, all ACKed stored")
+    }
+
+    /// Redis hangs (SIGSTOP) with a packet in flight: readiness turns 503 at once, the drain gives up at
+    /// SHUTDOWN_TIMEOUT_MS, reports what it abandoned and exits 1; the device never gets an ACK.
+    @Test func testSigtermWithRedisPausedExitsOneWithinTheTimeout() throws {
+        let redis = try OwnRedis()
+        let server = try ServerProcess(
+            redisURL: redis.url,
+            environment: ["SHUTDOWN_TIMEOUT_MS": "2000", "REDIS_TIMEOUT_MS": "20000", "PUBLISH_TIMEOUT_MS": "60000"]
+        )
+        defer { redis.resume() }
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login("356307042441013"))
+        try waitFor(timeout: 10) { try server.http("/readyz").status == 200 }
+        redis.pause()
+        try device.send(Self.twoRecords)
+        #expect(device.receive(4, timeout: 0.3) == .timeout([]))
+        let signalled = Date()
+        server.signal(SIGTERM)
+        try waitFor(timeout: 1) { try server.http("/readyz").body.contains("draining") }
+        #expect(try server.http("/readyz").status == 503)
+        let exit = try #require(server.waitForExit(timeout: 10))
+        let seconds = Date().timeIntervalSince(signalled)
+        #expect(exit.status == 1 && !exit.bySignal, "exit \(exit)")
+        #expect(seconds >= 1.9 && seconds < 2.0 + 2.5, "exited after \(seconds) s")
+        #expect(device.receive(4, timeout: 2) == .closed([]))
+        let report = try server.waitForLog(event: "server.drain_timeout", timeout: 1)
+        #expect(report["packets_in_flight"] as? String == "1")
+        #expect(report["abandoned_records"] as? String == "2")
+        #expect(server.logCount(event: "server.stopped") == 0)
+    }
+
+    /// A second SIGTERM during the drain ends the process at once with exit 1.
+    @Test func testSecondSignalForcesExitOne() throws {
+        let redis = try OwnRedis()
+        let server = try ServerProcess(
+            redisURL: redis.url,
+            environment: ["SHUTDOWN_TIMEOUT_MS": "60000", "REDIS_TIMEOUT_MS": "20000", "PUBLISH_TIMEOUT_MS": "60000"]
+        )
+        defer { redis.resume() }
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login("356307042441013"))
+        redis.pause()
+        try device.send(Self.twoRecords)
+        server.signal(SIGTERM)
+        try server.waitForLog(event: "server.draining", timeout: 5)
+        #expect(server.process.isRunning)
+        server.signal(SIGINT)
+        let exit = try #require(server.waitForExit(timeout: 5), "a second signal must end the drain at once")
+        #expect(exit.status == 1 && !exit.bySignal, "exit \(exit)")
+        #expect(server.logCount(event: "process.forced_exit") == 1)
+        #expect(device.receive(4, timeout: 2) == .closed([]))
+    }
+
+    /// SIGHUP re-reads CONFIG_FILE: the log level changes at once, connections stay, a setting that
+    /// needs a restart is named, and a bad file changes nothing.
+    @Test func testSighupReloadsTheLogLevelWithoutDroppingConnections() throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("ingest-\(UUID().uuidString).env")
+        defer { try? FileManager.default.removeItem(at: file) }
+        try "# settings\nLOG_LEVEL=info\n".write(to: file, atomically: true, encoding: .utf8)
+        let server = try ServerProcess(environment: ["CONFIG_FILE": file.path, "LOG_LEVEL": ""])
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login("356307042441013"))
+        try device.send(Self.twoRecords)
+        #expect(device.receive(4, timeout: 10) == .bytes([0, 0, 0, 2]))
+        #expect(server.logCount(event: "device.packet") == 0)  // a debug line, and the level is info
+
+        try "LOG_LEVEL=debug\nexport MAX_CONNECTIONS=\"5\"\n".write(to: file, atomically: true, encoding: .utf8)
+        server.signal(SIGHUP)
+        let reloaded = try server.waitForLog(event: "config.reloaded", timeout: 5)
+        #expect(reloaded["applied"] as? String == "LOG_LEVEL")
+        #expect(reloaded["restart_required"] as? String == "MAX_CONNECTIONS")
+        try device.send(Self.twoRecords)
+        #expect(device.receive(4, timeout: 10) == .bytes([0, 0, 0, 2]))  // same connection
+        try server.waitForLog(event: "device.packet", timeout: 5)
+
+        try "NOPE=1\n".write(to: file, atomically: true, encoding: .utf8)
+        server.signal(SIGHUP)
+        try server.waitForLog(event: "config.reload_failed", timeout: 5)
+        try device.send(Self.twoRecords)
+        #expect(device.receive(4, timeout: 10) == .bytes([0, 0, 0, 2]))
+        try server.waitForLog(event: "device.packet", timeout: 5, count: 2)  // still debug
+        #expect(server.process.isRunning)
+    }
+
+    /// The test-only crash trigger: one fatal log line, the Swift backtrace, death by the signal.
+    @Test(arguments: [("segv", SIGSEGV), ("abort", SIGABRT), ("fatal", SIGILL)])
+    func testCrashLogsOneFatalLineAndDiesByTheSignal(kind: String, expected: Int32) throws {
+        let server = try ServerProcess(environment: ["TELTONIKA_CRASH_TEST": kind], waitUntilListening: false)
+        let exit = try #require(server.waitForExit(timeout: 60), "no crash")
+        let fatalSignal = expected == SIGILL ? [SIGILL, SIGTRAP] : [expected]  // a Swift trap is SIGTRAP on arm64
+        #expect(exit.bySignal && fatalSignal.contains(exit.status), "exit \(exit)")
+        let crashed = server.logs.filter { $0["event"] as? String == "process.crashed" }
+        #expect(crashed.count == 1, "\(server.stderrLines.suffix(30))")
+        #expect(crashed.first?["signal_number"] as? String == "\(exit.status)")
+        #expect(crashed.first?["level"] as? String == "critical")
+        // The Swift backtracer's report follows the line.
+        let text = server.stderrLines.joined(separator: "\n")
+        #expect(text.contains("Program crashed") && text.contains("Thread"), "no backtrace in: \(text.suffix(2000))")
+    }
+}

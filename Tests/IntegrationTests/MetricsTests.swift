@@ -1,0 +1,198 @@
+import Codec8
+import FixtureSupport
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The metrics port of the real binary: exact counter movements for real traffic, a scrape that
+/// promtool accepts, readiness that follows Redis, and dashboards and alerts that name real metrics.
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct MetricsTests {
+    static let twoRecords = TestEnvironment.fixtures.first { $0.id == "w-c8-3" }!.bytes
+
+    /// A Codec 8 frame whose codec id is 0x99, with a correct CRC: only the codec is wrong.
+    static var unknownCodecFrame: [UInt8] {
+        var frame = TestEnvironment.fixtures.first { $0.id == "w-c8-1" }!.bytes
+        frame[8] = 0x99
+        let crc = CRC16IBM.checksum(frame[8..<(frame.count - 4)])
+        frame[frame.count - 2] = UInt8(crc >> 8)
+        frame[frame.count - 1] = UInt8(crc & 0xFF)
+        return frame
+    }
+
+    @Test func testCountersMoveExactlyWithTraffic() throws {
+        let redis = try OwnRedis()
+        let server = try ServerProcess(
+            redisURL: redis.url,
+            environment: [
+                "PUBLISH_QUEUE_CAPACITY": "255", "OVERFLOW_WAIT_MS": "300", "REDIS_TIMEOUT_MS": "20000", "PUBLISH_TIMEOUT_MS": "60000",
+            ]
+        )
+        let before = try server.scrape()
+        #expect(before["teltonika_publish_queue_capacity"] == 255)
+        #expect(before["teltonika_connections_active"] == 0)
+
+        // Good frames and a keep-alive: ACKed, counted.
+        let good = try DeviceClient(port: server.port)
+        #expect(try good.login("356307042441013"))
+        try good.send(Self.twoRecords)
+        #expect(good.receive(4, timeout: 10) == .bytes([0, 0, 0, 2]))
+        try good.send([0xFF])
+        try good.send(Self.twoRecords)
+        #expect(good.receive(4, timeout: 10) == .bytes([0, 0, 0, 2]))
+        // A CRC failure and an unknown codec: closed, no ACK.
+        let corrupt = try DeviceClient(port: server.port)
+        #expect(try corrupt.login("356307042441014"))
+        var bad = Self.twoRecords
+        bad[bad.count - 1] ^= 0x01
+        try corrupt.send(bad)
+        #expect(corrupt.receive(4, timeout: 5) == .closed([]))
+        let unknown = try DeviceClient(port: server.port)
+        #expect(try unknown.login("356307042441015"))
+        try unknown.send(Self.unknownCodecFrame)
+        #expect(unknown.receive(4, timeout: 5) == .closed([]))
+        // A bad IMEI.
+        let stranger = try DeviceClient(port: server.port)
+        try stranger.send([0x00, 0x0F] + Array("35630704244101X".utf8))
+        #expect(stranger.receive(1, timeout: 5) == .bytes([0]))
+
+        let mid = try server.scrape()
+        #expect(mid["teltonika_connections_active"] == 1)  // only `good` is still open
+        #expect(mid["teltonika_connections_total{result=\"accepted\"}"] == 4)
+        #expect(mid["teltonika_handshake_total{result=\"accepted\"}"] == 3)
+        #expect(mid["teltonika_handshake_total{result=\"rejected\"}"] == 1)
+        #expect(mid["teltonika_frames_total{codec=\"8\",result=\"ok\"}"] == 2)
+        #expect(mid["teltonika_frames_total{codec=\"8\",result=\"crc_fail\"}"] == 1)
+        #expect(mid["teltonika_frames_total{codec=\"unknown\",result=\"unknown_codec\"}"] == 1)
+        #expect(mid["teltonika_unknown_codec_total"] == 1)
+        #expect(mid["teltonika_records_total{codec=\"8\"}"] == 4)
+        #expect(mid["teltonika_records_published_total"] == 4)
+        #expect(mid["teltonika_acks_total"] == 2)
+        #expect(mid["teltonika_keepalive_total"] == 1)
+        #expect(mid["teltonika_ack_latency_seconds_count"] == 2)
+        #expect(mid["teltonika_publish_duration_seconds_count"] == 2)
+        #expect(mid["teltonika_publish_batch_size_sum"] == 4)
+        let sent = 3 * 17 + 2 * Self.twoRecords.count + 1 + bad.count + Self.unknownCodecFrame.count + 17
+        #expect(mid["teltonika_bytes_received_total"] == Double(sent))
+        #expect(mid["teltonika_publish_overflow_total"] == 0)
+        #expect(mid["teltonika_redis_up"] == 1)
+        #expect(mid["teltonika_ready"] == 1)
+
+        // An overflow: Redis stalls with 200 of 255 records held; 100 more do not fit.
+        let big = (0..<200).map { AVLRecord(timestampMs: 1_700_000_000_000 + UInt64($0), ioElements: [IOElement(id: 1, value: .u8(1))]) }
+        let second = try DeviceClient(port: server.port)
+        #expect(try second.login("356307042441016"))
+        redis.pause()
+        try good.send(try AVLPacketEncoder.encode(big, codec: .codec8))
+        #expect(good.receive(4, timeout: 0.5) == .timeout([]))
+        #expect(try server.scrape()["teltonika_publish_queue_depth"] == 200)
+        try second.send(try AVLPacketEncoder.encode(Array(big.prefix(100)), codec: .codec8))
+        #expect(second.receive(4, timeout: 5) == .closed([]))
+        redis.resume()
+        #expect(good.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 200)))
+
+        let after = try server.scrape()
+        #expect(after["teltonika_publish_overflow_total"] == 1)
+        #expect(after["teltonika_records_total{codec=\"8\"}"] == 304)
+        #expect(after["teltonika_records_published_total"] == 204)
+        #expect(after["teltonika_acks_total"] == 3)
+        #expect(after["teltonika_publish_queue_depth"] == 0)
+        #expect(try RedisClient(url: redis.url).xlen(server.stream) == 204)
+    }
+
+    @Test func testScrapePassesPromtoolAndNamesEveryDashboardAndAlertMetric() throws {
+        let server = try ServerProcess()
+        let scrape = try server.scrape()
+        // Every metric the issue names is there, with HELP text.
+        for name in [
+            "teltonika_connections_active", "teltonika_connections_total", "teltonika_handshake_total", "teltonika_frames_total",
+            "teltonika_unknown_codec_total", "teltonika_records_total", "teltonika_records_published_total", "teltonika_acks_total",
+            "teltonika_keepalive_total", "teltonika_device_messages_total", "teltonika_bytes_received_total",
+            "teltonika_publish_queue_depth", "teltonika_publish_queue_capacity", "teltonika_publish_overflow_total",
+            "teltonika_publish_batch_size", "teltonika_publish_duration_seconds", "teltonika_ack_latency_seconds", "teltonika_redis_up",
+            "teltonika_redis_errors_total", "teltonika_redis_reconnects_total", "teltonika_ready", "teltonika_build_info",
+            "process_resident_memory_bytes", "process_open_fds", "process_max_fds", "process_cpu_seconds_total",
+            "process_start_time_seconds",
+        ] {
+            #expect(scrape.text.contains("# HELP \(name) "), "no HELP for \(name)")
+        }
+        #expect(scrape["process_open_fds"] > 5)
+        #expect(scrape["process_resident_memory_bytes"] > 1_000_000)
+        #expect(abs(scrape["process_start_time_seconds"] - Date().timeIntervalSince1970) < 120)
+        #expect(scrape.text.contains("teltonika_build_info{version=\""))
+
+        // promtool, on this very scrape.
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("scrape-\(UUID().uuidString).txt")
+        try scrape.text.write(to: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let promtool = try run(["/bin/sh", "-c", "promtool check metrics < '\(file.path)'"])
+        #expect(promtool.status == 0, "promtool: \(promtool.output)")
+        #expect(promtool.output.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "promtool: \(promtool.output)")
+
+        // The dashboard and the alert rules only use metrics this scrape has.
+        let root = FixtureCorpus.repositoryRoot
+        let used = try run([
+            "/usr/bin/env", "python3", "\(root)/scripts/metric-names.py", "\(root)/deploy/grafana/teltonika-ingest.json",
+            "\(root)/deploy/prometheus/alerts.yml",
+        ])
+        #expect(used.status == 0, "metric-names.py: \(used.output)")
+        let names = used.output.split(separator: "\n").map(String.init)
+        #expect(names.count >= 15, "\(names)")
+        let exposed = Set(
+            scrape.names.map { n in ["_bucket", "_sum", "_count"].reduce(n) { $0.hasSuffix($1) ? String($0.dropLast($1.count)) : $0 } }
+        )
+        for name in names { #expect(exposed.contains(name), "\(name) is used by the dashboard or alerts but not exposed") }
+    }
+
+    @Test func testReadinessFollowsRedis() throws {
+        let redis = try OwnRedis()
+        let server = try ServerProcess(redisURL: redis.url, environment: ["REDIS_TIMEOUT_MS": "300"])
+        try waitFor(timeout: 10) { try server.http("/readyz").status == 200 }
+        #expect(try server.http("/readyz").body.contains("\"ok\""))
+        #expect(try server.http("/healthz").status == 200)
+        redis.stop()
+        try waitFor(timeout: 10) { try server.http("/readyz").status == 503 }
+        #expect(try server.http("/readyz").body.contains("redis down"))
+        #expect(try server.scrape()["teltonika_redis_up"] == 0)
+        #expect(try server.scrape()["teltonika_ready"] == 0)
+        #expect(try server.http("/healthz").status == 200)  // alive all the same
+        try redis.start()
+        try waitFor(timeout: 15) { try server.http("/readyz").status == 200 }
+        #expect(try server.scrape()["teltonika_redis_up"] == 1)
+        #expect(try server.scrape()["teltonika_redis_reconnects_total"] >= 1)
+        // A stalled Redis (SIGSTOP) is down too, once its PING times out.
+        redis.pause()
+        try waitFor(timeout: 10) { try server.http("/readyz").status == 503 }
+        #expect(try server.scrape()["teltonika_redis_errors_total{kind=\"timeout\"}"] >= 1)
+        redis.resume()
+        try waitFor(timeout: 15) { try server.http("/readyz").status == 200 }
+        #expect(try server.http("/nope").status == 404)
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` seconds pass (then throws).
+func waitFor(timeout: Double, _ what: String = #function, _ condition: () throws -> Bool) throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if (try? condition()) == true { return }
+        usleep(20_000)
+    }
+    throw TestFailure("condition not met within \(timeout) s (\(what))")
+}
+
+/// Runs a command to completion; stdout and stderr together.
+func run(_ command: [String]) throws -> (status: Int32, output: String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: command[0])
+    p.arguments = Array(command.dropFirst())
+    let pipe = Pipe()
+    p.standardOutput = pipe
+    p.standardError = pipe
+    try p.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    while p.isRunning { usleep(5_000) }
+    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Release build of the server binary: `make release` and the Dockerfile both run this, so the image is
+# built exactly as a developer builds a release.
+#
+#   scripts/release.sh            build, then print the binary's path (last line of output)
+#   scripts/release.sh --print    print the build command only (also: DRY_RUN=1)
+#
+# Static Swift stdlib (the binary needs only libc, libstdc++, libgcc_s and libhiredis at run time).
+# The revision is compiled in as a C string literal (Sources/CBuildInfo) and reported by
+# teltonika_build_info{revision}: $REVISION when set (the Dockerfile passes its build argument), else
+# `git rev-parse --short=12 HEAD` in a git checkout, else "unknown".
+# Env: SWIFT (default swift), REVISION, DRY_RUN.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+dry_run="${DRY_RUN:-0}"
+case "${1:-}" in
+    '') ;;
+    --print | --dry-run) dry_run=1 ;;
+    *) echo "usage: $0 [--print]" >&2; exit 2 ;;
+esac
+
+revision="${REVISION:-}"
+if [[ -z "$revision" ]]; then
+    revision="$(git rev-parse --short=12 HEAD 2>/dev/null || true)"
+    revision="${revision:-unknown}"
+fi
+# It becomes a C string literal: refuse anything that would need escaping there.
+if [[ ! "$revision" =~ ^[A-Za-z0-9._+-]{1,64}$ ]]; then
+    echo "release.sh: REVISION must be 1-64 characters of [A-Za-z0-9._+-], got: $revision" >&2
+    exit 2
+fi
+
+swift="${SWIFT:-swift}"
+flags=(-c release --product teltonika-ingest --static-swift-stdlib)
+# The argument swift passes to clang is -DTELTONIKA_REVISION="<rev>", quotes included: a string literal.
+cmd=("$swift" build "${flags[@]}" -Xcc "-DTELTONIKA_REVISION=\"$revision\"")
+
+if [[ "$dry_run" == 1 ]]; then
+    printf '%q ' "${cmd[@]}"
+    echo
+    exit 0
+fi
+
+echo "release.sh: revision $revision" >&2
+"${cmd[@]}"
+echo "$("$swift" build "${flags[@]}" --show-bin-path)/teltonika-ingest"
