@@ -22,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         // Pure protocol: bytes in, values out. No NIO, no Foundation I/O, no Redis.
@@ -60,7 +61,17 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // Engineer-facing tools behind the subcommands (decode; replay and simulate later).
-        .target(name: "IngestTools", dependencies: ["Codec8"], swiftSettings: swiftSettings),
+        .target(
+            name: "IngestTools",
+            dependencies: [
+                "Codec8",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The binary: only wires the modules together.
         .executableTarget(
             name: "teltonika-ingest",

@@ -1,12 +1,23 @@
 #!/usr/bin/env python3
-# Opens N logged-in idle device connections to a running server and reports its RSS growth per connection.
-# Usage: scripts/idle-rss.py PORT SERVER_PID N
-import socket, sys, time, subprocess, os
+# Opens N logged-in idle device connections to a running server and reports its RSS growth per connection;
+# with METRICS_PORT, also how long a /metrics scrape takes with those connections open.
+# Usage: scripts/idle-rss.py PORT SERVER_PID N [METRICS_PORT]
+import socket, sys, time, urllib.request
 port = int(sys.argv[1]); pid = int(sys.argv[2]); n = int(sys.argv[3])
+metrics_port = int(sys.argv[4]) if len(sys.argv) > 4 else None
 def rss():
     for l in open(f'/proc/{pid}/status'):
         if l.startswith('VmRSS:'): return int(l.split()[1])
+def scrapes(count=20):
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        body = urllib.request.urlopen(f'http://127.0.0.1:{metrics_port}/metrics', timeout=10).read()
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return times[len(times) // 2], times[-1], len(body), body
 base = rss()
+idle = scrapes() if metrics_port else None
 socks = []
 for i in range(n):
     s = socket.create_connection(('127.0.0.1', port))
@@ -19,3 +30,7 @@ for s in socks:
 time.sleep(2)
 after = rss()
 print(f'connections={n} logged_in={ok} rss_before_kib={base} rss_after_kib={after} per_connection_kib={(after-base)/n:.2f}')
+if metrics_port:
+    p50, worst, size, body = scrapes()
+    active = [l for l in body.decode().splitlines() if l.startswith('teltonika_connections_active ')]
+    print(f'scrape_ms_p50_idle={idle[0]:.2f} scrape_ms_p50={p50:.2f} scrape_ms_max={worst:.2f} scrape_bytes={size} {active[0] if active else ""}')
