@@ -13,7 +13,7 @@ struct TeltonikaIngest: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "teltonika-ingest",
         abstract: "Ingestion server for Teltonika GPS trackers, and its tools.",
-        subcommands: [ServeCommand.self, DecodeCommand.self, ReplayCommand.self],
+        subcommands: [ServeCommand.self, DecodeCommand.self, ReplayCommand.self, SimulateCommand.self, AckServerCommand.self],
         defaultSubcommand: ServeCommand.self
     )
 

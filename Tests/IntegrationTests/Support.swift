@@ -151,6 +151,22 @@ final class RedisClient {
     }
 }
 
+/// Appends each complete line read from `pipe` to `lines`, as it arrives.
+func collectLines(of pipe: Pipe, into lines: NIOLockedValueBox<[String]>) {
+    let partial = NIOLockedValueBox(Data())
+    pipe.fileHandleForReading.readabilityHandler = { handle in
+        let data = handle.availableData
+        partial.withLockedValue { partial in
+            partial.append(data)
+            while let nl = partial.firstIndex(of: 0x0A) {
+                let line = String(decoding: partial[partial.startIndex..<nl], as: UTF8.self)
+                partial = Data(partial[(nl + 1)...])
+                lines.withLockedValue { $0.append(line) }
+            }
+        }
+    }
+}
+
 /// The real `teltonika-ingest serve`, on a free port, logging JSON to a buffer.
 final class ServerProcess {
     let process = Process()
@@ -191,19 +207,7 @@ final class ServerProcess {
         process.environment = env
         process.standardError = stderr
         process.standardOutput = FileHandle.nullDevice
-        let box = lines
-        let partial = NIOLockedValueBox(Data())
-        stderr.fileHandleForReading.readabilityHandler = { handle in
-            let data = handle.availableData
-            partial.withLockedValue { partial in
-                partial.append(data)
-                while let nl = partial.firstIndex(of: 0x0A) {
-                    let line = String(decoding: partial[partial.startIndex..<nl], as: UTF8.self)
-                    partial = Data(partial[(nl + 1)...])
-                    box.withLockedValue { $0.append(line) }
-                }
-            }
-        }
+        collectLines(of: stderr, into: lines)
         try process.run()
         guard waitUntilListening else { return }
         let listening = try waitForLog(event: "server.listening", timeout: 10)

@@ -6,9 +6,9 @@ import Glibc
 
 /// One blocking hiredis connection. Owned by exactly one thread (the publisher's); never touched by an
 /// event loop.
-final class RedisConnection {
+public final class RedisConnection {
     /// A reply, reduced to what the publisher needs.
-    enum Reply: Equatable {
+    public enum Reply: Equatable {
         /// A bulk string (an `XADD` stream id) or a status (`OK`, `PONG`).
         case string(String)
         /// An error reply from Redis (`OOM ...`, `WRONGTYPE ...`, `NOAUTH ...`): the connection is still usable.
@@ -19,17 +19,17 @@ final class RedisConnection {
     }
 
     /// Why the connection failed; after any of these the connection is unusable.
-    struct Failure: Error, CustomStringConvertible {
+    public struct Failure: Error, CustomStringConvertible {
         /// `connect`, `io`, `timeout`, `auth`, `protocol`.
         var kind: String
         var message: String
-        var description: String { "\(kind): \(message)" }
+        public var description: String { "\(kind): \(message)" }
     }
 
     private let context: UnsafeMutablePointer<redisContext>
 
     /// Connects, sets the command timeout and TCP keep-alive, logs in and selects the database.
-    init(url: RedisURL, timeoutMs: Int) throws(Failure) {
+    public init(url: RedisURL, timeoutMs: Int) throws(Failure) {
         let tv = timeval(tv_sec: timeoutMs / 1000, tv_usec: Int((timeoutMs % 1000) * 1000))
         let ctx: UnsafeMutablePointer<redisContext>?
         switch url.endpoint {
@@ -60,7 +60,7 @@ final class RedisConnection {
     }
 
     /// Runs one command and waits for its reply.
-    func command(_ arguments: [String]) throws(Failure) -> Reply {
+    public func command(_ arguments: [String]) throws(Failure) -> Reply {
         var writer = RESPWriter()
         writer.beginCommand(arguments: arguments.count)
         for a in arguments { writer.bulk(a) }

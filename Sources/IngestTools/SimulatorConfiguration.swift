@@ -1,0 +1,64 @@
+import Codec8
+
+/// What `teltonika-ingest simulate` runs: the fleet, the link and the faults.
+public struct SimulatorConfiguration: Sendable {
+    /// Which codec the devices speak.
+    public enum CodecChoice: String, Sendable, CaseIterable {
+        case codec8 = "8"
+        case codec8Extended = "8E"
+        /// Each device picks 8 or 8E (half each, by the seed), as a mixed real fleet does.
+        case mixed
+    }
+
+    // MARK: Fleet
+
+    public var devices: Int
+    /// Seconds during which new packets are sent.
+    public var durationSeconds: Double
+    public var host: String = "127.0.0.1"
+    public var port: Int = 5027
+    public var recordsPerPacket: Int = 10
+    public var codec: CodecChoice = .mixed
+    /// Device `i` logs in as `imeiBase + i` (15 digits).
+    public var imeiBase: UInt64 = 350_000_000_000_000
+    public var seed: UInt64 = 1
+    /// Event-loop threads (0: one per core).
+    public var threads: Int = 0
+
+    // MARK: Pace and faults
+
+    /// Packets per second per device; 0: the next packet as soon as the ACK is in.
+    public var packetsPerSecond: Double = 0
+    /// How long a device waits for the login answer or an ACK before it reconnects.
+    public var responseTimeoutMs: Int = 5000
+    /// Bytes per second a device's link carries (written in small chunks); 0: no limit.
+    public var slowLinkBytesPerSecond: Int = 0
+    /// Mean seconds a connection lives before the device drops it and reconnects; 0: never.
+    public var churnSeconds: Double = 0
+    /// Share of packets whose first send carries a broken CRC.
+    public var corruptRatio: Double = 0
+    /// Idle milliseconds after which a device sends the keep-alive byte 0xFF; 0: never.
+    public var keepaliveMs: Int = 0
+    /// Keep every ACKed record key for a later check against the stream.
+    public var keepAckLog = false
+
+    // MARK: Reconnect backoff
+
+    /// First reconnect delay; doubles per failed attempt up to ``backoffCapMs``, half of it jittered.
+    public var backoffBaseMs: Int = 100
+    public var backoffCapMs: Int = 5000
+
+    public init(devices: Int, durationSeconds: Double) {
+        self.devices = devices
+        self.durationSeconds = durationSeconds
+    }
+
+    /// The IMEI of device `index`.
+    public func imei(of index: Int) -> IMEI {
+        let digits = String(imeiBase + UInt64(index))
+        return IMEI(String(repeating: "0", count: max(0, 15 - digits.count)) + digits)!
+    }
+
+    /// The largest IMEI a 15-digit login can carry.
+    public static let maxIMEI: UInt64 = 999_999_999_999_999
+}

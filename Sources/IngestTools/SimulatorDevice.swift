@@ -1,0 +1,446 @@
+import Codec8
+import Histogram
+import NIOCore
+import NIOPosix
+
+/// One simulated tracker: a small state machine on one event loop, driving one TCP connection at a time.
+///
+/// ```
+///  idle --start--> connecting --connected--> loggingIn --0x01--> ready --packet--> sending --written--> awaitingAck
+///                     ^                          |                  ^                                      |
+///                     |                          | timeout, 0x00,   +--------------- right ACK ------------+
+///                     +------ backingOff <-------+ close, wrong ACK, ACK timeout (same packet resent later)
+/// ```
+///
+/// A packet is encoded once and kept until its right ACK arrives; every resend writes the same bytes.
+/// Everything here runs on ``eventLoop``; a connection's callbacks carry the ``generation`` they were
+/// made for, and those of an older connection are ignored.
+final class SimulatedDevice {
+    enum State {
+        case idle
+        case connecting
+        case loggingIn
+        case ready
+        case sending
+        case awaitingAck
+        case backingOff
+        case finished
+    }
+
+    let index: Int
+    private let shard: SimulatorShard
+    private let configuration: SimulatorConfiguration
+    private let eventLoop: any EventLoop
+    private let loginFrame: ByteBuffer
+    private var track: SimulatorTrack
+    private var random: SimulatorRandom
+    private(set) var state = State.idle
+    private var channel: (any Channel)?
+    private var generation = 0
+    /// ACK bytes received so far.
+    private var pending: [UInt8] = []
+
+    /// The packet waiting for its ACK (nil once ACKed), and how it went so far.
+    private var packet: ByteBuffer?
+    private var packetRecords = 0
+    private var packetAttempts = 0
+    private var packetCorruptFirst = false
+    private var sentCorrupt = false
+    private var sentAt = NIODeadline.uptimeNanoseconds(0)
+    private var nextPacketAt = NIODeadline.uptimeNanoseconds(0)
+    private var wrongAckOutstanding = false
+    private var failedAttempts = 0
+    private var stopping = false
+    private var ackLog: [UInt64] = []
+
+    /// When the login answer or ACK awaited is overdue; nil when none is awaited.
+    private var responseDeadline: NIODeadline?
+    private var lastWriteAt = NIODeadline.uptimeNanoseconds(0)
+    // Timers. Cancelling a NIO scheduled task searches the loop's whole timer heap (thousands of entries
+    // with a big fleet), so the per-packet timers are never cancelled: the response and keep-alive
+    // timers are lazy (one pending at most; on firing they look at `responseDeadline` / `lastWriteAt`
+    // and re-arm), and a timer that fires forgets itself before it runs.
+    private var responseTimerPending = false
+    private var keepaliveTimerPending = false
+    /// Ramp-up, reconnect backoff or packet pacing: at most one is pending.
+    private var timer: Scheduled<Void>?
+    private var churnTimer: Scheduled<Void>?
+
+    init(index: Int, shard: SimulatorShard, track: SimulatorTrack, seed: UInt64) {
+        self.index = index
+        self.shard = shard
+        configuration = shard.configuration
+        eventLoop = shard.eventLoop
+        loginFrame = ByteBuffer(bytes: shard.configuration.imei(of: index).loginFrame)
+        self.track = track
+        random = SimulatorRandom(seed: seed)
+        pending.reserveCapacity(8)
+    }
+
+    // MARK: Driving
+
+    /// Connects after `delay` (the ramp-up).
+    func start(after delay: TimeAmount) {
+        if configuration.packetsPerSecond > 0 {
+            let interval = 1_000_000_000 / configuration.packetsPerSecond
+            nextPacketAt = .now() + delay + .nanoseconds(Int64(Double.random(in: 0..<interval, using: &random)))
+        }
+        schedule(in: delay) { $0.connect() }
+    }
+
+    /// No new packets from now on; a packet on the wire still gets its response timeout.
+    func stop() {
+        stopping = true
+        switch state {
+        case .sending, .awaitingAck, .finished: return
+        default: finish()
+        }
+    }
+
+    /// The end, whatever is in flight.
+    func hardStop() { finish() }
+
+    private func connect() {
+        state = .connecting
+        generation &+= 1
+        let g = generation
+        let device = NIOLoopBound(self, eventLoop: eventLoop)
+        ClientBootstrap(group: eventLoop)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.milliseconds(Int64(configuration.responseTimeoutMs)))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(SimulatorChannelHandler(device: device.value, generation: g))
+                }
+            }
+            .connect(host: configuration.host, port: configuration.port)
+            .assumeIsolated()
+            .whenComplete { [self] result in connected(result, generation: g) }
+    }
+
+    private func connected(_ result: Result<any Channel, any Error>, generation g: Int) {
+        guard g == generation, state == .connecting else {
+            if case .success(let stale) = result { stale.close(promise: nil) }
+            return
+        }
+        switch result {
+        case .failure:
+            shard.counters.connectFailures += 1
+            reconnectLater()
+        case .success(let channel):
+            shard.counters.connections += 1
+            self.channel = channel
+            state = .loggingIn
+            pending.removeAll(keepingCapacity: true)
+            armResponseTimer()
+            write(loginFrame) {}
+        }
+    }
+
+    private func loggedIn() {
+        shard.counters.logins += 1
+        state = .ready
+        armChurn()
+        sendNext()
+    }
+
+    /// Resends the pending packet, or builds the next one when its time has come.
+    private func sendNext() {
+        guard !stopping else { return finish() }
+        if packet != nil {
+            shard.counters.resends += 1
+            return transmit()
+        }
+        if configuration.packetsPerSecond > 0 {
+            let now = NIODeadline.now()
+            if now < nextPacketAt {
+                state = .ready
+                schedule(at: nextPacketAt) { $0.sendNext() }
+                armKeepalive()
+                return
+            }
+            nextPacketAt = nextPacketAt + .nanoseconds(Int64(1_000_000_000 / configuration.packetsPerSecond))
+            if nextPacketAt < now { nextPacketAt = now }
+        }
+        buildPacket()
+        transmit()
+    }
+
+    private func buildPacket() {
+        track.advance()
+        shard.scratch.removeAll(keepingCapacity: true)
+        try! AVLPacketEncoder.encode(track.records, codec: track.codec, into: &shard.scratch)
+        var buffer = shard.allocator.buffer(capacity: shard.scratch.count)
+        buffer.writeBytes(shard.scratch)
+        packet = buffer
+        packetRecords = track.records.count
+        packetAttempts = 0
+        packetCorruptFirst = shard.configuration.corruptRatio > 0 && random.chance(configuration.corruptRatio)
+        shard.counters.packetsSent += 1
+        shard.counters.recordsSent += packetRecords
+    }
+
+    private func transmit() {
+        guard var bytes = packet else { return }
+        sentCorrupt = packetAttempts == 0 && packetCorruptFirst
+        packetAttempts += 1
+        if sentCorrupt {
+            // The last CRC byte flipped: a copy, the packet itself stays intact for the resend.
+            let last = bytes.writerIndex - 1
+            bytes.setInteger(bytes.getInteger(at: last, as: UInt8.self)! ^ 0x5A, at: last)
+            shard.counters.corruptSends += 1
+        }
+        state = .sending
+        pending.removeAll(keepingCapacity: true)
+        write(bytes) { [self] in
+            guard state == .sending else { return }
+            state = .awaitingAck
+            sentAt = .now()
+            armResponseTimer()
+        }
+    }
+
+    // MARK: Events from the connection
+
+    func received(_ buffer: ByteBuffer, generation g: Int) {
+        guard g == generation else { return }
+        var buffer = buffer
+        switch state {
+        case .loggingIn:
+            guard let answer = buffer.readInteger(as: UInt8.self) else { return }
+            responseDeadline = nil
+            switch answer {
+            case 1 where buffer.readableBytes == 0:
+                loggedIn()
+            case 0:
+                shard.counters.loginRefusals += 1
+                fail()
+            default:
+                shard.counters.protocolErrors += 1
+                fail()
+            }
+        case .sending, .awaitingAck:
+            pending.append(contentsOf: buffer.readableBytesView)
+            guard pending.count >= 4 else { return }
+            guard pending.count == 4 else {
+                shard.counters.protocolErrors += 1
+                return fail()
+            }
+            let value = UInt32(pending[0]) << 24 | UInt32(pending[1]) << 16 | UInt32(pending[2]) << 8 | UInt32(pending[3])
+            pending.removeAll(keepingCapacity: true)
+            ackReceived(value)
+        default:
+            shard.counters.protocolErrors += 1
+            fail()
+        }
+    }
+
+    func closed(generation g: Int) {
+        guard g == generation else { return }
+        switch state {
+        case .loggingIn, .ready, .sending, .awaitingAck:
+            shard.counters.disconnects += 1
+            fail()
+        case .idle, .connecting, .backingOff, .finished:
+            return
+        }
+    }
+
+    private func ackReceived(_ value: UInt32) {
+        responseDeadline = nil
+        if sentCorrupt {
+            shard.counters.corruptAcked += 1
+            return fail()
+        }
+        guard value == UInt32(packetRecords) else {
+            shard.counters.wrongAcks += 1
+            wrongAckOutstanding = true
+            return fail()
+        }
+        let micros = state == .awaitingAck ? max(1, (NIODeadline.now() - sentAt).nanoseconds / 1000) : 1
+        _ = shard.latencyMicros.record(UInt64(micros))
+        shard.counters.packetsAcked += 1
+        shard.counters.recordsAcked += packetRecords
+        if configuration.keepAckLog {
+            for record in track.records { ackLog.append(record.timestampMs) }
+        }
+        packet = nil
+        failedAttempts = 0
+        wrongAckOutstanding = false
+        state = .ready
+        sendNext()
+    }
+
+    private func responseTimedOut() {
+        responseDeadline = nil
+        switch state {
+        case .loggingIn, .sending, .awaitingAck:
+            shard.counters.timeouts += 1
+            fail()
+        default:
+            return
+        }
+    }
+
+    // MARK: Failure and the end
+
+    /// The connection is no good: drop it, then reconnect (or stop, at the end).
+    private func fail() {
+        dropConnection()
+        guard !stopping else { return finish() }
+        reconnectLater()
+    }
+
+    private func reconnectLater() {
+        dropConnection()
+        guard !stopping else { return finish() }
+        state = .backingOff
+        let ceiling = min(configuration.backoffCapMs, configuration.backoffBaseMs << min(failedAttempts, 20))
+        failedAttempts += 1
+        let delay = ceiling / 2 + Int.random(in: 0...max(0, ceiling - ceiling / 2), using: &random)
+        schedule(in: .milliseconds(Int64(delay))) { $0.connect() }
+    }
+
+    private func dropConnection() {
+        generation &+= 1
+        responseDeadline = nil
+        churnTimer?.cancel()
+        churnTimer = nil
+        channel?.close(promise: nil)
+        channel = nil
+        pending.removeAll(keepingCapacity: true)
+    }
+
+    private func finish() {
+        guard state != .finished else { return }
+        if packet != nil, packetAttempts > 0 { shard.counters.unackedAtEnd += 1 }
+        if wrongAckOutstanding { shard.counters.unrecoveredWrongAcks += 1 }
+        dropConnection()
+        timer?.cancel()
+        timer = nil
+        state = .finished
+        if configuration.keepAckLog {
+            shard.ackLog.append((index, ackLog))
+            ackLog = []
+        }
+        shard.deviceFinished()
+    }
+
+    // MARK: Timers and writes
+
+    private func schedule(in delay: TimeAmount, _ body: @escaping (SimulatedDevice) -> Void) {
+        schedule(at: .now() + delay, body)
+    }
+
+    private func schedule(at deadline: NIODeadline, _ body: @escaping (SimulatedDevice) -> Void) {
+        timer?.cancel()
+        timer = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            timer = nil
+            body(self)
+        }
+    }
+
+    private func armResponseTimer() {
+        responseDeadline = .now() + .milliseconds(Int64(configuration.responseTimeoutMs))
+        scheduleResponseCheck()
+    }
+
+    private func scheduleResponseCheck() {
+        guard !responseTimerPending, let deadline = responseDeadline else { return }
+        responseTimerPending = true
+        eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            responseTimerPending = false
+            guard let deadline = responseDeadline else { return }
+            if NIODeadline.now() >= deadline { responseTimedOut() } else { scheduleResponseCheck() }
+        }
+    }
+
+    /// Drops the connection after a random time around `--churn` (half to one and a half of it).
+    private func armChurn() {
+        guard configuration.churnSeconds > 0 else { return }
+        let g = generation
+        let seconds = configuration.churnSeconds * Double.random(in: 0.5...1.5, using: &random)
+        churnTimer = eventLoop.assumeIsolated().scheduleTask(in: .nanoseconds(Int64(seconds * 1e9))) { [self] in
+            churnTimer = nil
+            guard g == generation, state != .finished else { return }
+            shard.counters.churnDrops += 1
+            dropConnection()
+            guard !stopping else { return finish() }
+            state = .backingOff
+            schedule(in: .milliseconds(Int64.random(in: 0...50, using: &random))) { $0.connect() }
+        }
+    }
+
+    /// Sends 0xFF once the connection has been idle for `--keepalive-ms` while waiting for the next packet.
+    private func armKeepalive() {
+        guard configuration.keepaliveMs > 0, !keepaliveTimerPending else { return }
+        keepaliveTimerPending = true
+        let idle = TimeAmount.milliseconds(Int64(configuration.keepaliveMs))
+        eventLoop.assumeIsolated().scheduleTask(deadline: max(lastWriteAt + idle, .now())) { [self] in
+            keepaliveTimerPending = false
+            guard state == .ready else { return }
+            if NIODeadline.now() >= lastWriteAt + idle {
+                shard.counters.keepalives += 1
+                write(ByteBuffer(integer: TeltonikaFramer.keepAliveByte)) {}
+            }
+            armKeepalive()
+        }
+    }
+
+    /// Writes `bytes` (all at once, or dribbled with `--slow-link-bytes-per-second`); `completion` runs
+    /// once the last byte is written, unless the connection changed meanwhile.
+    private func write(_ bytes: ByteBuffer, completion: @escaping () -> Void) {
+        guard let channel else { return }
+        let g = generation
+        let rate = configuration.slowLinkBytesPerSecond
+        var rest = bytes
+        let chunk = rate > 0 ? rest.readSlice(length: min(max(1, rate / 20), rest.readableBytes))! : rest
+        if rate <= 0 { rest.moveReaderIndex(forwardBy: rest.readableBytes) }
+        let delay = TimeAmount.nanoseconds(Int64(chunk.readableBytes) * 1_000_000_000 / Int64(max(rate, 1)))
+        lastWriteAt = .now()
+        channel.writeAndFlush(chunk).assumeIsolated().whenComplete { [self] result in
+            guard g == generation else { return }
+            if case .failure = result {
+                shard.counters.disconnects += 1
+                return fail()
+            }
+            guard rest.readableBytes > 0 else { return completion() }
+            eventLoop.assumeIsolated().scheduleTask(in: delay) { [self] in
+                guard g == generation else { return }
+                write(rest, completion: completion)
+            }
+        }
+    }
+}
+
+@available(*, unavailable)
+extension SimulatedDevice: Sendable {}
+
+/// Hands a connection's bytes and its end to its device.
+final class SimulatorChannelHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+
+    private let device: SimulatedDevice
+    private let generation: Int
+
+    init(device: SimulatedDevice, generation: Int) {
+        self.device = device
+        self.generation = generation
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        device.received(unwrapInboundIn(data), generation: generation)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        device.closed(generation: generation)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}
+
+@available(*, unavailable)
+extension SimulatorChannelHandler: Sendable {}

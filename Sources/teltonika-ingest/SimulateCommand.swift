@@ -1,0 +1,232 @@
+import ArgumentParser
+import Ingest
+import IngestTools
+import Lifecycle
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+extension SimulatorConfiguration.CodecChoice: ExpressibleByArgument {}
+
+/// `teltonika-ingest simulate`: a fleet of devices against a server, for speed and the no-loss promise.
+struct SimulateCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "simulate",
+        abstract: "Run a fleet of simulated Teltonika devices against a server and measure it.",
+        discussion: """
+            Each device logs in with its own IMEI (--imei-base + index), sends packets of realistic \
+            FMB-style records (unique increasing timestamps, GPS along a route, IO elements of every \
+            width, NX elements in Codec 8E), one packet in flight, and waits for the ACK. A wrong ACK, \
+            no ACK within --response-timeout-ms, or a closed connection makes it reconnect (capped \
+            exponential backoff with jitter), log in and resend the same packet. After --duration no \
+            new packets are sent and the ACKs in flight are awaited.
+            Prints one summary line on standard output (--json: one JSON object): records sent and \
+            ACKed, ACKed records per second, resends, errors, ACK latency percentiles (last byte written \
+            to ACK read) and the simulator's own CPU seconds. Progress once per second on a terminal.
+            --verify then reads the whole --stream from --redis-url and checks that every ACKed record \
+            (device_id, timestamp_ms) is there; duplicates (resends) are counted, not failures; records \
+            MAXLEN trimmed away before the check are counted as trimmed, not missing.
+            Exit status: 0 when all is well; 1 when no packet was ACKed, a wrong ACK was never put \
+            right, a corrupt packet was ACKed, or (--verify) an ACKed record is missing; 2 on usage errors.
+            """
+    )
+
+    @Option(help: "Devices, each with its own connection.")
+    var devices: Int
+
+    @Option(help: "Seconds during which new packets are sent.")
+    var duration: Double
+
+    @Option(help: "Server address.")
+    var host = "127.0.0.1"
+
+    @Option(help: "Server port.")
+    var port = 5027
+
+    @Option(help: "AVL records per packet (1-255).")
+    var recordsPerPacket = 10
+
+    @Option(help: "Codec: 8, 8E or mixed (each device picks one).")
+    var codec = SimulatorConfiguration.CodecChoice.mixed
+
+    @Option(help: "Packets per second per device (0: the next one as soon as the ACK is in).")
+    var rate: Double = 0
+
+    @Option(help: "Milliseconds to wait for the login answer and for each ACK.")
+    var responseTimeoutMs = 5000
+
+    @Option(help: "Bytes per second of each device's link, written in small chunks (0: no limit).")
+    var slowLinkBytesPerSecond = 0
+
+    @Option(help: "Mean seconds a connection lives before the device drops it and reconnects (0: never).")
+    var churn: Double = 0
+
+    @Option(help: "Share (0-1) of packets first sent with a broken CRC; the device then resends them intact.")
+    var corruptRatio: Double = 0
+
+    @Option(help: "Send the keep-alive byte 0xFF after this many idle milliseconds (0: never).")
+    var keepaliveMs = 0
+
+    @Flag(help: "After the run, check every ACKed record is in the Redis stream.")
+    var verify = false
+
+    @Option(name: .customLong("redis-url"), help: "Redis to verify against.")
+    var redisURL = "redis://127.0.0.1:6379"
+
+    @Option(help: "Stream to verify.")
+    var stream = "telemetry:teltonika"
+
+    @Option(help: "IMEI of device 0 (15 digits); device i uses this plus i.")
+    var imeiBase = "350000000000000"
+
+    @Option(help: "Seed of the fleet's randomness (default: from the clock; printed in the summary).")
+    var seed: UInt64?
+
+    @Option(help: "Event-loop threads (0: one per core).")
+    var threads = 0
+
+    @Flag(help: "Print the summary as one JSON object.")
+    var json = false
+
+    func validate() throws {
+        guard devices >= 1 else { throw ValidationError("--devices must be at least 1") }
+        guard duration > 0, duration.isFinite else { throw ValidationError("--duration must be above 0") }
+        guard (1...65535).contains(port) else { throw ValidationError("--port must be 1-65535") }
+        guard (1...255).contains(recordsPerPacket) else { throw ValidationError("--records-per-packet must be 1-255") }
+        guard rate >= 0, rate.isFinite else { throw ValidationError("--rate must be 0 or more") }
+        guard responseTimeoutMs >= 1 else { throw ValidationError("--response-timeout-ms must be at least 1") }
+        guard slowLinkBytesPerSecond >= 0 else { throw ValidationError("--slow-link-bytes-per-second must be 0 or more") }
+        guard churn >= 0, churn.isFinite else { throw ValidationError("--churn must be 0 or more") }
+        guard (0...1).contains(corruptRatio) else { throw ValidationError("--corrupt-ratio must be 0-1") }
+        guard keepaliveMs >= 0 else { throw ValidationError("--keepalive-ms must be 0 or more") }
+        guard threads >= 0 else { throw ValidationError("--threads must be 0 or more") }
+        guard imeiBase.utf8.count == 15, let base = UInt64(imeiBase) else {
+            throw ValidationError("--imei-base must be 15 digits, got '\(imeiBase)'")
+        }
+        guard base + UInt64(devices - 1) <= SimulatorConfiguration.maxIMEI else {
+            throw ValidationError("--imei-base \(imeiBase) leaves no room for \(devices) 15-digit IMEIs")
+        }
+        if verify {
+            do {
+                _ = try RedisURL(parsing: redisURL)
+            } catch {
+                throw ValidationError("--redis-url: \(error)")
+            }
+        }
+    }
+
+    func run() async throws {
+        var configuration = SimulatorConfiguration(devices: devices, durationSeconds: duration)
+        configuration.host = host
+        configuration.port = port
+        configuration.recordsPerPacket = recordsPerPacket
+        configuration.codec = codec
+        configuration.packetsPerSecond = rate
+        configuration.responseTimeoutMs = responseTimeoutMs
+        configuration.slowLinkBytesPerSecond = slowLinkBytesPerSecond
+        configuration.churnSeconds = churn
+        configuration.corruptRatio = corruptRatio
+        configuration.keepaliveMs = keepaliveMs
+        configuration.imeiBase = UInt64(imeiBase)!
+        configuration.seed = seed ?? UInt64(truncatingIfNeeded: time(nil)) &* 2_654_435_761
+        configuration.threads = threads
+        configuration.keepAckLog = verify
+
+        var progress: (@Sendable (String) -> Void)?
+        if isatty(STDERR_FILENO) == 1 { progress = { StandardIO.writeStderr($0) } }
+        let result: SimulationResult
+        do {
+            result = try await Simulator.run(configuration, progress: progress)
+        } catch {
+            StandardIO.writeStderr("teltonika-ingest simulate: \(error)\n")
+            terminate(.failure)
+        }
+
+        var outcome: SimulationVerification.Outcome?
+        var verifyFailed = false
+        if verify {
+            do {
+                outcome = try readStream(result)
+            } catch {
+                StandardIO.writeStderr("teltonika-ingest simulate: cannot verify against \(redisURL) \(stream): \(error)\n")
+                verifyFailed = true
+            }
+        }
+        if json {
+            StandardIO.writeStdout(Array((result.summaryJSON(verify: outcome) + "\n").utf8))
+        } else {
+            var text = result.summaryLine + "\n"
+            if let outcome {
+                text += "verify: acked_records=\(outcome.ackedRecords) missing=\(outcome.missing) duplicates=\(outcome.duplicates)"
+                text += " trimmed=\(outcome.trimmed) stream_entries=\(outcome.streamEntries)\n"
+            }
+            StandardIO.writeStdout(Array(text.utf8))
+        }
+        if let outcome, outcome.missing > 0 {
+            StandardIO.writeStderr(
+                "teltonika-ingest simulate: \(outcome.missing) ACKed records missing from \(stream), e.g. "
+                    + outcome.firstMissing.joined(separator: " ") + "\n"
+            )
+        }
+        if let outcome, outcome.trimmed > 0 {
+            StandardIO.writeStderr(
+                "teltonika-ingest simulate: \(outcome.trimmed) ACKed records were trimmed from \(stream) by MAXLEN before the check "
+                    + "(not counted as missing; raise REDIS_STREAM_MAXLEN or shorten the run to check them)\n"
+            )
+        }
+        if let outcome, outcome.unreadable > 0 {
+            StandardIO.writeStderr("teltonika-ingest simulate: \(outcome.unreadable) stream entries without a readable timestamp_ms\n")
+        }
+        if !result.isClean || verifyFailed || (outcome?.missing ?? 0) > 0 { terminate(.failure) }
+    }
+
+    /// Reads the whole stream in pages of 10,000 (XRANGE with an exclusive start).
+    private func readStream(_ result: SimulationResult) throws -> SimulationVerification.Outcome {
+        let connection = try RedisConnection(url: try RedisURL(parsing: redisURL), timeoutMs: 30_000)
+        var verification = SimulationVerification(result: result)
+        // MAXLEN trimming removes the oldest entries: tell them apart from losses.
+        if case .array(let info) = try connection.command(["XINFO", "STREAM", stream]) {
+            var numbers: [String: Int64] = [:]
+            var i = 0
+            while i + 1 < info.count {
+                if case .string(let name) = info[i], case .integer(let n) = info[i + 1] { numbers[name] = n }
+                i += 2
+            }
+            if let added = numbers["entries-added"], let length = numbers["length"] { verification.streamTrimmed = added > length }
+        }
+        var start = "-"
+        let page = 10_000
+        while true {
+            let reply = try connection.command(["XRANGE", stream, start, "+", "COUNT", String(page)])
+            if case .error(let message) = reply { throw VerifyError(message: message) }
+            guard case .array(let entries) = reply else { throw VerifyError(message: "XRANGE answered \(reply)") }
+            var lastID: String?
+            for entry in entries {
+                guard case .array(let pair) = entry, pair.count == 2, case .string(let id) = pair[0], case .array(let fields) = pair[1]
+                else { throw VerifyError(message: "unexpected XRANGE entry \(entry)") }
+                lastID = id
+                var deviceID: String?
+                var payload: String?
+                var i = 0
+                while i + 1 < fields.count {
+                    if case .string(let name) = fields[i], case .string(let value) = fields[i + 1] {
+                        if name == "device_id" { deviceID = value } else if name == "payload" { payload = value }
+                    }
+                    i += 2
+                }
+                if let deviceID, let payload { verification.add(deviceID: deviceID, payload: payload) }
+            }
+            guard entries.count == page, let lastID else { break }
+            start = "(" + lastID
+        }
+        return verification.outcome()
+    }
+}
+
+private struct VerifyError: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
+}

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# End-to-end benchmark, run by `make bench` after the micro benchmarks (or alone):
+#   1. a throwaway redis-server (no persistence) on a free port;
+#   2. the release server under the fleet simulator at full speed (the peak): records/s, ACK latency,
+#      server CPU per 100k records, and the pipeline depth the publisher used (mean batch size);
+#   3. this machine's ceiling: redis-benchmark with the same XADD entry shape, one connection (as the
+#      publisher has) and that pipeline depth; the ratio peak / ceiling;
+#   4. the server at half the peak rate: ACK latency p50/p99/p999;
+#   5. the simulator's own ceiling against `ack-server` (ACKs without Redis);
+#   6. RSS per idle logged-in connection with 10,000 connections open, and the /metrics scrape time then.
+# Env: BENCH_DEVICES (200), BENCH_SECONDS (15), BENCH_RECORDS (10 per packet), BENCH_IDLE (10000).
+# Figures and how to read them: docs/PERFORMANCE.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+devices="${BENCH_DEVICES:-200}"
+seconds="${BENCH_SECONDS:-15}"
+records="${BENCH_RECORDS:-10}"
+idle="${BENCH_IDLE:-10000}"
+
+bin="$(scripts/release.sh | tail -1)"
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+json_field() { python3 -c 'import json, sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"; }
+cpu_seconds() { awk -v t="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); split($0, f, " "); printf "%.3f", (f[12] + f[13]) / t }' "/proc/$1/stat"; }
+metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'; }
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    [ -f "$work/redis.pid" ] && kill "$(cat "$work/redis.pid")" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+redis_port="$(free_port)"
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+    --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log"
+for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+start_server() {  # start_server NAME [ENV=VALUE ...]: sets server_pid, device_port, metrics_port
+    device_port="$(free_port)"
+    metrics_port="$(free_port)"
+    env TELTONIKA_HOST=127.0.0.1 TELTONIKA_PORT="$device_port" METRICS_HOST=127.0.0.1 METRICS_PORT="$metrics_port" \
+        REDIS_URL="redis://127.0.0.1:$redis_port" REDIS_TELEMETRY_STREAM="bench:$1" LOG_LEVEL=warning "${@:2}" \
+        "$bin" serve 2>"$work/$1.log" &
+    server_pid=$!
+    pids+=("$server_pid")
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
+    echo "bench: server did not become ready" >&2
+    cat "$work/$1.log" >&2
+    exit 1
+}
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "run: devices=$devices seconds=$seconds records_per_packet=$records"
+
+# 2. Peak.
+start_server peak
+cpu0="$(cpu_seconds "$server_pid")"
+"$bin" simulate --host 127.0.0.1 --port "$device_port" --devices "$devices" --duration "$seconds" \
+    --records-per-packet "$records" --json >"$work/peak.json"
+cpu1="$(cpu_seconds "$server_pid")"
+peak_rps="$(json_field acked_per_s <"$work/peak.json")"
+peak_records="$(json_field records_acked <"$work/peak.json")"
+batch_sum="$(metric "$metrics_port" teltonika_publish_batch_size_sum)"
+batch_count="$(metric "$metrics_port" teltonika_publish_batch_size_count)"
+depth="$(python3 -c "print(max(1, round($batch_sum / max(1, $batch_count))))")"
+cpu_per_100k="$(python3 -c "print(f'{($cpu1 - $cpu0) / max(1, $peak_records) * 100000:.3f}')")"
+payload="$(redis-cli -p "$redis_port" --raw XRANGE bench:peak - + COUNT 1 | sed -n '9p')"
+kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+
+# 3. Ceiling: the same entry shape (fields, a payload of the run), one connection, the same depth.
+n=$(( depth * 400 > 200000 ? depth * 400 : 200000 ))
+ceiling_line="$(redis-benchmark -p "$redis_port" -c 1 -P "$depth" -n "$n" -q \
+    XADD bench:ceiling MAXLEN '~' 1000000 '*' ts 2026-11-22T10:00:00.000Z device_id 350000000000001 codec 8E payload "$payload" \
+    | tr '\r' '\n' | grep 'requests per second' | tail -1)"
+ceiling="$(echo "$ceiling_line" | sed -E 's/.*: ([0-9.]+) requests per second.*/\1/')"
+
+# 4. Half the peak: packets per second per device so that records/s is half the peak.
+start_server half
+rate="$(python3 -c "print(f'{$peak_rps / 2 / ($devices * $records):.3f}')")"
+"$bin" simulate --host 127.0.0.1 --port "$device_port" --devices "$devices" --duration "$seconds" \
+    --records-per-packet "$records" --rate "$rate" --json >"$work/half.json"
+kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+
+# 5. The simulator's own ceiling (no Redis, no server work).
+ack_port="$(free_port)"
+"$bin" ack-server --port "$ack_port" 2>/dev/null &
+pids+=("$!")
+sleep 0.5
+"$bin" simulate --host 127.0.0.1 --port "$ack_port" --devices "$devices" --duration "$seconds" \
+    --records-per-packet "$records" --json >"$work/sim.json"
+
+# 6. Idle connections.
+start_server idle MAX_CONNECTIONS=$((idle + 100))
+idle_line="$(python3 scripts/idle-rss.py "$device_port" "$server_pid" "$idle" "$metrics_port")"
+kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
+
+python3 - "$work" "$ceiling" "$depth" "$cpu_per_100k" "$rate" "$idle_line" <<'PY'
+import json, sys
+work, ceiling, depth, cpu, rate, idle = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+load = lambda name: json.loads(open(f"{work}/{name}.json").read().strip().splitlines()[-1])
+peak, half, sim = load("peak"), load("half"), load("sim")
+print()
+print("| measure | value |")
+print("|---|---|")
+print(f"| redis-benchmark ceiling (XADD, 1 connection, pipeline {depth}) | {ceiling:,.0f} records/s |")
+print(f"| server peak (simulator, {peak['devices']} devices) | {peak['acked_per_s']:,.0f} records/s |")
+print(f"| ratio peak / ceiling | {peak['acked_per_s'] / ceiling:.2f} (target >= 0.8) |")
+print(f"| ACK latency at peak p50 / p99 / p999 | {peak['ack_p50_ms']} / {peak['ack_p99_ms']} / {peak['ack_p999_ms']} ms |")
+print(f"| half peak (rate {rate} packets/s/device) achieved | {half['acked_per_s']:,.0f} records/s |")
+print(f"| ACK latency at half peak p50 / p99 / p999 | {half['ack_p50_ms']} / {half['ack_p99_ms']} / {half['ack_p999_ms']} ms (target p99 <= 5) |")
+print(f"| server CPU per 100k records (at peak) | {cpu} s |")
+print(f"| simulator alone against ack-server | {sim['acked_per_s']:,.0f} records/s |")
+print(f"| idle connections | {idle} |")
+print(f"| resends / errors at peak, half | {peak['resends']}/{peak['errors']}, {half['resends']}/{half['errors']} |")
+PY
