@@ -30,7 +30,7 @@ check-deploy: ## Lint Dockerfile, check alert rules, manifests and dashboard
 run: deps ## Serve devices on 5027 (starts a local redis-server unless REDIS_URL is set); ARGS=... passes flags
 	scripts/run.sh $(ARGS)
 
-bench: deps ## Micro benchmarks (release build); figures go to docs/PERFORMANCE.md
+bench: deps ## Micro benchmarks, then end-to-end (Redis ceiling, simulator, latency, CPU, idle RSS); figures in docs/PERFORMANCE.md
 	scripts/bench.sh
 
 fuzz: deps ## libFuzzer over the framer and decoder for FUZZ_SECONDS (default 60)

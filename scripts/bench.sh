@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Codec8 micro benchmarks (ordo-one/benchmark): `make bench` runs this.
+# `make bench`: the Codec8 micro benchmarks (ordo-one/benchmark), then the end-to-end benchmark
+# (scripts/bench-e2e.sh: Redis ceiling, server under the simulator, latency, CPU, idle RSS).
 #
 # The benchmarks are their own SwiftPM package in Benchmarks/, so the server's build never needs the
 # harness. The plugin builds them in release mode first (2 to 4 minutes the first time on 2 cores).
-# Extra arguments go to the benchmark plugin, e.g. `scripts/bench.sh --filter 'CRC.*'`.
+# Extra arguments go to the benchmark plugin, e.g. `scripts/bench.sh --filter 'CRC.*'`; BENCH_E2E=0 skips
+# the end-to-end part.
 #
 # `--scale` makes the tool print raw per-sample values: one sample is 1,000 records (or 1,000 KiB for
 # the CRC buffer), so `Malloc (total)` is mallocs per 1,000 records and `Time` is µs per 1,000 records.
@@ -12,7 +14,9 @@
 # How to read the output, and the figures of the last recorded run: docs/PERFORMANCE.md.
 set -euo pipefail
 
-cd "$(dirname "$0")/../Benchmarks"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root/Benchmarks"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'),"\
      "load average $(cut -d' ' -f1-3 /proc/loadavg); $(swift --version 2>/dev/null | head -1)"
-exec swift package --disable-sandbox benchmark --target Codec8Benchmarks --no-progress --scale "$@"
+swift package --disable-sandbox benchmark --target Codec8Benchmarks --no-progress --scale "$@"
+if [ "${BENCH_E2E:-1}" != 0 ]; then "$root/scripts/bench-e2e.sh"; fi

@@ -196,7 +196,11 @@ public final class Replayer: Sendable {
     }
 
     /// Frames to send in all (for progress).
-    public var plannedFrames: Int { sessions.reduce(0) { $0 + $1.units.count } * options.loop }
+    public var plannedFrames: Int {
+        sessions.reduce(0) { total, session in
+            total + session.units.filter { if case .login = $0 { false } else { true } }.count
+        } * options.loop
+    }
 
     /// The report so far (for progress).
     public var progress: ReplayReport { total.withLockedValue { $0 } }
