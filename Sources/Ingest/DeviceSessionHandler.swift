@@ -342,9 +342,10 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
     private func acknowledge(_ context: ChannelHandlerContext, records: Int, frameCompleted: NIODeadline) {
         var ack = context.channel.allocator.buffer(capacity: 4)
         ack.writeInteger(UInt32(records))
-        context.writeAndFlush(wrapOutboundOut(ack), promise: nil)
+        // Counted first, so that whoever sees the ACK also sees it counted.
         IngestMetrics.shared.acks.increment()
         IngestMetrics.shared.ackLatency.recordNanoseconds((NIODeadline.now() - frameCompleted).nanoseconds)
+        context.writeAndFlush(wrapOutboundOut(ack), promise: nil)
     }
 
     private func reject(_ context: ChannelHandlerContext, error: Codec8Error, codec: UInt8?) {

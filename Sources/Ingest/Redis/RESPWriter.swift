@@ -39,7 +39,24 @@ struct RESPWriter {
         value.withUTF8Buffer { bulk($0) }
     }
 
-    mutating func bulk(_ value: String) {
+    /// Appends one bulk string from a `String` (named apart, so that literals take the `StaticString`
+    /// overload and cost no allocation).
+    mutating func bulk(string value: String) {
         bulk(Array(value.utf8))
+    }
+
+    /// Appends a command whose leading bulk strings were formatted once (``formatted(_:)``); the
+    /// caller appends the remaining `arguments` of it.
+    mutating func beginCommand(prefix: [UInt8]) {
+        bytes.append(contentsOf: prefix)
+        commandCount += 1
+    }
+
+    /// The RESP bytes of a command's first `leading` arguments, for ``beginCommand(prefix:)``.
+    static func formatted(arguments: Int, leading: [[UInt8]]) -> [UInt8] {
+        var writer = RESPWriter()
+        writer.beginCommand(arguments: arguments)
+        for argument in leading { writer.bulk(argument) }
+        return writer.bytes
     }
 }

@@ -63,7 +63,7 @@ public final class RedisConnection {
     public func command(_ arguments: [String]) throws(Failure) -> Reply {
         var writer = RESPWriter()
         writer.beginCommand(arguments: arguments.count)
-        for a in arguments { writer.bulk(a) }
+        for a in arguments { writer.bulk(string: a) }
         try append(writer.bytes)
         return try reply()
     }

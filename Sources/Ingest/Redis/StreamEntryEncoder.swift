@@ -7,30 +7,40 @@ import Codec8
 ///
 /// `ts` is empty when the record time cannot be written in ISO-8601 (see docs/record-schema.md).
 struct StreamEntryEncoder {
-    private let telemetryStream: [UInt8]
-    private let responsesStream: [UInt8]
-    private let maxLength: [UInt8]
+    /// `*14 XADD <telemetry stream> MAXLEN ~ <maxlen> *`, formatted once: a record's command starts with it.
+    private let telemetryPrefix: [UInt8]
+    /// `*16 XADD <responses stream> MAXLEN ~ <maxlen> *`.
+    private let responsesPrefix: [UInt8]
     private var json = RecordJSONEncoder()
     private var payload: [UInt8] = []
     private var time: [UInt8] = []
 
     init(telemetryStream: String, responsesStream: String, maxLength: Int) {
-        self.telemetryStream = Array(telemetryStream.utf8)
-        self.responsesStream = Array(responsesStream.utf8)
-        self.maxLength = Array(String(maxLength).utf8)
+        func prefix(_ stream: String, fields: Int) -> [UInt8] {
+            RESPWriter.formatted(
+                arguments: 6 + 2 * fields,
+                leading: [
+                    Array("XADD".utf8), Array(stream.utf8), Array("MAXLEN".utf8), [UInt8(ascii: "~")], Array(String(maxLength).utf8),
+                    [UInt8(ascii: "*")],
+                ]
+            )
+        }
+        telemetryPrefix = prefix(telemetryStream, fields: 4)
+        responsesPrefix = prefix(responsesStream, fields: 5)
     }
 
     /// One `XADD` per record of the packet.
     mutating func appendRecords(of packet: AVLPacketView, imei: IMEI, to writer: inout RESPWriter) {
         var digits: [UInt8] = []
         imei.appendDigits(to: &digits)
+        writer.bytes.reserveCapacity(writer.bytes.count + packet.recordCount * (telemetryPrefix.count + 512))
         for record in packet.records {
             payload.removeAll(keepingCapacity: true)
             json.append(record, deviceID: imei, to: &payload)
             time.removeAll(keepingCapacity: true)
             JSONText.appendISO8601(milliseconds: record.timestampMs, to: &time)
             let ts = time.first == UInt8(ascii: "\"") ? time[1..<(time.count - 1)] : time[0..<0]
-            beginXADD(stream: telemetryStream, fields: 4, writer: &writer)
+            writer.beginCommand(prefix: telemetryPrefix)
             writer.bulk("ts")
             writer.bulk(ts)
             writer.bulk("device_id")
@@ -58,26 +68,16 @@ struct StreamEntryEncoder {
         payload.append(UInt8(ascii: "}"))
         time.removeAll(keepingCapacity: true)
         JSONText.appendISO8601(milliseconds: receivedMs, to: &time)
-        beginXADD(stream: responsesStream, fields: 5, writer: &writer)
+        writer.beginCommand(prefix: responsesPrefix)
         writer.bulk("ts")
         writer.bulk(time.dropFirst().dropLast())
         writer.bulk("device_id")
         writer.bulk(imei.digits)
         writer.bulk("codec")
-        writer.bulk(message.codec.name)
+        writer.bulk(string: message.codec.name)
         writer.bulk("type")
-        writer.bulk(String(message.type))
+        writer.bulk(string: String(message.type))
         writer.bulk("payload")
         writer.bulk(payload)
-    }
-
-    private func beginXADD(stream: [UInt8], fields: Int, writer: inout RESPWriter) {
-        writer.beginCommand(arguments: 6 + 2 * fields)
-        writer.bulk("XADD")
-        writer.bulk(stream)
-        writer.bulk("MAXLEN")
-        writer.bulk("~")
-        writer.bulk(maxLength)
-        writer.bulk("*")
     }
 }
