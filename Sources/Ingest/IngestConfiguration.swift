@@ -52,66 +52,107 @@ public struct IngestConfiguration: Sendable, Equatable {
         public let flag: String
         public let help: String
         let apply: @Sendable (inout IngestConfiguration, String) throws(ConfigurationError) -> Void
+        /// The setting's value in a configuration, as text (for comparisons; the Redis password is not shown).
+        let read: @Sendable (IngestConfiguration) -> String
+
+        init(
+            env: String,
+            flag: String,
+            help: String,
+            read: @escaping @Sendable (IngestConfiguration) -> String,
+            apply: @escaping @Sendable (inout IngestConfiguration, String) throws(ConfigurationError) -> Void
+        ) {
+            self.env = env
+            self.flag = flag
+            self.help = help
+            self.read = read
+            self.apply = apply
+        }
     }
 
     /// Every setting, in the order OPERATIONS.md lists them.
     public static let settings: [Setting] = [
-        string("TELTONIKA_HOST", "host", "Address the device listener binds.") { $0.host = $1 },
-        int("TELTONIKA_PORT", "port", "Device TCP port (0: any free port, logged at start).", 0...65535) { $0.port = $1 },
-        int("HANDSHAKE_TIMEOUT_MS", "handshake-timeout-ms", "Close connections that do not log in within this time.", 100...600_000) {
-            $0.handshakeTimeoutMs = $1
-        },
-        int("IDLE_TIMEOUT_MS", "idle-timeout-ms", "Close connections silent for this long.", 1000...86_400_000) { $0.idleTimeoutMs = $1 },
-        int("MAX_FRAME_BYTES", "max-frame-bytes", "Largest accepted data-field length.", 64...16_777_216) { $0.maxFrameBytes = $1 },
-        int("MAX_CONNECTIONS", "max-connections", "Device connections beyond this are refused.", 1...1_000_000) { $0.maxConnections = $1 },
-        Setting(env: "REDIS_URL", flag: "redis-url", help: "redis://[user:password@]host:port[/db] or unix:///path[?db=N].") {
-            (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in c.redisURL = try RedisURL(parsing: v)
-        },
-        string("REDIS_TELEMETRY_STREAM", "telemetry-stream", "Stream that receives one entry per record.") { $0.telemetryStream = $1 },
-        string("REDIS_RESPONSES_STREAM", "responses-stream", "Stream that receives Codec 12-15 frames from devices.") {
-            $0.responsesStream = $1
-        },
-        int("REDIS_STREAM_MAXLEN", "stream-maxlen", "Approximate cap of each stream (XADD MAXLEN ~).", 1...Int(Int32.max)) {
-            $0.streamMaxLength = $1
-        },
-        int("PUBLISH_QUEUE_CAPACITY", "publish-queue-capacity", "Records the publish queue holds.", 255...100_000_000) {
-            $0.publishQueueCapacity = $1
-        },
+        string("TELTONIKA_HOST", "host", "Address the device listener binds.", \.host),
+        int("TELTONIKA_PORT", "port", "Device TCP port (0: any free port, logged at start).", 0...65535, \.port),
+        int(
+            "HANDSHAKE_TIMEOUT_MS",
+            "handshake-timeout-ms",
+            "Close connections that do not log in within this time.",
+            100...600_000,
+            \.handshakeTimeoutMs
+        ),
+        int("IDLE_TIMEOUT_MS", "idle-timeout-ms", "Close connections silent for this long.", 1000...86_400_000, \.idleTimeoutMs),
+        int("MAX_FRAME_BYTES", "max-frame-bytes", "Largest accepted data-field length.", 64...16_777_216, \.maxFrameBytes),
+        int("MAX_CONNECTIONS", "max-connections", "Device connections beyond this are refused.", 1...1_000_000, \.maxConnections),
+        Setting(
+            env: "REDIS_URL",
+            flag: "redis-url",
+            help: "redis://[user:password@]host:port[/db] or unix:///path[?db=N].",
+            read: { "\($0.redisURL)" },
+            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in c.redisURL = try RedisURL(parsing: v) }
+        ),
+        string("REDIS_TELEMETRY_STREAM", "telemetry-stream", "Stream that receives one entry per record.", \.telemetryStream),
+        string("REDIS_RESPONSES_STREAM", "responses-stream", "Stream that receives Codec 12-15 frames from devices.", \.responsesStream),
+        int(
+            "REDIS_STREAM_MAXLEN",
+            "stream-maxlen",
+            "Approximate cap of each stream (XADD MAXLEN ~).",
+            1...Int(Int32.max),
+            \.streamMaxLength
+        ),
+        int(
+            "PUBLISH_QUEUE_CAPACITY",
+            "publish-queue-capacity",
+            "Records the publish queue holds.",
+            255...100_000_000,
+            \.publishQueueCapacity
+        ),
         int(
             "PUBLISH_TIMEOUT_MS",
             "publish-timeout-ms",
             "A packet unconfirmed by Redis this long closes its connection, no ACK.",
-            100...600_000
-        ) {
-            $0.publishTimeoutMs = $1
-        },
-        int("OVERFLOW_WAIT_MS", "overflow-wait-ms", "Wait for room in a full queue before closing without ACK.", 0...60_000) {
-            $0.overflowWaitMs = $1
-        },
-        int("REDIS_TIMEOUT_MS", "redis-timeout-ms", "Redis connect and reply timeout.", 50...60_000) { $0.redisTimeoutMs = $1 },
-        Setting(env: "LOG_LEVEL", flag: "log-level", help: "trace, debug, info, notice, warning, error, critical.") {
+            100...600_000,
+            \.publishTimeoutMs
+        ),
+        int(
+            "OVERFLOW_WAIT_MS",
+            "overflow-wait-ms",
+            "Wait for room in a full queue before closing without ACK.",
+            0...60_000,
+            \.overflowWaitMs
+        ),
+        int("REDIS_TIMEOUT_MS", "redis-timeout-ms", "Redis connect and reply timeout.", 50...60_000, \.redisTimeoutMs),
+        Setting(env: "LOG_LEVEL", flag: "log-level", help: "trace, debug, info, notice, warning, error, critical.", read: \.logLevel) {
             (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
             guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(v) else {
                 throw ConfigurationError(key: "LOG_LEVEL", message: "unknown level '\(v)'")
             }
             c.logLevel = v
         },
-        Setting(env: "LOG_FORMAT", flag: "log-format", help: "json (one object per line) or text.") {
+        Setting(env: "LOG_FORMAT", flag: "log-format", help: "json (one object per line) or text.", read: \.logFormat) {
             (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
             guard v == "json" || v == "text" else {
                 throw ConfigurationError(key: "LOG_FORMAT", message: "expected json or text, got '\(v)'")
             }
             c.logFormat = v
         },
-        string("INSTANCE_ID", "instance-id", "Name of this instance in logs (default: host name).") { $0.instanceID = $1 },
-        string("METRICS_HOST", "metrics-host", "Address of the metrics and health listener.") { $0.metricsHost = $1 },
-        int("METRICS_PORT", "metrics-port", "Port of /metrics, /healthz, /readyz (0: any free port, logged at start).", 0...65535) {
-            $0.metricsPort = $1
-        },
-        int("SHUTDOWN_TIMEOUT_MS", "shutdown-timeout-ms", "Bound of the graceful drain; past it, exit 1.", 100...3_600_000) {
-            $0.shutdownTimeoutMs = $1
-        },
-        string("CONFIG_FILE", "config-file", "File of KEY=value settings, read at start and re-read on SIGHUP.") { $0.configFile = $1 },
+        string("INSTANCE_ID", "instance-id", "Name of this instance in logs (default: host name).", \.instanceID),
+        string("METRICS_HOST", "metrics-host", "Address of the metrics and health listener.", \.metricsHost),
+        int(
+            "METRICS_PORT",
+            "metrics-port",
+            "Port of /metrics, /healthz, /readyz (0: any free port, logged at start).",
+            0...65535,
+            \.metricsPort
+        ),
+        int(
+            "SHUTDOWN_TIMEOUT_MS",
+            "shutdown-timeout-ms",
+            "Bound of the graceful drain; past it, exit 1.",
+            100...3_600_000,
+            \.shutdownTimeoutMs
+        ),
+        string("CONFIG_FILE", "config-file", "File of KEY=value settings, read at start and re-read on SIGHUP.", \.configFile),
     ]
 
     /// The settings SIGHUP applies without a restart.
@@ -165,47 +206,25 @@ public struct IngestConfiguration: Sendable, Equatable {
 
     /// Environment names of the settings whose values differ between `self` and `other`.
     public func changedSettings(comparedTo other: IngestConfiguration) -> [String] {
-        IngestConfiguration.settings.map(\.env).filter { value(of: $0) != other.value(of: $0) }
-    }
-
-    /// A setting's value as text (for comparisons and logs; the Redis password is not shown).
-    func value(of env: String) -> String {
-        switch env {
-        case "TELTONIKA_HOST": host
-        case "TELTONIKA_PORT": "\(port)"
-        case "HANDSHAKE_TIMEOUT_MS": "\(handshakeTimeoutMs)"
-        case "IDLE_TIMEOUT_MS": "\(idleTimeoutMs)"
-        case "MAX_FRAME_BYTES": "\(maxFrameBytes)"
-        case "MAX_CONNECTIONS": "\(maxConnections)"
-        case "REDIS_URL": "\(redisURL)"
-        case "REDIS_TELEMETRY_STREAM": telemetryStream
-        case "REDIS_RESPONSES_STREAM": responsesStream
-        case "REDIS_STREAM_MAXLEN": "\(streamMaxLength)"
-        case "PUBLISH_QUEUE_CAPACITY": "\(publishQueueCapacity)"
-        case "PUBLISH_TIMEOUT_MS": "\(publishTimeoutMs)"
-        case "OVERFLOW_WAIT_MS": "\(overflowWaitMs)"
-        case "REDIS_TIMEOUT_MS": "\(redisTimeoutMs)"
-        case "LOG_LEVEL": logLevel
-        case "LOG_FORMAT": logFormat
-        case "INSTANCE_ID": instanceID
-        case "METRICS_HOST": metricsHost
-        case "METRICS_PORT": "\(metricsPort)"
-        case "SHUTDOWN_TIMEOUT_MS": "\(shutdownTimeoutMs)"
-        case "CONFIG_FILE": configFile
-        default: preconditionFailure("unknown setting \(env)")
-        }
+        IngestConfiguration.settings.filter { $0.read(self) != $0.read(other) }.map(\.env)
     }
 
     private static func string(
         _ env: String,
         _ flag: String,
         _ help: String,
-        _ set: @escaping @Sendable (inout IngestConfiguration, String) -> Void
+        _ field: any WritableKeyPath<IngestConfiguration, String> & Sendable
     ) -> Setting {
-        Setting(env: env, flag: flag, help: help) { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
-            guard !v.isEmpty else { throw ConfigurationError(key: env, message: "must not be empty") }
-            set(&c, v)
-        }
+        Setting(
+            env: env,
+            flag: flag,
+            help: help,
+            read: { $0[keyPath: field] },
+            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
+                guard !v.isEmpty else { throw ConfigurationError(key: env, message: "must not be empty") }
+                c[keyPath: field] = v
+            }
+        )
     }
 
     private static func int(
@@ -213,17 +232,23 @@ public struct IngestConfiguration: Sendable, Equatable {
         _ flag: String,
         _ help: String,
         _ range: ClosedRange<Int>,
-        _ set: @escaping @Sendable (inout IngestConfiguration, Int) -> Void
+        _ field: any WritableKeyPath<IngestConfiguration, Int> & Sendable
     ) -> Setting {
-        Setting(env: env, flag: flag, help: help) { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
-            guard let n = Int(v.replacingUnderscores()), range.contains(n) else {
-                throw ConfigurationError(
-                    key: env,
-                    message: "expected a whole number in \(range.lowerBound)...\(range.upperBound), got '\(v)'"
-                )
+        Setting(
+            env: env,
+            flag: flag,
+            help: help,
+            read: { "\($0[keyPath: field])" },
+            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
+                guard let n = Int(v.replacingUnderscores()), range.contains(n) else {
+                    throw ConfigurationError(
+                        key: env,
+                        message: "expected a whole number in \(range.lowerBound)...\(range.upperBound), got '\(v)'"
+                    )
+                }
+                c[keyPath: field] = n
             }
-            set(&c, n)
-        }
+        )
     }
 }
 

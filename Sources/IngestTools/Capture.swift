@@ -9,13 +9,11 @@ public enum Capture {
     public enum Failure: Error, CustomStringConvertible, Equatable {
         case notACapture
         case truncated(String)
-        case unsupportedLinkType(UInt32)
 
         public var description: String {
             switch self {
             case .notACapture: "not a pcap or pcapng file"
             case .truncated(let what): "capture truncated inside \(what)"
-            case .unsupportedLinkType(let type): "unsupported link type \(type)"
             }
         }
     }

@@ -119,8 +119,7 @@ public struct ReplaySession: Sendable, Equatable {
 
 public struct ReplayInputError: Error, CustomStringConvertible {
     public var description: String
-    public init(description: String) { self.description = description }
-    init(_ description: String) { self.description = description }
+    public init(_ description: String) { self.description = description }
 }
 
 /// How a replay runs.

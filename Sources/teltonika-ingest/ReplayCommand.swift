@@ -67,7 +67,7 @@ struct ReplayCommand: ParsableCommand {
         var sessions: [ReplaySession] = []
         do {
             for path in files {
-                guard let data = FileManager.default.contents(atPath: path) else { throw ReplayInputError.unreadable(path) }
+                guard let data = FileManager.default.contents(atPath: path) else { throw ReplayInputError("cannot read '\(path)'") }
                 let bytes = [UInt8](data)
                 if bytes.count >= 4 && (bytes.starts(with: [0x0a, 0x0d, 0x0d, 0x0a]) || Self.isPcapMagic(bytes)) {
                     let found = try ReplaySession.fromCapture(bytes, name: path, serverPort: capturePort, maxDataLength: maxFrameBytes)
@@ -112,12 +112,6 @@ struct ReplayCommand: ParsableCommand {
             [0xd4, 0xc3, 0xb2, 0xa1], [0xa1, 0xb2, 0xc3, 0xd4], [0x4d, 0x3c, 0xb2, 0xa1], [0xa1, 0xb2, 0x3c, 0x4d],
         ]
         return magics.contains { b.starts(with: $0) }
-    }
-}
-
-extension ReplayInputError {
-    static func unreadable(_ path: String) -> ReplayInputError {
-        ReplayInputError(description: "cannot read '\(path)'")
     }
 }
 

@@ -59,4 +59,22 @@ struct IngestConfigurationTests {
         #expect(Set(s.map(\.env)).count == s.count)
         #expect(Set(s.map(\.flag)).count == s.count)
     }
+
+    /// Each setting, changed alone, is the only one `changedSettings` names (what SIGHUP reports).
+    @Test func testChangedSettingsNamesExactlyTheChangedOnes() throws {
+        let base = try IngestConfiguration.load(environment: [:], flags: [:])
+        let other: [String: String] = [
+            "TELTONIKA_HOST": "127.0.0.2", "TELTONIKA_PORT": "5028", "HANDSHAKE_TIMEOUT_MS": "9000", "IDLE_TIMEOUT_MS": "5000",
+            "MAX_FRAME_BYTES": "2048", "MAX_CONNECTIONS": "5", "REDIS_URL": "redis://10.0.0.1:6380/2", "REDIS_TELEMETRY_STREAM": "a",
+            "REDIS_RESPONSES_STREAM": "b", "REDIS_STREAM_MAXLEN": "7", "PUBLISH_QUEUE_CAPACITY": "300", "PUBLISH_TIMEOUT_MS": "900",
+            "OVERFLOW_WAIT_MS": "5", "REDIS_TIMEOUT_MS": "60", "LOG_LEVEL": "debug", "LOG_FORMAT": "text", "INSTANCE_ID": "i",
+            "METRICS_HOST": "127.0.0.3", "METRICS_PORT": "9191", "SHUTDOWN_TIMEOUT_MS": "1000", "CONFIG_FILE": "/tmp/x",
+        ]
+        #expect(Set(other.keys) == Set(IngestConfiguration.settings.map(\.env)))
+        #expect(base.changedSettings(comparedTo: base).isEmpty)
+        for (env, value) in other {
+            let changed = try IngestConfiguration.load(environment: [env: value], flags: [:])
+            #expect(changed.changedSettings(comparedTo: base) == [env], "\(env)")
+        }
+    }
 }
