@@ -88,6 +88,7 @@ struct LifecycleTests {
         try waitFor(timeout: 10) { try server.http("/readyz").status == 200 }
         redis.pause()
         try device.send(Self.twoRecords)
+        try waitForPacketInFlight(server)
         #expect(device.receive(4, timeout: 0.3) == .timeout([]))
         let signalled = Date()
         server.signal(SIGTERM)
@@ -116,6 +117,7 @@ struct LifecycleTests {
         #expect(try device.login("356307042441013"))
         redis.pause()
         try device.send(Self.twoRecords)
+        try waitForPacketInFlight(server)
         server.signal(SIGTERM)
         try server.waitForLog(event: "server.draining", timeout: 5)
         #expect(server.process.isRunning)
@@ -171,5 +173,13 @@ struct LifecycleTests {
         // The Swift backtracer's report follows the line.
         let text = server.stderrLines.joined(separator: "\n")
         #expect(text.contains("Program crashed") && text.contains("Thread"), "no backtrace in: \(text.suffix(2000))")
+    }
+}
+
+/// Waits until the server has framed the device's packet (so it is in flight, not unread in the
+/// socket buffer) before a test signals it: a signal that arrives first finds nothing to drain.
+private func waitForPacketInFlight(_ server: ServerProcess) throws {
+    try waitFor(timeout: 10, "packet framed by the server") {
+        try server.scrape()["teltonika_frames_total{codec=\"8\",result=\"ok\"}"] == 1
     }
 }
