@@ -5,7 +5,7 @@ FUZZ_SECONDS ?= 60
 CI_FUZZ_SECONDS ?= 30
 ARGS ?=
 
-.PHONY: help deps build release test check-deploy run bench fuzz lint format clean
+.PHONY: help deps build release test tsan check-deploy run bench fuzz lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -23,6 +23,9 @@ test: deps ## Every test against a throwaway redis-server, then fuzz the codec b
 	scripts/test.sh
 	scripts/check-deploy.sh
 	scripts/fuzz.sh $(CI_FUZZ_SECONDS)
+
+tsan: deps ## Every test with the tests and the server built under ThreadSanitizer (.build-thread); any race report fails
+	SANITIZE=thread scripts/test.sh
 
 check-deploy: ## Lint Dockerfile, check alert rules, manifests and dashboard
 	scripts/check-deploy.sh

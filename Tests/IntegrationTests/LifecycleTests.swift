@@ -94,6 +94,9 @@ struct LifecycleTests {
         server.signal(SIGTERM)
         try waitFor(timeout: 1) { try server.http("/readyz").body.contains("draining") }
         #expect(try server.http("/readyz").status == 503)
+        // The listener is closed while the drain still waits for Redis: a new device is refused.
+        try waitFor(timeout: 1, "listener closed") { (try? connectLoopback(port: server.port)).map { close($0) } == nil }
+        #expect(server.process.isRunning)
         let exit = try #require(server.waitForExit(timeout: 10))
         let seconds = Date().timeIntervalSince(signalled)
         #expect(exit.status == 1 && !exit.bySignal, "exit \(exit)")

@@ -149,6 +149,33 @@ struct MetricsTests {
         for name in names { #expect(exposed.contains(name), "\(name) is used by the dashboard or alerts but not exposed") }
     }
 
+    /// With 10,000 logged-in devices a scrape still answers, whole and exact, and so do the health
+    /// endpoints. How fast it answers is a benchmark figure (docs/PERFORMANCE.md), not asserted here.
+    @Test func testScrapeIsWholeWithTenThousandConnections() throws {
+        let count = 10_000
+        let server = try ServerProcess(environment: ["MAX_CONNECTIONS": "\(count + 100)", "LOG_LEVEL": "info"])
+        var devices: [DeviceClient] = []
+        devices.reserveCapacity(count)
+        for d in 0..<count {
+            let device = try DeviceClient(port: server.port)
+            try device.send(IMEI(FleetTests.imei(d))!.loginFrame)
+            devices.append(device)
+        }
+        let loggedIn = devices.filter { $0.receive(1, timeout: 10) == .bytes([1]) }.count
+        #expect(loggedIn == count)
+        try waitFor(timeout: 10) { try server.scrape()["teltonika_connections_active"] == Double(count) }
+        let scrape = try server.scrape()
+        #expect(scrape["teltonika_handshake_total{result=\"accepted\"}"] == Double(count))
+        #expect(scrape["teltonika_connections_total{result=\"accepted\"}"] == Double(count))
+        #expect(scrape["process_open_fds"] >= Double(count))
+        #expect(scrape.names.contains("teltonika_build_info"))
+        #expect(try server.http("/healthz").status == 200)
+        #expect(try server.http("/readyz").status == 200)
+        devices.removeAll()  // every socket closed; a debug build under TSan takes tens of seconds to see them all
+        try waitFor(timeout: 90) { try server.scrape()["teltonika_connections_active"] == 0 }
+        #expect(try server.scrape()["process_open_fds"] < Double(count))
+    }
+
     @Test func testReadinessFollowsRedis() throws {
         let redis = try OwnRedis()
         let server = try ServerProcess(redisURL: redis.url, environment: ["REDIS_TIMEOUT_MS": "300"])
