@@ -96,7 +96,8 @@ import yaml
 SHUTDOWN_TIMEOUT_MS_DEFAULT = 30000
 ALERTS = ["TeltonikaUnknownCodec", "TeltonikaPublishOverflow", "TeltonikaCRCFailureRatio",
           "TeltonikaPublishQueueFilling", "TeltonikaRedisDown", "TeltonikaNotReady",
-          "TeltonikaAckLatencyHigh", "TeltonikaInstanceSilent", "TeltonikaCrashLoop"]
+          "TeltonikaAckLatencyHigh", "TeltonikaInstanceSilent", "TeltonikaCrashLoop",
+          "TeltonikaRedisNotDurable"]
 RUNBOOK_PREFIX = "https://github.com/teltonika-ingest/teltonika-ingest/blob/main/OPERATIONS.md#"
 
 problems = []

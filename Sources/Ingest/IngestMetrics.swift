@@ -40,6 +40,7 @@ public final class IngestMetrics: Sendable {
     let redisUp: Gauge
     private let redisErrorsByKind: [String: Counter]
     let redisReconnects: Counter
+    private let redisDurabilityByMode: [String: Gauge]
     let connectionsReplaced: Counter
     let ready: Gauge
     let buildInfo: Gauge
@@ -52,6 +53,7 @@ public final class IngestMetrics: Sendable {
     public static let connectionResults = ["accepted", "refused"]
     public static let handshakeResults = ["accepted", "rejected", "malformed", "timeout"]
     public static let redisErrorKinds = ["connect", "auth", "protocol", "io", "timeout", "eof", "reply", "other"]
+    public static let redisDurabilityModes = RedisDurability.allCases.map(\.rawValue)
 
     /// Latency buckets (seconds): 0.25 ms to 30 s.
     static let latencyBuckets: [Duration] = [
@@ -138,6 +140,20 @@ public final class IngestMetrics: Sendable {
         redisReconnects = r.makeCounter(
             descriptor: d("teltonika_redis_reconnects_total", "Redis connections re-established after a failure.")
         )
+        redisDurabilityByMode = Dictionary(
+            uniqueKeysWithValues: Self.redisDurabilityModes.map {
+                (
+                    $0,
+                    r.makeGauge(
+                        descriptor: d(
+                            "teltonika_redis_durability",
+                            "1 on the persistence mode Redis reported at the last check (aof_always, aof_everysec, aof_no, none, unknown), 0 on the others."
+                        ),
+                        labels: [("mode", $0)]
+                    )
+                )
+            }
+        )
         connectionsReplaced = r.makeCounter(
             descriptor: d("teltonika_connections_replaced_total", "Older connections closed because the same IMEI logged in again.")
         )
@@ -147,6 +163,7 @@ public final class IngestMetrics: Sendable {
             labels: [("version", Self.version), ("revision", Self.revision)]
         )
         buildInfo.set(Int64(1))
+        setRedisDurability(.unknown)
     }
 
     func connections(result: String) -> Counter { connectionsByResult[result]! }
@@ -158,4 +175,7 @@ public final class IngestMetrics: Sendable {
     func records(codec: String) -> Counter { recordsByCodec[codec]! }
     func deviceMessages(codec: String) -> Counter { deviceMessagesByCodec[codec]! }
     func redisErrors(kind: String) -> Counter { redisErrorsByKind[kind] ?? redisErrorsByKind["other"]! }
+    func setRedisDurability(_ mode: RedisDurability) {
+        for (name, gauge) in redisDurabilityByMode { gauge.set(Int64(name == mode.rawValue ? 1 : 0)) }
+    }
 }

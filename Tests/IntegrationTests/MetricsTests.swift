@@ -1,6 +1,7 @@
 import Codec8
 import FixtureSupport
 import Foundation
+import Ingest
 import Testing
 
 #if canImport(Glibc)
@@ -174,6 +175,39 @@ struct MetricsTests {
         devices.removeAll()  // every socket closed; a debug build under TSan takes tens of seconds to see them all
         try waitFor(timeout: 90) { try server.scrape()["teltonika_connections_active"] == 0 }
         #expect(try server.scrape()["process_open_fds"] < Double(count))
+    }
+
+    /// The persistence Redis reports is a metric and a log line: a warning for no AOF or an evicting
+    /// policy, re-read when the server reconnects; a Redis that refuses CONFIG GET is `unknown`.
+    @Test func testRedisDurabilityIsReportedAndFollowsItsSettings() throws {
+        func modes(_ scrape: Scrape) -> [String] {
+            IngestMetrics.redisDurabilityModes.filter { scrape["teltonika_redis_durability{mode=\"\($0)\"}"] == 1 }
+        }
+        let redis = try OwnRedis(arguments: ["--maxmemory-policy", "allkeys-lru"])  // and --appendonly no
+        let server = try ServerProcess(redisURL: redis.url)
+        let risky = try server.waitForLog(event: "redis.durability", timeout: 10)
+        #expect(risky["level"] as? String == "warning")
+        #expect(risky["mode"] as? String == "none")
+        #expect(risky["maxmemory_policy"] as? String == "allkeys-lru")
+        #expect(risky["evicts_streams"] as? String == "true")
+        #expect(modes(try server.scrape()) == ["none"])
+
+        let client = try RedisClient(url: redis.url)
+        for setting in [["appendonly", "yes"], ["appendfsync", "always"], ["maxmemory-policy", "noeviction"]] {
+            #expect(try client.command(["CONFIG", "SET"] + setting) == .string("OK"))
+        }
+        _ = try client.command(["CLIENT", "KILL", "TYPE", "normal"])  // the server's connection, not this one
+        let safe = try server.waitForLog(event: "redis.durability", timeout: 10, count: 2)
+        #expect(safe["level"] as? String == "info")
+        #expect(safe["mode"] as? String == "aof_always")
+        #expect(modes(try server.scrape()) == ["aof_always"])
+
+        let locked = try OwnRedis(arguments: ["--rename-command", "CONFIG", ""])
+        let other = try ServerProcess(redisURL: locked.url)
+        let unknown = try other.waitForLog(event: "redis.durability", timeout: 10)
+        #expect(unknown["mode"] as? String == "unknown")
+        try waitFor(timeout: 10) { try other.http("/readyz").status == 200 }  // still serves
+        #expect(modes(try other.scrape()) == ["unknown"])
     }
 
     @Test func testReadinessFollowsRedis() throws {

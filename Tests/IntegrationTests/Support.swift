@@ -130,6 +130,8 @@ final class RedisClient {
         connection = try RedisConnection(url: try RedisURL(parsing: url), timeoutMs: 5000)
     }
 
+    func command(_ arguments: [String]) throws -> RedisConnection.Reply { try connection.command(arguments) }
+
     func xlen(_ stream: String) throws -> Int {
         guard case .integer(let n) = try connection.command(["XLEN", stream]) else { throw TestFailure("XLEN failed") }
         return Int(n)

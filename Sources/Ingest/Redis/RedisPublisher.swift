@@ -76,6 +76,8 @@ public struct PublisherConfiguration: Sendable {
     /// With nothing to send for this long, the connection is checked with `PING` (or, when down,
     /// re-established), so `teltonika_redis_up` and `/readyz` follow Redis without traffic.
     public var healthCheckMs: Int
+    /// How often Redis' persistence settings are read again (they are also read on every connect).
+    public var durabilityCheckMs: Int
 
     public init(
         redis: RedisURL,
@@ -84,7 +86,8 @@ public struct PublisherConfiguration: Sendable {
         maxBatchRecords: Int = 4096,
         reconnectBaseMs: Int = 100,
         reconnectMaxMs: Int = 5000,
-        healthCheckMs: Int = 1000
+        healthCheckMs: Int = 1000,
+        durabilityCheckMs: Int = 60_000
     ) {
         self.redis = redis
         self.queueCapacity = queueCapacity
@@ -93,6 +96,7 @@ public struct PublisherConfiguration: Sendable {
         self.reconnectBaseMs = reconnectBaseMs
         self.reconnectMaxMs = reconnectMaxMs
         self.healthCheckMs = healthCheckMs
+        self.durabilityCheckMs = durabilityCheckMs
     }
 }
 
@@ -114,6 +118,8 @@ public final class RedisPublisher: @unchecked Sendable {
     private var abandonedRecords = 0
     /// Touched only by the drain thread.
     private var everConnected = false
+    private var nextDurabilityCheck = NIODeadline.distantFuture
+    private var loggedDurability: String? = nil
     private let connected = NIOLockedValueBox(false)
 
     public init(configuration: PublisherConfiguration, logger: Logger) {
@@ -188,6 +194,14 @@ public final class RedisPublisher: @unchecked Sendable {
         while true {
             let idleWaitMs = connection == nil ? backoff(attempt: attempt) : configuration.healthCheckMs
             guard let next = nextBatch(retry: &retry, idleWaitMs: idleWaitMs) else { break }
+            if let conn = connection, NIODeadline.now() >= nextDurabilityCheck {
+                do throws(RedisConnection.Failure) {
+                    try checkDurability(conn)
+                } catch {
+                    connection = nil
+                    connectionLost(error)
+                }
+            }
             guard case .jobs(let batch) = next else {
                 checkHealth(&connection, attempt: &attempt)
                 continue
@@ -231,6 +245,7 @@ public final class RedisPublisher: @unchecked Sendable {
     private func connect(attempt: inout Int) -> RedisConnection? {
         do throws(RedisConnection.Failure) {
             let connection = try RedisConnection(url: configuration.redis, timeoutMs: configuration.redisTimeoutMs)
+            try checkDurability(connection)
             if everConnected { IngestMetrics.shared.redisReconnects.increment() }
             everConnected = true
             attempt = 0
@@ -264,12 +279,46 @@ public final class RedisPublisher: @unchecked Sendable {
             }
         } catch {
             connection = nil
-            setConnected(false)
-            IngestMetrics.shared.redisErrors(kind: error.kind).increment()
-            logger.error(
-                "redis health check failed",
-                metadata: ["event": "redis.connection_lost", "error": "\(error)", "unconfirmed_jobs": "0"]
-            )
+            connectionLost(error)
+        }
+    }
+
+    /// A health or settings check failed with nothing in flight: counted and logged; the next round reconnects.
+    private func connectionLost(_ error: RedisConnection.Failure) {
+        setConnected(false)
+        IngestMetrics.shared.redisErrors(kind: error.kind).increment()
+        logger.error(
+            "redis health check failed",
+            metadata: ["event": "redis.connection_lost", "error": "\(error)", "unconfirmed_jobs": "0"]
+        )
+    }
+
+    /// Reads Redis' persistence and eviction settings (`CONFIG GET`), sets `teltonika_redis_durability`,
+    /// and logs `redis.durability` when they change: a warning when ACKed records would not survive a
+    /// Redis restart (no AOF) or could be evicted (`allkeys-*`). A refused `CONFIG GET` is mode `unknown`.
+    private func checkDurability(_ connection: RedisConnection) throws(RedisConnection.Failure) {
+        func setting(_ name: String) throws(RedisConnection.Failure) -> String? {
+            guard case .array(let pair) = try connection.command(["CONFIG", "GET", name]), pair.count == 2,
+                case .string(let value) = pair[1]
+            else { return nil }
+            return value
+        }
+        let mode = RedisDurability(appendonly: try setting("appendonly"), appendfsync: try setting("appendfsync"))
+        let policy = try setting("maxmemory-policy")
+        nextDurabilityCheck = .now() + .milliseconds(Int64(configuration.durabilityCheckMs))
+        IngestMetrics.shared.setRedisDurability(mode)
+        let seen = "\(mode.rawValue) \(policy ?? "unknown")"
+        guard seen != loggedDurability else { return }
+        loggedDurability = seen
+        let evicts = RedisDurability.policyEvictsStreams(policy)
+        let metadata: Logger.Metadata = [
+            "event": "redis.durability", "mode": "\(mode.rawValue)", "maxmemory_policy": "\(policy ?? "unknown")",
+            "evicts_streams": "\(evicts)", "meaning": "\(mode.meaning)",
+        ]
+        if mode == .none || evicts {
+            logger.warning("redis may lose ACKed records", metadata: metadata)
+        } else {
+            logger.info("redis persistence", metadata: metadata)
         }
     }
 
