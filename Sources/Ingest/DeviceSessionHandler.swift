@@ -43,13 +43,15 @@ final class EncoderBox: @unchecked Sendable {
     init(_ encoder: StreamEntryEncoder) { self.encoder = encoder }
 }
 
-/// One device connection: login, then packets, one in flight at a time.
+/// The packet a session has in flight: its Redis job, and when its frame completed (for the ACK latency).
+struct PacketInFlight {
+    let job: PublishJob
+    let frameCompleted: NIODeadline
+}
+
+/// One device connection: carries out what ``DeviceSessionStateMachine`` decides (login, packets one
+/// in flight at a time, drain), with the bytes, the channel, Redis, metrics and logs.
 ///
-/// ```
-/// awaitingLogin --IMEI ok--> ready --AVL packet--> publishing --Redis confirmed--> ready (+ ACK)
-///       |  \--bad IMEI: 0x00, close           |  \--keep-alive, Codec 12-15: stay ready
-///       \--handshake timeout: close           \--bad frame: close, no ACK     \--not confirmed in time: close, no ACK
-/// ```
 /// While a packet is publishing the socket is not read (backpressure); bytes already received wait in
 /// the buffer, which never holds more than one frame plus one read.
 ///
@@ -60,25 +62,12 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private enum State {
-        case awaitingLogin
-        case ready(IMEI)
-        case publishing(IMEI, PublishJob, frameCompleted: NIODeadline)
-        case closed
-    }
-
     private let environment: SessionEnvironment
     private let framer: TeltonikaFramer
-    private var state = State.awaitingLogin
+    private var session = DeviceSessionStateMachine<PacketInFlight>()
     private var pending: ByteBuffer? = nil
     private var handshakeTimer: Scheduled<Void>? = nil
     private var logger: Logger
-    private var draining = false
-
-    private var isClosed: Bool {
-        if case .closed = state { return true }
-        return false
-    }
 
     init(environment: SessionEnvironment) {
         self.environment = environment
@@ -95,7 +84,7 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         handshakeTimer = context.eventLoop.scheduleTask(in: timeout) {
             let (handler, context) = bound.value
-            guard case .awaitingLogin = handler.state else { return }
+            guard handler.session.handshakeTimedOut() else { return }
             IngestMetrics.shared.handshakes(result: "timeout").increment()
             handler.logger.warning("no login in time", metadata: ["event": "device.handshake_timeout"])
             handler.close(context)
@@ -106,17 +95,13 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
     func channelInactive(context: ChannelHandlerContext) {
         handshakeTimer?.cancel()
         IngestMetrics.shared.connectionsActive.decrement()
-        switch state {
-        case .publishing(let imei, let job, _):
-            job.cancel()
+        let ended = session.connectionClosed()
+        if let packet = ended.abandoned {
+            packet.job.cancel()
             environment.packetsInFlight.subtract(1, ordering: .relaxed)
-            environment.registry.remove(imei, channel: context.channel)
-        case .ready(let imei):
-            environment.registry.remove(imei, channel: context.channel)
-        case .awaitingLogin, .closed:
-            break
         }
-        if let rest = pending, rest.readableBytes > 0, !isClosed, !draining {
+        if let imei = ended.imei { environment.registry.remove(imei, channel: context.channel) }
+        if let rest = pending, rest.readableBytes > 0, ended.bufferedBytesAreTruncatedFrame {
             IngestMetrics.shared.frames(codec: "unknown", result: "malformed").increment()
             logger.warning(
                 "connection closed inside a frame: no ACK",
@@ -124,7 +109,6 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
             )
         }
         logger.info("connection closed", metadata: ["event": "device.disconnected"])
-        state = .closed
         pending = nil
         context.fireChannelInactive()
     }
@@ -142,7 +126,7 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is SessionDrain {
-            draining = true
+            session.drain()
             handshakeTimer?.cancel()
             context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
             return
@@ -164,13 +148,7 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
 
     /// Cuts and handles frames from the buffer until it needs more bytes or a packet is in flight.
     private func process(_ context: ChannelHandlerContext) {
-        while !draining, let buffer = pending, buffer.readableBytes > 0 {
-            let mode: TeltonikaFramer.Mode
-            switch state {
-            case .awaitingLogin: mode = .login
-            case .ready: mode = .packets
-            case .publishing, .closed: return
-            }
+        while let mode = session.framerMode, let buffer = pending, buffer.readableBytes > 0 {
             let decision: TeltonikaFramer.Decision
             do throws(Codec8Error) {
                 decision = try buffer.withUnsafeReadableBytes { (raw) throws(Codec8Error) in try framer.next(raw, mode: mode) }
@@ -186,7 +164,7 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
                 IngestMetrics.shared.keepAlives.increment()
             case .frame(let length):
                 let frame = pending!.readSlice(length: length)!
-                if case .awaitingLogin = state {
+                if mode == .login {
                     login(context, frame: frame)
                 } else {
                     packet(context, frame: frame)
@@ -198,9 +176,9 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
 
     private func login(_ context: ChannelHandlerContext, frame: ByteBuffer) {
         handshakeTimer?.cancel()
-        do throws(Codec8Error) {
-            let imei = try frame.withUnsafeReadableBytes { (raw) throws(Codec8Error) in try IMEI.parseLogin(raw) }
-            state = .ready(imei)
+        let parsed = frame.withUnsafeReadableBytes { raw in Result { () throws(Codec8Error) in try IMEI.parseLogin(raw) } }
+        switch session.loginReceived(parsed) {
+        case .accept(let imei):
             logger[metadataKey: "imei"] = "\(imei)"
             if let old = environment.registry.register(imei, channel: context.channel) {
                 IngestMetrics.shared.connectionsReplaced.increment()
@@ -213,8 +191,10 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
             IngestMetrics.shared.handshakes(result: "accepted").increment()
             logger.info("device logged in", metadata: ["event": "device.login"])
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(1))), promise: nil)
-        } catch {
-            refuseLogin(context, error: error, result: "rejected")
+        case .refuse(let result, let error):
+            refuseLogin(context, error: error, result: result)
+        case .ignore:
+            break
         }
     }
 
@@ -224,11 +204,10 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
         logger.warning("login rejected", metadata: ["event": "device.login_rejected", "error": "\(error.category)", "detail": "\(error)"])
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(0)))).whenComplete { _ in channel.close(promise: nil) }
-        state = .closed
     }
 
     private func packet(_ context: ChannelHandlerContext, frame: ByteBuffer) {
-        guard case .ready(let imei) = state else { return }
+        guard case .ready(let imei) = session.state else { return }
         let completed = NIODeadline.now()
         let encoderBox = environment.encoder
         var writer = RESPWriter()
@@ -271,34 +250,39 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
             IngestMetrics.shared.frames(codec: parsed.codec, result: "ok").increment()
             IngestMetrics.shared.records(codec: parsed.codec).increment(by: Int64(parsed.records))
             logger.debug("packet", metadata: ["event": "device.packet", "codec": "\(parsed.codec)", "records": "\(parsed.records)"])
-            guard parsed.records > 0 else {
-                acknowledge(context, records: 0, frameCompleted: completed)
-                return
-            }
-            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-            let job = PublishJob(
-                commands: writer.bytes,
-                commandCount: writer.commandCount,
-                recordCount: parsed.records,
-                deadline: .now() + .milliseconds(Int64(environment.configuration.publishTimeoutMs)),
-                completion: { outcome in
-                    bound.eventLoop.execute {
-                        let (handler, context) = bound.value
-                        handler.published(context, outcome: outcome)
+            let action = session.packetDecoded(records: parsed.records) {
+                let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+                let job = PublishJob(
+                    commands: writer.bytes,
+                    commandCount: writer.commandCount,
+                    recordCount: parsed.records,
+                    deadline: .now() + .milliseconds(Int64(environment.configuration.publishTimeoutMs)),
+                    completion: { outcome in
+                        bound.eventLoop.execute {
+                            let (handler, context) = bound.value
+                            handler.published(context, outcome: outcome)
+                        }
                     }
-                }
-            )
-            state = .publishing(imei, job, frameCompleted: completed)
-            environment.packetsInFlight.add(1, ordering: .relaxed)
-            context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
-            submit(context, job: job, waitedMs: 0)
+                )
+                return PacketInFlight(job: job, frameCompleted: completed)
+            }
+            switch action {
+            case .publish:
+                environment.packetsInFlight.add(1, ordering: .relaxed)
+                context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+                submit(context, job: session.inFlight!.job, waitedMs: 0)
+            case .acknowledge(let records):
+                acknowledge(context, records: records, frameCompleted: completed)
+            case .ignore:
+                break
+            }
         }
     }
 
     /// Queues the job; a full queue is retried every 10 ms for up to `OVERFLOW_WAIT_MS`, then the
     /// connection is closed without ACK (the device resends after reconnecting).
     private func submit(_ context: ChannelHandlerContext, job: PublishJob, waitedMs: Int) {
-        guard case .publishing(_, let current, _) = state, current === job else { return }
+        guard let current = session.inFlight, current.job === job else { return }
         if environment.publisher.submit(job) { return }
         let limit = environment.configuration.overflowWaitMs
         guard waitedMs < limit else {
@@ -319,23 +303,24 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
     }
 
     private func published(_ context: ChannelHandlerContext, outcome: PublishOutcome) {
-        guard case .publishing(let imei, let job, let completed) = state else { return }
-        switch outcome {
-        case .stored:
-            state = .ready(imei)
-            acknowledge(context, records: job.recordCount, frameCompleted: completed)
+        guard let packet = session.inFlight else { return }
+        switch session.published(outcome) {
+        case .acknowledge(let records, let resumeReading):
+            acknowledge(context, records: records, frameCompleted: packet.frameCompleted)
             environment.packetsInFlight.subtract(1, ordering: .relaxed)
-            guard !draining else { return }
+            guard resumeReading else { return }
             context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
             process(context)
-        case .expired(let reason):
+        case .closeUnconfirmed(let reason):
             logger.error(
                 "records not confirmed by Redis: no ACK, closing",
-                metadata: ["event": "publish.failed", "records": "\(job.recordCount)", "reason": "\(reason)"]
+                metadata: ["event": "publish.failed", "records": "\(packet.job.recordCount)", "reason": "\(reason)"]
             )
             close(context)
-        case .dropped:
+        case .close:
             close(context)
+        case .ignore:
+            break
         }
     }
 
@@ -351,17 +336,14 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
     private func reject(_ context: ChannelHandlerContext, error: Codec8Error, codec: UInt8?) {
         let codecName = codec.flatMap { AVLCodec(rawValue: $0)?.name ?? DeviceMessage.Codec(rawValue: $0)?.name } ?? "unknown"
         let result: String
-        switch error {
-        case .crcMismatch: result = "crc_fail"
-        case .tooLarge: result = "too_large"
-        case .unsupportedCodec:
-            result = "unknown_codec"
-            IngestMetrics.shared.unknownCodec.increment()
-        case .badIMEI:
-            refuseLogin(context, error: error, result: "malformed")
+        switch session.frameRejected(error) {
+        case .refuseLogin(let handshakeResult, let error):
+            refuseLogin(context, error: error, result: handshakeResult)
             return
-        default: result = "malformed"
+        case .close(let frameResult, _):
+            result = frameResult
         }
+        if case .unsupportedCodec = error { IngestMetrics.shared.unknownCodec.increment() }
         IngestMetrics.shared.frames(codec: codecName, result: result).increment()
         logger.warning(
             "frame rejected: no ACK, closing",
@@ -371,7 +353,7 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
     }
 
     private func close(_ context: ChannelHandlerContext) {
-        if case .publishing(_, let job, _) = state { job.cancel() }
+        session.inFlight?.job.cancel()
         pending = nil
         context.close(promise: nil)
     }

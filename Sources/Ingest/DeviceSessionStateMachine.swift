@@ -1,0 +1,175 @@
+import Codec8
+
+/// The life of one device connection, without a channel: events in, actions out.
+///
+/// ```
+/// awaitingLogin --IMEI ok--> ready --AVL packet--> publishing --Redis confirmed--> ready (+ ACK)
+///       |  \--bad IMEI: 0x00, close           |  \--keep-alive, Codec 12-15: stay ready
+///       \--handshake timeout: close           \--bad frame: close, no ACK     \--not confirmed in time: close, no ACK
+/// ```
+/// At most one packet is in flight; while it is, no frame is handled (the handler stops reading).
+/// Draining (graceful shutdown) stops all reading for good: a packet in flight still gets its ACK
+/// once Redis confirms it, and nothing after it is handled.
+///
+/// `InFlight` is what the handler keeps for the packet being published (its job and the time its
+/// frame completed); tests use any value. ``DeviceSessionHandler`` only carries out the actions.
+struct DeviceSessionStateMachine<InFlight> {
+    enum State {
+        case awaitingLogin
+        case ready(IMEI)
+        case publishing(IMEI, InFlight, records: Int)
+        case closed
+    }
+
+    private(set) var state = State.awaitingLogin
+    private(set) var isDraining = false
+    /// The device's IMEI from its accepted login on; kept after the server closes the connection, so
+    /// that ``connectionClosed()`` can still name the registration to remove.
+    private(set) var imei: IMEI? = nil
+
+    /// What the framer should cut next, or nil when no frame may be handled now (a packet in flight,
+    /// draining, closed).
+    var framerMode: TeltonikaFramer.Mode? {
+        guard !isDraining else { return nil }
+        switch state {
+        case .awaitingLogin: return .login
+        case .ready: return .packets
+        case .publishing, .closed: return nil
+        }
+    }
+
+    /// The packet being published, if any.
+    var inFlight: InFlight? {
+        if case .publishing(_, let inFlight, _) = state { return inFlight }
+        return nil
+    }
+
+    // MARK: - Frames
+
+    enum LoginAction: Equatable {
+        /// Register the device, answer 0x01.
+        case accept(IMEI)
+        /// Answer 0x00 and close; `result` is the `teltonika_handshake_total` label.
+        case refuse(result: String, Codec8Error)
+        /// Not waiting for a login (cannot happen while the framer mode is honoured).
+        case ignore
+    }
+
+    /// A login frame was cut and parsed.
+    mutating func loginReceived(_ parsed: Result<IMEI, Codec8Error>) -> LoginAction {
+        guard case .awaitingLogin = state else { return .ignore }
+        switch parsed {
+        case .success(let imei):
+            state = .ready(imei)
+            self.imei = imei
+            return .accept(imei)
+        case .failure(let error):
+            state = .closed
+            return .refuse(result: "rejected", error)
+        }
+    }
+
+    enum PacketAction: Equatable {
+        /// Stop reading, queue the packet for Redis; the ACK waits for ``published(_:)``.
+        case publish
+        /// A packet with no records: ACK 0 at once.
+        case acknowledge(records: Int)
+        /// Not logged in or a packet already in flight (cannot happen while the framer mode is honoured).
+        case ignore
+    }
+
+    /// An AVL packet was decoded (and its records encoded for Redis); `inFlight` makes what the handler
+    /// keeps for it, when it is to be published.
+    mutating func packetDecoded(records: Int, inFlight: () -> InFlight) -> PacketAction {
+        guard case .ready(let imei) = state else { return .ignore }
+        guard records > 0 else { return .acknowledge(records: 0) }
+        state = .publishing(imei, inFlight(), records: records)
+        return .publish
+    }
+
+    enum RejectAction: Equatable {
+        /// A malformed login: answer 0x00 and close; `result` is the `teltonika_handshake_total` label.
+        case refuseLogin(result: String, Codec8Error)
+        /// A bad frame after login: count it under `result` (`teltonika_frames_total`), close, no ACK.
+        case close(result: String, Codec8Error)
+    }
+
+    /// The framer or the decoder refused the bytes.
+    mutating func frameRejected(_ error: Codec8Error) -> RejectAction {
+        let wasAwaitingLogin: Bool
+        if case .awaitingLogin = state { wasAwaitingLogin = true } else { wasAwaitingLogin = false }
+        state = .closed
+        if wasAwaitingLogin, case .badIMEI = error { return .refuseLogin(result: "malformed", error) }
+        return .close(result: Self.frameResult(error), error)
+    }
+
+    /// The `result` label of `teltonika_frames_total` for a refused frame.
+    static func frameResult(_ error: Codec8Error) -> String {
+        switch error {
+        case .crcMismatch: "crc_fail"
+        case .tooLarge: "too_large"
+        case .unsupportedCodec: "unknown_codec"
+        default: "malformed"
+        }
+    }
+
+    // MARK: - Redis
+
+    enum PublishedAction: Equatable {
+        /// Write the ACK; then read on unless the session is draining.
+        case acknowledge(records: Int, resumeReading: Bool)
+        /// Redis did not confirm in time: close without ACK (the device resends).
+        case closeUnconfirmed(String)
+        /// The job was dropped (its connection is closing anyway): close.
+        case close
+        /// No packet in flight any more (the connection closed first): nothing to do.
+        case ignore
+    }
+
+    /// The publisher's answer for the packet in flight.
+    mutating func published(_ outcome: PublishOutcome) -> PublishedAction {
+        guard case .publishing(let imei, _, let records) = state else { return .ignore }
+        switch outcome {
+        case .stored:
+            state = .ready(imei)
+            return .acknowledge(records: records, resumeReading: !isDraining)
+        case .expired(let reason):
+            return .closeUnconfirmed(reason)
+        case .dropped:
+            return .close
+        }
+    }
+
+    // MARK: - Timers, drain, close
+
+    /// The handshake timer fired: true when the device has still not logged in (close it).
+    func handshakeTimedOut() -> Bool {
+        if case .awaitingLogin = state, !isDraining { return true }
+        return false
+    }
+
+    /// Graceful shutdown: stop reading for good. A packet in flight still completes.
+    mutating func drain() {
+        isDraining = true
+    }
+
+    /// What the closed connection leaves behind.
+    struct Ended {
+        /// Unregister this device.
+        var imei: IMEI?
+        /// Cancel this packet (never ACKed; the device resends it).
+        var abandoned: InFlight?
+        /// Whether bytes left in the buffer are a frame cut short by the device (counted and logged);
+        /// false when the server closed it or was draining.
+        var bufferedBytesAreTruncatedFrame: Bool
+    }
+
+    /// The connection is gone.
+    mutating func connectionClosed() -> Ended {
+        let closedByServer: Bool
+        if case .closed = state { closedByServer = true } else { closedByServer = false }
+        let ended = Ended(imei: imei, abandoned: inFlight, bufferedBytesAreTruncatedFrame: !closedByServer && !isDraining)
+        state = .closed
+        return ended
+    }
+}
