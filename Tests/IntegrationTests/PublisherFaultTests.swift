@@ -1,6 +1,7 @@
 import Codec8
 import FixtureSupport
 import Foundation
+import Ingest
 import Testing
 
 #if canImport(Glibc)
@@ -52,6 +53,31 @@ struct PublisherFaultTests {
         #expect(try RedisClient(url: redis.url + "?db=2").xlen(server.stream) == 2)
     }
 
+    /// Redis refusing writes (`OOM` at `maxmemory` with `noeviction`) answers with an error reply: counted
+    /// and logged, never ACKed, retried with backoff on the same connection until Redis takes it; then
+    /// ACKed once and stored once.
+    @Test func testErrorRepliesAreRetriedWithBackoffAndNeverACKed() throws {
+        let redis = try OwnRedis(arguments: ["--maxmemory-policy", "noeviction"])
+        let server = try ServerProcess(redisURL: redis.url, environment: ["PUBLISH_TIMEOUT_MS": "60000"])
+        let client = try RedisClient(url: redis.url)
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login("356307042441013"))
+        #expect(try client.command(["CONFIG", "SET", "maxmemory", "1"]) == .string("OK"))  // every write refused
+        try device.send(PublisherFaultTests.frame)
+        let refused = try server.waitForLog(event: "redis.error_reply", timeout: 10)
+        #expect((refused["error"] as? String ?? "").hasPrefix("OOM"), "\(refused)")
+        #expect(device.receive(4, timeout: 1.5) == .timeout([]))
+        #expect(try client.xlen(server.stream) == 0)
+        let scrape = try server.scrape()
+        let replies = scrape["teltonika_redis_errors_total{kind=\"reply\"}"]
+        #expect(replies >= 2, "retried")
+        #expect(replies <= 20, "\(replies) refusals in ~1.5 s: retried without backoff")
+        #expect(scrape["teltonika_redis_up"] == 1, "an error reply is not a lost connection")
+        #expect(try client.command(["CONFIG", "SET", "maxmemory", "0"]) == .string("OK"))
+        #expect(device.receive(4, timeout: 10) == .bytes([0, 0, 0, 2]))
+        #expect(try client.xlen(server.stream) == 2)
+    }
+
     @Test func testFullQueueWaitsThenClosesWithoutACK() throws {
         let redis = try OwnRedis()
         let server = try ServerProcess(
@@ -68,7 +94,8 @@ struct PublisherFaultTests {
         #expect(try b.login("356307042441014"))
         redis.pause()
         try a.send(try AVLPacketEncoder.encode(big, codec: .codec8))
-        #expect(a.receive(4, timeout: 0.5) == .timeout([]))
+        try waitFor(timeout: 10, "A's 200 records held") { try server.scrape()["teltonika_publish_queue_depth"] == 200 }
+        #expect(a.receive(4, timeout: 0.2) == .timeout([]))
         // 200 of 255 records are held: 100 more do not fit. B waits 300 ms, then is closed unACKed.
         try b.send(try AVLPacketEncoder.encode(small, codec: .codec8))
         #expect(b.receive(4, timeout: 5) == .closed([]))

@@ -191,6 +191,7 @@ public final class RedisPublisher: @unchecked Sendable {
         var connection: RedisConnection? = nil
         var retry: [PublishJob] = []
         var attempt = 0
+        var refusals = 0  // batches in a row with error replies
         while true {
             let idleWaitMs = connection == nil ? backoff(attempt: attempt) : configuration.healthCheckMs
             guard let next = nextBatch(retry: &retry, idleWaitMs: idleWaitMs) else { break }
@@ -231,6 +232,12 @@ public final class RedisPublisher: @unchecked Sendable {
                 // The connection broke mid-batch: back off a little before the retry reconnects.
                 pause(milliseconds: backoff(attempt: attempt))
                 attempt += 1
+            } else if !retry.isEmpty {
+                // Error replies (OOM, READONLY, ...): Redis is up but refusing; do not hammer it.
+                refusals += 1
+                pause(milliseconds: backoff(attempt: refusals - 1))
+            } else {
+                refusals = 0
             }
         }
         connection = nil
@@ -322,23 +329,34 @@ public final class RedisPublisher: @unchecked Sendable {
         }
     }
 
-    /// Sends one batch pipelined; returns the jobs to retry. Sets `connection` nil when it broke.
+    /// Sends one batch pipelined; returns the jobs to retry (refused by an error reply, or not fully
+    /// answered). Sets `connection` nil when it broke.
     private func send(_ jobs: [PublishJob], on connection: inout RedisConnection?) -> [PublishJob] {
         guard let conn = connection else { return jobs }
-        var confirmed = 0
+        var answered = 0
+        var refused: [PublishJob] = []
+        var firstRefusal: String? = nil
+        defer {
+            // One line per batch, however many of its jobs Redis refused (it may refuse thousands a second).
+            if let firstRefusal {
+                logger.error(
+                    "redis refused writes",
+                    metadata: ["event": "redis.error_reply", "error": "\(firstRefusal)", "jobs": "\(refused.count)"]
+                )
+            }
+        }
         do throws(RedisConnection.Failure) {
             for job in jobs { try conn.append(job.commands) }
-            var failed: [PublishJob] = []
             for job in jobs {
                 var firstError: String? = nil
                 for _ in 0..<job.commandCount {
                     if case .error(let message) = try conn.reply(), firstError == nil { firstError = message }
                 }
-                confirmed += 1
+                answered += 1
                 if let firstError {
                     IngestMetrics.shared.redisErrors(kind: "reply").increment()
-                    logger.error("redis refused a write", metadata: ["event": "redis.error_reply", "error": "\(firstError)"])
-                    failed.append(job)
+                    if firstRefusal == nil { firstRefusal = firstError }
+                    refused.append(job)
                 } else {
                     IngestMetrics.shared.recordsPublished.increment(by: Int64(job.recordCount))
                     IngestMetrics.shared.publishDuration.recordNanoseconds((NIODeadline.now() - job.enqueued).nanoseconds)
@@ -346,7 +364,7 @@ public final class RedisPublisher: @unchecked Sendable {
                 }
             }
             IngestMetrics.shared.publishBatchSize.record(Int64(jobs.reduce(0) { $0 + $1.recordCount }))
-            return failed
+            return refused
         } catch {
             // Outcome unknown for every job not fully answered: not confirmed, so retried (a duplicate, never a loss).
             connection = nil
@@ -354,9 +372,9 @@ public final class RedisPublisher: @unchecked Sendable {
             IngestMetrics.shared.redisErrors(kind: error.kind).increment()
             logger.error(
                 "redis connection lost",
-                metadata: ["event": "redis.connection_lost", "error": "\(error)", "unconfirmed_jobs": "\(jobs.count - confirmed)"]
+                metadata: ["event": "redis.connection_lost", "error": "\(error)", "unconfirmed_jobs": "\(jobs.count - answered)"]
             )
-            return Array(jobs[confirmed...])
+            return refused + jobs[answered...]
         }
     }
 
