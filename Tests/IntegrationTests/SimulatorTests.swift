@@ -1,4 +1,5 @@
 import Foundation
+import Ingest
 import NIOConcurrencyHelpers
 import Testing
 
@@ -30,6 +31,46 @@ struct SimulatorTests {
         #expect(verify.int("acked_records") == acked)
         #expect(verify.int("missing") == 0)
         #expect(try RedisClient(url: TestEnvironment.redisURL).xlen(server.stream) >= acked)
+    }
+
+    /// Redis drops the server's connection every 150 ms while 20 devices send: packets caught by a kill
+    /// are resent or retried, never ACKed unstored. The simulator's `--verify` oracle finds every ACKed
+    /// record in the stream, and the server reconnected each time.
+    @Test func testRedisConnectionKillsUnderLoadLoseNoACKedRecord() throws {
+        let redis = try OwnRedis()
+        let server = try ServerProcess(redisURL: redis.url)
+        let url = redis.url
+        let killing = NIOLockedValueBox(true)
+        let kills = NIOLockedValueBox(0)
+        let killer = Thread {
+            guard let admin = try? RedisClient(url: url) else { return }
+            while killing.withLockedValue({ $0 }) {
+                usleep(150_000)
+                guard case .string(let list)? = try? admin.command(["CLIENT", "LIST"]) else { continue }
+                for line in list.split(separator: "\n") where line.contains(" name=teltonika-ingest ") {
+                    guard let id = line.split(separator: " ").first?.dropFirst("id=".count) else { continue }
+                    if case .integer(1)? = try? admin.command(["CLIENT", "KILL", "ID", String(id)]) {
+                        kills.withLockedValue { $0 += 1 }
+                    }
+                }
+            }
+        }
+        killer.start()
+        let run = try runSimulate([
+            "--devices", "20", "--duration", "4", "--port", "\(server.port)", "--records-per-packet", "5",
+            "--verify", "--redis-url", redis.url, "--stream", server.stream, "--seed", "11",
+        ])
+        killing.withLockedValue { $0 = false }
+        let killed = kills.withLockedValue { $0 }
+        #expect(killed >= 5, "only \(killed) kills")
+        #expect(run.status == 0, "\(run)")
+        let summary = try #require(run.line("simulate:"), "\(run)")
+        #expect(summary.int("records_acked") > 0)
+        let verify = try #require(run.line("verify:"), "\(run)")
+        #expect(verify.int("acked_records") == summary.int("records_acked"))
+        #expect(verify.int("missing") == 0)
+        #expect(try server.scrape()["teltonika_redis_reconnects_total"] >= Double(killed) - 1)
+        print("redis kills under load: \(killed) kills, \(summary.int("records_acked")) records ACKed, all stored; \(verify.fields)")
     }
 
     @Test func testWithheldAckMakesEveryDeviceResendTheSamePacket() throws {

@@ -28,8 +28,9 @@ public final class RedisConnection {
 
     private let context: UnsafeMutablePointer<redisContext>
 
-    /// Connects, sets the command timeout and TCP keep-alive, logs in and selects the database.
-    public init(url: RedisURL, timeoutMs: Int) throws(Failure) {
+    /// Connects, sets the command timeout and TCP keep-alive, logs in, selects the database and, with
+    /// `clientName`, names the connection (`CLIENT LIST` shows it; a refusal is ignored).
+    public init(url: RedisURL, timeoutMs: Int, clientName: String? = nil) throws(Failure) {
         let tv = timeval(tv_sec: timeoutMs / 1000, tv_usec: Int((timeoutMs % 1000) * 1000))
         let ctx: UnsafeMutablePointer<redisContext>?
         switch url.endpoint {
@@ -52,6 +53,7 @@ public final class RedisConnection {
         if url.database != 0, case .error(let e) = try command(["SELECT", String(url.database)]) {
             throw Failure(kind: "auth", message: e)
         }
+        if let clientName { _ = try command(["CLIENT", "SETNAME", clientName]) }
         if case .error(let e) = try command(["PING"]) { throw Failure(kind: "protocol", message: e) }
     }
 

@@ -251,7 +251,11 @@ public final class RedisPublisher: @unchecked Sendable {
     /// A new connection, or nil (counted, logged; `attempt` grows) when Redis cannot be reached.
     private func connect(attempt: inout Int) -> RedisConnection? {
         do throws(RedisConnection.Failure) {
-            let connection = try RedisConnection(url: configuration.redis, timeoutMs: configuration.redisTimeoutMs)
+            let connection = try RedisConnection(
+                url: configuration.redis,
+                timeoutMs: configuration.redisTimeoutMs,
+                clientName: "teltonika-ingest"
+            )
             try checkDurability(connection)
             if everConnected { IngestMetrics.shared.redisReconnects.increment() }
             everConnected = true
