@@ -122,7 +122,7 @@ public enum Simulator {
             let snapshot = try await shard.eventLoop.submit { shard.value.snapshot() }.get()
             counters = counters + snapshot.counters
             latency.add(snapshot.latencyMicros)
-            for (device, timestamps) in snapshot.ackLog { ackLog[device] = timestamps }
+            for (device, timestamps) in snapshot.ackLog { ackLog[device] += timestamps }
         }
         try await group.shutdownGracefully()
         return SimulationResult(

@@ -336,6 +336,9 @@ final class SimulatedDevice {
         timer?.cancel()
         timer = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
             timer = nil
+            // A cancel does not stop a task already due in the same loop tick (seen under CPU starvation:
+            // a reconnect ran after `finish`, and the device finished twice).
+            guard state != .finished else { return }
             body(self)
         }
     }
