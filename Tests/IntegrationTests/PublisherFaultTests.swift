@@ -78,6 +78,25 @@ struct PublisherFaultTests {
         #expect(try client.xlen(server.stream) == 2)
     }
 
+    /// `CLIENT PAUSE ... WRITE` stalls the XADD past `REDIS_TIMEOUT_MS`: the write is in doubt, so no
+    /// ACK; the publisher reconnects and sends it again, and the ACK follows once Redis writes again.
+    @Test func testPausedWritesTimeOutUnACKedAndAreSentAgain() throws {
+        let redis = try OwnRedis()
+        let server = try ServerProcess(redisURL: redis.url, environment: ["REDIS_TIMEOUT_MS": "300", "PUBLISH_TIMEOUT_MS": "60000"])
+        let client = try RedisClient(url: redis.url)
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login("356307042441013"))
+        try waitFor(timeout: 10) { try server.http("/readyz").status == 200 }
+        #expect(try client.command(["CLIENT", "PAUSE", "2000", "WRITE"]) == .string("OK"))
+        try device.send(PublisherFaultTests.frame)
+        try server.waitForLog(event: "redis.connection_lost", timeout: 5)
+        #expect(device.receive(4, timeout: 0.5) == .timeout([]), "no ACK for a write in doubt")
+        #expect(device.receive(4, timeout: 10) == .bytes([0, 0, 0, 2]))
+        let stored = try client.xlen(server.stream)
+        #expect(stored == 2 || stored == 4, "once, or twice when the timed-out write was applied: \(stored)")
+        #expect(try server.scrape()["teltonika_redis_errors_total{kind=\"timeout\"}"] >= 1)
+    }
+
     @Test func testFullQueueWaitsThenClosesWithoutACK() throws {
         let redis = try OwnRedis()
         let server = try ServerProcess(
