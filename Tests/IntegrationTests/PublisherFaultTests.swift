@@ -78,6 +78,33 @@ struct PublisherFaultTests {
         #expect(try client.xlen(server.stream) == 2)
     }
 
+    /// A stream Redis keeps refusing (the responses key holds a string: `WRONGTYPE`) does not hold back
+    /// the telemetry behind it: the device message is retried, never stored; AVL packets of another
+    /// device are ACKed one after the other as usual.
+    @Test func testAStreamRedisRefusesDoesNotHoldBackTheOthers() throws {
+        let redis = try OwnRedis()
+        // The refused message is given up after 3 s (so that stopping the server does not wait for it).
+        let server = try ServerProcess(redisURL: redis.url, environment: ["PUBLISH_TIMEOUT_MS": "3000"])
+        let client = try RedisClient(url: redis.url)
+        #expect(try client.command(["SET", server.responses, "not a stream"]) == .string("OK"))
+        let message = try #require(TestEnvironment.fixtures.first { $0.expect.hasPrefix("message:") })
+        let talker = try DeviceClient(port: server.port)
+        #expect(try talker.login("356307042441013"))
+        try talker.send(message.bytes)
+        let refused = try server.waitForLog(event: "redis.error_reply", timeout: 10)
+        #expect((refused["error"] as? String ?? "").hasPrefix("WRONGTYPE"), "\(refused)")
+        let tracker = try DeviceClient(port: server.port)
+        #expect(try tracker.login("356307042441014"))
+        for round in 0..<10 {
+            let record = AVLRecord(timestampMs: 1_700_000_000_000 + UInt64(round), ioElements: [IOElement(id: 1, value: .u8(1))])
+            try tracker.send(try AVLPacketEncoder.encode([record], codec: .codec8))
+            // Far below the 5 s backoff cap a refusal may wait: the telemetry does not wait for it.
+            #expect(tracker.receive(4, timeout: 4) == .bytes([0, 0, 0, 1]), "round \(round)")
+        }
+        #expect(try client.xlen(server.stream) == 10)
+        #expect(try server.scrape()["teltonika_redis_errors_total{kind=\"reply\"}"] >= 2)
+    }
+
     /// `CLIENT PAUSE ... WRITE` stalls the XADD past `REDIS_TIMEOUT_MS`: the write is in doubt, so no
     /// ACK; the publisher reconnects and sends it again, and the ACK follows once Redis writes again.
     @Test func testPausedWritesTimeOutUnACKedAndAreSentAgain() throws {

@@ -233,9 +233,11 @@ public final class RedisPublisher: @unchecked Sendable {
                 pause(milliseconds: backoff(attempt: attempt))
                 attempt += 1
             } else if !retry.isEmpty {
-                // Error replies (OOM, READONLY, ...): Redis is up but refusing; do not hammer it.
+                // Error replies (OOM, READONLY, WRONGTYPE): Redis is up but refusing; do not hammer it. The
+                // wait ends early when other jobs are queued or arrive, so a job Redis keeps refusing (a
+                // stream key of the wrong type) does not hold back the traffic behind it.
                 refusals += 1
-                pause(milliseconds: backoff(attempt: refusals - 1))
+                pause(milliseconds: backoff(attempt: refusals - 1), unlessQueued: true)
             } else {
                 refusals = 0
             }
@@ -447,9 +449,13 @@ public final class RedisPublisher: @unchecked Sendable {
     }
 
     /// Sleeps for the backoff delay; when stopping, no longer than until the stop deadline (a stop
-    /// request also wakes it once).
-    private func pause(milliseconds: Int) {
+    /// request, and a new job, also wake it). With `unlessQueued`, not at all while jobs are queued.
+    private func pause(milliseconds: Int, unlessQueued: Bool = false) {
         condition.lock()
+        if unlessQueued && queueHead < queue.count {
+            condition.unlock()
+            return
+        }
         var seconds = Double(milliseconds) / 1000
         if stopping { seconds = min(seconds, max(0, Double((stopDeadline - .now()).nanoseconds) / 1e9)) }
         _ = condition.wait(until: Date(timeIntervalSinceNow: seconds))
