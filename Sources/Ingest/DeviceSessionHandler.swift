@@ -235,12 +235,20 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
         case .success(let parsed) where !parsed.isAVL:
             IngestMetrics.shared.frames(codec: parsed.codec, result: "ok").increment()
             IngestMetrics.shared.deviceMessages(codec: parsed.codec).increment()
+            let logger = self.logger
             let job = PublishJob(
                 commands: writer.bytes,
                 commandCount: writer.commandCount,
                 recordCount: 1,
                 deadline: .now() + .milliseconds(Int64(environment.configuration.publishTimeoutMs)),
-                completion: { _ in }
+                completion: { outcome in
+                    // Nothing waits for a device message (it is never ACKed), so its loss is only logged.
+                    guard case .expired(let reason) = outcome else { return }
+                    logger.error(
+                        "device message not confirmed by Redis: not stored",
+                        metadata: ["event": "publish.message_failed", "codec": "\(parsed.codec)", "reason": "\(reason)"]
+                    )
+                }
             )
             if !environment.publisher.submit(job) {
                 IngestMetrics.shared.publishOverflow.increment()

@@ -103,6 +103,8 @@ struct PublisherFaultTests {
         }
         #expect(try client.xlen(server.stream) == 10)
         #expect(try server.scrape()["teltonika_redis_errors_total{kind=\"reply\"}"] >= 2)
+        let lost = try server.waitForLog(event: "publish.message_failed", timeout: 10)
+        #expect(lost["codec"] as? String == "12")
     }
 
     /// `CLIENT PAUSE ... WRITE` stalls the XADD past `REDIS_TIMEOUT_MS`: the write is in doubt, so no
