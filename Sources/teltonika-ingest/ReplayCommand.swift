@@ -30,11 +30,7 @@ struct ReplayCommand: ParsableCommand {
     @Argument(help: "Hex files and pcap/pcapng captures.")
     var files: [String]
 
-    @Option(help: "Server address.")
-    var host = "127.0.0.1"
-
-    @Option(help: "Server port.")
-    var port = 5027
+    @OptionGroup var server: ServerAddress
 
     @Option(help: "IMEI to log in with (for hex files without an IMEI line; overrides the captured ones).")
     var imei: String?
@@ -90,8 +86,8 @@ struct ReplayCommand: ParsableCommand {
             terminate(.usage)
         }
         var options = ReplayOptions()
-        options.host = host
-        options.port = port
+        options.host = server.host
+        options.port = server.port
         options.rate = rate
         options.loop = loop
         options.concurrency = concurrency

@@ -40,11 +40,7 @@ struct SimulateCommand: AsyncParsableCommand {
     @Option(help: "Seconds during which new packets are sent.")
     var duration: Double
 
-    @Option(help: "Server address.")
-    var host = "127.0.0.1"
-
-    @Option(help: "Server port.")
-    var port = 5027
+    @OptionGroup var server: ServerAddress
 
     @Option(help: "AVL records per packet (1-255).")
     var recordsPerPacket = 10
@@ -94,7 +90,6 @@ struct SimulateCommand: AsyncParsableCommand {
     func validate() throws {
         guard devices >= 1 else { throw ValidationError("--devices must be at least 1") }
         guard duration > 0, duration.isFinite else { throw ValidationError("--duration must be above 0") }
-        guard (1...65535).contains(port) else { throw ValidationError("--port must be 1-65535") }
         guard (1...255).contains(recordsPerPacket) else { throw ValidationError("--records-per-packet must be 1-255") }
         guard rate >= 0, rate.isFinite else { throw ValidationError("--rate must be 0 or more") }
         guard responseTimeoutMs >= 1 else { throw ValidationError("--response-timeout-ms must be at least 1") }
@@ -120,8 +115,8 @@ struct SimulateCommand: AsyncParsableCommand {
 
     func run() async throws {
         var configuration = SimulatorConfiguration(devices: devices, durationSeconds: duration)
-        configuration.host = host
-        configuration.port = port
+        configuration.host = server.host
+        configuration.port = server.port
         configuration.recordsPerPacket = recordsPerPacket
         configuration.codec = codec
         configuration.packetsPerSecond = rate

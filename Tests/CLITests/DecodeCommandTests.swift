@@ -128,6 +128,8 @@ struct DecodeCommandTests {
     @Test(arguments: [
         ["decode", "--imei", "123"], ["decode", "--no-such-flag"], ["decode", "/nonexistent/frames.hex"],
         ["decode", "--max-frame-bytes", "0"],
+        ["replay", "--port", "0", CLIFixtures.directory.appendingPathComponent("sample-session.hex").path],
+        ["simulate", "--devices", "1", "--duration", "1", "--port", "70000"],
     ])
     func testUsageErrorsExitTwo(_ arguments: [String]) throws {
         let result = try Binary.run(arguments, stdin: "")
