@@ -5,7 +5,6 @@ import Lifecycle
 import Logging
 import Metrics
 import Prometheus
-import Synchronization
 
 /// `teltonika-ingest serve`: the device server (the default subcommand).
 struct ServeCommand: AsyncParsableCommand {
@@ -26,7 +25,7 @@ struct ServeCommand: AsyncParsableCommand {
         let flags = try parseFlags()
         let configuration: IngestConfiguration
         do {
-            configuration = try Self.load(environment: environment, flags: flags)
+            configuration = try IngestConfiguration.resolve(environment: environment, flags: flags)
         } catch let error as ConfigurationError {
             throw ValidationError("invalid setting \(error)")
         }
@@ -41,13 +40,13 @@ struct ServeCommand: AsyncParsableCommand {
 
         let ingest = IngestService(configuration: configuration, logger: logger)
         let metrics = MetricsServer(host: configuration.metricsHost, port: configuration.metricsPort, health: ingest.health, logger: logger)
-        let current = CurrentConfiguration(configuration)
+        let settings = SettingsReloader(configuration, environment: environment, flags: flags, logger: logger)
         let lifecycle = ProcessLifecycle(shutdownTimeout: .milliseconds(configuration.shutdownTimeoutMs), logger: logger)
         do {
             try await lifecycle.run(
                 services: [metrics, ingest],
                 onShutdown: { ingest.beginShutdown() },
-                onReload: { Self.reload(environment: environment, flags: flags, current: current, logger: logger) }
+                onReload: { settings.reload() }
             )
         } catch {
             logger.critical("stopped by an error", metadata: ["event": "server.failed", "error": "\(error)", "exit_code": "1"])
@@ -70,54 +69,6 @@ struct ServeCommand: AsyncParsableCommand {
             metadata: fields.merging(["event": "server.drain_timeout", "exit_code": "1"]) { $1 }
         )
         terminate(.failure)
-    }
-
-    /// Defaults < CONFIG_FILE < environment < flags.
-    private static func load(environment: [String: String], flags: [String: String]) throws -> IngestConfiguration {
-        var file: [String: String] = [:]
-        if let path = IngestConfiguration.configFilePath(environment: environment, flags: flags) {
-            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-                throw ConfigurationError(key: "CONFIG_FILE", message: "cannot read '\(path)'")
-            }
-            file = try IngestConfiguration.parseFile(text)
-        }
-        return try IngestConfiguration.load(environment: environment, flags: flags, file: file)
-    }
-
-    /// SIGHUP: re-reads CONFIG_FILE and applies what can change at run time (the log level); other
-    /// changed settings are named as needing a restart. A bad file changes nothing.
-    private static func reload(
-        environment: [String: String],
-        flags: [String: String],
-        current: CurrentConfiguration,
-        logger: Logger
-    ) {
-        let next: IngestConfiguration
-        do {
-            next = try load(environment: environment, flags: flags)
-        } catch {
-            logger.error(
-                "settings not reloaded: keeping the current ones",
-                metadata: ["event": "config.reload_failed", "error": "\(error)"]
-            )
-            return
-        }
-        let changed = current.value.withLock { old -> [String] in
-            let changed = next.changedSettings(comparedTo: old)
-            old.logLevel = next.logLevel
-            return changed
-        }
-        LineLogHandler.setLevel(Logger.Level(rawValue: next.logLevel) ?? .info)
-        let needRestart = changed.filter { !IngestConfiguration.reloadable.contains($0) }
-        logger.notice(
-            "settings reloaded",
-            metadata: [
-                "event": "config.reloaded", "log_level": "\(next.logLevel)",
-                "applied": "\(changed.filter { IngestConfiguration.reloadable.contains($0) }.joined(separator: ","))",
-                "restart_required": "\(needRestart.joined(separator: ","))",
-                "config_file": "\(IngestConfiguration.configFilePath(environment: environment, flags: flags) ?? "")",
-            ]
-        )
     }
 
     /// Test-only (TELTONIKA_CRASH_TEST, documented in OPERATIONS.md): crash 300 ms after start.
@@ -153,10 +104,4 @@ struct ServeCommand: AsyncParsableCommand {
         }
         return flags
     }
-}
-
-/// The configuration in force, updated by SIGHUP.
-final class CurrentConfiguration: Sendable {
-    let value: Mutex<IngestConfiguration>
-    init(_ configuration: IngestConfiguration) { value = Mutex(configuration) }
 }

@@ -10,11 +10,6 @@ struct RESPWriter {
     /// How many commands `bytes` holds (one reply each).
     private(set) var commandCount = 0
 
-    mutating func reset() {
-        bytes.removeAll(keepingCapacity: true)
-        commandCount = 0
-    }
-
     /// Starts a command of `arguments` bulk strings.
     mutating func beginCommand(arguments: Int) {
         bytes.append(UInt8(ascii: "*"))
@@ -45,7 +40,7 @@ struct RESPWriter {
         bulk(Array(value.utf8))
     }
 
-    /// Appends a command whose leading bulk strings were formatted once (``formatted(_:)``); the
+    /// Appends a command whose leading bulk strings were formatted once (``formatted(arguments:leading:)``); the
     /// caller appends the remaining `arguments` of it.
     mutating func beginCommand(prefix: [UInt8]) {
         bytes.append(contentsOf: prefix)
