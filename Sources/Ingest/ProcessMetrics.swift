@@ -23,7 +23,7 @@ struct ProcessMetrics {
                 m.cpuSeconds = (fields[11] + fields[12]) / ticks  // utime, stime
                 m.virtualBytes = fields[20]  // vsize
                 m.residentBytes = fields[21] * pageSize  // rss pages
-                if let boot = bootTime() { m.startTimeSeconds = boot + fields[19] / ticks }  // starttime
+                if let boot = bootTimeSeconds { m.startTimeSeconds = boot + fields[19] / ticks }  // starttime
             }
         }
         var limit = rlimit()
@@ -54,6 +54,9 @@ struct ProcessMetrics {
     private func format(_ value: Double) -> String {
         value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(value)
     }
+
+    /// System boot time (UNIX seconds): fixed, so read once.
+    private static let bootTimeSeconds = bootTime()
 
     /// System boot time (UNIX seconds), from the `btime` line of /proc/stat.
     private static func bootTime() -> Double? {
