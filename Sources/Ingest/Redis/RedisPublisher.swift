@@ -109,7 +109,10 @@ public final class RedisPublisher: @unchecked Sendable {
     private let logger: Logger
     private let condition = NSCondition()
     // Guarded by `condition`:
-    private var queue: [PublishJob] = []
+    /// Jobs not yet taken start at `queueHead`; a taken slot is set to nil at once, so a sent job's
+    /// commands are not kept alive by the queue (they were, until 1,024 had piled up: up to 1,024
+    /// packets' worth of encoded records held for nothing).
+    private var queue: [PublishJob?] = []
     private var queueHead = 0
     private var heldRecords = 0
     private var stopping = false
@@ -118,6 +121,9 @@ public final class RedisPublisher: @unchecked Sendable {
     private var abandonedRecords = 0
     /// Touched only by the drain thread.
     private var everConnected = false
+    /// Failed connects in a row (and connections lost mid-batch), and when the next attempt may be made.
+    private var connectFailures = 0
+    private var nextConnectAttempt = NIODeadline.now()
     private var nextDurabilityCheck = NIODeadline.distantFuture
     private var loggedDurability: String? = nil
     private let connected = NIOLockedValueBox(false)
@@ -190,10 +196,11 @@ public final class RedisPublisher: @unchecked Sendable {
     private func run() {
         var connection: RedisConnection? = nil
         var retry: [PublishJob] = []
-        var attempt = 0
         var refusals = 0  // batches in a row with error replies
         while true {
-            let idleWaitMs = connection == nil ? backoff(attempt: attempt) : configuration.healthCheckMs
+            let idleWaitMs =
+                connection == nil
+                ? max(1, Int((nextConnectAttempt - .now()).nanoseconds / 1_000_000)) : configuration.healthCheckMs
             guard let next = nextBatch(retry: &retry, idleWaitMs: idleWaitMs) else { break }
             if let conn = connection, NIODeadline.now() >= nextDurabilityCheck {
                 do throws(RedisConnection.Failure) {
@@ -204,7 +211,7 @@ public final class RedisPublisher: @unchecked Sendable {
                 }
             }
             guard case .jobs(let batch) = next else {
-                checkHealth(&connection, attempt: &attempt)
+                checkHealth(&connection)
                 continue
             }
             let now = NIODeadline.now()
@@ -220,24 +227,30 @@ public final class RedisPublisher: @unchecked Sendable {
             }
             guard !live.isEmpty else { continue }
             if connection == nil {
-                connection = connect(attempt: &attempt)
+                // Not before the backoff schedule says so, however much work arrives meanwhile: the
+                // jobs wait (until the next attempt, or until the first of them expires).
+                if NIODeadline.now() < nextConnectAttempt {
+                    retry = live
+                    sleep(until: min(nextConnectAttempt, live.map(\.deadline).min()!))
+                    continue
+                }
+                connection = connect()
                 if connection == nil {
                     retry = live
-                    pause(milliseconds: backoff(attempt: attempt))
                     continue
                 }
             }
             retry = send(live, on: &connection)
             if connection == nil {
-                // The connection broke mid-batch: back off a little before the retry reconnects.
-                pause(milliseconds: backoff(attempt: attempt))
-                attempt += 1
+                // The connection broke mid-batch: back off before the retry reconnects.
+                connectFailures += 1
+                nextConnectAttempt = .now() + .milliseconds(Int64(backoff(failures: connectFailures)))
             } else if !retry.isEmpty {
                 // Error replies (OOM, READONLY, WRONGTYPE): Redis is up but refusing; do not hammer it. The
                 // wait ends early when other jobs are queued or arrive, so a job Redis keeps refusing (a
                 // stream key of the wrong type) does not hold back the traffic behind it.
                 refusals += 1
-                pause(milliseconds: backoff(attempt: refusals - 1), unlessQueued: true)
+                pause(milliseconds: backoff(failures: refusals), unlessQueued: true)
             } else {
                 refusals = 0
             }
@@ -250,8 +263,9 @@ public final class RedisPublisher: @unchecked Sendable {
         condition.unlock()
     }
 
-    /// A new connection, or nil (counted, logged; `attempt` grows) when Redis cannot be reached.
-    private func connect(attempt: inout Int) -> RedisConnection? {
+    /// A new connection, or nil when Redis cannot be reached: counted, logged once, and the next attempt
+    /// scheduled by the backoff (the `retry_in_ms` logged is the delay actually kept).
+    private func connect() -> RedisConnection? {
         do throws(RedisConnection.Failure) {
             let connection = try RedisConnection(
                 url: configuration.redis,
@@ -261,29 +275,31 @@ public final class RedisPublisher: @unchecked Sendable {
             try checkDurability(connection)
             if everConnected { IngestMetrics.shared.redisReconnects.increment() }
             everConnected = true
-            attempt = 0
+            connectFailures = 0
             setConnected(true)
             logger.info("redis connected", metadata: ["event": "redis.connected", "redis": "\(configuration.redis)"])
             return connection
         } catch {
             setConnected(false)
             IngestMetrics.shared.redisErrors(kind: error.kind).increment()
-            attempt += 1
+            connectFailures += 1
+            let delay = backoff(failures: connectFailures)
+            nextConnectAttempt = .now() + .milliseconds(Int64(delay))
             logger.error(
                 "redis unreachable",
                 metadata: [
-                    "event": "redis.connect_failed", "error": "\(error)", "retry_in_ms": "\(backoff(attempt: attempt))",
-                    "redis": "\(configuration.redis)",
+                    "event": "redis.connect_failed", "error": "\(error)", "retry_in_ms": "\(delay)",
+                    "attempt": "\(connectFailures)", "redis": "\(configuration.redis)",
                 ]
             )
             return nil
         }
     }
 
-    /// Nothing to send: PING the connection, or try to re-establish it.
-    private func checkHealth(_ connection: inout RedisConnection?, attempt: inout Int) {
+    /// Nothing to send: PING the connection, or try to re-establish it when the backoff allows.
+    private func checkHealth(_ connection: inout RedisConnection?) {
         guard let conn = connection else {
-            connection = connect(attempt: &attempt)
+            if NIODeadline.now() >= nextConnectAttempt { connection = connect() }
             return
         }
         do throws(RedisConnection.Failure) {
@@ -401,7 +417,7 @@ public final class RedisPublisher: @unchecked Sendable {
         }
         if stopping && NIODeadline.now() >= stopDeadline {
             // Past the drain deadline: everything left is abandoned, unacknowledged.
-            let rest = retry + queue[queueHead...]
+            let rest = retry + queue[queueHead...].compactMap { $0 }
             retry = []
             queue.removeAll()
             queueHead = 0
@@ -417,9 +433,10 @@ public final class RedisPublisher: @unchecked Sendable {
         var batch = retry
         retry = []
         var records = batch.reduce(0) { $0 + $1.recordCount }
-        while queueHead < queue.count && (batch.isEmpty || records + queue[queueHead].recordCount <= configuration.maxBatchRecords) {
-            records += queue[queueHead].recordCount
-            batch.append(queue[queueHead])
+        while queueHead < queue.count && (batch.isEmpty || records + queue[queueHead]!.recordCount <= configuration.maxBatchRecords) {
+            records += queue[queueHead]!.recordCount
+            batch.append(queue[queueHead]!)
+            queue[queueHead] = nil
             queueHead += 1
         }
         if queueHead > 1024 && queueHead * 2 > queue.count {
@@ -442,10 +459,24 @@ public final class RedisPublisher: @unchecked Sendable {
         IngestMetrics.shared.redisUp.set(Int64(value ? 1 : 0))
     }
 
-    private func backoff(attempt: Int) -> Int {
-        let exponential = configuration.reconnectBaseMs << min(attempt, 16)
+    /// The wait after `failures` failures in a row (≥ 1): the base doubled per failure up to the cap,
+    /// times a jitter in 0.5...1 (100 ms, 200, 400, ... 5 s by default, each at least half that).
+    private func backoff(failures: Int) -> Int {
+        let exponential = configuration.reconnectBaseMs << min(max(failures - 1, 0), 16)
         let capped = min(configuration.reconnectMaxMs, exponential)
         return Int(Double(capped) * Double.random(in: 0.5...1.0))
+    }
+
+    /// Sleeps until `deadline` (or the stop deadline, when stopping); new jobs do not wake it early.
+    private func sleep(until deadline: NIODeadline) {
+        condition.lock()
+        defer { condition.unlock() }
+        while true {
+            let until = stopping ? min(deadline, stopDeadline) : deadline
+            let left = until - .now()
+            guard left > .zero else { return }
+            _ = condition.wait(until: Date(timeIntervalSinceNow: Double(left.nanoseconds) / 1e9))
+        }
     }
 
     /// Sleeps for the backoff delay; when stopping, no longer than until the stop deadline (a stop
