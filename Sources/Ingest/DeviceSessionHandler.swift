@@ -5,10 +5,18 @@ import NIOPosix
 import Prometheus
 import Synchronization
 
+/// Where a session's publish jobs go: the Redis publisher, or a fake in unit tests.
+protocol PublishSink: Sendable {
+    /// Queues a job; false (and the job untouched) when the queue has no room.
+    func submit(_ job: PublishJob) -> Bool
+}
+
+extension RedisPublisher: PublishSink {}
+
 /// What every session of the server shares.
 final class SessionEnvironment: Sendable {
     let configuration: IngestConfiguration
-    let publisher: RedisPublisher
+    let publisher: any PublishSink
     let registry = DeviceRegistry()
     let logger: Logger
     /// One entry encoder per event-loop thread (its 8 KiB scratch is not paid per connection).
@@ -16,7 +24,7 @@ final class SessionEnvironment: Sendable {
     /// Sessions with a packet published but not yet answered (ACK or close): what a drain waits for.
     let packetsInFlight = Atomic<Int>(0)
 
-    init(configuration: IngestConfiguration, publisher: RedisPublisher, logger: Logger) {
+    init(configuration: IngestConfiguration, publisher: any PublishSink, logger: Logger) {
         self.configuration = configuration
         self.publisher = publisher
         self.logger = logger
@@ -29,7 +37,8 @@ final class SessionEnvironment: Sendable {
             StreamEntryEncoder(
                 telemetryStream: configuration.telemetryStream,
                 responsesStream: configuration.responsesStream,
-                maxLength: configuration.streamMaxLength
+                maxLength: configuration.streamMaxLength,
+                responsesMaxLength: configuration.responsesMaxLength
             )
         )
         encoders.currentValue = box
@@ -47,33 +56,62 @@ final class EncoderBox: @unchecked Sendable {
 struct PacketInFlight {
     let job: PublishJob
     let frameCompleted: NIODeadline
+    /// The frame's codec name (for logs).
+    var codec: String = ""
 }
 
-/// One device connection: carries out what ``DeviceSessionStateMachine`` decides (login, packets one
-/// in flight at a time, drain), with the bytes, the channel, Redis, metrics and logs.
+/// One device connection: carries out what ``DeviceSessionStateMachine`` decides (login, one packet
+/// or device message in flight at a time, drain), with the bytes, the channel, Redis, metrics and logs.
 ///
-/// While a packet is publishing the socket is not read (backpressure); bytes already received wait in
-/// the buffer, which never holds more than one frame plus one read.
+/// The bounded reader: while a frame is in flight (or the session drains, or the peer is not reading
+/// its ACKs) the handler holds back the channel's `read()` calls, so the socket is not read and TCP flow control stops the peer. Bytes
+/// already received wait in one buffer, compacted before every append, so it never holds more than
+/// one frame plus one read (``bufferBound(maxFrameBytes:readBytes:)``), whatever the peer sends and
+/// however its writes are split. The server reads at most ``readChunkBytes`` per read, one read per loop tick.
 ///
 /// On ``SessionDrain`` (graceful shutdown) the session stops reading: a packet in flight still gets
 /// published and ACKed, nothing after it is read or handled, and the server closes the connection
 /// once the publish queue has drained.
-final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler {
+final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
+
+    /// The most one socket read delivers (the device channels' receive allocator maximum).
+    static let readChunkBytes = 16 * 1024
+
+    /// The most a connection's buffer holds, in capacity: a partial frame (below the frame bound) plus
+    /// one read, rounded up to the allocation size.
+    static func bufferBound(maxFrameBytes: Int, readBytes: Int = readChunkBytes) -> Int {
+        var bound = 1
+        while bound < maxFrameBytes + TeltonikaFramer.overhead + readBytes { bound <<= 1 }
+        return bound
+    }
 
     private let environment: SessionEnvironment
     private let framer: TeltonikaFramer
-    private var session = DeviceSessionStateMachine<PacketInFlight>()
+    private var session: DeviceSessionStateMachine<PacketInFlight>
     private var pending: ByteBuffer? = nil
+    /// A `read()` from the channel held back while no frame may be handled.
+    private var readHeld = false
     private var handshakeTimer: Scheduled<Void>? = nil
     private var logger: Logger
+    private var messageLog = LogLimiter()
+    private var rateLimitLog = LogLimiter()
+    private var overflowLog = LogLimiter()
 
     init(environment: SessionEnvironment) {
         self.environment = environment
-        self.framer = TeltonikaFramer(maxDataLength: environment.configuration.maxFrameBytes)
+        let configuration = environment.configuration
+        self.framer = TeltonikaFramer(maxDataLength: configuration.maxFrameBytes)
+        self.session = DeviceSessionStateMachine(
+            messageLimiter: MessageRateLimiter(perSecond: configuration.deviceMessageRate, burst: configuration.deviceMessageBurst)
+        )
         self.logger = environment.logger
     }
+
+    /// Capacity of the receive buffer now (tests check it against ``bufferBound(maxFrameBytes:readBytes:)``).
+    var bufferedCapacity: Int { pending?.capacity ?? 0 }
 
     // MARK: - Channel events
 
@@ -98,7 +136,7 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
         let ended = session.connectionClosed()
         if let packet = ended.abandoned {
             packet.job.cancel()
-            environment.packetsInFlight.subtract(1, ordering: .relaxed)
+            if ended.abandonedPacket { environment.packetsInFlight.subtract(1, ordering: .relaxed) }
         }
         if let imei = ended.imei { environment.registry.remove(imei, channel: context.channel) }
         if let rest = pending, rest.readableBytes > 0, ended.bufferedBytesAreTruncatedFrame {
@@ -119,16 +157,44 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
         if pending == nil {
             pending = bytes
         } else {
+            // Compact first: what was already cut is released, so the buffer holds only unread bytes
+            // (less than one frame) plus this read, however the peer's writes fall on frame boundaries.
+            if pending!.readerIndex > 0 { pending!.discardReadBytes() }
             pending!.writeBuffer(&bytes)
         }
         process(context)
+    }
+
+    /// The channel asks to read more: passed on only while a frame may be handled and the peer takes
+    /// its ACKs; otherwise held until the frame in flight is answered (never, once draining) or the
+    /// ACKs written so far have drained (a device that pipelines packets and never reads its ACKs
+    /// cannot pile them up in memory).
+    func read(context: ChannelHandlerContext) {
+        if session.framerMode == nil || !context.channel.isWritable {
+            readHeld = true
+        } else {
+            context.read()
+        }
+    }
+
+    /// Reading may go on: handles what is buffered, then asks for more if a read was held back.
+    private func resumeReading(_ context: ChannelHandlerContext) {
+        process(context)
+        if readHeld, session.framerMode != nil, context.channel.isWritable {
+            readHeld = false
+            context.read()
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { resumeReading(context) }
+        context.fireChannelWritabilityChanged()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is SessionDrain {
             session.drain()
             handshakeTimer?.cancel()
-            context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
             return
         }
         if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
@@ -206,24 +272,42 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
         context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(0)))).whenComplete { _ in channel.close(promise: nil) }
     }
 
+    /// What a frame after login turned out to be.
+    private enum Parsed {
+        /// An AVL packet, its records encoded in the writer.
+        case avl(codec: String, records: Int)
+        /// A device message and what the session made of it (encoded only when admitted).
+        case message(codec: String, DeviceSessionStateMachine<PacketInFlight>.MessageAction)
+    }
+
     private func packet(_ context: ChannelHandlerContext, frame: ByteBuffer) {
         guard case .ready(let imei) = session.state else { return }
         let completed = NIODeadline.now()
         let encoderBox = environment.encoder
         var writer = RESPWriter()
-        let outcome: Result<(codec: String, records: Int, isAVL: Bool), Codec8Error> = frame.withUnsafeReadableBytes { raw in
+        let outcome: Result<Parsed, Codec8Error> = frame.withUnsafeReadableBytes { raw in
             do throws(Codec8Error) {
                 switch try TeltonikaFrame.parse(raw, maxDataLength: framer.maxDataLength) {
                 case .avl(let packet):
                     encoderBox.encoder.appendRecords(of: packet, imei: imei, to: &writer)
-                    return .success((packet.codec.name, packet.recordCount, true))
+                    return .success(.avl(codec: packet.codec.name, records: packet.recordCount))
                 case .message(let message):
-                    encoderBox.encoder.appendMessage(message, imei: imei, receivedMs: wallClockMilliseconds(), to: &writer)
-                    logger.info(
-                        "device message",
-                        metadata: ["event": "device.message", "codec": "\(message.codec.name)", "type": "\(message.type)"]
-                    )
-                    return .success((message.codec.name, 0, false))
+                    // The budget is checked before any work is spent on the message.
+                    let codec = message.codec.name
+                    let action = session.messageDecoded(nowNanoseconds: completed.uptimeNanoseconds) {
+                        encoderBox.encoder.appendMessage(message, imei: imei, receivedMs: wallClockMilliseconds(), to: &writer)
+                        if let heldBack = messageLog.admit(nowNanoseconds: completed.uptimeNanoseconds) {
+                            logger.info(
+                                "device message",
+                                metadata: [
+                                    "event": "device.message", "codec": "\(codec)", "type": "\(message.type)",
+                                    "suppressed": "\(heldBack)",
+                                ]
+                            )
+                        }
+                        return PacketInFlight(job: makeJob(context, writer: writer, records: 1), frameCompleted: completed, codec: codec)
+                    }
+                    return .success(.message(codec: codec, action))
                 }
             } catch {
                 return .failure(error)
@@ -232,52 +316,20 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
         switch outcome {
         case .failure(let error):
             reject(context, error: error, codec: frame.getInteger(at: frame.readerIndex + 8, as: UInt8.self))
-        case .success(let parsed) where !parsed.isAVL:
-            IngestMetrics.shared.frames(codec: parsed.codec, result: "ok").increment()
-            IngestMetrics.shared.deviceMessages(codec: parsed.codec).increment()
-            let logger = self.logger
-            let job = PublishJob(
-                commands: writer.bytes,
-                commandCount: writer.commandCount,
-                recordCount: 1,
-                deadline: .now() + .milliseconds(Int64(environment.configuration.publishTimeoutMs)),
-                completion: { outcome in
-                    // Nothing waits for a device message (it is never ACKed), so its loss is only logged.
-                    guard case .expired(let reason) = outcome else { return }
-                    logger.error(
-                        "device message not confirmed by Redis: not stored",
-                        metadata: ["event": "publish.message_failed", "codec": "\(parsed.codec)", "reason": "\(reason)"]
-                    )
-                }
-            )
-            if !environment.publisher.submit(job) {
-                IngestMetrics.shared.publishOverflow.increment()
-                logger.warning("device message dropped: publish queue full", metadata: ["event": "publish.overflow"])
-            }
-        case .success(let parsed):
-            IngestMetrics.shared.frames(codec: parsed.codec, result: "ok").increment()
-            IngestMetrics.shared.records(codec: parsed.codec).increment(by: Int64(parsed.records))
-            logger.debug("packet", metadata: ["event": "device.packet", "codec": "\(parsed.codec)", "records": "\(parsed.records)"])
-            let action = session.packetDecoded(records: parsed.records) {
-                let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-                let job = PublishJob(
-                    commands: writer.bytes,
-                    commandCount: writer.commandCount,
-                    recordCount: parsed.records,
-                    deadline: .now() + .milliseconds(Int64(environment.configuration.publishTimeoutMs)),
-                    completion: { outcome in
-                        bound.eventLoop.execute {
-                            let (handler, context) = bound.value
-                            handler.published(context, outcome: outcome)
-                        }
-                    }
-                )
-                return PacketInFlight(job: job, frameCompleted: completed)
+        case .success(.message(let codec, let action)):
+            IngestMetrics.shared.frames(codec: codec, result: "ok").increment()
+            IngestMetrics.shared.deviceMessages(codec: codec).increment()
+            deviceMessage(context, codec: codec, action: action, completed: completed)
+        case .success(.avl(let codec, let records)):
+            IngestMetrics.shared.frames(codec: codec, result: "ok").increment()
+            IngestMetrics.shared.records(codec: codec).increment(by: Int64(records))
+            logger.debug("packet", metadata: ["event": "device.packet", "codec": "\(codec)", "records": "\(records)"])
+            let action = session.packetDecoded(records: records) {
+                PacketInFlight(job: makeJob(context, writer: writer, records: records), frameCompleted: completed)
             }
             switch action {
             case .publish:
                 environment.packetsInFlight.add(1, ordering: .relaxed)
-                context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
                 submit(context, job: session.inFlight!.job, waitedMs: 0)
             case .acknowledge(let records):
                 acknowledge(context, records: records, frameCompleted: completed)
@@ -285,6 +337,59 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
                 break
             }
         }
+    }
+
+    /// A device message: in flight until Redis answers (reading stops meanwhile), or dropped when over
+    /// the connection's budget or when the queue is full (counted, logged at most once per 10 s).
+    private func deviceMessage(
+        _ context: ChannelHandlerContext,
+        codec: String,
+        action: DeviceSessionStateMachine<PacketInFlight>.MessageAction,
+        completed: NIODeadline
+    ) {
+        switch action {
+        case .publish:
+            if environment.publisher.submit(session.inFlight!.job) { return }
+            _ = session.messageNotQueued()
+            IngestMetrics.shared.publishOverflow.increment()
+            if let heldBack = overflowLog.admit(nowNanoseconds: completed.uptimeNanoseconds) {
+                logger.warning(
+                    "device message dropped: publish queue full",
+                    metadata: ["event": "publish.overflow", "records": "1", "waited_ms": "0", "suppressed": "\(heldBack)"]
+                )
+            }
+        case .rateLimited:
+            IngestMetrics.shared.deviceMessagesRateLimited.increment()
+            if let heldBack = rateLimitLog.admit(nowNanoseconds: completed.uptimeNanoseconds) {
+                logger.warning(
+                    "device messages over the connection's budget: dropped",
+                    metadata: [
+                        "event": "device.message_rate_limited", "codec": "\(codec)",
+                        "limit_per_second": "\(environment.configuration.deviceMessageRate)",
+                        "burst": "\(environment.configuration.deviceMessageBurst)", "suppressed": "\(heldBack)",
+                    ]
+                )
+            }
+        case .ignore:
+            break
+        }
+    }
+
+    /// A publish job whose outcome comes back to this handler on its event loop.
+    private func makeJob(_ context: ChannelHandlerContext, writer: RESPWriter, records: Int) -> PublishJob {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        return PublishJob(
+            commands: writer.bytes,
+            commandCount: writer.commandCount,
+            recordCount: records,
+            deadline: .now() + .milliseconds(Int64(environment.configuration.publishTimeoutMs)),
+            completion: { outcome in
+                bound.eventLoop.execute {
+                    let (handler, context) = bound.value
+                    handler.published(context, outcome: outcome)
+                }
+            }
+        )
     }
 
     /// Queues the job; a full queue is retried every 10 ms for up to `OVERFLOW_WAIT_MS`, then the
@@ -313,12 +418,18 @@ final class DeviceSessionHandler: ChannelInboundHandler, RemovableChannelHandler
     private func published(_ context: ChannelHandlerContext, outcome: PublishOutcome) {
         guard let packet = session.inFlight else { return }
         switch session.published(outcome) {
-        case .acknowledge(let records, let resumeReading):
+        case .acknowledge(let records, let resume):
             acknowledge(context, records: records, frameCompleted: packet.frameCompleted)
             environment.packetsInFlight.subtract(1, ordering: .relaxed)
-            guard resumeReading else { return }
-            context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
-            process(context)
+            if resume { resumeReading(context) }
+        case .messageStored(let resume):
+            if resume { resumeReading(context) }
+        case .messageNotStored(let reason, let resume):
+            logger.error(
+                "device message not confirmed by Redis: not stored",
+                metadata: ["event": "publish.message_failed", "codec": "\(packet.codec)", "reason": "\(reason)"]
+            )
+            if resume { resumeReading(context) }
         case .closeUnconfirmed(let reason):
             logger.error(
                 "records not confirmed by Redis: no ACK, closing",

@@ -7,7 +7,10 @@ import Codec8
 ///       |  \--bad IMEI: 0x00, close           |  \--keep-alive, Codec 12-15: stay ready
 ///       \--handshake timeout: close           \--bad frame: close, no ACK     \--not confirmed in time: close, no ACK
 /// ```
-/// At most one packet is in flight; while it is, no frame is handled (the handler stops reading).
+/// At most one frame is in flight, an AVL packet *or* a device message (Codec 12-15); while it is, no
+/// frame is handled and the handler does not read the socket, so a connection never buffers more than
+/// one frame ahead whatever its peer sends. Device messages are also rate-limited per connection
+/// (``MessageRateLimiter``): the excess is dropped and counted, never queued.
 /// Draining (graceful shutdown) stops all reading for good: a packet in flight still gets its ACK
 /// once Redis confirms it, and nothing after it is handled.
 ///
@@ -17,8 +20,16 @@ struct DeviceSessionStateMachine<InFlight> {
     enum State {
         case awaitingLogin
         case ready(IMEI)
-        case publishing(IMEI, InFlight, records: Int)
+        case publishing(IMEI, InFlight, Publishing)
         case closed
+    }
+
+    /// What is in flight.
+    enum Publishing: Equatable {
+        /// An AVL packet: ACKed with its record count once Redis confirms it.
+        case packet(records: Int)
+        /// A device message: never ACKed; reading resumes once Redis has answered (or given up).
+        case message
     }
 
     private(set) var state = State.awaitingLogin
@@ -26,6 +37,12 @@ struct DeviceSessionStateMachine<InFlight> {
     /// The device's IMEI from its accepted login on; kept after the server closes the connection, so
     /// that ``connectionClosed()`` can still name the registration to remove.
     private(set) var imei: IMEI? = nil
+    private var messageLimiter: MessageRateLimiter
+
+    /// - Parameter messageLimiter: the per-connection budget of device messages.
+    init(messageLimiter: MessageRateLimiter = MessageRateLimiter(perSecond: 10, burst: 50)) {
+        self.messageLimiter = messageLimiter
+    }
 
     /// What the framer should cut next, or nil when no frame may be handled now (a packet in flight,
     /// draining, closed).
@@ -38,10 +55,16 @@ struct DeviceSessionStateMachine<InFlight> {
         }
     }
 
-    /// The packet being published, if any.
+    /// The packet or message being published, if any.
     var inFlight: InFlight? {
         if case .publishing(_, let inFlight, _) = state { return inFlight }
         return nil
+    }
+
+    /// Whether an AVL packet (not a device message) is in flight.
+    var packetInFlight: Bool {
+        if case .publishing(_, _, .packet) = state { return true }
+        return false
     }
 
     // MARK: - Frames
@@ -83,8 +106,33 @@ struct DeviceSessionStateMachine<InFlight> {
     mutating func packetDecoded(records: Int, inFlight: () -> InFlight) -> PacketAction {
         guard case .ready(let imei) = state else { return .ignore }
         guard records > 0 else { return .acknowledge(records: 0) }
-        state = .publishing(imei, inFlight(), records: records)
+        state = .publishing(imei, inFlight(), .packet(records: records))
         return .publish
+    }
+
+    enum MessageAction: Equatable {
+        /// Stop reading, queue the message for the responses stream; reading resumes after ``published(_:)``.
+        case publish
+        /// Over the connection's message budget: drop it (count it), keep reading.
+        case rateLimited
+        /// Not logged in or something already in flight (cannot happen while the framer mode is honoured).
+        case ignore
+    }
+
+    /// A device message (Codec 12-15) was decoded and encoded for Redis at `nowNanoseconds` (monotonic).
+    mutating func messageDecoded(nowNanoseconds: UInt64, inFlight: () -> InFlight) -> MessageAction {
+        guard case .ready(let imei) = state else { return .ignore }
+        guard messageLimiter.admit(nowNanoseconds: nowNanoseconds) else { return .rateLimited }
+        state = .publishing(imei, inFlight(), .message)
+        return .publish
+    }
+
+    /// The publish queue had no room for the device message in flight: it is dropped (counted), and
+    /// reading goes on. Returns whether to resume reading (false while draining or when nothing was in flight).
+    mutating func messageNotQueued() -> Bool {
+        guard case .publishing(let imei, _, .message) = state else { return false }
+        state = .ready(imei)
+        return !isDraining
     }
 
     enum RejectAction: Equatable {
@@ -118,6 +166,11 @@ struct DeviceSessionStateMachine<InFlight> {
     enum PublishedAction: Equatable {
         /// Write the ACK; then read on unless the session is draining.
         case acknowledge(records: Int, resumeReading: Bool)
+        /// The device message is in the responses stream; read on unless draining.
+        case messageStored(resumeReading: Bool)
+        /// Redis did not confirm the device message in time: log it (it is lost; the device does not
+        /// resend messages); read on unless draining.
+        case messageNotStored(String, resumeReading: Bool)
         /// Redis did not confirm in time: close without ACK (the device resends).
         case closeUnconfirmed(String)
         /// The job was dropped (its connection is closing anyway): close.
@@ -128,14 +181,20 @@ struct DeviceSessionStateMachine<InFlight> {
 
     /// The publisher's answer for the packet in flight.
     mutating func published(_ outcome: PublishOutcome) -> PublishedAction {
-        guard case .publishing(let imei, _, let records) = state else { return .ignore }
-        switch outcome {
-        case .stored:
+        guard case .publishing(let imei, _, let publishing) = state else { return .ignore }
+        switch (outcome, publishing) {
+        case (.stored, .packet(let records)):
             state = .ready(imei)
             return .acknowledge(records: records, resumeReading: !isDraining)
-        case .expired(let reason):
+        case (.stored, .message):
+            state = .ready(imei)
+            return .messageStored(resumeReading: !isDraining)
+        case (.expired(let reason), .packet):
             return .closeUnconfirmed(reason)
-        case .dropped:
+        case (.expired(let reason), .message):
+            state = .ready(imei)
+            return .messageNotStored(reason, resumeReading: !isDraining)
+        case (.dropped, _):
             return .close
         }
     }
@@ -157,8 +216,10 @@ struct DeviceSessionStateMachine<InFlight> {
     struct Ended {
         /// Unregister this device.
         var imei: IMEI?
-        /// Cancel this packet (never ACKed; the device resends it).
+        /// Cancel this packet or message (never ACKed; the device resends a packet).
         var abandoned: InFlight?
+        /// Whether `abandoned` is an AVL packet (a drain waits for those).
+        var abandonedPacket: Bool
         /// Whether bytes left in the buffer are a frame cut short by the device (counted and logged);
         /// false when the server closed it or was draining.
         var bufferedBytesAreTruncatedFrame: Bool
@@ -168,7 +229,12 @@ struct DeviceSessionStateMachine<InFlight> {
     mutating func connectionClosed() -> Ended {
         let closedByServer: Bool
         if case .closed = state { closedByServer = true } else { closedByServer = false }
-        let ended = Ended(imei: imei, abandoned: inFlight, bufferedBytesAreTruncatedFrame: !closedByServer && !isDraining)
+        let ended = Ended(
+            imei: imei,
+            abandoned: inFlight,
+            abandonedPacket: packetInFlight,
+            bufferedBytesAreTruncatedFrame: !closedByServer && !isDraining
+        )
         state = .closed
         return ended
     }

@@ -21,6 +21,11 @@ public struct IngestConfiguration: Sendable, Equatable {
     public var telemetryStream = "telemetry:teltonika"
     public var responsesStream = "telemetry:teltonika:responses"
     public var streamMaxLength = 1_000_000
+    /// Cap of the responses stream (device messages): sized for command answers, not telemetry.
+    public var responsesMaxLength = 10_000
+    /// Device messages (Codec 12-15) one connection may have stored per second, and at once.
+    public var deviceMessageRate = 10
+    public var deviceMessageBurst = 50
     /// Records the publish queue may hold.
     public var publishQueueCapacity = 100_000
     /// How long a packet may wait for Redis before its connection is closed without ACK.
@@ -39,6 +44,8 @@ public struct IngestConfiguration: Sendable, Equatable {
     /// Metrics and health listener (`/metrics`, `/healthz`, `/readyz`).
     public var metricsHost = "0.0.0.0"
     public var metricsPort = 9090
+    /// Open connections to the metrics port beyond this are closed on accept.
+    public var metricsMaxConnections = 32
     /// Bound of the whole graceful drain after SIGTERM/SIGINT.
     public var shutdownTimeoutMs = 30_000
     /// File of `KEY=value` lines read at start and on SIGHUP (empty: none).
@@ -96,9 +103,30 @@ public struct IngestConfiguration: Sendable, Equatable {
         int(
             "REDIS_STREAM_MAXLEN",
             "stream-maxlen",
-            "Approximate cap of each stream (XADD MAXLEN ~).",
+            "Approximate cap of the telemetry stream (XADD MAXLEN ~).",
             1...Int(Int32.max),
             \.streamMaxLength
+        ),
+        int(
+            "REDIS_RESPONSES_MAXLEN",
+            "responses-maxlen",
+            "Approximate cap of the responses stream (device messages).",
+            1...Int(Int32.max),
+            \.responsesMaxLength
+        ),
+        int(
+            "DEVICE_MESSAGE_RATE",
+            "device-message-rate",
+            "Device messages (Codec 12-15) stored per second per connection; the excess is dropped.",
+            1...1_000_000,
+            \.deviceMessageRate
+        ),
+        int(
+            "DEVICE_MESSAGE_BURST",
+            "device-message-burst",
+            "Device messages one connection may send at once before DEVICE_MESSAGE_RATE applies.",
+            1...1_000_000,
+            \.deviceMessageBurst
         ),
         int(
             "PUBLISH_QUEUE_CAPACITY",
@@ -144,6 +172,13 @@ public struct IngestConfiguration: Sendable, Equatable {
             "Port of /metrics, /healthz, /readyz (0: any free port, logged at start).",
             0...65535,
             \.metricsPort
+        ),
+        int(
+            "METRICS_MAX_CONNECTIONS",
+            "metrics-max-connections",
+            "Open connections to the metrics port beyond this are closed.",
+            1...10_000,
+            \.metricsMaxConnections
         ),
         int(
             "SHUTDOWN_TIMEOUT_MS",

@@ -30,6 +30,8 @@ public final class IngestMetrics: Sendable {
     let acks: Counter
     let keepAlives: Counter
     private let deviceMessagesByCodec: [String: Counter]
+    let deviceMessagesRateLimited: Counter
+    let metricsConnectionsRefused: Counter
     let bytesReceived: Counter
     let publishQueueDepth: Gauge
     let publishQueueCapacity: Gauge
@@ -106,6 +108,18 @@ public final class IngestMetrics: Sendable {
             "codec",
             Self.messageCodecs,
             "Codec 12-15 frames from devices (published to the responses stream, never ACKed)."
+        )
+        deviceMessagesRateLimited = r.makeCounter(
+            descriptor: d(
+                "teltonika_device_messages_rate_limited_total",
+                "Device messages dropped (not stored) because their connection went over DEVICE_MESSAGE_RATE/DEVICE_MESSAGE_BURST."
+            )
+        )
+        metricsConnectionsRefused = r.makeCounter(
+            descriptor: d(
+                "teltonika_metrics_connections_refused_total",
+                "Connections to the metrics port closed at once because METRICS_MAX_CONNECTIONS were open."
+            )
         )
         bytesReceived = r.makeCounter(descriptor: d("teltonika_bytes_received_total", "Bytes read from device connections."))
         publishQueueDepth = r.makeGauge(descriptor: d("teltonika_publish_queue_depth", "Records queued for Redis or in flight."))

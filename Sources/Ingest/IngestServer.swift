@@ -33,7 +33,13 @@ public final class IngestServer: Sendable {
             }
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.socketOption(.so_keepalive), value: 1)
-            .childChannelOption(.maxMessagesPerRead, value: 4)
+            // The bounded reader (see DeviceSessionHandler): one read of at most 16 KiB per loop tick, so
+            // a connection whose frame is in flight receives at most one read more before it stops.
+            .childChannelOption(.maxMessagesPerRead, value: 1)
+            .childChannelOption(
+                .recvAllocator,
+                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: DeviceSessionHandler.readChunkBytes)
+            )
             .childChannelInitializer { [self] channel in
                 guard admit(channel) else {
                     IngestMetrics.shared.connections(result: "refused").increment()

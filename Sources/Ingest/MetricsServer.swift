@@ -1,4 +1,5 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -9,18 +10,28 @@ import ServiceLifecycle
 /// `/healthz` (alive: every device event loop answers within a second) and `/readyz` (listening,
 /// Redis up, not draining). It runs on its own event loop, so a scrape never waits for device
 /// traffic and device traffic never waits for a scrape. It stays up during a drain (so `/readyz`
-/// can say 503) and stops last.
+/// can say 503) and stops last. Every connection is bounded (``MetricsPortLimits``), and so is their
+/// number (`METRICS_MAX_CONNECTIONS`).
 public final class MetricsServer: Service, Sendable {
     private let host: String
     private let port: Int
+    private let maxConnections: Int
     private let health: ServerHealth
     private let metrics: IngestMetrics
     private let logger: Logger
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
 
-    public init(host: String, port: Int, health: ServerHealth, metrics: IngestMetrics = .shared, logger: Logger) {
+    public init(
+        host: String,
+        port: Int,
+        maxConnections: Int = IngestConfiguration().metricsMaxConnections,
+        health: ServerHealth,
+        metrics: IngestMetrics = .shared,
+        logger: Logger
+    ) {
         self.host = host
         self.port = port
+        self.maxConnections = maxConnections
         self.health = health
         self.metrics = metrics
         self.logger = logger
@@ -30,13 +41,28 @@ public final class MetricsServer: Service, Sendable {
         let routes = Routes(health: health, metrics: metrics)
         let channel: any Channel
         do {
+            let limiter = MetricsConnectionLimiter(limit: maxConnections, logger: logger)
+            let limits = MetricsPortLimits.decoder
             channel = try await ServerBootstrap(group: group)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelInitializer { channel in
+                .serverChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                        try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler())
+                    }
+                }
+                .childChannelOption(.maxMessagesPerRead, value: 1)
+                .childChannelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: MetricsPortLimits.readChunkBytes))
+                .childChannelInitializer { channel in
+                    guard limiter.admit(channel) else { return channel.close() }
+                    return channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+                            withPipeliningAssistance: false,
+                            withErrorHandling: true,
+                            withEncoderConfiguration: .init(),
+                            withDecoderLimitConfiguration: limits
+                        )
                         try channel.pipeline.syncOperations.addHandlers(
-                            IdleStateHandler(readTimeout: .seconds(60)),
+                            IdleStateHandler(readTimeout: MetricsPortLimits.idleTimeout),
                             HTTPHandler(routes: routes)
                         )
                     }
@@ -111,57 +137,198 @@ struct Routes: Sendable {
     }
 }
 
-/// One request at a time per connection (HTTP/1.1 keep-alive honoured); bodies are ignored.
-final class HTTPHandler: ChannelInboundHandler, Sendable {
+/// Limits of the metrics port, each against one kind of abuse (see OPERATIONS.md, "Metrics port limits").
+enum MetricsPortLimits {
+    /// Largest request head (request line and headers together).
+    static let maxHeaderBytes = 8 * 1024
+    /// Largest request body (a scrape has none); more closes the connection.
+    static let maxBodyBytes = 8 * 1024
+    /// Requests received but not yet answered (pipelined); more closes the connection.
+    static let maxQueuedRequests = 16
+    /// A response the client has not taken (read) within this time closes the connection.
+    static let responseWriteTimeout = TimeAmount.seconds(10)
+    /// A connection that sends nothing for this long is closed.
+    static let idleTimeout = TimeAmount.seconds(60)
+    /// The most one socket read delivers.
+    static let readChunkBytes = 4 * 1024
+
+    static var decoder: NIOHTTPDecoderLimitConfiguration {
+        var limits = NIOHTTPDecoderLimitConfiguration()
+        limits.maxHeaderFieldSize = maxHeaderBytes
+        limits.maxHeaderListSize = maxHeaderBytes
+        limits.maxHeaderFieldCount = 100
+        return limits
+    }
+}
+
+/// One request at a time per connection (HTTP/1.1 keep-alive honoured; bodies are ignored).
+///
+/// The next request is read only once the previous response has been written to the socket: while a
+/// response waits for the client to read it, the handler holds back the channel's `read()`, so a client
+/// that pipelines requests and never reads the answers costs one response and one read of requests,
+/// never more. Requests already read (one read's worth) wait in a short queue; a response not taken
+/// within ``MetricsPortLimits/responseWriteTimeout`` closes the connection.
+final class HTTPHandler: ChannelDuplexHandler {
     typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
 
+    struct Request {
+        var path: Substring
+        var method: HTTPMethod
+        var version: HTTPVersion
+        var keepAlive: Bool
+    }
+
     private let routes: Routes
+    private var receiving: Request? = nil
+    private var bodyBytes = 0
+    private var queued: [Request] = []
+    private var responding = false
+    private var readHeld = false
+    private var closing = false
 
     init(routes: Routes) { self.routes = routes }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard case .head(let head) = unwrapInboundIn(data) else { return }
-        let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
-        let keepAlive = head.isKeepAlive
-        let version = head.version
-        let isHead = head.method == .HEAD
+        guard !closing else { return }
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+            receiving = Request(path: path, method: head.method, version: head.version, keepAlive: head.isKeepAlive)
+            bodyBytes = 0
+        case .body(let body):
+            bodyBytes += body.readableBytes
+            if bodyBytes > MetricsPortLimits.maxBodyBytes { close(context) }
+        case .end:
+            guard let request = receiving else { return }
+            receiving = nil
+            queued.append(request)
+            if queued.count > MetricsPortLimits.maxQueuedRequests {
+                close(context)
+                return
+            }
+            respondToNext(context)
+        }
+    }
+
+    /// Reads more only when nothing is waiting to be answered or written.
+    func read(context: ChannelHandlerContext) {
+        if responding || !queued.isEmpty {
+            readHeld = true
+        } else {
+            context.read()
+        }
+    }
+
+    private func respondToNext(_ context: ChannelHandlerContext) {
+        guard !responding, !closing, !queued.isEmpty else { return }
+        let request = queued.removeFirst()
+        responding = true
         let response: EventLoopFuture<Routes.Response>
-        if head.method == .GET || isHead {
-            response = routes.respond(to: path, on: context.eventLoop)
+        if request.method == .GET || request.method == .HEAD {
+            response = routes.respond(to: request.path, on: context.eventLoop)
         } else {
             response = context.eventLoop.makeSucceededFuture(
                 Routes.Response(status: .methodNotAllowed, contentType: "text/plain; charset=utf-8", body: Array("GET only\n".utf8))
             )
         }
-        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         response.whenSuccess { response in
-            let context = bound.value
-            var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: response.contentType)
-            headers.add(name: "Content-Length", value: "\(response.body.count)")
-            headers.add(name: "Cache-Control", value: "no-store")
-            if !keepAlive { headers.add(name: "Connection", value: "close") }
-            context.write(
-                self.wrapOutboundOut(.head(HTTPResponseHead(version: version, status: response.status, headers: headers))),
-                promise: nil
-            )
-            if !isHead {
-                context.write(self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: response.body)))), promise: nil)
+            let (handler, context) = bound.value
+            handler.write(context, response, for: request)
+        }
+    }
+
+    private func write(_ context: ChannelHandlerContext, _ response: Routes.Response, for request: Request) {
+        guard !closing else { return }
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: response.contentType)
+        headers.add(name: "Content-Length", value: "\(response.body.count)")
+        headers.add(name: "Cache-Control", value: "no-store")
+        if !request.keepAlive { headers.add(name: "Connection", value: "close") }
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: response.status, headers: headers))),
+            promise: nil
+        )
+        if request.method != .HEAD {
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: response.body)))), promise: nil)
+        }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let timeout = context.eventLoop.scheduleTask(in: MetricsPortLimits.responseWriteTimeout) {
+            let (handler, context) = bound.value
+            handler.close(context)
+        }
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { result in
+            timeout.cancel()
+            let (handler, context) = bound.value
+            handler.responding = false
+            guard case .success = result, request.keepAlive else {
+                handler.close(context)
+                return
             }
-            let done = context.writeAndFlush(self.wrapOutboundOut(.end(nil)))
-            if !keepAlive {
-                let channel = context.channel
-                done.whenComplete { _ in channel.close(promise: nil) }
+            handler.respondToNext(context)
+            if !handler.responding && handler.queued.isEmpty && handler.readHeld {
+                handler.readHeld = false
+                context.read()
             }
         }
     }
 
+    private func close(_ context: ChannelHandlerContext) {
+        guard !closing else { return }
+        closing = true
+        queued.removeAll()
+        context.close(promise: nil)
+    }
+
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is IdleStateHandler.IdleStateEvent {
-            context.close(promise: nil)
+            close(context)
         } else {
             context.fireUserInboundEventTriggered(event)
         }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        close(context)
+    }
+}
+
+@available(*, unavailable)
+extension HTTPHandler: Sendable {}
+
+/// Counts open metrics connections and closes those beyond `METRICS_MAX_CONNECTIONS` at once, so a
+/// client opening connections cannot take file descriptors from devices.
+final class MetricsConnectionLimiter: Sendable {
+    private let limit: Int
+    private let state = NIOLockedValueBox((open: 0, refusalLog: LogLimiter()))
+    private let logger: Logger
+
+    init(limit: Int, logger: Logger) {
+        self.limit = limit
+        self.logger = logger
+    }
+
+    /// Counts the connection in (released when it closes), or false at the limit.
+    func admit(_ channel: any Channel) -> Bool {
+        let now = NIODeadline.now().uptimeNanoseconds
+        let (admitted, heldBack) = state.withLockedValue { s -> (Bool, Int?) in
+            guard s.open < limit else { return (false, s.refusalLog.admit(nowNanoseconds: now)) }
+            s.open += 1
+            return (true, nil)
+        }
+        guard admitted else {
+            IngestMetrics.shared.metricsConnectionsRefused.increment()
+            if let heldBack {
+                logger.warning(
+                    "metrics connection refused: at METRICS_MAX_CONNECTIONS",
+                    metadata: ["event": "metrics.connection_refused", "limit": "\(limit)", "suppressed": "\(heldBack)"]
+                )
+            }
+            return false
+        }
+        channel.closeFuture.whenComplete { [state] _ in state.withLockedValue { $0.open -= 1 } }
+        return true
     }
 }

@@ -39,7 +39,13 @@ struct ServeCommand: AsyncParsableCommand {
         if let kind = environment["TELTONIKA_CRASH_TEST"] { Self.scheduleTestCrash(kind, logger: logger) }
 
         let ingest = IngestService(configuration: configuration, logger: logger)
-        let metrics = MetricsServer(host: configuration.metricsHost, port: configuration.metricsPort, health: ingest.health, logger: logger)
+        let metrics = MetricsServer(
+            host: configuration.metricsHost,
+            port: configuration.metricsPort,
+            maxConnections: configuration.metricsMaxConnections,
+            health: ingest.health,
+            logger: logger
+        )
         let settings = SettingsReloader(configuration, environment: environment, flags: flags, logger: logger)
         let lifecycle = ProcessLifecycle(shutdownTimeout: .milliseconds(configuration.shutdownTimeoutMs), logger: logger)
         do {

@@ -69,6 +69,7 @@ struct IngestConfigurationTests {
             "REDIS_RESPONSES_STREAM": "b", "REDIS_STREAM_MAXLEN": "7", "PUBLISH_QUEUE_CAPACITY": "300", "PUBLISH_TIMEOUT_MS": "900",
             "OVERFLOW_WAIT_MS": "5", "REDIS_TIMEOUT_MS": "60", "LOG_LEVEL": "debug", "LOG_FORMAT": "text", "INSTANCE_ID": "i",
             "METRICS_HOST": "127.0.0.3", "METRICS_PORT": "9191", "SHUTDOWN_TIMEOUT_MS": "1000", "CONFIG_FILE": "/tmp/x",
+            "REDIS_RESPONSES_MAXLEN": "100", "DEVICE_MESSAGE_RATE": "3", "DEVICE_MESSAGE_BURST": "4", "METRICS_MAX_CONNECTIONS": "2",
         ]
         #expect(Set(other.keys) == Set(IngestConfiguration.settings.map(\.env)))
         #expect(base.changedSettings(comparedTo: base).isEmpty)

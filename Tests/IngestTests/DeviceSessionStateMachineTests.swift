@@ -149,3 +149,124 @@ struct DeviceSessionStateMachineTests {
         #expect(anonymous.connectionClosed().bufferedBytesAreTruncatedFrame)
     }
 }
+
+/// Device messages (Codec 12-15): one in flight like a packet, never ACKed, and rate-limited per connection.
+struct DeviceSessionMessageTests {
+    typealias Session = DeviceSessionStateMachine<String>
+    static let second: UInt64 = 1_000_000_000
+
+    static func loggedIn(perSecond: Int = 10, burst: Int = 50) -> Session {
+        var session = Session(messageLimiter: MessageRateLimiter(perSecond: perSecond, burst: burst))
+        #expect(session.loginReceived(.success(DeviceSessionStateMachineTests.imei)) == .accept(DeviceSessionStateMachineTests.imei))
+        return session
+    }
+
+    @Test func testAMessageIsInFlightUntilRedisAnswersThenReadingResumes() {
+        var session = Self.loggedIn()
+        #expect(session.messageDecoded(nowNanoseconds: 0) { "m1" } == .publish)
+        #expect(session.inFlight == "m1")
+        #expect(!session.packetInFlight, "a message is not a packet: a drain does not wait for it")
+        #expect(session.framerMode == nil, "nothing more is read while a message is in flight")
+        #expect(session.packetDecoded(records: 1) { "p" } == .ignore)
+        #expect(session.published(.stored) == .messageStored(resumeReading: true))
+        #expect(session.framerMode == .packets)
+        #expect(session.inFlight == nil)
+    }
+
+    @Test func testAnUnconfirmedMessageIsReportedAndReadingGoesOn() {
+        var session = Self.loggedIn()
+        #expect(session.messageDecoded(nowNanoseconds: 0) { "m1" } == .publish)
+        #expect(session.published(.expired("late")) == .messageNotStored("late", resumeReading: true))
+        #expect(session.framerMode == .packets, "a message is never resent by the device: closing would not help")
+
+        #expect(session.messageDecoded(nowNanoseconds: 1) { "m2" } == .publish)
+        #expect(session.published(.dropped) == .close)
+    }
+
+    @Test func testAMessageTheQueueRefusedIsDroppedAndReadingGoesOn() {
+        var session = Self.loggedIn()
+        let nothing = session.messageNotQueued()
+        #expect(!nothing, "nothing in flight")
+        #expect(session.messageDecoded(nowNanoseconds: 0) { "m1" } == .publish)
+        let resume = session.messageNotQueued()
+        #expect(resume)
+        #expect(session.inFlight == nil)
+        #expect(session.framerMode == .packets)
+
+        var packet = Self.loggedIn()
+        #expect(packet.packetDecoded(records: 2) { "p1" } == .publish)
+        let dropped = packet.messageNotQueued()
+        #expect(!dropped, "a packet is not dropped this way")
+        #expect(packet.inFlight == "p1")
+    }
+
+    @Test func testMessagesOverTheBudgetAreDroppedWithoutBeingMade() {
+        var session = Self.loggedIn(perSecond: 2, burst: 3)
+        var made = 0
+        func send(at t: UInt64) -> Session.MessageAction {
+            let action = session.messageDecoded(nowNanoseconds: t) {
+                made += 1
+                return "m"
+            }
+            if action == .publish { #expect(session.published(.stored) == .messageStored(resumeReading: true)) }
+            return action
+        }
+        var burst: [Session.MessageAction] = []
+        for _ in 0..<3 { burst.append(send(at: 0)) }
+        #expect(burst == [.publish, .publish, .publish], "the burst")
+        #expect(send(at: 0) == .rateLimited)
+        #expect(send(at: Self.second / 4) == .rateLimited, "half a token after 250 ms")
+        #expect(send(at: Self.second / 2) == .publish, "one token after 500 ms at 2/s")
+        #expect(send(at: Self.second / 2) == .rateLimited)
+        #expect(made == 4, "a dropped message is not encoded")
+        #expect(session.framerMode == .packets, "a dropped message does not stop reading")
+    }
+
+    @Test func testADrainedSessionReadsNothingAfterItsMessage() {
+        var session = Self.loggedIn()
+        #expect(session.messageDecoded(nowNanoseconds: 0) { "m1" } == .publish)
+        session.drain()
+        #expect(session.published(.stored) == .messageStored(resumeReading: false))
+        #expect(session.framerMode == nil)
+        let ended = session.connectionClosed()
+        #expect(ended.abandoned == nil)
+    }
+
+    @Test func testAConnectionClosedWithAMessageInFlightAbandonsItAsNoPacket() {
+        var session = Self.loggedIn()
+        #expect(session.messageDecoded(nowNanoseconds: 0) { "m1" } == .publish)
+        let ended = session.connectionClosed()
+        #expect(ended.abandoned == "m1")
+        #expect(!ended.abandonedPacket)
+    }
+}
+
+struct RateLimitTests {
+    @Test func testTheBucketRefillsAtItsRateUpToItsBurst() {
+        var bucket = MessageRateLimiter(perSecond: 10, burst: 5)
+        var first: [Bool] = []
+        for _ in 0..<6 { first.append(bucket.admit(nowNanoseconds: 1_000)) }
+        #expect(first == [true, true, true, true, true, false])
+        // 10 s later the bucket is full again (5), not 100.
+        let later: UInt64 = 10_000_001_000
+        var second: [Bool] = []
+        for _ in 0..<6 { second.append(bucket.admit(nowNanoseconds: later)) }
+        #expect(second == [true, true, true, true, true, false])
+        let refilled = bucket.admit(nowNanoseconds: later + 100_000_000)
+        #expect(refilled, "one token per 100 ms")
+        let again = bucket.admit(nowNanoseconds: later + 100_000_000)
+        #expect(!again)
+        let back = bucket.admit(nowNanoseconds: later)
+        #expect(!back, "a clock that goes back earns nothing")
+    }
+
+    @Test func testOneLinePerIntervalAndTheHeldBackCount() {
+        var log = LogLimiter(intervalNanoseconds: 1_000)
+        #expect(log.admit(nowNanoseconds: 0) == 0)
+        #expect(log.admit(nowNanoseconds: 10) == nil)
+        #expect(log.admit(nowNanoseconds: 999) == nil)
+        #expect(log.admit(nowNanoseconds: 1_000) == 2, "the next line says how many were held back")
+        #expect(log.admit(nowNanoseconds: 1_500) == nil)
+        #expect(log.admit(nowNanoseconds: 5_000) == 1)
+    }
+}

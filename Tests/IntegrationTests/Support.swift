@@ -276,11 +276,7 @@ final class ServerProcess {
     }
 
     /// Resident memory of the server, in KiB.
-    var rssKiB: Int {
-        let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
-        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
-        return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? -1
-    }
+    var rssKiB: Int { IntegrationTests.rssKiB(pid: process.processIdentifier) }
 
     func stop() {
         terminateAndWait(process)
@@ -290,9 +286,29 @@ final class ServerProcess {
     deinit { stop() }
 }
 
-/// A blocking TCP socket connected to 127.0.0.1:`port`.
-func connectLoopback(port: Int) throws -> Int32 {
+/// Resident memory of a process, in KiB (-1 when it is gone).
+func rssKiB(pid: Int32) -> Int {
+    let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+    let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+    return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? -1
+}
+
+/// Writes all of `bytes` to the socket (waiting out a send timeout, if the socket has one).
+func sendAll(_ fd: Int32, _ bytes: [UInt8]) throws {
+    var offset = 0
+    while offset < bytes.count {
+        let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
+        if n < 0 && (errno == EAGAIN || errno == EINTR) { continue }
+        guard n > 0 else { throw TestFailure("send failed: errno \(errno)") }
+        offset += n
+    }
+}
+
+/// A blocking TCP socket connected to 127.0.0.1:`port`; `receiveBuffer` (bytes) is set before the
+/// handshake, so it bounds the window the server sees.
+func connectLoopback(port: Int, receiveBuffer: Int32? = nil) throws -> Int32 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    if var size = receiveBuffer { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size)) }
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)
     addr.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -318,14 +334,7 @@ final class DeviceClient {
 
     deinit { close(fd) }
 
-    func send(_ bytes: [UInt8]) throws {
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
-            guard n > 0 else { throw TestFailure("send failed: errno \(errno)") }
-            offset += n
-        }
-    }
+    func send(_ bytes: [UInt8]) throws { try sendAll(fd, bytes) }
 
     /// Closes the sending side (FIN), as a device that gives up does.
     func shutdownWrite() { _ = shutdown(fd, Int32(SHUT_WR)) }

@@ -6,6 +6,7 @@ import Codec8
 /// `XADD <stream> MAXLEN ~ <maxlen> * ts <ISO-8601 record time> device_id <IMEI> codec <8|8E|16> payload <record JSON>`
 ///
 /// `ts` is empty when the record time cannot be written in ISO-8601 (see docs/record-schema.md).
+/// Device messages go to the responses stream with its own, smaller cap (`REDIS_RESPONSES_MAXLEN`).
 struct StreamEntryEncoder {
     /// `*14 XADD <telemetry stream> MAXLEN ~ <maxlen> *`, formatted once: a record's command starts with it.
     private let telemetryPrefix: [UInt8]
@@ -15,8 +16,8 @@ struct StreamEntryEncoder {
     private var payload: [UInt8] = []
     private var time: [UInt8] = []
 
-    init(telemetryStream: String, responsesStream: String, maxLength: Int) {
-        func prefix(_ stream: String, fields: Int) -> [UInt8] {
+    init(telemetryStream: String, responsesStream: String, maxLength: Int, responsesMaxLength: Int) {
+        func prefix(_ stream: String, fields: Int, maxLength: Int) -> [UInt8] {
             RESPWriter.formatted(
                 arguments: 6 + 2 * fields,
                 leading: [
@@ -25,8 +26,8 @@ struct StreamEntryEncoder {
                 ]
             )
         }
-        telemetryPrefix = prefix(telemetryStream, fields: 4)
-        responsesPrefix = prefix(responsesStream, fields: 5)
+        telemetryPrefix = prefix(telemetryStream, fields: 4, maxLength: maxLength)
+        responsesPrefix = prefix(responsesStream, fields: 5, maxLength: responsesMaxLength)
     }
 
     /// One `XADD` per record of the packet.

@@ -1,0 +1,218 @@
+import Codec8
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOEmbedded
+import Prometheus
+import Testing
+
+@testable import Ingest
+
+/// A publish queue that keeps jobs until the test answers them.
+final class FakePublishSink: PublishSink {
+    private let jobs = NIOLockedValueBox<[PublishJob]>([])
+    /// False: the queue is full and refuses every job.
+    let hasRoom = NIOLockedValueBox(true)
+    let submitted = NIOLockedValueBox(0)
+
+    func submit(_ job: PublishJob) -> Bool {
+        guard hasRoom.withLockedValue({ $0 }) else { return false }
+        jobs.withLockedValue { $0.append(job) }
+        submitted.withLockedValue { $0 += 1 }
+        return true
+    }
+
+    var waiting: Int { jobs.withLockedValue { $0.count } }
+
+    /// Completes every waiting job with `outcome`; returns how many.
+    @discardableResult
+    func answerAll(_ outcome: PublishOutcome) -> Int {
+        let taken = jobs.withLockedValue { jobs in
+            defer { jobs = [] }
+            return jobs
+        }
+        for job in taken { job.complete(outcome) }
+        return taken.count
+    }
+}
+
+/// Counts the `read()` calls that get past the session handler to the socket.
+final class ReadCounter: ChannelOutboundHandler {
+    typealias OutboundIn = ByteBuffer
+    var reads = 0
+    func read(context: ChannelHandlerContext) {
+        reads += 1
+        context.read()
+    }
+}
+
+/// The session handler on an embedded channel, with a fake publish queue: the bounded reader.
+@Suite(.serialized)
+struct DeviceSessionHandlerTests {
+    static let imei = IMEI("356307042441013")!
+
+    struct Harness {
+        let channel: EmbeddedChannel
+        let handler: DeviceSessionHandler
+        let reads: ReadCounter
+        let sink: FakePublishSink
+
+        init(configure: (inout IngestConfiguration) -> Void = { _ in }) throws {
+            var configuration = IngestConfiguration()
+            configure(&configuration)
+            var logger = Logger(label: "test")
+            logger.logLevel = .critical
+            sink = FakePublishSink()
+            let environment = SessionEnvironment(configuration: configuration, publisher: sink, logger: logger)
+            handler = DeviceSessionHandler(environment: environment)
+            reads = ReadCounter()
+            channel = EmbeddedChannel()
+            try channel.pipeline.syncOperations.addHandlers(reads, handler)
+            try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 5027)).wait()
+        }
+
+        func feed(_ bytes: some Collection<UInt8>) throws {
+            try channel.writeInbound(ByteBuffer(bytes: bytes))
+            channel.embeddedEventLoop.run()
+        }
+
+        /// Answers what the fake queue holds and runs the loop until nothing is left in flight.
+        func answer(_ outcome: PublishOutcome = .stored) {
+            while sink.answerAll(outcome) > 0 { channel.embeddedEventLoop.run() }
+        }
+
+        /// Every byte the handler wrote back (ACKs, login answer).
+        func written() throws -> [UInt8] {
+            var out: [UInt8] = []
+            while let buffer = try channel.readOutbound(as: ByteBuffer.self) { out += buffer.readableBytesView }
+            return out
+        }
+    }
+
+    static func avl(_ records: Int, from start: UInt64) throws -> [UInt8] {
+        let list = (0..<records).map {
+            AVLRecord(timestampMs: 1_700_000_000_000 + start + UInt64($0), ioElements: [IOElement(id: 1, value: .u8(1))])
+        }
+        return try AVLPacketEncoder.encode(list, codec: .codec8)
+    }
+
+    static func message(payloadBytes: Int) -> [UInt8] {
+        DeviceMessage(
+            codec: .codec13,
+            type: DeviceMessage.typeResponse,
+            timestampSeconds: 1_700_000_000,
+            payload: [UInt8](repeating: 0x41, count: payloadBytes)
+        ).encoded()
+    }
+
+    /// The hostile client of the bounded-memory issue: 100 MB of pipelined AVL packets and back-to-back
+    /// Codec 13 messages, in odd-sized writes that never line up with frames. Before the reader was
+    /// bounded the buffer grew by about one byte per byte received; now its capacity stays under the
+    /// bound (one frame plus one read) the whole time, and every packet still gets its ACK.
+    @Test func testOneHundredMegabytesInOddChunksNeverGrowTheBufferPastItsBound() throws {
+        let h = try Harness()
+        try h.feed(Self.imei.loginFrame)
+        #expect(try h.written() == [1])
+        var unit = try Self.avl(3, from: 0)
+        for _ in 0..<3 { unit += Self.message(payloadBytes: 4000) }
+        let target = 100 * 1024 * 1024
+        let units = target / unit.count + 1
+        let chunkSizes = [1, 7, 1021, 4093, 16384, 9973, 13, 2, 12_289, 6151]
+        let bound = DeviceSessionHandler.bufferBound(maxFrameBytes: IngestConfiguration().maxFrameBytes)
+        var largest = 0
+        var fed = 0
+        var pending: ArraySlice<UInt8> = []
+        var chunk = 0
+        var sent = 0
+        while sent < units || !pending.isEmpty {
+            if pending.count < 16384 && sent < units {
+                pending += unit
+                sent += 1
+            }
+            let size = min(chunkSizes[chunk % chunkSizes.count], pending.count)
+            chunk += 1
+            try h.feed(pending.prefix(size))
+            pending = pending.dropFirst(size)
+            fed += size
+            h.answer()
+            largest = max(largest, h.handler.bufferedCapacity)
+            try #require(h.handler.bufferedCapacity <= bound, "buffer capacity \(h.handler.bufferedCapacity) after \(fed) bytes")
+        }
+        #expect(fed >= target)
+        let acks = try h.written()
+        #expect(acks.count == 4 * units, "one ACK per packet")
+        #expect(acks == Array((0..<units).map { _ in AVLAck.bytes(count: 3) }.joined()))
+        // The packets and the messages within the default budget (a burst of 50) reached the queue.
+        #expect(h.sink.submitted.withLockedValue { $0 } >= units + 50)
+        print("bounded reader: \(fed) bytes in \(chunk) chunks; largest buffer \(largest) B, bound \(bound) B")
+    }
+
+    /// While a packet or a message is in flight, the channel's read() does not reach the socket; once
+    /// Redis has answered, the held read goes through.
+    @Test func testReadsAreHeldWhileAFrameIsInFlight() throws {
+        let h = try Harness()
+        try h.feed(Self.imei.loginFrame)
+        h.channel.read()
+        #expect(h.reads.reads == 1, "reading while ready")
+
+        try h.feed(try Self.avl(2, from: 0) + Self.message(payloadBytes: 10).prefix(5))
+        #expect(h.sink.waiting == 1)
+        h.channel.read()
+        h.channel.read()
+        #expect(h.reads.reads == 1, "held while the packet is in flight")
+        #expect(try h.written() == [1], "no ACK before Redis answers")
+        h.sink.answerAll(.stored)
+        h.channel.embeddedEventLoop.run()
+        #expect(try h.written() == AVLAck.bytes(count: 2))
+        #expect(h.reads.reads == 2, "the held read goes through once answered")
+
+        try h.feed(Self.message(payloadBytes: 10).dropFirst(5))
+        #expect(h.sink.waiting == 1, "the message is in flight")
+        h.channel.read()
+        #expect(h.reads.reads == 2, "held while the message is in flight")
+        h.sink.answerAll(.stored)
+        h.channel.embeddedEventLoop.run()
+        #expect(h.reads.reads == 3)
+        #expect(try h.written().isEmpty, "a message is never ACKed")
+    }
+
+    /// A burst of messages over the connection's budget: the budget reaches the queue, the rest is
+    /// dropped and counted, and the packet behind them is still ACKed.
+    @Test func testMessagesOverTheBudgetAreDroppedAndCounted() throws {
+        let h = try Harness { $0.deviceMessageBurst = 3 }
+        try h.feed(Self.imei.loginFrame)
+        let before = try #require(Self.value(of: "teltonika_device_messages_rate_limited_total"))
+        var stream: [UInt8] = []
+        for _ in 0..<10 { stream += Self.message(payloadBytes: 20) }
+        stream += try Self.avl(1, from: 0)
+        try h.feed(stream)
+        h.answer()
+        #expect(h.sink.submitted.withLockedValue { $0 } == 3 + 1, "3 messages and the packet")
+        #expect(Self.value(of: "teltonika_device_messages_rate_limited_total") == before + 7)
+        #expect(try h.written() == [1] + AVLAck.bytes(count: 1))
+    }
+
+    /// A message the full queue refuses is dropped; reading goes on and the next packet waits for room.
+    @Test func testAMessageRefusedByAFullQueueIsDroppedAndReadingGoesOn() throws {
+        let h = try Harness()
+        try h.feed(Self.imei.loginFrame)
+        h.sink.hasRoom.withLockedValue { $0 = false }
+        let before = try #require(Self.value(of: "teltonika_publish_overflow_total"))
+        try h.feed(Self.message(payloadBytes: 20))
+        #expect(Self.value(of: "teltonika_publish_overflow_total") == before + 1)
+        h.sink.hasRoom.withLockedValue { $0 = true }
+        try h.feed(try Self.avl(1, from: 0))
+        h.answer()
+        #expect(try h.written() == [1] + AVLAck.bytes(count: 1))
+    }
+
+    /// One series' value in the process-wide registry.
+    static func value(of series: String) -> Double? {
+        var bytes: [UInt8] = []
+        IngestMetrics.shared.registry.emit(into: &bytes)
+        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") where line.hasPrefix(series + " ") {
+            return Double(line.dropFirst(series.count + 1))
+        }
+        return nil
+    }
+}
