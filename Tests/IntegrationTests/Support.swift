@@ -286,9 +286,25 @@ final class ServerProcess {
     deinit { stop() }
 }
 
+/// A whole file read with read(2) to its end: Foundation's readers stop after the first page of a
+/// /proc file, whose size is reported as 0 (seen with /proc/net/tcp once it held a few dozen sockets).
+func readWholeFile(_ path: String) -> String {
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { return "" }
+    defer { close(fd) }
+    var out: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = read(fd, &buffer, buffer.count)
+        if n <= 0 { break }
+        out += buffer[0..<n]
+    }
+    return String(decoding: out, as: UTF8.self)
+}
+
 /// Resident memory of a process, in KiB (-1 when it is gone).
 func rssKiB(pid: Int32) -> Int {
-    let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+    let status = readWholeFile("/proc/\(pid)/status")
     let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
     return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? -1
 }
