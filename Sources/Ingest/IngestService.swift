@@ -111,7 +111,7 @@ public final class IngestService: Service, Sendable {
             _ = try await server.start()
         } catch {
             logger.critical("cannot listen", metadata: ["event": "server.listen_failed", "error": "\(error)"])
-            _ = publisher.stop(deadline: .now())
+            _ = await publisher.stop(deadline: .now())
             try await group.shutdownGracefully()
             throw error
         }
@@ -136,10 +136,7 @@ public final class IngestService: Service, Sendable {
         await server.stopAccepting()
         server.drainSessions()
         let inFlight = await server.waitForPacketsInFlight(until: deadline)
-        let stopped = await withCheckedContinuation { (continuation: CheckedContinuation<RedisPublisher.StopReport, Never>) in
-            let publisher = self.publisher
-            Thread.detachNewThread { continuation.resume(returning: publisher.stop(deadline: deadline)) }
-        }
+        let stopped = await publisher.stop(deadline: deadline)
         await server.closeAll(until: max(deadline, .now() + .milliseconds(500)))
         if stopped.threadFinished {
             do {

@@ -19,7 +19,7 @@ public final class RedisConnection {
     }
 
     /// Why the connection failed; after any of these the connection is unusable.
-    public struct Failure: Error, CustomStringConvertible {
+    public struct Failure: Error, Equatable, CustomStringConvertible {
         /// `connect`, `io`, `timeout`, `auth`, `protocol`.
         var kind: String
         var message: String

@@ -1,0 +1,60 @@
+/// A packet's (or device message's) Redis commands, what became of them, and who is told.
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// What became of a publish job. Only `.stored` allows an ACK.
+public enum PublishOutcome: Sendable, Equatable {
+    /// Redis answered every command of the job with a stream id.
+    case stored
+    /// Redis did not confirm every command before the job's deadline (down, failing, or timed out):
+    /// the outcome is unknown, so nothing may be ACKed. The device sends the records again.
+    case expired(String)
+    /// The job was cancelled (its connection closed) or the publisher stopped before sending it.
+    case dropped
+}
+
+/// One packet's worth of Redis commands, and who to tell when Redis has answered.
+public final class PublishJob: Sendable {
+    /// RESP-formatted commands (one `XADD` per record).
+    let commands: [UInt8]
+    /// Number of commands in `commands`, so replies to wait for.
+    let commandCount: Int
+    /// Records the job holds: what it costs in queue capacity.
+    public let recordCount: Int
+    /// After this instant an unconfirmed job completes `.expired`.
+    let deadline: NIODeadline
+    /// When the job was made (for the publish-duration histogram).
+    let enqueued = NIODeadline.now()
+    private let completion: @Sendable (PublishOutcome) -> Void
+    private let state = NIOLockedValueBox<(cancelled: Bool, completed: Bool)>((false, false))
+
+    init(
+        commands: [UInt8],
+        commandCount: Int,
+        recordCount: Int,
+        deadline: NIODeadline,
+        completion: @escaping @Sendable (PublishOutcome) -> Void
+    ) {
+        self.commands = commands
+        self.commandCount = commandCount
+        self.recordCount = recordCount
+        self.deadline = deadline
+        self.completion = completion
+    }
+
+    /// The connection closed: skip the job if it has not been sent yet.
+    public func cancel() {
+        state.withLockedValue { $0.cancelled = true }
+    }
+
+    var isCancelled: Bool { state.withLockedValue { $0.cancelled } }
+
+    /// Calls the completion once; later calls do nothing.
+    func complete(_ outcome: PublishOutcome) {
+        let first = state.withLockedValue { s -> Bool in
+            defer { s.completed = true }
+            return !s.completed
+        }
+        if first { completion(outcome) }
+    }
+}

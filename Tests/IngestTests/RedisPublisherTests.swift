@@ -1,0 +1,235 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import Testing
+
+@testable import Ingest
+
+/// A Redis that answers as the test scripts it: per connect, succeed or fail; per batch, each job's
+/// answer (nil: stored, a string: an error reply) and whether the connection then breaks.
+final class FakeRedis: RedisConnector, @unchecked Sendable {
+    struct Script {
+        /// Connects that fail before one succeeds.
+        var failingConnects = 0
+        /// Answers for the batches in turn; past the end every job is stored.
+        var batches: [(answers: (PublishJob) -> String?, breakAfter: Int?)] = []
+        /// Holds every batch until ``release()`` (a hung Redis).
+        var hang = false
+    }
+
+    private let lock = NIOLock()
+    private var script: Script
+    private(set) var connects = 0
+    private let hung = DispatchSemaphore(value: 0)
+
+    /// Lets the batches held by `hang` go on.
+    func release() { hung.signal() }
+    private(set) var sent: [[Int]] = []
+
+    init(_ script: Script) { self.script = script }
+
+    var description: String { "fake" }
+
+    func connect() throws(RedisConnection.Failure) -> any RedisTransport {
+        let fail = lock.withLock { () -> Bool in
+            connects += 1
+            guard script.failingConnects > 0 else { return false }
+            script.failingConnects -= 1
+            return true
+        }
+        if fail { throw RedisConnection.Failure(kind: "connect", message: "refused") }
+        return Transport(redis: self)
+    }
+
+    /// Record counts of the jobs of each batch sent so far.
+    var batchesSent: [[Int]] { lock.withLock { sent } }
+
+    final class Transport: RedisTransport {
+        let redis: FakeRedis
+        init(redis: FakeRedis) { self.redis = redis }
+
+        func send(_ jobs: [PublishJob]) -> BatchResult {
+            let (step, hang) = redis.lock.withLock { () -> ((answers: (PublishJob) -> String?, breakAfter: Int?)?, Bool) in
+                redis.sent.append(jobs.map(\.recordCount))
+                return (redis.script.batches.isEmpty ? nil : redis.script.batches.removeFirst(), redis.script.hang)
+            }
+            if hang { redis.hung.wait() }
+            guard let step else { return BatchResult(answers: jobs.map { _ in nil }, failure: nil) }
+            let answered = jobs.prefix(step.breakAfter ?? jobs.count).map(step.answers)
+            let failure = step.breakAfter.map { _ in RedisConnection.Failure(kind: "eof", message: "connection closed") }
+            return BatchResult(answers: answered, failure: failure)
+        }
+
+        func command(_ arguments: [String]) throws(RedisConnection.Failure) -> RedisConnection.Reply {
+            arguments.first == "PING" ? .string("PONG") : .array([.string(arguments.last ?? ""), .string("no")])
+        }
+    }
+}
+
+/// The publisher thread with a fake Redis: retries, refusals, partial batches and stops, in milliseconds.
+@Suite(.serialized, .timeLimit(.minutes(1)))
+struct RedisPublisherTests {
+    static var logger: Logger {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        return logger
+    }
+
+    static func publisher(_ redis: FakeRedis, capacity: Int = 1000) -> RedisPublisher {
+        var configuration = PublisherConfiguration(
+            redis: RedisURL(endpoint: .unix(path: "/nonexistent")),
+            queueCapacity: capacity,
+            redisTimeoutMs: 100
+        )
+        configuration.reconnectBaseMs = 1
+        configuration.reconnectMaxMs = 4
+        return RedisPublisher(configuration: configuration, connector: redis, logger: logger)
+    }
+
+    /// A job of `records` records whose outcomes are collected in `outcomes` under `name`.
+    static func job(
+        _ name: String,
+        records: Int = 1,
+        timeoutMs: Int64 = 5000,
+        into outcomes: NIOLockedValueBox<[String: PublishOutcome]>
+    ) -> PublishJob {
+        PublishJob(commands: [], commandCount: records, recordCount: records, deadline: .now() + .milliseconds(timeoutMs)) { outcome in
+            outcomes.withLockedValue { $0[name] = outcome }
+        }
+    }
+
+    /// Waits for a condition without blocking the task pool (the stops under test need it).
+    static func waitUntil(_ condition: () -> Bool) async throws {
+        let end = Date().addingTimeInterval(5)
+        while !condition() {
+            guard Date() < end else { throw TestFailure("condition not met in 5 s") }
+            try await Task.sleep(for: .milliseconds(1))
+        }
+    }
+
+    struct TestFailure: Error, CustomStringConvertible {
+        var description: String
+        init(_ d: String) { description = d }
+    }
+
+    @Test func testJobsWaitForRedisThenAreStoredInOrder() async throws {
+        let redis = FakeRedis(.init(failingConnects: 3))
+        let publisher = Self.publisher(redis)
+        let outcomes = NIOLockedValueBox<[String: PublishOutcome]>([:])
+        #expect(publisher.submit(Self.job("a", records: 2, into: outcomes)))
+        #expect(publisher.submit(Self.job("b", records: 3, into: outcomes)))
+        #expect(publisher.queuedRecords == 5)
+        publisher.start()
+        try await Self.waitUntil { outcomes.withLockedValue { $0.count } == 2 }
+        #expect(outcomes.withLockedValue { $0 } == ["a": .stored, "b": .stored])
+        #expect(redis.connects == 4, "three refused connects, then one that works")
+        #expect(redis.batchesSent == [[2, 3]], "one pipelined batch")
+        #expect(publisher.queuedRecords == 0)
+        #expect(await publisher.stop(deadline: .now() + .seconds(1)) == .init(abandonedRecords: 0, threadFinished: true))
+    }
+
+    /// The connection breaks after the first job of a batch is answered and the second refused: the
+    /// first is stored, the refused one and the unanswered one go out again, in order, on a new connection.
+    @Test func testAPartialBatchFailureRetriesOnlyWhatWasNotConfirmed() async throws {
+        let redis = FakeRedis(.init(batches: [(answers: { $0.recordCount == 2 ? "OOM command not allowed" : nil }, breakAfter: 2)]))
+        let publisher = Self.publisher(redis)
+        let outcomes = NIOLockedValueBox<[String: PublishOutcome]>([:])
+        for (name, records) in [("a", 1), ("b", 2), ("c", 3)] {
+            #expect(publisher.submit(Self.job(name, records: records, into: outcomes)))
+        }
+        publisher.start()
+        try await Self.waitUntil { outcomes.withLockedValue { $0.count } == 3 }
+        #expect(outcomes.withLockedValue { $0 } == ["a": .stored, "b": .stored, "c": .stored])
+        #expect(redis.batchesSent == [[1, 2, 3], [2, 3]], "only the refused and the unanswered jobs are sent again")
+        #expect(redis.connects == 2)
+        _ = await publisher.stop(deadline: .now() + .seconds(1))
+    }
+
+    /// A job Redis keeps refusing is retried (with a pause) and does not hold back a job submitted
+    /// meanwhile; it is dropped once its connection goes.
+    @Test func testARefusedJobDoesNotHoldBackOthers() async throws {
+        let redis = FakeRedis(.init(batches: Array(repeating: Self.refuseSeven, count: 100_000)))
+        let publisher = Self.publisher(redis)
+        let outcomes = NIOLockedValueBox<[String: PublishOutcome]>([:])
+        let refused = Self.job("refused", records: 7, timeoutMs: 60_000, into: outcomes)
+        #expect(publisher.submit(refused))
+        publisher.start()
+        try await Self.waitUntil { redis.batchesSent.count >= 2 }
+        #expect(publisher.submit(Self.job("other", records: 1, into: outcomes)))
+        try await Self.waitUntil { outcomes.withLockedValue { $0["other"] } == .stored }
+        #expect(outcomes.withLockedValue { $0["refused"] } == nil, "still retried")
+        #expect(redis.batchesSent.contains([7, 1]), "the new job went out with the retried one, not after its pause")
+        refused.cancel()
+        try await Self.waitUntil { outcomes.withLockedValue { $0["refused"] } == .dropped }
+        #expect(publisher.queuedRecords == 0)
+        _ = await publisher.stop(deadline: .now() + .seconds(1))
+    }
+
+    /// A job Redis keeps refusing completes `.expired` at its deadline: never ACKed.
+    @Test func testARefusedJobExpiresAtItsDeadline() async throws {
+        let redis = FakeRedis(.init(batches: Array(repeating: Self.refuseSeven, count: 100_000)))
+        let publisher = Self.publisher(redis)
+        let outcomes = NIOLockedValueBox<[String: PublishOutcome]>([:])
+        #expect(publisher.submit(Self.job("refused", records: 7, timeoutMs: 200, into: outcomes)))
+        publisher.start()
+        try await Self.waitUntil { outcomes.withLockedValue { $0["refused"] } != nil }
+        #expect(outcomes.withLockedValue { $0["refused"] } == .expired("Redis did not confirm in time"))
+        #expect(redis.batchesSent.count >= 2, "it was retried before it expired")
+        #expect(publisher.queuedRecords == 0)
+        _ = await publisher.stop(deadline: .now() + .seconds(1))
+    }
+
+    static var refuseSeven: (answers: (PublishJob) -> String?, breakAfter: Int?) {
+        (
+            answers: { $0.recordCount == 7 ? "WRONGTYPE Operation against a key holding the wrong kind of value" : nil }, breakAfter: nil
+        )
+    }
+
+    @Test func testACancelledJobIsDroppedUnsent() async throws {
+        let redis = FakeRedis(.init(failingConnects: 1_000_000))
+        let publisher = Self.publisher(redis)
+        let outcomes = NIOLockedValueBox<[String: PublishOutcome]>([:])
+        let job = Self.job("gone", into: outcomes)
+        #expect(publisher.submit(job))
+        job.cancel()
+        publisher.start()
+        try await Self.waitUntil { outcomes.withLockedValue { $0["gone"] } == .dropped }
+        #expect(redis.batchesSent.isEmpty)
+        #expect(publisher.queuedRecords == 0)
+        _ = await publisher.stop(deadline: .now() + .milliseconds(100))
+    }
+
+    @Test func testAFullQueueRefusesAndAStoppedOneToo() async throws {
+        let redis = FakeRedis(.init(failingConnects: 1_000_000))
+        let publisher = Self.publisher(redis, capacity: 10)
+        let outcomes = NIOLockedValueBox<[String: PublishOutcome]>([:])
+        #expect(publisher.submit(Self.job("a", records: 6, into: outcomes)))
+        #expect(!publisher.submit(Self.job("b", records: 5, into: outcomes)), "6 + 5 > 10")
+        #expect(publisher.submit(Self.job("c", records: 4, into: outcomes)))
+        publisher.start()
+        let report = await publisher.stop(deadline: .now() + .milliseconds(50))
+        #expect(report == .init(abandonedRecords: 10, threadFinished: true), "Redis never came: both abandoned at the deadline")
+        #expect(outcomes.withLockedValue { $0 } == ["a": .expired("shutdown deadline passed"), "c": .expired("shutdown deadline passed")])
+        #expect(!publisher.submit(Self.job("d", into: outcomes)), "nothing is taken after a stop")
+    }
+
+    /// Redis hangs inside a batch past the stop deadline: the stop returns at the deadline all the
+    /// same, saying the thread did not finish and how many records are unconfirmed.
+    @Test func testAStopReturnsAtItsDeadlineWhenRedisHangs() async throws {
+        let redis = FakeRedis(.init(hang: true))
+        let publisher = Self.publisher(redis)
+        let outcomes = NIOLockedValueBox<[String: PublishOutcome]>([:])
+        #expect(publisher.submit(Self.job("a", records: 3, into: outcomes)))
+        publisher.start()
+        try await Self.waitUntil { redis.batchesSent.count == 1 }
+        let started = Date()
+        let report = await publisher.stop(deadline: .now() + .milliseconds(200))
+        let waited = Date().timeIntervalSince(started)
+        #expect(report == .init(abandonedRecords: 3, threadFinished: false))
+        #expect(waited >= 0.19, "returned after \(waited) s: not before the deadline")
+        #expect(outcomes.withLockedValue { $0["a"] } == nil, "not confirmed, so not ACKed")
+        redis.release()
+        try await Self.waitUntil { outcomes.withLockedValue { $0["a"] } == .stored }
+    }
+}
