@@ -27,7 +27,7 @@ test: deps ## Every test against a throwaway redis-server, then fuzz the codec b
 tsan: deps ## Every test with the tests and the server built under ThreadSanitizer (.build-thread); any race report fails
 	SANITIZE=thread scripts/test.sh
 
-check-deploy: ## Lint Dockerfile, check alert rules, manifests and dashboard
+check-deploy: deps ## Lint Dockerfile, check alert rules, manifests and dashboard
 	scripts/check-deploy.sh
 
 run: deps ## Serve devices on 5027 (starts a local redis-server unless REDIS_URL is set); ARGS=... passes flags

@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""The structural checks of scripts/check-deploy.sh (alerts, k8s manifest, systemd unit, dashboard).
+
+The first argument picks the check. Output on success is a one-line note; on failure, one line per
+problem and exit 1. Needs PyYAML (installed by scripts/deps.sh).
+"""
+import configparser, json, re, sys, unicodedata
+import yaml
+
+SHUTDOWN_TIMEOUT_MS_DEFAULT = 30000
+ALERTS = ["TeltonikaUnknownCodec", "TeltonikaPublishOverflow", "TeltonikaCRCFailureRatio",
+          "TeltonikaPublishQueueFilling", "TeltonikaRedisDown", "TeltonikaNotReady",
+          "TeltonikaAckLatencyHigh", "TeltonikaInstanceSilent", "TeltonikaCrashLoop",
+          "TeltonikaRedisNotDurable"]
+RUNBOOK_PREFIX = "https://github.com/teltonika-ingest/teltonika-ingest/blob/main/OPERATIONS.md#"
+
+problems = []
+def need(cond, msg):
+    if not cond:
+        problems.append(msg)
+    return cond
+
+def finish(note):
+    if problems:
+        print("\n".join(problems))
+        sys.exit(1)
+    print(note)
+
+def k8s(path):
+    docs = [d for d in yaml.safe_load_all(open(path, encoding="utf-8")) if d is not None]
+    kinds = sorted(d.get("kind", "?") for d in docs)
+    need(kinds == ["Deployment", "Service", "Service"], f"kinds are {kinds}, want Deployment + 2 Services")
+    for d in docs:
+        need(d.get("apiVersion") in ("apps/v1", "v1"), f"{d.get('kind')}: apiVersion {d.get('apiVersion')}")
+        need("namespace" not in d.get("metadata", {}), f"{d.get('kind')}: has a namespace")
+    deps = [d for d in docs if d.get("kind") == "Deployment"]
+    if not need(len(deps) == 1, "want exactly one Deployment"):
+        return finish("")
+    dep = deps[0]
+    spec = dep["spec"]
+    need(spec.get("replicas") == 2, "replicas != 2")
+    ru = spec.get("strategy", {}).get("rollingUpdate", {})
+    need(spec.get("strategy", {}).get("type") == "RollingUpdate" and ru.get("maxUnavailable") == 0
+         and ru.get("maxSurge") == 1, "strategy must be RollingUpdate maxUnavailable 0, maxSurge 1")
+    tpl = spec["template"]
+    pod_labels = tpl["metadata"].get("labels", {})
+    sel = spec.get("selector", {}).get("matchLabels", {})
+    need(sel and all(pod_labels.get(k) == v for k, v in sel.items()), "selector does not match the pod labels")
+    ann = tpl["metadata"].get("annotations", {})
+    need(ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port") == "9090"
+         and ann.get("prometheus.io/path") == "/metrics", "prometheus.io scrape/port/path annotations")
+    pod = tpl["spec"]
+    psc = pod.get("securityContext", {})
+    containers = pod.get("containers", [])
+    if not need(len(containers) == 1, "want one container"):
+        return finish("")
+    c = containers[0]
+    need(c.get("image") == "teltonika-ingest:latest", f"image is {c.get('image')}")
+    ports = {p.get("name"): p.get("containerPort") for p in c.get("ports", [])}
+    need(sorted(ports.values()) == [5027, 9090], f"container ports {sorted(ports.values())}, want 5027 and 9090")
+    need(all(p.get("protocol", "TCP") == "TCP" for p in c.get("ports", [])), "container ports must be TCP")
+    env = {e["name"]: e for e in c.get("env", [])}
+    ref = env.get("REDIS_URL", {}).get("valueFrom", {}).get("secretKeyRef", {})
+    need(ref.get("name") == "teltonika-redis" and ref.get("key") == "url", "REDIS_URL must come from Secret teltonika-redis key url")
+    for name, want in (("LOG_FORMAT", "json"), ("METRICS_PORT", "9090")):
+        need(env.get(name, {}).get("value") == want, f"env {name} != {want}")
+    timeout_ms = env.get("SHUTDOWN_TIMEOUT_MS", {}).get("value")
+    if need(timeout_ms is not None and str(timeout_ms).isdigit(), "env SHUTDOWN_TIMEOUT_MS missing or not a number"):
+        grace = pod.get("terminationGracePeriodSeconds")
+        need(isinstance(grace, int) and grace * 1000 > int(timeout_ms),
+             f"terminationGracePeriodSeconds {grace} s must exceed SHUTDOWN_TIMEOUT_MS {timeout_ms} ms")
+    def port_of(p):
+        return ports.get(p, p) if isinstance(p, str) else p
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        g = c.get(probe, {}).get("httpGet", {})
+        need(g.get("path") == path and port_of(g.get("port")) == 9090, f"{probe} must be httpGet {path} on 9090, is {g}")
+    res = c.get("resources", {})
+    for part in ("requests", "limits"):
+        need(all(k in res.get(part, {}) for k in ("cpu", "memory")), f"resources.{part} needs cpu and memory")
+    csc = c.get("securityContext", {})
+    def sc(key):
+        return csc.get(key, psc.get(key))
+    need(sc("runAsNonRoot") is True, "runAsNonRoot must be true")
+    need(sc("runAsUser") == 10001, "runAsUser must be 10001 (the image's user)")
+    need(csc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem must be true")
+    need(csc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation must be false")
+    need(csc.get("capabilities", {}).get("drop") == ["ALL"], "capabilities.drop must be [ALL]")
+    services = [d for d in docs if d.get("kind") == "Service"]
+    by_type = {s["spec"].get("type", "ClusterIP"): s for s in services}
+    lb, cip = by_type.get("LoadBalancer"), by_type.get("ClusterIP")
+    for s in services:
+        ssel = s["spec"].get("selector", {})
+        need(ssel and all(pod_labels.get(k) == v for k, v in ssel.items()), f"Service {s['metadata']['name']}: selector does not match the pods")
+        for p in s["spec"].get("ports", []):
+            need(port_of(p.get("targetPort", p.get("port"))) in (5027, 9090), f"Service {s['metadata']['name']}: targetPort {p.get('targetPort')} is no container port")
+    if need(lb is not None, "no LoadBalancer Service for the devices"):
+        lp = lb["spec"].get("ports", [])
+        need([(p.get("port"), p.get("protocol", "TCP"), port_of(p.get("targetPort"))) for p in lp] == [(5027, "TCP", 5027)],
+             f"device Service ports {lp}, want 5027/TCP -> 5027")
+        need(lb["spec"].get("externalTrafficPolicy") == "Local", "device Service: externalTrafficPolicy must be Local")
+        need(lb["spec"].get("sessionAffinity", "None") == "None", "device Service: sessionAffinity must be None")
+    if need(cip is not None, "no ClusterIP Service for metrics"):
+        need([p.get("port") for p in cip["spec"].get("ports", [])] == [9090], "metrics Service must expose 9090")
+    finish(f"{len(docs)} documents; grace {pod.get('terminationGracePeriodSeconds')} s > SHUTDOWN_TIMEOUT_MS {timeout_ms} ms")
+
+def seconds(v):
+    m = re.fullmatch(r"\s*(\d+)\s*(s|sec|min|m)?\s*", v or "")
+    if not m:
+        return None
+    return int(m.group(1)) * (60 if m.group(2) in ("min", "m") else 1)
+
+def systemd_unit(path):
+    cp = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",), comment_prefixes=("#", ";"))
+    cp.optionxform = str
+    cp.read(path, encoding="utf-8")
+    for s in ("Unit", "Service", "Install"):
+        need(cp.has_section(s), f"missing [{s}]")
+    if problems:
+        return finish("")
+    svc = cp["Service"]
+    need(svc.get("ExecStart", "").split()[:2] == ["/usr/local/bin/teltonika-ingest", "serve"], "ExecStart must run /usr/local/bin/teltonika-ingest serve")
+    need(svc.get("Type") in ("simple", "exec"), "Type must be simple or exec")
+    need(svc.get("Restart") == "on-failure", "Restart must be on-failure")
+    need(svc.get("LimitNOFILE", "").isdigit() and int(svc["LimitNOFILE"]) >= 65536, "LimitNOFILE must be >= 65536")
+    need(svc.get("KillSignal") == "SIGTERM", "KillSignal must be SIGTERM")
+    stop = seconds(svc.get("TimeoutStopSec"))
+    need(stop is not None and stop * 1000 > SHUTDOWN_TIMEOUT_MS_DEFAULT,
+         f"TimeoutStopSec {svc.get('TimeoutStopSec')} must exceed SHUTDOWN_TIMEOUT_MS {SHUTDOWN_TIMEOUT_MS_DEFAULT} ms")
+    need(svc.get("EnvironmentFile") == "-/etc/teltonika-ingest/env", "EnvironmentFile must be -/etc/teltonika-ingest/env")
+    need(svc.get("DynamicUser") == "yes" or bool(svc.get("User")), "needs DynamicUser=yes or a User=")
+    for key, want in (("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"), ("PrivateTmp", "yes")):
+        need(svc.get(key) == want, f"{key} must be {want}")
+    need("SWIFT_BACKTRACE=interactive=no" in svc.get("Environment", ""), "Environment=SWIFT_BACKTRACE=interactive=no")
+    need("network-online.target" in cp["Unit"].get("After", "") and "network-online.target" in cp["Unit"].get("Wants", ""),
+         "After= and Wants= network-online.target")
+    need(cp["Install"].get("WantedBy") == "multi-user.target", "WantedBy must be multi-user.target")
+    finish(f"TimeoutStopSec {stop} s > {SHUTDOWN_TIMEOUT_MS_DEFAULT // 1000} s, LimitNOFILE {svc.get('LimitNOFILE')}")
+
+def github_anchors(markdown_path):
+    anchors, seen = set(), {}
+    in_code = False
+    for line in open(markdown_path, encoding="utf-8"):
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+        m = None if in_code else re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if not m:
+            continue
+        text = re.sub(r"`|\*\*|\[([^\]]*)\]\([^)]*\)", lambda g: g.group(1) or "", m.group(1)).strip().lower()
+        slug = "".join(ch for ch in text if ch in " -_" or unicodedata.category(ch)[0] in "LN").replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        anchors.add(slug if n == 0 else f"{slug}-{n}")
+    return anchors
+
+def alerts(rules_path, tests_path, ops_path):
+    doc = yaml.safe_load(open(rules_path, encoding="utf-8"))
+    rules = [r for g in doc.get("groups", []) for r in g.get("rules", []) if "alert" in r]
+    names = [r["alert"] for r in rules]
+    need(sorted(names) == sorted(ALERTS), f"alerts {sorted(names)} differ from the expected {sorted(ALERTS)}")
+    need(len(set(names)) == len(names), "duplicate alert names")
+    anchors = github_anchors(ops_path)
+    for r in rules:
+        a, lab, ann = r["alert"], r.get("labels", {}), r.get("annotations", {})
+        need(lab.get("severity") in ("critical", "warning", "info"), f"{a}: severity {lab.get('severity')!r}")
+        need(bool(ann.get("summary")) and bool(ann.get("description")), f"{a}: needs summary and description")
+        url = ann.get("runbook_url", "")
+        need(url == RUNBOOK_PREFIX + "alert-" + a.lower(), f"{a}: runbook_url {url!r}, want {RUNBOOK_PREFIX}alert-{a.lower()}")
+        anchor = url.split("#", 1)[-1]
+        need(anchor in anchors, f"{a}: no heading in {ops_path} has the anchor #{anchor} (want '### Alert: {a}')")
+    tests = yaml.safe_load(open(tests_path, encoding="utf-8"))
+    fires, quiet = set(), set()
+    for t in tests.get("tests", []):
+        for case in t.get("alert_rule_test", []):
+            (fires if case.get("exp_alerts") else quiet).add(case.get("alertname"))
+    for a in names:
+        need(a in fires, f"{a}: no test where it fires")
+        need(a in quiet, f"{a}: no test where it does not fire")
+    finish(f"{len(names)} alerts, severities {sorted({r['labels']['severity'] for r in rules})}, all runbook anchors found")
+
+def dashboard(path):
+    d = json.load(open(path, encoding="utf-8"))
+    need(isinstance(d.get("schemaVersion"), int) and d["schemaVersion"] >= 36, f"schemaVersion {d.get('schemaVersion')}")
+    variables = {v.get("name"): v for v in d.get("templating", {}).get("list", [])}
+    ds_vars = [n for n, v in variables.items() if v.get("type") == "datasource" and v.get("query") == "prometheus"]
+    need(ds_vars == ["DS_PROMETHEUS"], f"want one Prometheus datasource variable DS_PROMETHEUS, have {ds_vars}")
+    need("instance" in variables, "no instance variable")
+    def walk(panels):
+        for p in panels:
+            yield p
+            yield from walk(p.get("panels", []))
+    panels = list(walk(d.get("panels", [])))
+    ids = [p.get("id") for p in panels]
+    need(len(ids) == len(set(ids)), "duplicate panel ids")
+    n = 0
+    for p in panels:
+        if p.get("type") == "row":
+            continue
+        n += 1
+        t = p.get("title", "?")
+        targets = p.get("targets", [])
+        need(targets and all(isinstance(x.get("expr"), str) and x["expr"].strip() for x in targets), f"panel {t!r}: needs targets with expr")
+        need(p.get("datasource", {}).get("uid") == "${DS_PROMETHEUS}", f"panel {t!r}: datasource must be ${{DS_PROMETHEUS}}")
+        for x in targets:
+            if re.search(r"\b(teltonika|process)_", x.get("expr", "")):
+                need('instance=~"$instance"' in x["expr"], f"panel {t!r}: {x.get('expr')!r} does not filter by $instance")
+    finish(f"{n} panels, every one with PromQL targets")
+
+check, args = sys.argv[1], sys.argv[2:]
+{"k8s": k8s, "systemd": systemd_unit, "alerts": alerts, "dashboard": dashboard}[check](*args)
