@@ -89,7 +89,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     private let environment: SessionEnvironment
-    private let framer: TeltonikaFramer
+    /// The framing: the same decoder NIO's verifier checks, driven one frame at a time.
+    private var decoder: TeltonikaFrameDecoder
+    private let maxFrameBytes: Int
     private var session: DeviceSessionStateMachine<PacketInFlight>
     private var pending: ByteBuffer? = nil
     /// A `read()` from the channel held back while no frame may be handled.
@@ -103,7 +105,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     init(environment: SessionEnvironment) {
         self.environment = environment
         let configuration = environment.configuration
-        self.framer = TeltonikaFramer(maxDataLength: configuration.maxFrameBytes)
+        self.decoder = TeltonikaFrameDecoder(maxDataLength: configuration.maxFrameBytes)
+        self.maxFrameBytes = configuration.maxFrameBytes
         self.session = DeviceSessionStateMachine(
             messageLimiter: MessageRateLimiter(perSecond: configuration.deviceMessageRate, burst: configuration.deviceMessageBurst)
         )
@@ -123,7 +126,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         handshakeTimer = context.eventLoop.scheduleTask(in: timeout) {
             let (handler, context) = bound.value
             guard handler.session.handshakeTimedOut() else { return }
-            IngestMetrics.shared.handshakes(result: "timeout").increment()
+            IngestMetrics.shared.handshakes(result: .timeout).increment()
             handler.logger.warning("no login in time", metadata: ["event": "device.handshake_timeout"])
             handler.close(context)
         }
@@ -140,7 +143,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         }
         if let imei = ended.imei { environment.registry.remove(imei, channel: context.channel) }
         if let rest = pending, rest.readableBytes > 0, ended.bufferedBytesAreTruncatedFrame {
-            IngestMetrics.shared.frames(codec: "unknown", result: "malformed").increment()
+            IngestMetrics.shared.frames(codec: .unknown, result: .malformed).increment()
             logger.warning(
                 "connection closed inside a frame: no ACK",
                 metadata: ["event": "frame.truncated", "error": "truncated", "buffered_bytes": "\(rest.readableBytes)"]
@@ -212,29 +215,25 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     // MARK: - Framing
 
-    /// Cuts and handles frames from the buffer until it needs more bytes or a packet is in flight.
+    /// Cuts and handles frames from the buffer until it needs more bytes or a frame is in flight.
     private func process(_ context: ChannelHandlerContext) {
-        while let mode = session.framerMode, let buffer = pending, buffer.readableBytes > 0 {
-            let decision: TeltonikaFramer.Decision
+        while session.framerMode != nil, pending != nil, pending!.readableBytes > 0 {
+            let frame: TeltonikaFrameDecoder.Frame?
             do throws(Codec8Error) {
-                decision = try buffer.withUnsafeReadableBytes { (raw) throws(Codec8Error) in try framer.next(raw, mode: mode) }
+                frame = try decoder.decode(buffer: &pending!)
             } catch {
-                reject(context, error: error, codec: buffer.getInteger(at: buffer.readerIndex + 8, as: UInt8.self))
+                reject(context, error: error, codec: pending!.getInteger(at: pending!.readerIndex + 8, as: UInt8.self))
                 return
             }
-            switch decision {
-            case .needMore:
+            switch frame {
+            case nil:
                 return
             case .keepAlive:
-                pending!.moveReaderIndex(forwardBy: 1)
                 IngestMetrics.shared.keepAlives.increment()
-            case .frame(let length):
-                let frame = pending!.readSlice(length: length)!
-                if mode == .login {
-                    login(context, frame: frame)
-                } else {
-                    packet(context, frame: frame)
-                }
+            case .login(let login):
+                self.login(context, frame: login)
+            case .packet(let packet):
+                self.packet(context, frame: packet)
             }
             if pending?.readableBytes == 0 { pending = nil }
         }
@@ -254,7 +253,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 )
                 old.close(promise: nil)
             }
-            IngestMetrics.shared.handshakes(result: "accepted").increment()
+            IngestMetrics.shared.handshakes(result: .accepted).increment()
             logger.info("device logged in", metadata: ["event": "device.login"])
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(1))), promise: nil)
         case .refuse(let result, let error):
@@ -265,7 +264,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     /// Answers 0x00, closes once it is written. `result`: `rejected` (bad digits) or `malformed` (bad length).
-    private func refuseLogin(_ context: ChannelHandlerContext, error: Codec8Error, result: String) {
+    private func refuseLogin(_ context: ChannelHandlerContext, error: Codec8Error, result: HandshakeResult) {
         IngestMetrics.shared.handshakes(result: result).increment()
         logger.warning("login rejected", metadata: ["event": "device.login_rejected", "error": "\(error.category)", "detail": "\(error)"])
         let channel = context.channel
@@ -275,9 +274,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// What a frame after login turned out to be.
     private enum Parsed {
         /// An AVL packet, its records encoded in the writer.
-        case avl(codec: String, records: Int)
+        case avl(codec: AVLCodec, records: Int)
         /// A device message and what the session made of it (encoded only when admitted).
-        case message(codec: String, DeviceSessionStateMachine<PacketInFlight>.MessageAction)
+        case message(codec: DeviceMessage.Codec, DeviceSessionStateMachine<PacketInFlight>.MessageAction)
     }
 
     private func packet(_ context: ChannelHandlerContext, frame: ByteBuffer) {
@@ -287,25 +286,29 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         var writer = RESPWriter()
         let outcome: Result<Parsed, Codec8Error> = frame.withUnsafeReadableBytes { raw in
             do throws(Codec8Error) {
-                switch try TeltonikaFrame.parse(raw, maxDataLength: framer.maxDataLength) {
+                switch try TeltonikaFrame.parse(raw, maxDataLength: maxFrameBytes) {
                 case .avl(let packet):
                     encoderBox.encoder.appendRecords(of: packet, imei: imei, to: &writer)
-                    return .success(.avl(codec: packet.codec.name, records: packet.recordCount))
+                    return .success(.avl(codec: packet.codec, records: packet.recordCount))
                 case .message(let message):
                     // The budget is checked before any work is spent on the message.
-                    let codec = message.codec.name
+                    let codec = message.codec
                     let action = session.messageDecoded(nowNanoseconds: completed.uptimeNanoseconds) {
                         encoderBox.encoder.appendMessage(message, imei: imei, receivedMs: wallClockMilliseconds(), to: &writer)
                         if let heldBack = messageLog.admit(nowNanoseconds: completed.uptimeNanoseconds) {
                             logger.info(
                                 "device message",
                                 metadata: [
-                                    "event": "device.message", "codec": "\(codec)", "type": "\(message.type)",
+                                    "event": "device.message", "codec": "\(codec.name)", "type": "\(message.type)",
                                     "suppressed": "\(heldBack)",
                                 ]
                             )
                         }
-                        return PacketInFlight(job: makeJob(context, writer: writer, records: 1), frameCompleted: completed, codec: codec)
+                        return PacketInFlight(
+                            job: makeJob(context, writer: writer, records: 1),
+                            frameCompleted: completed,
+                            codec: codec.name
+                        )
                     }
                     return .success(.message(codec: codec, action))
                 }
@@ -317,13 +320,13 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         case .failure(let error):
             reject(context, error: error, codec: frame.getInteger(at: frame.readerIndex + 8, as: UInt8.self))
         case .success(.message(let codec, let action)):
-            IngestMetrics.shared.frames(codec: codec, result: "ok").increment()
+            IngestMetrics.shared.frames(codec: FrameCodec(codec), result: .ok).increment()
             IngestMetrics.shared.deviceMessages(codec: codec).increment()
             deviceMessage(context, codec: codec, action: action, completed: completed)
         case .success(.avl(let codec, let records)):
-            IngestMetrics.shared.frames(codec: codec, result: "ok").increment()
+            IngestMetrics.shared.frames(codec: FrameCodec(codec), result: .ok).increment()
             IngestMetrics.shared.records(codec: codec).increment(by: Int64(records))
-            logger.debug("packet", metadata: ["event": "device.packet", "codec": "\(codec)", "records": "\(records)"])
+            logger.debug("packet", metadata: ["event": "device.packet", "codec": "\(codec.name)", "records": "\(records)"])
             let action = session.packetDecoded(records: records) {
                 PacketInFlight(job: makeJob(context, writer: writer, records: records), frameCompleted: completed)
             }
@@ -343,7 +346,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// the connection's budget or when the queue is full (counted, logged at most once per 10 s).
     private func deviceMessage(
         _ context: ChannelHandlerContext,
-        codec: String,
+        codec: DeviceMessage.Codec,
         action: DeviceSessionStateMachine<PacketInFlight>.MessageAction,
         completed: NIODeadline
     ) {
@@ -364,7 +367,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 logger.warning(
                     "device messages over the connection's budget: dropped",
                     metadata: [
-                        "event": "device.message_rate_limited", "codec": "\(codec)",
+                        "event": "device.message_rate_limited", "codec": "\(codec.name)",
                         "limit_per_second": "\(environment.configuration.deviceMessageRate)",
                         "burst": "\(environment.configuration.deviceMessageBurst)", "suppressed": "\(heldBack)",
                     ]
@@ -453,8 +456,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     private func reject(_ context: ChannelHandlerContext, error: Codec8Error, codec: UInt8?) {
-        let codecName = codec.flatMap { AVLCodec(rawValue: $0)?.name ?? DeviceMessage.Codec(rawValue: $0)?.name } ?? "unknown"
-        let result: String
+        let frameCodec = FrameCodec(byte: codec)
+        let result: FrameResult
         switch session.frameRejected(error) {
         case .refuseLogin(let handshakeResult, let error):
             refuseLogin(context, error: error, result: handshakeResult)
@@ -463,10 +466,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             result = frameResult
         }
         if case .unsupportedCodec = error { IngestMetrics.shared.unknownCodec.increment() }
-        IngestMetrics.shared.frames(codec: codecName, result: result).increment()
+        IngestMetrics.shared.frames(codec: frameCodec, result: result).increment()
         logger.warning(
             "frame rejected: no ACK, closing",
-            metadata: ["event": "frame.rejected", "error": "\(error.category)", "detail": "\(error)", "codec": "\(codecName)"]
+            metadata: ["event": "frame.rejected", "error": "\(error.category)", "detail": "\(error)", "codec": "\(frameCodec.rawValue)"]
         )
         close(context)
     }

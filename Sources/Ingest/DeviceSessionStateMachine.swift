@@ -73,7 +73,7 @@ struct DeviceSessionStateMachine<InFlight> {
         /// Register the device, answer 0x01.
         case accept(IMEI)
         /// Answer 0x00 and close; `result` is the `teltonika_handshake_total` label.
-        case refuse(result: String, Codec8Error)
+        case refuse(result: HandshakeResult, Codec8Error)
         /// Not waiting for a login (cannot happen while the framer mode is honoured).
         case ignore
     }
@@ -88,7 +88,7 @@ struct DeviceSessionStateMachine<InFlight> {
             return .accept(imei)
         case .failure(let error):
             state = .closed
-            return .refuse(result: "rejected", error)
+            return .refuse(result: .rejected, error)
         }
     }
 
@@ -137,9 +137,9 @@ struct DeviceSessionStateMachine<InFlight> {
 
     enum RejectAction: Equatable {
         /// A malformed login: answer 0x00 and close; `result` is the `teltonika_handshake_total` label.
-        case refuseLogin(result: String, Codec8Error)
+        case refuseLogin(result: HandshakeResult, Codec8Error)
         /// A bad frame after login: count it under `result` (`teltonika_frames_total`), close, no ACK.
-        case close(result: String, Codec8Error)
+        case close(result: FrameResult, Codec8Error)
     }
 
     /// The framer or the decoder refused the bytes.
@@ -147,18 +147,8 @@ struct DeviceSessionStateMachine<InFlight> {
         let wasAwaitingLogin: Bool
         if case .awaitingLogin = state { wasAwaitingLogin = true } else { wasAwaitingLogin = false }
         state = .closed
-        if wasAwaitingLogin, case .badIMEI = error { return .refuseLogin(result: "malformed", error) }
-        return .close(result: Self.frameResult(error), error)
-    }
-
-    /// The `result` label of `teltonika_frames_total` for a refused frame.
-    static func frameResult(_ error: Codec8Error) -> String {
-        switch error {
-        case .crcMismatch: "crc_fail"
-        case .tooLarge: "too_large"
-        case .unsupportedCodec: "unknown_codec"
-        default: "malformed"
-        }
+        if wasAwaitingLogin, case .badIMEI = error { return .refuseLogin(result: .malformed, error) }
+        return .close(result: FrameResult(error), error)
     }
 
     // MARK: - Redis

@@ -1,5 +1,78 @@
+/// Every metric the server exposes, and the label values they take (enums: a typo does not compile).
 import CBuildInfo
+import Codec8
 import Prometheus
+
+/// `codec` label of `teltonika_frames_total`.
+enum FrameCodec: String, CaseIterable, Sendable {
+    case codec8 = "8"
+    case codec8Extended = "8E"
+    case codec16 = "16"
+    case codec12 = "12"
+    case codec13 = "13"
+    case codec14 = "14"
+    case codec15 = "15"
+    case unknown
+
+    /// The codec of a frame's codec byte (offset 8), `unknown` when it is none the server knows.
+    init(byte: UInt8?) {
+        switch byte {
+        case 0x08: self = .codec8
+        case 0x8E: self = .codec8Extended
+        case 0x10: self = .codec16
+        case 0x0C: self = .codec12
+        case 0x0D: self = .codec13
+        case 0x0E: self = .codec14
+        case 0x0F: self = .codec15
+        default: self = .unknown
+        }
+    }
+
+    init(_ codec: AVLCodec) {
+        switch codec {
+        case .codec8: self = .codec8
+        case .codec8Extended: self = .codec8Extended
+        case .codec16: self = .codec16
+        }
+    }
+
+    init(_ codec: DeviceMessage.Codec) {
+        switch codec {
+        case .codec12: self = .codec12
+        case .codec13: self = .codec13
+        case .codec14: self = .codec14
+        case .codec15: self = .codec15
+        }
+    }
+}
+
+/// `result` label of `teltonika_frames_total`.
+enum FrameResult: String, CaseIterable, Sendable {
+    case ok
+    case crcFail = "crc_fail"
+    case tooLarge = "too_large"
+    case malformed
+    case unknownCodec = "unknown_codec"
+
+    /// The result a refused frame is counted under.
+    init(_ error: Codec8Error) {
+        switch error {
+        case .crcMismatch: self = .crcFail
+        case .tooLarge: self = .tooLarge
+        case .unsupportedCodec: self = .unknownCodec
+        default: self = .malformed
+        }
+    }
+}
+
+/// `result` label of `teltonika_connections_total`.
+enum ConnectionResult: String, CaseIterable, Sendable { case accepted, refused }
+
+/// `result` label of `teltonika_handshake_total`.
+enum HandshakeResult: String, CaseIterable, Sendable { case accepted, rejected, malformed, timeout }
+
+/// `kind` label of `teltonika_redis_errors_total`.
+enum RedisErrorKind: String, CaseIterable, Sendable { case connect, auth, `protocol`, io, timeout, eof, reply, other }
 
 /// Every metric the server exposes, defined once, with its help text, in one Prometheus registry.
 ///
@@ -21,15 +94,15 @@ public final class IngestMetrics: Sendable {
     public let registry = PrometheusCollectorRegistry()
 
     let connectionsActive: Gauge
-    private let connectionsByResult: [String: Counter]
-    private let handshakesByResult: [String: Counter]
-    private let framesByCodecResult: [String: Counter]
+    private let connectionsByResult: [ConnectionResult: Counter]
+    private let handshakesByResult: [HandshakeResult: Counter]
+    private let framesByCodecResult: [FrameCodec: [FrameResult: Counter]]
     let unknownCodec: Counter
-    private let recordsByCodec: [String: Counter]
+    private let recordsByCodec: [FrameCodec: Counter]
     let recordsPublished: Counter
     let acks: Counter
     let keepAlives: Counter
-    private let deviceMessagesByCodec: [String: Counter]
+    private let deviceMessagesByCodec: [FrameCodec: Counter]
     let deviceMessagesRateLimited: Counter
     let metricsConnectionsRefused: Counter
     let bytesReceived: Counter
@@ -40,7 +113,7 @@ public final class IngestMetrics: Sendable {
     let publishDuration: DurationHistogram
     let ackLatency: DurationHistogram
     let redisUp: Gauge
-    private let redisErrorsByKind: [String: Counter]
+    private let redisErrorsByKind: [RedisErrorKind: Counter]
     let redisReconnects: Counter
     private let redisDurabilityByMode: [String: Gauge]
     let connectionsReplaced: Counter
@@ -48,13 +121,8 @@ public final class IngestMetrics: Sendable {
     let buildInfo: Gauge
 
     /// Label values each labelled metric is created with.
-    public static let avlCodecs = ["8", "8E", "16"]
-    public static let messageCodecs = ["12", "13", "14", "15"]
-    public static let frameCodecs = avlCodecs + messageCodecs + ["unknown"]
-    public static let frameResults = ["ok", "crc_fail", "too_large", "malformed", "unknown_codec"]
-    public static let connectionResults = ["accepted", "refused"]
-    public static let handshakeResults = ["accepted", "rejected", "malformed", "timeout"]
-    public static let redisErrorKinds = ["connect", "auth", "protocol", "io", "timeout", "eof", "reply", "other"]
+    static let avlCodecs: [FrameCodec] = [.codec8, .codec8Extended, .codec16]
+    static let messageCodecs: [FrameCodec] = [.codec12, .codec13, .codec14, .codec15]
     public static let redisDurabilityModes = RedisDurability.allCases.map(\.rawValue)
 
     /// Latency buckets (seconds): 0.25 ms to 30 s.
@@ -69,31 +137,36 @@ public final class IngestMetrics: Sendable {
         func d(_ name: String, _ help: String) -> MetricNameDescriptor {
             MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
         }
-        func labelled(_ name: String, _ label: String, _ values: [String], _ help: String) -> [String: Counter] {
-            Dictionary(uniqueKeysWithValues: values.map { ($0, r.makeCounter(descriptor: d(name, help), labels: [(label, $0)])) })
+        func labelled<Value: RawRepresentable<String> & Hashable>(
+            _ name: String,
+            _ label: String,
+            _ values: [Value],
+            _ help: String
+        ) -> [Value: Counter] {
+            Dictionary(uniqueKeysWithValues: values.map { ($0, r.makeCounter(descriptor: d(name, help), labels: [(label, $0.rawValue)])) })
         }
         connectionsActive = r.makeGauge(descriptor: d("teltonika_connections_active", "Device TCP connections open now."))
         connectionsByResult = labelled(
             "teltonika_connections_total",
             "result",
-            Self.connectionResults,
+            ConnectionResult.allCases,
             "Device connections accepted, or refused at MAX_CONNECTIONS."
         )
         handshakesByResult = labelled(
             "teltonika_handshake_total",
             "result",
-            Self.handshakeResults,
+            HandshakeResult.allCases,
             "IMEI logins: accepted, rejected (bad digits), malformed (bad length), timeout (none in HANDSHAKE_TIMEOUT_MS)."
         )
-        var frames: [String: Counter] = [:]
-        for codec in Self.frameCodecs {
-            for result in Self.frameResults {
-                frames[codec + "/" + result] = r.makeCounter(
+        var frames: [FrameCodec: [FrameResult: Counter]] = [:]
+        for codec in FrameCodec.allCases {
+            for result in FrameResult.allCases {
+                frames[codec, default: [:]][result] = r.makeCounter(
                     descriptor: d(
                         "teltonika_frames_total",
                         "Frames after login, by codec and result (ok, crc_fail, too_large, malformed, unknown_codec)."
                     ),
-                    labels: [("codec", codec), ("result", result)]
+                    labels: [("codec", codec.rawValue), ("result", result.rawValue)]
                 )
             }
         }
@@ -148,7 +221,7 @@ public final class IngestMetrics: Sendable {
         redisErrorsByKind = labelled(
             "teltonika_redis_errors_total",
             "kind",
-            Self.redisErrorKinds,
+            RedisErrorKind.allCases,
             "Redis failures by kind (connect, auth, protocol, io, timeout, eof, reply, other)."
         )
         redisReconnects = r.makeCounter(
@@ -180,15 +253,13 @@ public final class IngestMetrics: Sendable {
         setRedisDurability(.unknown)
     }
 
-    func connections(result: String) -> Counter { connectionsByResult[result]! }
-    func handshakes(result: String) -> Counter { handshakesByResult[result]! }
-    /// `codec`: a name from ``frameCodecs`` (anything else counts as `unknown`).
-    func frames(codec: String, result: String) -> Counter {
-        framesByCodecResult[codec + "/" + result] ?? framesByCodecResult["unknown/" + result]!
-    }
-    func records(codec: String) -> Counter { recordsByCodec[codec]! }
-    func deviceMessages(codec: String) -> Counter { deviceMessagesByCodec[codec]! }
-    func redisErrors(kind: String) -> Counter { redisErrorsByKind[kind] ?? redisErrorsByKind["other"]! }
+    // Every table is built from its enum's allCases in init, so these lookups cannot miss.
+    func connections(result: ConnectionResult) -> Counter { connectionsByResult[result]! }
+    func handshakes(result: HandshakeResult) -> Counter { handshakesByResult[result]! }
+    func frames(codec: FrameCodec, result: FrameResult) -> Counter { framesByCodecResult[codec]![result]! }
+    func records(codec: AVLCodec) -> Counter { recordsByCodec[FrameCodec(codec)]! }
+    func deviceMessages(codec: DeviceMessage.Codec) -> Counter { deviceMessagesByCodec[FrameCodec(codec)]! }
+    func redisErrors(kind: RedisErrorKind) -> Counter { redisErrorsByKind[kind]! }
     func setRedisDurability(_ mode: RedisDurability) {
         for (name, gauge) in redisDurabilityByMode { gauge.set(Int64(name == mode.rawValue ? 1 : 0)) }
     }

@@ -42,10 +42,10 @@ public final class IngestServer: Sendable {
             )
             .childChannelInitializer { [self] channel in
                 guard admit(channel) else {
-                    IngestMetrics.shared.connections(result: "refused").increment()
+                    IngestMetrics.shared.connections(result: .refused).increment()
                     return channel.close()
                 }
-                IngestMetrics.shared.connections(result: "accepted").increment()
+                IngestMetrics.shared.connections(result: .accepted).increment()
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers(
                         IdleStateHandler(readTimeout: idle),

@@ -1,13 +1,15 @@
+/// The device stream's framing as a NIO decoder: the one the session handler drives and NIO's verifier checks.
 import Codec8
 import NIOCore
 
 /// Cuts a device connection's bytes into logins, keep-alives and packet frames, zero-copy.
 ///
-/// A thin NIO adapter over ``Codec8/TeltonikaFramer``: all protocol rules live there. Starts in login
-/// mode; after it has produced the login frame it expects packets (a rejected login closes the
-/// connection, so no other path exists). The framer rejects a declared length above the cap as
-/// soon as the 8-byte header is buffered, so a connection never holds more than `maxDataLength + 12`
-/// bytes of one frame. Errors are ``Codec8/Codec8Error`` values, thrown into the pipeline.
+/// A thin NIO adapter over ``Codec8/TeltonikaFrameCutter`` (all protocol rules live in
+/// ``Codec8/TeltonikaFramer``). ``DeviceSessionHandler`` drives it itself, one frame at a time, so it
+/// can stop between frames while one is in flight; `ByteToMessageDecoderVerifier` checks this same
+/// decoder. Starts in login mode; after the login frame it expects packets (a rejected login closes
+/// the connection, so no other path exists). The framer rejects a declared length above the cap as
+/// soon as the 8-byte header is buffered. Errors are ``Codec8/Codec8Error`` values.
 public struct TeltonikaFrameDecoder: NIOSingleStepByteToMessageDecoder {
     /// One unit cut from the stream.
     public enum Frame: Equatable, Sendable {
@@ -21,38 +23,32 @@ public struct TeltonikaFrameDecoder: NIOSingleStepByteToMessageDecoder {
 
     public typealias InboundOut = Frame
 
-    private var mode: TeltonikaFramer.Mode
-    private let framer: TeltonikaFramer
+    private var cutter: TeltonikaFrameCutter
 
     /// - Parameters:
     ///   - maxDataLength: the largest accepted data-field length (`MAX_FRAME_BYTES`).
     ///   - mode: `.login` for a device connection; `.packets` for a stream known to be past its login.
     public init(maxDataLength: Int = TeltonikaFramer.defaultMaxDataLength, startingIn mode: TeltonikaFramer.Mode = .login) {
-        framer = TeltonikaFramer(maxDataLength: maxDataLength)
-        self.mode = mode
+        cutter = TeltonikaFrameCutter(maxDataLength: maxDataLength, startingIn: mode)
     }
 
-    public mutating func decode(buffer: inout ByteBuffer) throws -> Frame? {
-        let decision = try buffer.withUnsafeReadableBytes { (bytes) throws(Codec8Error) in
-            try framer.next(bytes, mode: mode)
-        }
-        switch decision {
+    /// The next unit, or nil when more bytes are needed. Nothing is consumed on an error.
+    public mutating func decode(buffer: inout ByteBuffer) throws(Codec8Error) -> Frame? {
+        let cut = try buffer.withUnsafeReadableBytes { (bytes) throws(Codec8Error) in try cutter.next(bytes) }
+        switch cut {
         case .needMore:
             return nil
         case .keepAlive:
             buffer.moveReaderIndex(forwardBy: 1)
             return .keepAlive
+        case .login(let length):
+            return .login(buffer.readSlice(length: length)!)
         case .frame(let length):
-            let slice = buffer.readSlice(length: length)!
-            if mode == .login {
-                mode = .packets
-                return .login(slice)
-            }
-            return .packet(slice)
+            return .packet(buffer.readSlice(length: length)!)
         }
     }
 
-    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> Frame? {
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws(Codec8Error) -> Frame? {
         try decode(buffer: &buffer)
     }
 }

@@ -66,7 +66,7 @@ private final class AckAllHandler: ChannelInboundHandler {
 
     private let options: AckAllServer.Options
     private let counts: NIOLockedValueBox<[UInt64: Int]>?
-    private let framer = TeltonikaFramer()
+    private var cutter = TeltonikaFrameCutter()
     private var buffer = ByteBuffer()
     private var imei: IMEI?
 
@@ -79,40 +79,37 @@ private final class AckAllHandler: ChannelInboundHandler {
         var incoming = unwrapInboundIn(data)
         buffer.writeBuffer(&incoming)
         var acks = 0
-        while buffer.readableBytes > 0 {
-            let mode: TeltonikaFramer.Mode = imei == nil ? .login : .packets
-            let decision: TeltonikaFramer.Decision
-            do {
-                decision = try buffer.withUnsafeReadableBytes { (raw) throws(Codec8Error) in try framer.next(raw, mode: mode) }
+        defer {
+            if acks > 0 { context.flush() }
+            buffer.discardReadBytes()
+        }
+        while true {
+            let cut: TeltonikaFrameCutter.Cut
+            do throws(Codec8Error) {
+                cut = try buffer.withUnsafeReadableBytes { (raw) throws(Codec8Error) in try cutter.next(raw) }
             } catch {
                 context.close(promise: nil)
                 return
             }
-            switch decision {
+            switch cut {
             case .needMore:
-                if acks > 0 { context.flush() }
-                buffer.discardReadBytes()
                 return
             case .keepAlive:
                 buffer.moveReaderIndex(forwardBy: 1)
-            case .frame(let length):
-                let frame = buffer.readSlice(length: length)!
-                if imei == nil {
-                    guard let login = try? IMEI.parseLogin(Array(frame.readableBytesView)) else {
-                        context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(0))), promise: nil)
-                        context.close(promise: nil)
-                        return
-                    }
-                    imei = login
-                    context.write(wrapOutboundOut(ByteBuffer(integer: UInt8(1))), promise: nil)
-                    acks += 1
-                } else if packet(frame, context: context) {
-                    acks += 1
+            case .login(let length):
+                let login = buffer.readSlice(length: length)!
+                guard let parsed = try? IMEI.parseLogin(Array(login.readableBytesView)) else {
+                    context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(0))), promise: nil)
+                    context.close(promise: nil)
+                    return
                 }
+                imei = parsed
+                context.write(wrapOutboundOut(ByteBuffer(integer: UInt8(1))), promise: nil)
+                acks += 1
+            case .frame(let length):
+                if packet(buffer.readSlice(length: length)!, context: context) { acks += 1 }
             }
         }
-        if acks > 0 { context.flush() }
-        buffer.discardReadBytes()
     }
 
     /// Answers one packet (unless withheld); true when an ACK was written.

@@ -79,34 +79,31 @@ public struct ReplaySession: Sendable, Equatable {
         } catch {
             throw ReplayInputError("\(name): \(error)")
         }
-        let framer = TeltonikaFramer(maxDataLength: maxDataLength)
         var sessions: [ReplaySession] = []
         for flow in flows {
             if let serverPort, flow.destinationPort != serverPort { continue }
             var units: [ReplayUnit] = []
             var offset = 0
-            var mode = TeltonikaFramer.Mode.login
+            var cutter = TeltonikaFrameCutter(maxDataLength: maxDataLength)
             while offset < flow.payload.count {
                 let rest = Array(flow.payload[offset...])
-                let decision: TeltonikaFramer.Decision
+                let cut: TeltonikaFrameCutter.Cut
                 do throws(Codec8Error) {
-                    decision = try framer.next(rest, mode: mode)
+                    cut = try cutter.next(rest)
                 } catch {
                     units.append(.invalid(rest, category: error.category))
                     break
                 }
-                switch decision {
+                switch cut {
                 case .needMore:
                     units.append(.invalid(rest, category: "truncated"))
                     offset = flow.payload.count
                 case .keepAlive:
                     units.append(.keepAlive)
                     offset += 1
-                case .frame(let length):
-                    let unit = classify(Array(rest.prefix(length)), maxDataLength: maxDataLength)
-                    units.append(unit)
+                case .login(let length), .frame(let length):
+                    units.append(classify(Array(rest.prefix(length)), maxDataLength: maxDataLength))
                     offset += length
-                    if case .login = unit { mode = .packets }
                 }
                 if case .invalid = units.last { break }
             }

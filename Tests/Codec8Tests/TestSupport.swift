@@ -64,8 +64,7 @@ struct StreamCutter {
         case frame([UInt8])
     }
 
-    var framer = TeltonikaFramer()
-    var mode = TeltonikaFramer.Mode.login
+    var cutter = TeltonikaFrameCutter()
     var buffer: [UInt8] = []
     var events: [Event] = []
     /// The most bytes ever held at once.
@@ -75,22 +74,19 @@ struct StreamCutter {
         buffer.append(contentsOf: chunk)
         highWater = max(highWater, buffer.count)
         while !buffer.isEmpty {
-            switch try framer.next(buffer, mode: mode) {
+            switch try cutter.next(buffer) {
             case .needMore(let n):
                 precondition(n > 0)
                 return
             case .keepAlive:
                 events.append(.keepAlive)
                 buffer.removeFirst()
-            case .frame(let length):
-                let frame = Array(buffer[..<length])
+            case .login(let length):
+                events.append(.login(Array(buffer[..<length])))
                 buffer.removeFirst(length)
-                if mode == .login {
-                    events.append(.login(frame))
-                    mode = .packets
-                } else {
-                    events.append(.frame(frame))
-                }
+            case .frame(let length):
+                events.append(.frame(Array(buffer[..<length])))
+                buffer.removeFirst(length)
             }
         }
     }

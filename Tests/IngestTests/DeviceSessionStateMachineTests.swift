@@ -66,13 +66,13 @@ struct DeviceSessionStateMachineTests {
     @Test func testABadIMEIIsRefusedAndClosed() {
         var digits = Session()
         let bad = Codec8Error.badIMEI(.nonDigit(offset: 3, byte: 0x41))
-        #expect(digits.loginReceived(.failure(bad)) == .refuse(result: "rejected", bad))
+        #expect(digits.loginReceived(.failure(bad)) == .refuse(result: .rejected, bad))
         #expect(digits.framerMode == nil)
         #expect(digits.connectionClosed().imei == nil, "never registered")
 
         var length = Session()
         let short = Codec8Error.badIMEI(.length(3))
-        #expect(length.frameRejected(short) == .refuseLogin(result: "malformed", short))
+        #expect(length.frameRejected(short) == .refuseLogin(result: .malformed, short))
         #expect(length.framerMode == nil)
     }
 
@@ -83,15 +83,15 @@ struct DeviceSessionStateMachineTests {
     }
 
     @Test(arguments: [
-        (Codec8Error.crcMismatch(received: 1, computed: 2), "crc_fail"),
-        (.tooLarge(declared: UInt32.max, limit: 1280), "too_large"),
-        (.unsupportedCodec(0x99), "unknown_codec"),
-        (.badPreamble(offset: 0, byte: 1), "malformed"),
-        (.recordCountMismatch(header: 1, trailer: 2), "malformed"),
-        (.lengthMismatch(declared: 10, actual: 9), "malformed"),
-        (.badIMEI(.length(3)), "malformed"),
+        (Codec8Error.crcMismatch(received: 1, computed: 2), FrameResult.crcFail),
+        (.tooLarge(declared: UInt32.max, limit: 1280), .tooLarge),
+        (.unsupportedCodec(0x99), .unknownCodec),
+        (.badPreamble(offset: 0, byte: 1), .malformed),
+        (.recordCountMismatch(header: 1, trailer: 2), .malformed),
+        (.lengthMismatch(declared: 10, actual: 9), .malformed),
+        (.badIMEI(.length(3)), .malformed),
     ])
-    func testABadFrameAfterLoginClosesWithoutACKAndStillUnregisters(error: Codec8Error, result: String) {
+    func testABadFrameAfterLoginClosesWithoutACKAndStillUnregisters(error: Codec8Error, result: FrameResult) {
         var session = Self.loggedIn()
         #expect(session.frameRejected(error) == .close(result: result, error))
         #expect(session.framerMode == nil)

@@ -38,7 +38,7 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
             script.failingConnects -= 1
             return true
         }
-        if fail { throw RedisConnection.Failure(kind: "connect", message: "refused") }
+        if fail { throw RedisConnection.Failure(kind: .connect, message: "refused") }
         return Transport(redis: self)
     }
 
@@ -57,7 +57,7 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
             if hang { redis.hung.wait() }
             guard let step else { return BatchResult(answers: jobs.map { _ in nil }, failure: nil) }
             let answered = jobs.prefix(step.breakAfter ?? jobs.count).map(step.answers)
-            let failure = step.breakAfter.map { _ in RedisConnection.Failure(kind: "eof", message: "connection closed") }
+            let failure = step.breakAfter.map { _ in RedisConnection.Failure(kind: .eof, message: "connection closed") }
             return BatchResult(answers: answered, failure: failure)
         }
 

@@ -20,10 +20,10 @@ public final class RedisConnection {
 
     /// Why the connection failed; after any of these the connection is unusable.
     public struct Failure: Error, Equatable, CustomStringConvertible {
-        /// `connect`, `io`, `timeout`, `auth`, `protocol`.
-        var kind: String
+        /// `connect`, `io`, `timeout`, `auth`, `protocol` (the `teltonika_redis_errors_total` label).
+        var kind: RedisErrorKind
         var message: String
-        public var description: String { "\(kind): \(message)" }
+        public var description: String { "\(kind.rawValue): \(message)" }
     }
 
     private let context: UnsafeMutablePointer<redisContext>
@@ -37,24 +37,24 @@ public final class RedisConnection {
         case .tcp(let host, let port): ctx = redisConnectWithTimeout(host, Int32(port), tv)
         case .unix(let path): ctx = redisConnectUnixWithTimeout(path, tv)
         }
-        guard let ctx else { throw Failure(kind: "connect", message: "out of memory") }
+        guard let ctx else { throw Failure(kind: .connect, message: "out of memory") }
         if ctx.pointee.err != 0 {
             let message = RedisConnection.errorString(ctx)
             redisFree(ctx)
-            throw Failure(kind: "connect", message: message)
+            throw Failure(kind: .connect, message: message)
         }
         context = ctx
         _ = redisSetTimeout(ctx, tv)
         if case .tcp = url.endpoint { _ = redisEnableKeepAlive(ctx) }
         if let password = url.password {
             let args = url.username.map { ["AUTH", $0, password] } ?? ["AUTH", password]
-            if case .error(let e) = try command(args) { throw Failure(kind: "auth", message: e) }
+            if case .error(let e) = try command(args) { throw Failure(kind: .auth, message: e) }
         }
         if url.database != 0, case .error(let e) = try command(["SELECT", String(url.database)]) {
-            throw Failure(kind: "auth", message: e)
+            throw Failure(kind: .auth, message: e)
         }
         if let clientName { _ = try command(["CLIENT", "SETNAME", clientName]) }
-        if case .error(let e) = try command(["PING"]) { throw Failure(kind: "protocol", message: e) }
+        if case .error(let e) = try command(["PING"]) { throw Failure(kind: .protocol, message: e) }
     }
 
     deinit {
@@ -104,8 +104,8 @@ public final class RedisConnection {
     private func failure() -> Failure {
         let message = RedisConnection.errorString(context)
         // hiredis 0.14 reports a timeout as an I/O error with EAGAIN.
-        let kind =
-            context.pointee.err == REDIS_ERR_IO && (message.contains("temporarily unavailable") || errno == EAGAIN) ? "timeout" : "io"
+        let kind: RedisErrorKind =
+            context.pointee.err == REDIS_ERR_IO && (message.contains("temporarily unavailable") || errno == EAGAIN) ? .timeout : .io
         return Failure(kind: kind, message: message)
     }
 

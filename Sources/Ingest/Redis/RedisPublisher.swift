@@ -192,7 +192,7 @@ public final class RedisPublisher: Sendable {
                 case .ping:
                     check { (transport) throws(RedisConnection.Failure) in
                         if case .error(let message) = try transport.command(["PING"]) {
-                            throw RedisConnection.Failure(kind: "reply", message: message)
+                            throw RedisConnection.Failure(kind: .reply, message: message)
                         }
                         machine.pinged(at: .now())
                     }
@@ -302,7 +302,7 @@ public final class RedisPublisher: Sendable {
             var firstRefusal: String? = nil
             for (job, answer) in zip(batch, result.answers) {
                 if let answer {
-                    IngestMetrics.shared.redisErrors(kind: "reply").increment()
+                    IngestMetrics.shared.redisErrors(kind: .reply).increment()
                     if firstRefusal == nil { firstRefusal = answer }
                     refused.append(job)
                 } else {
