@@ -1,3 +1,4 @@
+/* The fatal-signal handler: one process.crashed line with async-signal-safe calls, then death by the signal. */
 #define _GNU_SOURCE
 #include "crash_handler.h"
 

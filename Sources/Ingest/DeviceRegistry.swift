@@ -1,3 +1,4 @@
+/// Which connection each logged-in IMEI is on, so a newer login replaces the older connection.
 import Codec8
 import NIOConcurrencyHelpers
 import NIOCore

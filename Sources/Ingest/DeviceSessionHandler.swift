@@ -1,3 +1,4 @@
+/// One device connection's channel handler: the bounded reader, carrying out what the session machine decides.
 import Codec8
 import Logging
 import NIOCore
@@ -69,9 +70,9 @@ struct PacketInFlight {
 /// one frame plus one read (``bufferBound(maxFrameBytes:readBytes:)``), whatever the peer sends and
 /// however its writes are split. The server reads at most ``readChunkBytes`` per read, one read per loop tick.
 ///
-/// On ``SessionDrain`` (graceful shutdown) the session stops reading: a packet in flight still gets
-/// published and ACKed, nothing after it is read or handled, and the server closes the connection
-/// once the publish queue has drained.
+/// On ``SessionDrain`` (graceful shutdown) the session stops reading and closes itself: at once when
+/// nothing is in flight, else once the frame in flight is answered (a packet's ACK written first).
+/// Nothing after it is read or handled.
 final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
@@ -108,7 +109,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         self.decoder = TeltonikaFrameDecoder(maxDataLength: configuration.maxFrameBytes)
         self.maxFrameBytes = configuration.maxFrameBytes
         self.session = DeviceSessionStateMachine(
-            messageLimiter: MessageRateLimiter(perSecond: configuration.deviceMessageRate, burst: configuration.deviceMessageBurst)
+            messageLimiter: MessageRateLimiter(perSecond: configuration.deviceMessageRate, burst: configuration.deviceMessageBurst),
+            overflowWait: .milliseconds(Int64(configuration.overflowWaitMs))
         )
         self.logger = environment.logger
     }
@@ -196,8 +198,11 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is SessionDrain {
-            session.drain()
             handshakeTimer?.cancel()
+            switch session.drain() {
+            case .close: close(context)
+            case .finishInFlight, .none: break
+            }
             return
         }
         if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
@@ -258,8 +263,6 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(1))), promise: nil)
         case .refuse(let result, let error):
             refuseLogin(context, error: error, result: result)
-        case .ignore:
-            break
         }
     }
 
@@ -280,7 +283,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     private func packet(_ context: ChannelHandlerContext, frame: ByteBuffer) {
-        guard case .ready(let imei) = session.state else { return }
+        guard case .ready(let imei) = session.state else { preconditionFailure("a packet frame in state \(session.state)") }
         let completed = NIODeadline.now()
         let encoderBox = environment.encoder
         var writer = RESPWriter()
@@ -333,11 +336,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             switch action {
             case .publish:
                 environment.packetsInFlight.add(1, ordering: .relaxed)
-                submit(context, job: session.inFlight!.job, waitedMs: 0)
+                submit(context, job: session.inFlight!.job)
             case .acknowledge(let records):
                 acknowledge(context, records: records, frameCompleted: completed)
-            case .ignore:
-                break
             }
         }
     }
@@ -353,8 +354,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         switch action {
         case .publish:
             if environment.publisher.submit(session.inFlight!.job) { return }
-            _ = session.messageNotQueued()
+            // Still inside the framing loop, which goes on by itself; only a drained session closes here.
+            let next = session.messageNotQueued()
             IngestMetrics.shared.publishOverflow.increment()
+            defer { if next == .close { close(context) } }
             if let heldBack = overflowLog.admit(nowNanoseconds: completed.uptimeNanoseconds) {
                 logger.warning(
                     "device message dropped: publish queue full",
@@ -373,8 +376,6 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                     ]
                 )
             }
-        case .ignore:
-            break
         }
     }
 
@@ -395,44 +396,44 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         )
     }
 
-    /// Queues the job; a full queue is retried every 10 ms for up to `OVERFLOW_WAIT_MS`, then the
-    /// connection is closed without ACK (the device resends after reconnecting).
-    private func submit(_ context: ChannelHandlerContext, job: PublishJob, waitedMs: Int) {
+    /// Queues the packet's job; while the queue is full the session machine says when to try again,
+    /// or (after `OVERFLOW_WAIT_MS`) to close without ACK (the device resends after reconnecting).
+    private func submit(_ context: ChannelHandlerContext, job: PublishJob) {
+        // A retry timer that fires after its packet was answered or its connection closed does nothing.
         guard let current = session.inFlight, current.job === job else { return }
         if environment.publisher.submit(job) { return }
-        let limit = environment.configuration.overflowWaitMs
-        guard waitedMs < limit else {
+        switch session.packetNotQueued(at: .now()) {
+        case .giveUp(let waited):
             IngestMetrics.shared.publishOverflow.increment()
             logger.warning(
                 "publish queue full: packet not acknowledged",
-                metadata: ["event": "publish.overflow", "records": "\(job.recordCount)", "waited_ms": "\(waitedMs)"]
+                metadata: ["event": "publish.overflow", "records": "\(job.recordCount)", "waited_ms": "\(waited.nanoseconds / 1_000_000)"]
             )
             close(context)
-            return
-        }
-        let step = min(10, limit - waitedMs)
-        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        context.eventLoop.scheduleTask(in: .milliseconds(Int64(step))) {
-            let (handler, context) = bound.value
-            handler.submit(context, job: job, waitedMs: waitedMs + step)
+        case .retry(let delay):
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            context.eventLoop.scheduleTask(in: delay) {
+                let (handler, context) = bound.value
+                handler.submit(context, job: job)
+            }
         }
     }
 
     private func published(_ context: ChannelHandlerContext, outcome: PublishOutcome) {
         guard let packet = session.inFlight else { return }
         switch session.published(outcome) {
-        case .acknowledge(let records, let resume):
-            acknowledge(context, records: records, frameCompleted: packet.frameCompleted)
+        case .acknowledge(let records, let next):
+            let written = acknowledge(context, records: records, frameCompleted: packet.frameCompleted)
             environment.packetsInFlight.subtract(1, ordering: .relaxed)
-            if resume { resumeReading(context) }
-        case .messageStored(let resume):
-            if resume { resumeReading(context) }
-        case .messageNotStored(let reason, let resume):
+            carryOn(context, next, after: written)
+        case .messageStored(let next):
+            carryOn(context, next)
+        case .messageNotStored(let reason, let next):
             logger.error(
                 "device message not confirmed by Redis: not stored",
                 metadata: ["event": "publish.message_failed", "codec": "\(packet.codec)", "reason": "\(reason)"]
             )
-            if resume { resumeReading(context) }
+            carryOn(context, next)
         case .closeUnconfirmed(let reason):
             logger.error(
                 "records not confirmed by Redis: no ACK, closing",
@@ -446,13 +447,33 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         }
     }
 
-    private func acknowledge(_ context: ChannelHandlerContext, records: Int, frameCompleted: NIODeadline) {
+    /// After an answered frame: read on, or (draining) close once `written` is out.
+    private func carryOn(
+        _ context: ChannelHandlerContext,
+        _ next: DeviceSessionStateMachine<PacketInFlight>.Next,
+        after written: EventLoopFuture<Void>? = nil
+    ) {
+        switch next {
+        case .read:
+            resumeReading(context)
+        case .close:
+            guard let written else { return close(context) }
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            written.whenComplete { _ in
+                let (handler, context) = bound.value
+                handler.close(context)
+            }
+        }
+    }
+
+    @discardableResult
+    private func acknowledge(_ context: ChannelHandlerContext, records: Int, frameCompleted: NIODeadline) -> EventLoopFuture<Void> {
         var ack = context.channel.allocator.buffer(capacity: 4)
         ack.writeInteger(UInt32(records))
         // Counted first, so that whoever sees the ACK also sees it counted.
         IngestMetrics.shared.acks.increment()
         IngestMetrics.shared.ackLatency.recordNanoseconds((NIODeadline.now() - frameCompleted).nanoseconds)
-        context.writeAndFlush(wrapOutboundOut(ack), promise: nil)
+        return context.writeAndFlush(wrapOutboundOut(ack))
     }
 
     private func reject(_ context: ChannelHandlerContext, error: Codec8Error, codec: UInt8?) {

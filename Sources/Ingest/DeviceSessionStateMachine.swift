@@ -1,4 +1,6 @@
+/// The life of one device connection as a channel-free state machine: events in, actions out.
 import Codec8
+import NIOCore
 
 /// The life of one device connection, without a channel: events in, actions out.
 ///
@@ -38,10 +40,17 @@ struct DeviceSessionStateMachine<InFlight> {
     /// that ``connectionClosed()`` can still name the registration to remove.
     private(set) var imei: IMEI? = nil
     private var messageLimiter: MessageRateLimiter
+    /// How long a packet may wait for room in a full publish queue (`OVERFLOW_WAIT_MS`).
+    private let overflowWait: TimeAmount
+    /// When the queue first refused the packet in flight.
+    private var queueFullSince: NIODeadline? = nil
 
-    /// - Parameter messageLimiter: the per-connection budget of device messages.
-    init(messageLimiter: MessageRateLimiter = MessageRateLimiter(perSecond: 10, burst: 50)) {
+    /// - Parameters:
+    ///   - messageLimiter: the per-connection budget of device messages.
+    ///   - overflowWait: how long a packet waits for room in a full publish queue.
+    init(messageLimiter: MessageRateLimiter = MessageRateLimiter(perSecond: 10, burst: 50), overflowWait: TimeAmount = .seconds(1)) {
         self.messageLimiter = messageLimiter
+        self.overflowWait = overflowWait
     }
 
     /// What the framer should cut next, or nil when no frame may be handled now (a packet in flight,
@@ -74,13 +83,12 @@ struct DeviceSessionStateMachine<InFlight> {
         case accept(IMEI)
         /// Answer 0x00 and close; `result` is the `teltonika_handshake_total` label.
         case refuse(result: HandshakeResult, Codec8Error)
-        /// Not waiting for a login (cannot happen while the framer mode is honoured).
-        case ignore
     }
 
-    /// A login frame was cut and parsed.
+    /// A login frame was cut and parsed. Only while awaiting the login (the framer mode says so):
+    /// anything else is a programming error and stops the process.
     mutating func loginReceived(_ parsed: Result<IMEI, Codec8Error>) -> LoginAction {
-        guard case .awaitingLogin = state else { return .ignore }
+        guard case .awaitingLogin = state else { preconditionFailure("a login frame in state \(state)") }
         switch parsed {
         case .success(let imei):
             state = .ready(imei)
@@ -97,17 +105,34 @@ struct DeviceSessionStateMachine<InFlight> {
         case publish
         /// A packet with no records: ACK 0 at once.
         case acknowledge(records: Int)
-        /// Not logged in or a packet already in flight (cannot happen while the framer mode is honoured).
-        case ignore
     }
 
     /// An AVL packet was decoded (and its records encoded for Redis); `inFlight` makes what the handler
     /// keeps for it, when it is to be published.
     mutating func packetDecoded(records: Int, inFlight: () -> InFlight) -> PacketAction {
-        guard case .ready(let imei) = state else { return .ignore }
+        guard case .ready(let imei) = state else { preconditionFailure("a packet in state \(state)") }
         guard records > 0 else { return .acknowledge(records: 0) }
         state = .publishing(imei, inFlight(), .packet(records: records))
+        queueFullSince = nil
         return .publish
+    }
+
+    enum QueueFullAction: Equatable {
+        /// Try to queue the packet again after `after`.
+        case retry(after: TimeAmount)
+        /// No room came within `OVERFLOW_WAIT_MS`: count it and close without ACK (the device resends).
+        case giveUp(waited: TimeAmount)
+    }
+
+    /// The publish queue had no room for the packet in flight at `now`: wait in short steps until
+    /// `OVERFLOW_WAIT_MS` has passed since the first refusal, then give up.
+    mutating func packetNotQueued(at now: NIODeadline) -> QueueFullAction {
+        guard case .publishing(_, _, .packet) = state else { preconditionFailure("a queue refusal in state \(state)") }
+        let since = queueFullSince ?? now
+        queueFullSince = since
+        let waited = now - since
+        guard waited < overflowWait else { return .giveUp(waited: waited) }
+        return .retry(after: min(.milliseconds(10), overflowWait - waited))
     }
 
     enum MessageAction: Equatable {
@@ -115,25 +140,28 @@ struct DeviceSessionStateMachine<InFlight> {
         case publish
         /// Over the connection's message budget: drop it (count it), keep reading.
         case rateLimited
-        /// Not logged in or something already in flight (cannot happen while the framer mode is honoured).
-        case ignore
     }
 
     /// A device message (Codec 12-15) was decoded and encoded for Redis at `nowNanoseconds` (monotonic).
     mutating func messageDecoded(nowNanoseconds: UInt64, inFlight: () -> InFlight) -> MessageAction {
-        guard case .ready(let imei) = state else { return .ignore }
+        guard case .ready(let imei) = state else { preconditionFailure("a device message in state \(state)") }
         guard messageLimiter.admit(nowNanoseconds: nowNanoseconds) else { return .rateLimited }
         state = .publishing(imei, inFlight(), .message)
         return .publish
     }
 
     /// The publish queue had no room for the device message in flight: it is dropped (counted), and
-    /// reading goes on. Returns whether to resume reading (false while draining or when nothing was in flight).
-    mutating func messageNotQueued() -> Bool {
-        guard case .publishing(let imei, _, .message) = state else { return false }
+    /// reading goes on (or the drained session closes).
+    mutating func messageNotQueued() -> Next {
+        guard case .publishing(let imei, _, .message) = state else {
+            preconditionFailure("a queue refusal for a message that is not in flight: \(state)")
+        }
         state = .ready(imei)
-        return !isDraining
+        return next
     }
+
+    /// After an answer: read on, or close when draining.
+    private var next: Next { isDraining ? .close : .read }
 
     enum RejectAction: Equatable {
         /// A malformed login: answer 0x00 and close; `result` is the `teltonika_handshake_total` label.
@@ -145,7 +173,11 @@ struct DeviceSessionStateMachine<InFlight> {
     /// The framer or the decoder refused the bytes.
     mutating func frameRejected(_ error: Codec8Error) -> RejectAction {
         let wasAwaitingLogin: Bool
-        if case .awaitingLogin = state { wasAwaitingLogin = true } else { wasAwaitingLogin = false }
+        switch state {
+        case .awaitingLogin: wasAwaitingLogin = true
+        case .ready: wasAwaitingLogin = false
+        case .publishing, .closed: preconditionFailure("a frame rejected in state \(state)")
+        }
         state = .closed
         if wasAwaitingLogin, case .badIMEI = error { return .refuseLogin(result: .malformed, error) }
         return .close(result: FrameResult(error), error)
@@ -153,14 +185,22 @@ struct DeviceSessionStateMachine<InFlight> {
 
     // MARK: - Redis
 
+    /// What follows an answered frame.
+    enum Next: Equatable {
+        /// Read on.
+        case read
+        /// The session drains: close once what is being written is out.
+        case close
+    }
+
     enum PublishedAction: Equatable {
-        /// Write the ACK; then read on unless the session is draining.
-        case acknowledge(records: Int, resumeReading: Bool)
-        /// The device message is in the responses stream; read on unless draining.
-        case messageStored(resumeReading: Bool)
+        /// Write the ACK; then read on, or close when draining.
+        case acknowledge(records: Int, then: Next)
+        /// The device message is in the responses stream.
+        case messageStored(then: Next)
         /// Redis did not confirm the device message in time: log it (it is lost; the device does not
-        /// resend messages); read on unless draining.
-        case messageNotStored(String, resumeReading: Bool)
+        /// resend messages).
+        case messageNotStored(String, then: Next)
         /// Redis did not confirm in time: close without ACK (the device resends).
         case closeUnconfirmed(String)
         /// The job was dropped (its connection is closing anyway): close.
@@ -171,19 +211,23 @@ struct DeviceSessionStateMachine<InFlight> {
 
     /// The publisher's answer for the packet in flight.
     mutating func published(_ outcome: PublishOutcome) -> PublishedAction {
-        guard case .publishing(let imei, _, let publishing) = state else { return .ignore }
+        guard case .publishing(let imei, _, let publishing) = state else {
+            // Legitimate only once the connection has closed (a job answered after its close).
+            guard case .closed = state else { preconditionFailure("an answer with nothing in flight, in state \(state)") }
+            return .ignore
+        }
         switch (outcome, publishing) {
         case (.stored, .packet(let records)):
             state = .ready(imei)
-            return .acknowledge(records: records, resumeReading: !isDraining)
+            return .acknowledge(records: records, then: next)
         case (.stored, .message):
             state = .ready(imei)
-            return .messageStored(resumeReading: !isDraining)
+            return .messageStored(then: next)
         case (.expired(let reason), .packet):
             return .closeUnconfirmed(reason)
         case (.expired(let reason), .message):
             state = .ready(imei)
-            return .messageNotStored(reason, resumeReading: !isDraining)
+            return .messageNotStored(reason, then: next)
         case (.dropped, _):
             return .close
         }
@@ -197,9 +241,24 @@ struct DeviceSessionStateMachine<InFlight> {
         return false
     }
 
-    /// Graceful shutdown: stop reading for good. A packet in flight still completes.
-    mutating func drain() {
+    enum DrainAction: Equatable {
+        /// Nothing in flight: close now.
+        case close
+        /// A packet or message is in flight: its answer comes first (an ACK for a packet), then the
+        /// session closes (``published(_:)`` says `.close`).
+        case finishInFlight
+        /// Already closed: nothing to do.
+        case none
+    }
+
+    /// Graceful shutdown: stop reading for good; close now, or once the frame in flight is answered.
+    mutating func drain() -> DrainAction {
         isDraining = true
+        switch state {
+        case .awaitingLogin, .ready: return .close
+        case .publishing: return .finishInFlight
+        case .closed: return .none
+        }
     }
 
     /// What the closed connection leaves behind.

@@ -1,3 +1,5 @@
+/// The device listener: admission (MAX_CONNECTIONS), the session pipeline, and the device half of the drain.
+import Dispatch
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -10,8 +12,11 @@ import Synchronization
 public final class IngestServer: Sendable {
     private let environment: SessionEnvironment
     private let group: any EventLoopGroup
-    /// Open device connections, by identity (their count is what MAX_CONNECTIONS bounds).
-    private let channels = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+    /// Open device connections, by identity (their count is what MAX_CONNECTIONS bounds); whether the
+    /// server drains (no more are admitted); who waits for the last one to close.
+    private let connections = NIOLockedValueBox(
+        (open: [ObjectIdentifier: any Channel](), draining: false, waiters: [ResumeOnce<Bool>]())
+    )
     private let serverChannel = NIOLockedValueBox<(any Channel)?>(nil)
 
     public init(configuration: IngestConfiguration, publisher: RedisPublisher, logger: Logger, group: any EventLoopGroup) {
@@ -63,16 +68,24 @@ public final class IngestServer: Sendable {
         return address
     }
 
-    /// Counts the connection in, or refuses it at the limit; releases the slot when it closes.
+    /// Counts the connection in, or refuses it at the limit (or once draining); releases the slot when it closes.
     private func admit(_ channel: any Channel) -> Bool {
         let id = ObjectIdentifier(channel)
-        let admitted = channels.withLockedValue { open -> Bool in
-            guard open.count < environment.configuration.maxConnections else { return false }
-            open[id] = channel
+        let admitted = connections.withLockedValue { c -> Bool in
+            guard !c.draining, c.open.count < environment.configuration.maxConnections else { return false }
+            c.open[id] = channel
             return true
         }
         if admitted {
-            channel.closeFuture.whenComplete { [channels] _ in _ = channels.withLockedValue { $0.removeValue(forKey: id) } }
+            channel.closeFuture.whenComplete { [connections] _ in
+                let waiters = connections.withLockedValue { c -> [ResumeOnce<Bool>] in
+                    c.open.removeValue(forKey: id)
+                    guard c.open.isEmpty else { return [] }
+                    defer { c.waiters = [] }
+                    return c.waiters
+                }
+                for waiter in waiters { waiter.resume(true) }
+            }
         } else {
             environment.logger.warning("connection refused: at MAX_CONNECTIONS", metadata: ["event": "server.connection_refused"])
         }
@@ -89,32 +102,40 @@ public final class IngestServer: Sendable {
     }
 
     /// Open device connections.
-    public var connectionCount: Int { channels.withLockedValue { $0.count } }
+    public var connectionCount: Int { connections.withLockedValue { $0.open.count } }
 
     /// Packets published but not yet ACKed or given up.
     public var packetsInFlight: Int { environment.packetsInFlight.load(ordering: .relaxed) }
 
-    /// Tells every session to stop reading; packets in flight still complete and get their ACK.
-    public func drainSessions() {
-        for channel in channels.withLockedValue({ Array($0.values) }) {
-            channel.pipeline.fireUserInboundEventTriggered(SessionDrain())
+    /// The drain's device half: every session stops reading and closes itself, at once or once its
+    /// frame in flight is answered (a packet's ACK written first). Waits for the last connection to
+    /// close, or `deadline`; then closes what is left. Returns the packets that were still unanswered
+    /// at the deadline (never ACKed: their devices resend them).
+    public func drainSessions(until deadline: NIODeadline) async -> Int {
+        let open = connections.withLockedValue { c -> [any Channel] in
+            c.draining = true
+            return Array(c.open.values)
         }
+        for channel in open { channel.pipeline.fireUserInboundEventTriggered(SessionDrain()) }
+        if await allClosed(by: deadline) { return 0 }
+        let unanswered = packetsInFlight
+        for channel in connections.withLockedValue({ Array($0.open.values) }) { channel.close(promise: nil) }
+        _ = await allClosed(by: .now() + .milliseconds(500))
+        return unanswered
     }
 
-    /// Waits until no packet is in flight, or `deadline`; returns the packets still in flight.
-    public func waitForPacketsInFlight(until deadline: NIODeadline) async -> Int {
-        while packetsInFlight > 0 && NIODeadline.now() < deadline {
-            try? await Task.sleep(for: .milliseconds(5))
-        }
-        return packetsInFlight
-    }
-
-    /// Closes every device connection and waits (at most until `deadline`) for them to close.
-    public func closeAll(until deadline: NIODeadline) async {
-        let open = channels.withLockedValue { Array($0.values) }
-        for channel in open { channel.close(promise: nil) }
-        while connectionCount > 0 && NIODeadline.now() < deadline {
-            try? await Task.sleep(for: .milliseconds(5))
+    /// True once no connection is open, false at `deadline` if some still are. No polling: the last
+    /// close resumes it; a Dispatch timer answers at the deadline.
+    private func allClosed(by deadline: NIODeadline) async -> Bool {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            let once = ResumeOnce(continuation)
+            let empty = connections.withLockedValue { c -> Bool in
+                if !c.open.isEmpty { c.waiters.append(once) }
+                return c.open.isEmpty
+            }
+            if empty { return once.resume(true) }
+            let seconds = Double(max(0, (deadline - .now()).nanoseconds)) / 1e9
+            DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { once.resume(false) }
         }
     }
 }

@@ -1,3 +1,4 @@
+/// The device server as a ServiceLifecycle service: start, readiness, and the drain under one deadline.
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
@@ -57,8 +58,8 @@ public final class ServerHealth: Sendable {
 /// The device server as a service: publisher, event loops and listener; on graceful shutdown, the drain.
 ///
 /// Drain, in order (OPERATIONS.md, "Signals and shutdown"): readiness false; the listener closes;
-/// every session stops reading and finishes its packet in flight (published, then ACKed); the publish
-/// queue drains to Redis; device connections close; the Redis connection closes. All of it is bounded
+/// every session stops reading, finishes its frame in flight (a packet published, then ACKed) and
+/// closes itself; the publish queue drains to Redis; the Redis connection closes. All of it is bounded
 /// by the deadline set when shutdown began (`SHUTDOWN_TIMEOUT_MS`); what is left then is reported in
 /// the ``DrainReport`` and the process exits 1.
 public final class IngestService: Service, Sendable {
@@ -134,10 +135,10 @@ public final class IngestService: Service, Sendable {
             ]
         )
         await server.stopAccepting()
-        server.drainSessions()
-        let inFlight = await server.waitForPacketsInFlight(until: deadline)
+        // Sessions finish their frame in flight (the publisher still runs) and close themselves; then
+        // the publisher sends what is still queued. One deadline bounds both.
+        let inFlight = await server.drainSessions(until: deadline)
         let stopped = await publisher.stop(deadline: deadline)
-        await server.closeAll(until: max(deadline, .now() + .milliseconds(500)))
         if stopped.threadFinished {
             do {
                 try await group.shutdownGracefully()

@@ -1,3 +1,4 @@
+/// The log backend: one JSON object (or text line) per event on stderr, level changeable at run time.
 import Codec8
 import Foundation
 import Logging

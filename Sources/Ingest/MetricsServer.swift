@@ -1,3 +1,4 @@
+/// The metrics and health port (`/metrics`, `/healthz`, `/readyz`), bounded against clients that misbehave.
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore

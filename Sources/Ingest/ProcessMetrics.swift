@@ -1,3 +1,4 @@
+/// The standard `process_*` metrics, read from /proc at each scrape.
 #if canImport(Glibc)
 import Glibc
 #endif

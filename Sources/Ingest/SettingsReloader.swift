@@ -1,3 +1,4 @@
+/// SIGHUP: re-reads CONFIG_FILE and applies what can change without a restart.
 import Foundation
 import Logging
 import Synchronization

@@ -1,3 +1,4 @@
+/// The hidden `ack-server`: ACKs every packet without Redis, for measuring the simulator alone.
 import Codec8
 import NIOConcurrencyHelpers
 import NIOCore

@@ -1,3 +1,4 @@
+/// What `decode` prints for one hex frame: its JSON line and its exit-status class.
 import Codec8
 
 /// The heart of `teltonika-ingest decode`: one hex line in, one JSON line out.

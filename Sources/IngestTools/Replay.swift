@@ -1,3 +1,4 @@
+/// `replay`: sends captured device traffic to a server and checks every answer.
 import Codec8
 import Foundation
 import NIOConcurrencyHelpers

@@ -1,3 +1,4 @@
+/// What `simulate` prints (throughput, latency, resends) and the no-loss oracle behind `--verify`.
 import Codec8
 import Histogram
 

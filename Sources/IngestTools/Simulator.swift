@@ -1,3 +1,4 @@
+/// `simulate`: a fleet of simulated trackers driving a server, with an ACK log for the no-loss oracle.
 import Codec8
 import Histogram
 import NIOCore

@@ -1,3 +1,4 @@
+/// The settings of a simulated fleet (devices, rate, faults).
 import Codec8
 
 /// What `teltonika-ingest simulate` runs: the fleet, the link and the faults.

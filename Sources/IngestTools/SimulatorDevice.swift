@@ -1,3 +1,4 @@
+/// One simulated tracker: logs in, sends packets one at a time, resends what was not ACKed.
 import Codec8
 import Histogram
 import NIOCore

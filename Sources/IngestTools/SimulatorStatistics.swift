@@ -1,3 +1,4 @@
+/// Counters and latency histograms shared by a simulated fleet.
 import Histogram
 import NIOCore
 

@@ -1,3 +1,4 @@
+/// Realistic records for simulated trackers (positions, speed, IO values) from a seedable generator.
 import Codec8
 
 #if canImport(Glibc)

@@ -1,3 +1,4 @@
+/// Installs the fatal-signal handler: one `process.crashed` line, the backtrace, death by the signal.
 import CCrashHandler
 
 /// The fatal-signal policy: crash-only. On SIGSEGV, SIGBUS, SIGILL (Swift runtime traps), SIGFPE,

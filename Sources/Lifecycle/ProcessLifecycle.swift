@@ -1,3 +1,4 @@
+/// Process life: signals, the drain's watchdog, and the exit status.
 import Foundation
 import Logging
 import ServiceLifecycle

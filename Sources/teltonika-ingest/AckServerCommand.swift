@@ -1,3 +1,4 @@
+/// The hidden `ack-server` subcommand.
 import ArgumentParser
 import IngestTools
 import Lifecycle

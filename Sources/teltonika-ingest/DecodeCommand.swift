@@ -1,3 +1,4 @@
+/// The `decode` subcommand: hex frames in, JSON lines out.
 import ArgumentParser
 import Codec8
 import IngestTools

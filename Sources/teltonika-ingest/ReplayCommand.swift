@@ -1,3 +1,4 @@
+/// The `replay` subcommand.
 import ArgumentParser
 import Codec8
 import Foundation

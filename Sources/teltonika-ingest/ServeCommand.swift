@@ -1,3 +1,4 @@
+/// The `serve` subcommand: wires configuration, logging, the device server, the metrics port and process life.
 import ArgumentParser
 import Foundation
 import Ingest

@@ -1,3 +1,4 @@
+/// The `--host`/`--port` options that `replay` and `simulate` share.
 import ArgumentParser
 
 /// `--host` and `--port` of a running server, as `replay` and `simulate` both take them.

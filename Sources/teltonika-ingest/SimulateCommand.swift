@@ -1,3 +1,4 @@
+/// The `simulate` subcommand.
 import ArgumentParser
 import Ingest
 import IngestTools

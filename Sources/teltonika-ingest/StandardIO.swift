@@ -1,3 +1,4 @@
+/// Unbuffered writes to stdout and stderr for the subcommands.
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)

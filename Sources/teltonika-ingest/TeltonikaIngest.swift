@@ -1,3 +1,4 @@
+/// The binary's entry point: the subcommands.
 import ArgumentParser
 import Lifecycle
 

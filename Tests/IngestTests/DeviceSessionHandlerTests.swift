@@ -206,6 +206,29 @@ struct DeviceSessionHandlerTests {
         #expect(try h.written() == [1] + AVLAck.bytes(count: 1))
     }
 
+    /// A drain closes an idle session at once; a session with a packet in flight closes once its ACK
+    /// is written, and a second packet already buffered behind it is never handled.
+    @Test func testADrainedSessionClosesItselfAfterItsAnswer() throws {
+        let idle = try Harness()
+        try idle.feed(Self.imei.loginFrame)
+        idle.channel.pipeline.fireUserInboundEventTriggered(SessionDrain())
+        idle.channel.embeddedEventLoop.run()
+        #expect(!idle.channel.isActive, "nothing in flight: closed at once")
+
+        let busy = try Harness()
+        try busy.feed(Self.imei.loginFrame)
+        #expect(try busy.written() == [1])
+        try busy.feed(try Self.avl(2, from: 0) + Self.avl(3, from: 10))
+        #expect(busy.sink.waiting == 1)
+        busy.channel.pipeline.fireUserInboundEventTriggered(SessionDrain())
+        busy.channel.embeddedEventLoop.run()
+        #expect(busy.channel.isActive, "the packet in flight is answered first")
+        busy.answer()
+        #expect(try busy.written() == AVLAck.bytes(count: 2), "its ACK, and nothing for the packet behind it")
+        #expect(!busy.channel.isActive, "closed once the ACK is out")
+        #expect(busy.sink.submitted.withLockedValue { $0 } == 1, "the buffered packet was never handled")
+    }
+
     /// One series' value in the process-wide registry.
     static func value(of series: String) -> Double? {
         var bytes: [UInt8] = []

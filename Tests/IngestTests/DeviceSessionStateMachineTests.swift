@@ -1,4 +1,5 @@
 import Codec8
+import NIOCore
 import Testing
 
 @testable import Ingest
@@ -33,12 +34,12 @@ struct DeviceSessionStateMachineTests {
         #expect(session.packetDecoded(records: 3) { "p1" } == .publish)
         #expect(session.inFlight == "p1")
         #expect(session.framerMode == nil, "no frame is handled while a packet is in flight")
-        #expect(session.published(.stored) == .acknowledge(records: 3, resumeReading: true))
+        #expect(session.published(.stored) == .acknowledge(records: 3, then: .read))
         #expect(session.inFlight == nil)
         #expect(session.framerMode == .packets)
 
         #expect(session.packetDecoded(records: 1) { "p2" } == .publish)
-        #expect(session.published(.stored) == .acknowledge(records: 1, resumeReading: true))
+        #expect(session.published(.stored) == .acknowledge(records: 1, then: .read))
     }
 
     @Test func testAPacketWithoutRecordsIsACKedAtOnce() {
@@ -55,12 +56,56 @@ struct DeviceSessionStateMachineTests {
         #expect(session.framerMode == .packets)
     }
 
-    @Test func testAPacketBeforeLoginOrWhileOneIsInFlightIsIgnored() {
-        var fresh = Session()
-        #expect(fresh.packetDecoded(records: 2) { "p" } == .ignore)
-        var busy = Self.publishing()
-        #expect(busy.packetDecoded(records: 2) { "p2" } == .ignore)
-        #expect(busy.inFlight == "p1", "the packet in flight is kept")
+    /// Impossible transitions are programming errors: the process stops (the crash handler reports it)
+    /// rather than carrying on in a state nobody designed.
+    @Test func testImpossibleTransitionsStopTheProcess() async {
+        await #expect(processExitsWith: .failure, "a packet before the login") {
+            var fresh = DeviceSessionStateMachine<String>()
+            _ = fresh.packetDecoded(records: 2) { "p" }
+        }
+        await #expect(processExitsWith: .failure, "a packet while one is in flight") {
+            var busy = DeviceSessionStateMachineTests.publishing()
+            _ = busy.packetDecoded(records: 2) { "p2" }
+        }
+        await #expect(processExitsWith: .failure, "a second login") {
+            var session = DeviceSessionStateMachineTests.loggedIn()
+            _ = session.loginReceived(.success(IMEI("356307042441014")!))
+        }
+        await #expect(processExitsWith: .failure, "a packet while a message is in flight") {
+            var session = DeviceSessionStateMachineTests.loggedIn()
+            _ = session.messageDecoded(nowNanoseconds: 0) { "m1" }
+            _ = session.packetDecoded(records: 1) { "p" }
+        }
+        await #expect(processExitsWith: .failure, "an answer with nothing in flight") {
+            var session = DeviceSessionStateMachineTests.loggedIn()
+            _ = session.published(.stored)
+        }
+    }
+
+    /// A full queue: the packet waits in 10 ms steps from the first refusal until `OVERFLOW_WAIT_MS`,
+    /// then the session gives up (no ACK, close); the next packet starts its own wait.
+    @Test func testAFullQueueIsRetriedUntilTheOverflowWaitThenGivenUp() {
+        let t0 = NIODeadline.uptimeNanoseconds(1_000_000_000)
+        var session = Session(overflowWait: .milliseconds(25))
+        #expect(session.loginReceived(.success(Self.imei)) == .accept(Self.imei))
+        #expect(session.packetDecoded(records: 3) { "p1" } == .publish)
+        #expect(session.packetNotQueued(at: t0) == .retry(after: .milliseconds(10)))
+        #expect(session.packetNotQueued(at: t0 + .milliseconds(10)) == .retry(after: .milliseconds(10)))
+        #expect(session.packetNotQueued(at: t0 + .milliseconds(20)) == .retry(after: .milliseconds(5)), "not past the wait")
+        #expect(session.packetNotQueued(at: t0 + .milliseconds(26)) == .giveUp(waited: .milliseconds(26)))
+
+        var next = Session(overflowWait: .milliseconds(25))
+        #expect(next.loginReceived(.success(Self.imei)) == .accept(Self.imei))
+        #expect(next.packetDecoded(records: 1) { "p1" } == .publish)
+        #expect(next.packetNotQueued(at: t0) == .retry(after: .milliseconds(10)))
+        #expect(next.published(.stored) == .acknowledge(records: 1, then: .read))
+        #expect(next.packetDecoded(records: 1) { "p2" } == .publish)
+        #expect(next.packetNotQueued(at: t0 + .milliseconds(100)) == .retry(after: .milliseconds(10)), "a new packet, a new wait")
+
+        var none = Session(overflowWait: .zero)
+        #expect(none.loginReceived(.success(Self.imei)) == .accept(Self.imei))
+        #expect(none.packetDecoded(records: 1) { "p1" } == .publish)
+        #expect(none.packetNotQueued(at: t0) == .giveUp(waited: .zero), "OVERFLOW_WAIT_MS=0: no wait")
     }
 
     @Test func testABadIMEIIsRefusedAndClosed() {
@@ -74,12 +119,6 @@ struct DeviceSessionStateMachineTests {
         let short = Codec8Error.badIMEI(.length(3))
         #expect(length.frameRejected(short) == .refuseLogin(result: .malformed, short))
         #expect(length.framerMode == nil)
-    }
-
-    @Test func testASecondLoginFrameIsIgnored() {
-        var session = Self.loggedIn()
-        #expect(session.loginReceived(.success(IMEI("356307042441014")!)) == .ignore)
-        #expect(session.imei == Self.imei)
     }
 
     @Test(arguments: [
@@ -122,9 +161,9 @@ struct DeviceSessionStateMachineTests {
 
     @Test func testDrainFinishesThePacketInFlightAndReadsNothingMore() {
         var session = Self.publishing(records: 5)
-        session.drain()
+        #expect(session.drain() == .finishInFlight)
         #expect(session.framerMode == nil)
-        #expect(session.published(.stored) == .acknowledge(records: 5, resumeReading: false))
+        #expect(session.published(.stored) == .acknowledge(records: 5, then: .close))
         #expect(session.framerMode == nil, "still draining: nothing more is read")
         let ended = session.connectionClosed()
         #expect(ended.abandoned == nil)
@@ -134,7 +173,7 @@ struct DeviceSessionStateMachineTests {
     @Test func testHandshakeTimeoutOnlyBeforeLoginAndNotWhileDraining() {
         var waiting = Session()
         #expect(waiting.handshakeTimedOut())
-        waiting.drain()
+        #expect(waiting.drain() == .close, "nothing in flight: the session closes at once")
         #expect(!waiting.handshakeTimedOut())
         #expect(!Self.loggedIn().handshakeTimedOut())
     }
@@ -167,8 +206,7 @@ struct DeviceSessionMessageTests {
         #expect(session.inFlight == "m1")
         #expect(!session.packetInFlight, "a message is not a packet: a drain does not wait for it")
         #expect(session.framerMode == nil, "nothing more is read while a message is in flight")
-        #expect(session.packetDecoded(records: 1) { "p" } == .ignore)
-        #expect(session.published(.stored) == .messageStored(resumeReading: true))
+        #expect(session.published(.stored) == .messageStored(then: .read))
         #expect(session.framerMode == .packets)
         #expect(session.inFlight == nil)
     }
@@ -176,7 +214,7 @@ struct DeviceSessionMessageTests {
     @Test func testAnUnconfirmedMessageIsReportedAndReadingGoesOn() {
         var session = Self.loggedIn()
         #expect(session.messageDecoded(nowNanoseconds: 0) { "m1" } == .publish)
-        #expect(session.published(.expired("late")) == .messageNotStored("late", resumeReading: true))
+        #expect(session.published(.expired("late")) == .messageNotStored("late", then: .read))
         #expect(session.framerMode == .packets, "a message is never resent by the device: closing would not help")
 
         #expect(session.messageDecoded(nowNanoseconds: 1) { "m2" } == .publish)
@@ -185,19 +223,12 @@ struct DeviceSessionMessageTests {
 
     @Test func testAMessageTheQueueRefusedIsDroppedAndReadingGoesOn() {
         var session = Self.loggedIn()
-        let nothing = session.messageNotQueued()
-        #expect(!nothing, "nothing in flight")
         #expect(session.messageDecoded(nowNanoseconds: 0) { "m1" } == .publish)
         let resume = session.messageNotQueued()
-        #expect(resume)
+        #expect(resume == .read)
         #expect(session.inFlight == nil)
         #expect(session.framerMode == .packets)
 
-        var packet = Self.loggedIn()
-        #expect(packet.packetDecoded(records: 2) { "p1" } == .publish)
-        let dropped = packet.messageNotQueued()
-        #expect(!dropped, "a packet is not dropped this way")
-        #expect(packet.inFlight == "p1")
     }
 
     @Test func testMessagesOverTheBudgetAreDroppedWithoutBeingMade() {
@@ -208,7 +239,7 @@ struct DeviceSessionMessageTests {
                 made += 1
                 return "m"
             }
-            if action == .publish { #expect(session.published(.stored) == .messageStored(resumeReading: true)) }
+            if action == .publish { #expect(session.published(.stored) == .messageStored(then: .read)) }
             return action
         }
         var burst: [Session.MessageAction] = []
@@ -225,8 +256,8 @@ struct DeviceSessionMessageTests {
     @Test func testADrainedSessionReadsNothingAfterItsMessage() {
         var session = Self.loggedIn()
         #expect(session.messageDecoded(nowNanoseconds: 0) { "m1" } == .publish)
-        session.drain()
-        #expect(session.published(.stored) == .messageStored(resumeReading: false))
+        #expect(session.drain() == .finishInFlight)
+        #expect(session.published(.stored) == .messageStored(then: .close))
         #expect(session.framerMode == nil)
         let ended = session.connectionClosed()
         #expect(ended.abandoned == nil)

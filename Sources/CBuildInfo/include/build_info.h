@@ -1,3 +1,4 @@
+/* The build's revision, for teltonika_build_info. */
 #ifndef TELTONIKA_BUILD_INFO_H
 #define TELTONIKA_BUILD_INFO_H
 

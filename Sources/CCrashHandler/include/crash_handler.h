@@ -1,3 +1,4 @@
+/* The fatal-signal handler's interface. */
 #ifndef TELTONIKA_CRASH_HANDLER_H
 #define TELTONIKA_CRASH_HANDLER_H
 

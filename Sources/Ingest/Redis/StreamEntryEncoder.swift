@@ -1,3 +1,4 @@
+/// Encodes records and device messages as `XADD` commands in the stream entry shape consumers read.
 import Codec8
 
 /// Writes the `XADD` commands for records and device messages, in the entry shape the consumers of
