@@ -33,11 +33,13 @@ let package = Package(
         .target(name: "CBuildInfo"),
         // The fatal-signal handler: async-signal-safe, so written in C.
         .target(name: "CCrashHandler"),
+        // Redis on the wire: the hiredis connection, RESP writing, REDIS_URL. No server, no NIO.
+        .target(name: "RedisWire", dependencies: ["CHiredis"], swiftSettings: swiftSettings),
         // The device server (acceptor, sessions, publisher, metrics port).
         .target(
             name: "Ingest",
             dependencies: [
-                "Codec8", "CHiredis", "CBuildInfo",
+                "Codec8", "RedisWire", "CBuildInfo",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -76,7 +78,7 @@ let package = Package(
         .executableTarget(
             name: "teltonika-ingest",
             dependencies: [
-                "Codec8", "Ingest", "Lifecycle", "IngestTools",
+                "Codec8", "Ingest", "RedisWire", "Lifecycle", "IngestTools",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -97,7 +99,7 @@ let package = Package(
         .testTarget(
             name: "IngestTests",
             dependencies: [
-                "Codec8", "Ingest", "FixtureSupport",
+                "Codec8", "Ingest", "RedisWire", "FixtureSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -110,7 +112,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "Codec8", "Ingest", "FixtureSupport",
+                "Codec8", "Ingest", "RedisWire", "FixtureSupport",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings

@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import Prometheus
+import RedisWire
 import Synchronization
 
 /// Where a session's publish jobs go: the Redis publisher, or a fake in unit tests.

@@ -1,4 +1,6 @@
+/// Every setting of `serve`: its env var, flag, default, range and parser, in one table.
 import Codec8
+import RedisWire
 
 /// Every setting of `teltonika-ingest serve`, typed and validated. Read once at start
 /// (``IngestConfiguration/load(environment:flags:)``); nothing else reads the environment.
@@ -96,7 +98,13 @@ public struct IngestConfiguration: Sendable, Equatable {
             flag: "redis-url",
             help: "redis://[user:password@]host:port[/db] or unix:///path[?db=N].",
             read: { "\($0.redisURL)" },
-            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in c.redisURL = try RedisURL(parsing: v) }
+            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
+                do throws(RedisURL.ParseError) {
+                    c.redisURL = try RedisURL(parsing: v)
+                } catch {
+                    throw ConfigurationError(key: "REDIS_URL", message: error.description)
+                }
+            }
         ),
         string("REDIS_TELEMETRY_STREAM", "telemetry-stream", "Stream that receives one entry per record.", \.telemetryStream),
         string("REDIS_RESPONSES_STREAM", "responses-stream", "Stream that receives Codec 12-15 frames from devices.", \.responsesStream),
@@ -298,4 +306,17 @@ extension StringProtocol {
         let end = scalars.lastIndex(where: { !$0.properties.isWhitespace })!
         return String(String.UnicodeScalarView(scalars[start...end]))
     }
+}
+
+/// A setting that cannot be used: which one and why.
+public struct ConfigurationError: Error, Equatable, Sendable, CustomStringConvertible {
+    public var key: String
+    public var message: String
+
+    public init(key: String, message: String) {
+        self.key = key
+        self.message = message
+    }
+
+    public var description: String { "\(key): \(message)" }
 }

@@ -2,6 +2,7 @@
 import CBuildInfo
 import Codec8
 import Prometheus
+import RedisWire
 
 /// `codec` label of `teltonika_frames_total`.
 enum FrameCodec: String, CaseIterable, Sendable {
@@ -71,8 +72,8 @@ enum ConnectionResult: String, CaseIterable, Sendable { case accepted, refused }
 /// `result` label of `teltonika_handshake_total`.
 enum HandshakeResult: String, CaseIterable, Sendable { case accepted, rejected, malformed, timeout }
 
-/// `kind` label of `teltonika_redis_errors_total`.
-enum RedisErrorKind: String, CaseIterable, Sendable { case connect, auth, `protocol`, io, timeout, eof, reply, other }
+/// `kind` label of `teltonika_redis_errors_total`: what failed, as the wire module reports it.
+typealias RedisErrorKind = RedisConnection.Failure.Kind
 
 /// Every metric the server exposes, defined once, with its help text, in one Prometheus registry.
 ///

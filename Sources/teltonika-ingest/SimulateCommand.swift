@@ -3,6 +3,7 @@ import ArgumentParser
 import Ingest
 import IngestTools
 import Lifecycle
+import RedisWire
 
 #if canImport(Glibc)
 import Glibc

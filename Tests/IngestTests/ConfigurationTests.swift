@@ -1,5 +1,6 @@
 import FixtureSupport
 import Ingest
+import RedisWire
 import Testing
 
 struct RedisURLTests {
@@ -16,7 +17,7 @@ struct RedisURLTests {
 
     @Test(arguments: ["http://h", "redis://", "redis://h:0", "redis://h:99999", "redis://h/x", "unix://relative", "unix:///s?db=-1"])
     func testRejected(_ text: String) {
-        #expect(throws: ConfigurationError.self) { try RedisURL(parsing: text) }
+        #expect(throws: RedisURL.ParseError.self) { try RedisURL(parsing: text) }
     }
 
     @Test func testPasswordIsHiddenInLogs() throws {

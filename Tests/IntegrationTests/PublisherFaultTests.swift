@@ -1,7 +1,7 @@
 import Codec8
 import FixtureSupport
 import Foundation
-import Ingest
+import RedisWire
 import Testing
 
 #if canImport(Glibc)

@@ -1,6 +1,6 @@
 import Foundation
-import Ingest
 import NIOConcurrencyHelpers
+import RedisWire
 import Testing
 
 #if canImport(Glibc)

@@ -5,6 +5,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import Prometheus
+import RedisWire
 
 /// The publisher's settings.
 public struct PublisherConfiguration: Sendable {

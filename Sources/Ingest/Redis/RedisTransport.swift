@@ -1,4 +1,5 @@
 /// The publisher's seam to Redis: a connection that pipelines jobs, and the hiredis implementation of it.
+import RedisWire
 
 /// What Redis answered to one pipelined batch.
 struct BatchResult: Equatable {

@@ -1,5 +1,6 @@
 /// Encodes records and device messages as `XADD` commands in the stream entry shape consumers read.
 import Codec8
+import RedisWire
 
 /// Writes the `XADD` commands for records and device messages, in the entry shape the consumers of
 /// the replaced TypeScript service read:

@@ -1,3 +1,4 @@
+/// One blocking hiredis connection: connect, authenticate, append pipelined commands, read replies.
 import CHiredis
 
 #if canImport(Glibc)
@@ -8,7 +9,7 @@ import Glibc
 /// event loop.
 public final class RedisConnection {
     /// A reply, reduced to what the publisher needs.
-    public enum Reply: Equatable {
+    public enum Reply: Equatable, Sendable {
         /// A bulk string (an `XADD` stream id) or a status (`OK`, `PONG`).
         case string(String)
         /// An error reply from Redis (`OOM ...`, `WRONGTYPE ...`, `NOAUTH ...`): the connection is still usable.
@@ -19,10 +20,26 @@ public final class RedisConnection {
     }
 
     /// Why the connection failed; after any of these the connection is unusable.
-    public struct Failure: Error, Equatable, CustomStringConvertible {
-        /// `connect`, `io`, `timeout`, `auth`, `protocol` (the `teltonika_redis_errors_total` label).
-        var kind: RedisErrorKind
-        var message: String
+    public struct Failure: Error, Equatable, Sendable, CustomStringConvertible {
+        /// What failed (the server's `teltonika_redis_errors_total` label).
+        public enum Kind: String, CaseIterable, Sendable {
+            case connect
+            case auth
+            case `protocol`
+            case io
+            case timeout
+            case eof
+            case reply
+            case other
+        }
+
+        public var kind: Kind
+        public var message: String
+
+        public init(kind: Kind, message: String) {
+            self.kind = kind
+            self.message = message
+        }
         public var description: String { "\(kind.rawValue): \(message)" }
     }
 
@@ -71,7 +88,7 @@ public final class RedisConnection {
     }
 
     /// Queues pre-formatted RESP commands in hiredis' output buffer (sent on the next `reply()`).
-    func append(_ resp: [UInt8]) throws(Failure) {
+    public func append(_ resp: [UInt8]) throws(Failure) {
         let status = resp.withUnsafeBufferPointer { buf in
             buf.withMemoryRebound(to: CChar.self) { redisAppendFormattedCommand(context, $0.baseAddress, $0.count) }
         }
@@ -79,7 +96,7 @@ public final class RedisConnection {
     }
 
     /// Flushes what is queued and reads the next reply.
-    func reply() throws(Failure) -> Reply {
+    public func reply() throws(Failure) -> Reply {
         var raw: UnsafeMutableRawPointer? = nil
         guard redisGetReply(context, &raw) == REDIS_OK, let raw else { throw failure() }
         defer { freeReplyObject(raw) }
@@ -104,7 +121,7 @@ public final class RedisConnection {
     private func failure() -> Failure {
         let message = RedisConnection.errorString(context)
         // hiredis 0.14 reports a timeout as an I/O error with EAGAIN.
-        let kind: RedisErrorKind =
+        let kind: Failure.Kind =
             context.pointee.err == REDIS_ERR_IO && (message.contains("temporarily unavailable") || errno == EAGAIN) ? .timeout : .io
         return Failure(kind: kind, message: message)
     }

@@ -18,12 +18,14 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         self.database = database
     }
 
-    /// Parses a URL; nil with `error` set when it is not one of the two accepted forms.
-    public init(parsing text: String) throws(ConfigurationError) {
-        let bad = ConfigurationError(
-            key: "REDIS_URL",
-            message: "expected redis://[user:password@]host:port[/db] or unix:///path, got '\(text)'"
-        )
+    /// Why a text is not a Redis URL.
+    public struct ParseError: Error, Equatable, Sendable, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Parses a URL; throws when it is not one of the two accepted forms.
+    public init(parsing text: String) throws(ParseError) {
+        let bad = ParseError(description: "expected redis://[user:password@]host:port[/db] or unix:///path, got '\(text)'")
         if text.hasPrefix("unix://") {
             var rest = String(text.dropFirst("unix://".count))
             var database = 0
@@ -97,17 +99,4 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         }
         return String(decoding: out, as: UTF8.self)
     }
-}
-
-/// A setting that cannot be used: which one and why.
-public struct ConfigurationError: Error, Equatable, Sendable, CustomStringConvertible {
-    public var key: String
-    public var message: String
-
-    public init(key: String, message: String) {
-        self.key = key
-        self.message = message
-    }
-
-    public var description: String { "\(key): \(message)" }
 }

@@ -1,0 +1,140 @@
+/// Test support: the real `teltonika-ingest serve` as a child process, with its logs and ports.
+import Foundation
+import NIOConcurrencyHelpers
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Appends each complete line read from `pipe` to `lines`, as it arrives.
+func collectLines(of pipe: Pipe, into lines: NIOLockedValueBox<[String]>) {
+    let partial = NIOLockedValueBox(Data())
+    pipe.fileHandleForReading.readabilityHandler = { handle in
+        let data = handle.availableData
+        partial.withLockedValue { partial in
+            partial.append(data)
+            while let nl = partial.firstIndex(of: 0x0A) {
+                let line = String(decoding: partial[partial.startIndex..<nl], as: UTF8.self)
+                partial = Data(partial[(nl + 1)...])
+                lines.withLockedValue { $0.append(line) }
+            }
+        }
+    }
+}
+
+/// The real `teltonika-ingest serve`, on a free port, logging JSON to a buffer.
+final class ServerProcess {
+    let process = Process()
+    let stream: String
+    let responses: String
+    private(set) var port = 0
+    /// The metrics and health port (`/metrics`, `/healthz`, `/readyz`).
+    private(set) var metricsPort = 0
+    private let lines = NIOLockedValueBox<[String]>([])
+    private let stderr = Pipe()
+
+    /// - Parameters:
+    ///   - launcher: a command that runs the binary (e.g. `prlimit ... --`), or none.
+    ///   - waitUntilListening: wait for both listeners (and learn their ports) before returning.
+    init(
+        redisURL: String = TestEnvironment.redisURL,
+        environment extra: [String: String] = [:],
+        launcher: [String] = [],
+        waitUntilListening: Bool = true
+    ) throws {
+        stream = "test:\(UUID().uuidString)"
+        responses = stream + ":responses"
+        var env = ProcessInfo.processInfo.environment
+        env["TELTONIKA_HOST"] = "127.0.0.1"
+        env["TELTONIKA_PORT"] = "0"
+        env["REDIS_URL"] = redisURL
+        env["REDIS_TELEMETRY_STREAM"] = stream
+        env["REDIS_RESPONSES_STREAM"] = responses
+        env["LOG_FORMAT"] = "json"
+        env["LOG_LEVEL"] = "debug"
+        env["METRICS_HOST"] = "127.0.0.1"
+        env["METRICS_PORT"] = "0"
+        env["SWIFT_BACKTRACE"] = "interactive=no"
+        for (k, v) in extra { env[k] = v.isEmpty ? nil : v }  // "" unsets
+        let command = launcher + [TestEnvironment.binary, "serve"]
+        process.executableURL = URL(fileURLWithPath: command[0])
+        process.arguments = Array(command.dropFirst())
+        process.environment = env
+        process.standardError = stderr
+        process.standardOutput = FileHandle.nullDevice
+        collectLines(of: stderr, into: lines)
+        try process.run()
+        guard waitUntilListening else { return }
+        let listening = try waitForLog(event: "server.listening", timeout: 10)
+        port = Int(listening["port"] as? String ?? "") ?? 0
+        guard port > 0 else { throw TestFailure("no port in \(listening)") }
+        let metrics = try waitForLog(event: "metrics.listening", timeout: 10)
+        metricsPort = Int(metrics["port"] as? String ?? "") ?? 0
+        guard metricsPort > 0 else { throw TestFailure("no metrics port in \(metrics)") }
+    }
+
+    /// Every line the server wrote to stderr (log lines, and a crash's backtrace).
+    var stderrLines: [String] { lines.withLockedValue { $0 } }
+
+    /// Sends a signal to the server.
+    func signal(_ number: Int32) { kill(process.processIdentifier, number) }
+
+    /// Waits up to `timeout` seconds for the server to exit; nil when it is still running.
+    /// Reaps the child itself when Foundation has not (seen with children that died by a signal
+    /// under the test runner: they stay zombies and `isRunning` stays true).
+    func waitForExit(timeout: Double) -> (status: Int32, bySignal: Bool, seconds: Double)? {
+        let start = Date()
+        let pid = process.processIdentifier
+        while process.isRunning && Date().timeIntervalSince(start) < timeout {
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid {
+                usleep(100_000)  // let the last stderr lines arrive
+                let signalled = (status & 0x7f) != 0 && (status & 0x7f) != 0x7f
+                return (signalled ? status & 0x7f : (status >> 8) & 0xff, signalled, Date().timeIntervalSince(start))
+            }
+            usleep(5_000)
+        }
+        guard !process.isRunning else { return nil }
+        usleep(100_000)  // let the last stderr lines arrive
+        return (process.terminationStatus, process.terminationReason == .uncaughtSignal, Date().timeIntervalSince(start))
+    }
+
+    /// GET on the metrics port.
+    func http(_ path: String) throws -> HTTPResult { try httpGet(port: metricsPort, path: path) }
+
+    /// `/metrics`, parsed.
+    func scrape() throws -> Scrape {
+        let result = try http("/metrics")
+        guard result.status == 200 else { throw TestFailure("/metrics answered \(result.status)") }
+        return Scrape(text: result.body)
+    }
+
+    /// Log objects so far.
+    var logs: [[String: Any]] {
+        lines.withLockedValue { $0 }.compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+    }
+
+    func logCount(event: String) -> Int { logs.filter { $0["event"] as? String == event }.count }
+
+    @discardableResult
+    func waitForLog(event: String, timeout: Double, count: Int = 1) throws -> [String: Any] {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            let matching = logs.filter { $0["event"] as? String == event }
+            if matching.count >= count { return matching[count - 1] }
+            if !process.isRunning { break }
+            usleep(10_000)
+        }
+        throw TestFailure("no \(event) log within \(timeout) s; logs: \(lines.withLockedValue { $0.suffix(20) })")
+    }
+
+    /// Resident memory of the server, in KiB.
+    var rssKiB: Int { IntegrationTests.rssKiB(pid: process.processIdentifier) }
+
+    func stop() {
+        terminateAndWait(process)
+        stderr.fileHandleForReading.readabilityHandler = nil
+    }
+
+    deinit { stop() }
+}
