@@ -19,6 +19,8 @@ extension RedisPublisher: PublishSink {}
 final class SessionEnvironment: Sendable {
     let configuration: IngestConfiguration
     let publisher: any PublishSink
+    /// Where this server's metrics are recorded (the process-wide registry, or a test's own).
+    let metrics: IngestMetrics
     let registry = DeviceRegistry()
     let logger: Logger
     /// One entry encoder per event-loop thread (its 8 KiB scratch is not paid per connection).
@@ -26,9 +28,10 @@ final class SessionEnvironment: Sendable {
     /// Sessions with a packet published but not yet answered (ACK or close): what a drain waits for.
     let packetsInFlight = Atomic<Int>(0)
 
-    init(configuration: IngestConfiguration, publisher: any PublishSink, logger: Logger) {
+    init(configuration: IngestConfiguration, publisher: any PublishSink, logger: Logger, metrics: IngestMetrics = .shared) {
         self.configuration = configuration
         self.publisher = publisher
+        self.metrics = metrics
         self.logger = logger
     }
 
@@ -123,13 +126,13 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     func channelActive(context: ChannelHandlerContext) {
         logger[metadataKey: "peer"] = "\(peerString(context.remoteAddress))"
-        IngestMetrics.shared.connectionsActive.increment()
+        environment.metrics.connectionsActive.increment()
         let timeout = TimeAmount.milliseconds(Int64(environment.configuration.handshakeTimeoutMs))
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         handshakeTimer = context.eventLoop.scheduleTask(in: timeout) {
             let (handler, context) = bound.value
             guard handler.session.handshakeTimedOut() else { return }
-            IngestMetrics.shared.handshakes(result: .timeout).increment()
+            handler.environment.metrics.handshakes(result: .timeout).increment()
             handler.logger.warning("no login in time", metadata: ["event": "device.handshake_timeout"])
             handler.close(context)
         }
@@ -138,7 +141,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     func channelInactive(context: ChannelHandlerContext) {
         handshakeTimer?.cancel()
-        IngestMetrics.shared.connectionsActive.decrement()
+        environment.metrics.connectionsActive.decrement()
         let ended = session.connectionClosed()
         if let packet = ended.abandoned {
             packet.job.cancel()
@@ -146,7 +149,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         }
         if let imei = ended.imei { environment.registry.remove(imei, channel: context.channel) }
         if let rest = pending, rest.readableBytes > 0, ended.bufferedBytesAreTruncatedFrame {
-            IngestMetrics.shared.frames(codec: .unknown, result: .malformed).increment()
+            environment.metrics.frames(codec: .unknown, result: .malformed).increment()
             logger.warning(
                 "connection closed inside a frame: no ACK",
                 metadata: ["event": "frame.truncated", "error": "truncated", "buffered_bytes": "\(rest.readableBytes)"]
@@ -159,7 +162,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
-        IngestMetrics.shared.bytesReceived.increment(by: Int64(bytes.readableBytes))
+        environment.metrics.bytesReceived.increment(by: Int64(bytes.readableBytes))
         if pending == nil {
             pending = bytes
         } else {
@@ -235,7 +238,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             case nil:
                 return
             case .keepAlive:
-                IngestMetrics.shared.keepAlives.increment()
+                environment.metrics.keepAlives.increment()
             case .login(let login):
                 self.login(context, frame: login)
             case .packet(let packet):
@@ -252,14 +255,14 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         case .accept(let imei):
             logger[metadataKey: "imei"] = "\(imei)"
             if let old = environment.registry.register(imei, channel: context.channel) {
-                IngestMetrics.shared.connectionsReplaced.increment()
+                environment.metrics.connectionsReplaced.increment()
                 logger.info(
                     "newer login replaces the older connection",
                     metadata: ["event": "device.replaced", "old_peer": "\(peerString(old.remoteAddress))"]
                 )
                 old.close(promise: nil)
             }
-            IngestMetrics.shared.handshakes(result: .accepted).increment()
+            environment.metrics.handshakes(result: .accepted).increment()
             logger.info("device logged in", metadata: ["event": "device.login"])
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(1))), promise: nil)
         case .refuse(let result, let error):
@@ -269,7 +272,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     /// Answers 0x00, closes once it is written. `result`: `rejected` (bad digits) or `malformed` (bad length).
     private func refuseLogin(_ context: ChannelHandlerContext, error: Codec8Error, result: HandshakeResult) {
-        IngestMetrics.shared.handshakes(result: result).increment()
+        environment.metrics.handshakes(result: result).increment()
         logger.warning("login rejected", metadata: ["event": "device.login_rejected", "error": "\(error.category)", "detail": "\(error)"])
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(0)))).whenComplete { _ in channel.close(promise: nil) }
@@ -324,12 +327,12 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         case .failure(let error):
             reject(context, error: error, codec: frame.getInteger(at: frame.readerIndex + 8, as: UInt8.self))
         case .success(.message(let codec, let action)):
-            IngestMetrics.shared.frames(codec: FrameCodec(codec), result: .ok).increment()
-            IngestMetrics.shared.deviceMessages(codec: codec).increment()
+            environment.metrics.frames(codec: FrameCodec(codec), result: .ok).increment()
+            environment.metrics.deviceMessages(codec: codec).increment()
             deviceMessage(context, codec: codec, action: action, completed: completed)
         case .success(.avl(let codec, let records)):
-            IngestMetrics.shared.frames(codec: FrameCodec(codec), result: .ok).increment()
-            IngestMetrics.shared.records(codec: codec).increment(by: Int64(records))
+            environment.metrics.frames(codec: FrameCodec(codec), result: .ok).increment()
+            environment.metrics.records(codec: codec).increment(by: Int64(records))
             logger.debug("packet", metadata: ["event": "device.packet", "codec": "\(codec.name)", "records": "\(records)"])
             let action = session.packetDecoded(records: records) {
                 PacketInFlight(job: makeJob(context, writer: writer, records: records), frameCompleted: completed)
@@ -357,7 +360,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             if environment.publisher.submit(session.inFlight!.job) { return }
             // Still inside the framing loop, which goes on by itself; only a drained session closes here.
             let next = session.messageNotQueued()
-            IngestMetrics.shared.publishOverflow.increment()
+            environment.metrics.publishOverflow.increment()
             defer { if next == .close { close(context) } }
             if let heldBack = overflowLog.admit(nowNanoseconds: completed.uptimeNanoseconds) {
                 logger.warning(
@@ -366,7 +369,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 )
             }
         case .rateLimited:
-            IngestMetrics.shared.deviceMessagesRateLimited.increment()
+            environment.metrics.deviceMessagesRateLimited.increment()
             if let heldBack = rateLimitLog.admit(nowNanoseconds: completed.uptimeNanoseconds) {
                 logger.warning(
                     "device messages over the connection's budget: dropped",
@@ -403,9 +406,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         // A retry timer that fires after its packet was answered or its connection closed does nothing.
         guard let current = session.inFlight, current.job === job else { return }
         if environment.publisher.submit(job) { return }
-        switch session.packetNotQueued(at: .now()) {
+        switch session.packetNotQueued(at: context.eventLoop.now) {
         case .giveUp(let waited):
-            IngestMetrics.shared.publishOverflow.increment()
+            environment.metrics.publishOverflow.increment()
             logger.warning(
                 "publish queue full: packet not acknowledged",
                 metadata: ["event": "publish.overflow", "records": "\(job.recordCount)", "waited_ms": "\(waited.nanoseconds / 1_000_000)"]
@@ -472,8 +475,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         var ack = context.channel.allocator.buffer(capacity: 4)
         ack.writeInteger(UInt32(records))
         // Counted first, so that whoever sees the ACK also sees it counted.
-        IngestMetrics.shared.acks.increment()
-        IngestMetrics.shared.ackLatency.recordNanoseconds((NIODeadline.now() - frameCompleted).nanoseconds)
+        environment.metrics.acks.increment()
+        environment.metrics.ackLatency.recordNanoseconds((NIODeadline.now() - frameCompleted).nanoseconds)
         return context.writeAndFlush(wrapOutboundOut(ack))
     }
 
@@ -487,8 +490,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         case .close(let frameResult, _):
             result = frameResult
         }
-        if case .unsupportedCodec = error { IngestMetrics.shared.unknownCodec.increment() }
-        IngestMetrics.shared.frames(codec: frameCodec, result: result).increment()
+        if case .unsupportedCodec = error { environment.metrics.unknownCodec.increment() }
+        environment.metrics.frames(codec: frameCodec, result: result).increment()
         logger.warning(
             "frame rejected: no ACK, closing",
             metadata: ["event": "frame.rejected", "error": "\(error.category)", "detail": "\(error)", "codec": "\(frameCodec.rawValue)"]

@@ -19,8 +19,13 @@ public final class IngestServer: Sendable {
     )
     private let serverChannel = NIOLockedValueBox<(any Channel)?>(nil)
 
-    public init(configuration: IngestConfiguration, publisher: RedisPublisher, logger: Logger, group: any EventLoopGroup) {
-        self.environment = SessionEnvironment(configuration: configuration, publisher: publisher, logger: logger)
+    public convenience init(configuration: IngestConfiguration, publisher: RedisPublisher, logger: Logger, group: any EventLoopGroup) {
+        self.init(configuration: configuration, publisher: publisher, logger: logger, group: group, metrics: .shared)
+    }
+
+    init(configuration: IngestConfiguration, publisher: any PublishSink, logger: Logger, group: any EventLoopGroup, metrics: IngestMetrics)
+    {
+        self.environment = SessionEnvironment(configuration: configuration, publisher: publisher, logger: logger, metrics: metrics)
         self.group = group
     }
 
@@ -47,10 +52,10 @@ public final class IngestServer: Sendable {
             )
             .childChannelInitializer { [self] channel in
                 guard admit(channel) else {
-                    IngestMetrics.shared.connections(result: .refused).increment()
+                    environment.metrics.connections(result: .refused).increment()
                     return channel.close()
                 }
-                IngestMetrics.shared.connections(result: .accepted).increment()
+                environment.metrics.connections(result: .accepted).increment()
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers(
                         IdleStateHandler(readTimeout: idle),

@@ -67,19 +67,34 @@ public final class IngestService: Service, Sendable {
     private let configuration: IngestConfiguration
     private let logger: Logger
     private let publisher: RedisPublisher
+    private let metrics: IngestMetrics
     private let group: MultiThreadedEventLoopGroup
-    private let state = NIOLockedValueBox<(deadline: NIODeadline?, report: DrainReport?)>((nil, nil))
+    private let state = NIOLockedValueBox<(deadline: NIODeadline?, report: DrainReport?, address: SocketAddress?)>((nil, nil, nil))
 
-    public init(configuration: IngestConfiguration, logger: Logger) {
+    public convenience init(configuration: IngestConfiguration, logger: Logger) {
+        self.init(
+            configuration: configuration,
+            logger: logger,
+            connector: HiredisConnector(url: configuration.redisURL, timeoutMs: configuration.redisTimeoutMs),
+            metrics: .shared
+        )
+    }
+
+    /// With the Redis connector and the metrics registry given (in-process tests pass a fake Redis
+    /// and a registry of their own).
+    init(configuration: IngestConfiguration, logger: Logger, connector: any RedisConnector, metrics: IngestMetrics) {
         self.configuration = configuration
         self.logger = logger
+        self.metrics = metrics
         self.publisher = RedisPublisher(
             configuration: PublisherConfiguration(
                 redis: configuration.redisURL,
                 queueCapacity: configuration.publishQueueCapacity,
                 redisTimeoutMs: configuration.redisTimeoutMs
             ),
-            logger: logger
+            connector: connector,
+            logger: logger,
+            metrics: metrics
         )
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         self.health = ServerHealth(publisher: publisher, eventLoops: group)
@@ -87,6 +102,9 @@ public final class IngestService: Service, Sendable {
 
     /// The drain's outcome, once `run()` has returned after a shutdown.
     public var drainReport: DrainReport? { state.withLockedValue { $0.report } }
+
+    /// Where the device listener is bound, once it is (the real port when `TELTONIKA_PORT` is 0).
+    public var listeningAddress: SocketAddress? { state.withLockedValue { $0.address } }
 
     /// Shutdown was asked for (first signal): readiness turns false now, and the drain deadline is
     /// fixed from this moment. Safe to call from any thread, more than once.
@@ -107,9 +125,10 @@ public final class IngestService: Service, Sendable {
             ]
         )
         publisher.start()
-        let server = IngestServer(configuration: configuration, publisher: publisher, logger: logger, group: group)
+        let server = IngestServer(configuration: configuration, publisher: publisher, logger: logger, group: group, metrics: metrics)
         do {
-            _ = try await server.start()
+            let address = try await server.start()
+            state.withLockedValue { $0.address = address }
         } catch {
             logger.critical("cannot listen", metadata: ["event": "server.listen_failed", "error": "\(error)"])
             _ = await publisher.stop(deadline: .now())

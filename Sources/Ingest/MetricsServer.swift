@@ -42,7 +42,7 @@ public final class MetricsServer: Service, Sendable {
         let routes = Routes(health: health, metrics: metrics)
         let channel: any Channel
         do {
-            let limiter = MetricsConnectionLimiter(limit: maxConnections, logger: logger)
+            let limiter = MetricsConnectionLimiter(limit: maxConnections, metrics: metrics, logger: logger)
             let limits = MetricsPortLimits.decoder
             channel = try await ServerBootstrap(group: group)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -304,10 +304,12 @@ extension HTTPHandler: Sendable {}
 final class MetricsConnectionLimiter: Sendable {
     private let limit: Int
     private let state = NIOLockedValueBox((open: 0, refusalLog: LogLimiter()))
+    private let metrics: IngestMetrics
     private let logger: Logger
 
-    init(limit: Int, logger: Logger) {
+    init(limit: Int, metrics: IngestMetrics, logger: Logger) {
         self.limit = limit
+        self.metrics = metrics
         self.logger = logger
     }
 
@@ -320,7 +322,7 @@ final class MetricsConnectionLimiter: Sendable {
             return (true, nil)
         }
         guard admitted else {
-            IngestMetrics.shared.metricsConnectionsRefused.increment()
+            metrics.metricsConnectionsRefused.increment()
             if let heldBack {
                 logger.warning(
                     "metrics connection refused: at METRICS_MAX_CONNECTIONS",

@@ -1,4 +1,6 @@
 import Codec8
+import FixtureSupport
+import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -56,6 +58,8 @@ struct DeviceSessionHandlerTests {
         let handler: DeviceSessionHandler
         let reads: ReadCounter
         let sink: FakePublishSink
+        /// This harness's own registry: its counts are exact, whatever other tests do.
+        let metrics = IngestMetrics()
 
         init(configure: (inout IngestConfiguration) -> Void = { _ in }) throws {
             var configuration = IngestConfiguration()
@@ -63,7 +67,7 @@ struct DeviceSessionHandlerTests {
             var logger = Logger(label: "test")
             logger.logLevel = .critical
             sink = FakePublishSink()
-            let environment = SessionEnvironment(configuration: configuration, publisher: sink, logger: logger)
+            let environment = SessionEnvironment(configuration: configuration, publisher: sink, logger: logger, metrics: metrics)
             handler = DeviceSessionHandler(environment: environment)
             reads = ReadCounter()
             channel = EmbeddedChannel()
@@ -86,6 +90,16 @@ struct DeviceSessionHandlerTests {
             var out: [UInt8] = []
             while let buffer = try channel.readOutbound(as: ByteBuffer.self) { out += buffer.readableBytesView }
             return out
+        }
+
+        /// One series' value in this harness's registry; nil when the series does not exist.
+        func value(_ series: String) -> Double? {
+            var bytes: [UInt8] = []
+            metrics.registry.emit(into: &bytes)
+            for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") where line.hasPrefix(series + " ") {
+                return Double(line.dropFirst(series.count + 1))
+            }
+            return nil
         }
     }
 
@@ -181,14 +195,13 @@ struct DeviceSessionHandlerTests {
     @Test func testMessagesOverTheBudgetAreDroppedAndCounted() throws {
         let h = try Harness { $0.deviceMessageBurst = 3 }
         try h.feed(Self.imei.loginFrame)
-        let before = try #require(Self.value(of: "teltonika_device_messages_rate_limited_total"))
         var stream: [UInt8] = []
         for _ in 0..<10 { stream += Self.message(payloadBytes: 20) }
         stream += try Self.avl(1, from: 0)
         try h.feed(stream)
         h.answer()
         #expect(h.sink.submitted.withLockedValue { $0 } == 3 + 1, "3 messages and the packet")
-        #expect(Self.value(of: "teltonika_device_messages_rate_limited_total") == before + 7)
+        #expect(h.value("teltonika_device_messages_rate_limited_total") == 7)
         #expect(try h.written() == [1] + AVLAck.bytes(count: 1))
     }
 
@@ -197,9 +210,8 @@ struct DeviceSessionHandlerTests {
         let h = try Harness()
         try h.feed(Self.imei.loginFrame)
         h.sink.hasRoom.withLockedValue { $0 = false }
-        let before = try #require(Self.value(of: "teltonika_publish_overflow_total"))
         try h.feed(Self.message(payloadBytes: 20))
-        #expect(Self.value(of: "teltonika_publish_overflow_total") == before + 1)
+        #expect(h.value("teltonika_publish_overflow_total") == 1)
         h.sink.hasRoom.withLockedValue { $0 = true }
         try h.feed(try Self.avl(1, from: 0))
         h.answer()
@@ -229,13 +241,64 @@ struct DeviceSessionHandlerTests {
         #expect(busy.sink.submitted.withLockedValue { $0 } == 1, "the buffered packet was never handled")
     }
 
-    /// One series' value in the process-wide registry.
-    static func value(of series: String) -> Double? {
-        var bytes: [UInt8] = []
-        IngestMetrics.shared.registry.emit(into: &bytes)
-        for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") where line.hasPrefix(series + " ") {
-            return Double(line.dropFirst(series.count + 1))
+    /// Every fixture frame fed one byte at a time after a login: the same answers as whole frames.
+    @Test func testEveryFixtureFedByteByByteGetsItsAnswer() throws {
+        for fixture in FixtureCorpus.frames where fixture.expect.hasPrefix("avl:") {
+            let h = try Harness()
+            for byte in Self.imei.loginFrame + fixture.bytes { try h.feed([byte]) }
+            h.answer()
+            let records = UInt32(fixture.expect.dropFirst(4))!
+            #expect(try h.written() == [1] + AVLAck.bytes(count: records), "\(fixture.id)")
+            #expect(h.handler.bufferedCapacity == 0, "\(fixture.id): nothing left over")
         }
-        return nil
+    }
+
+    /// A bad frame after login: counted by codec and result, no ACK, the connection closed.
+    @Test func testABadFrameIsCountedAndClosesWithoutACK() throws {
+        let h = try Harness()
+        try h.feed(Self.imei.loginFrame)
+        var frame = try Self.avl(2, from: 0)
+        frame[frame.count - 1] ^= 0xFF  // the CRC
+        try h.feed(frame)
+        #expect(try h.written() == [1], "the login answer only")
+        #expect(!h.channel.isActive)
+        #expect(h.value(#"teltonika_frames_total{codec="8",result="crc_fail"}"#) == 1)
+        #expect(h.sink.submitted.withLockedValue { $0 } == 0)
+    }
+
+    /// No login within HANDSHAKE_TIMEOUT_MS: counted, closed; not a moment before.
+    @Test func testTheHandshakeTimeoutClosesASilentConnection() throws {
+        let h = try Harness { $0.handshakeTimeoutMs = 500 }
+        h.channel.embeddedEventLoop.advanceTime(by: .milliseconds(499))
+        #expect(h.channel.isActive)
+        h.channel.embeddedEventLoop.advanceTime(by: .milliseconds(1))
+        #expect(!h.channel.isActive)
+        #expect(h.value(#"teltonika_handshake_total{result="timeout"}"#) == 1)
+    }
+
+    /// A full queue: the packet is offered again every 10 ms until OVERFLOW_WAIT_MS, then the
+    /// connection closes unACKed; room in time means the packet is queued and ACKed.
+    @Test func testAFullQueueWaitsThenClosesWithoutACK() throws {
+        let h = try Harness { $0.overflowWaitMs = 50 }
+        try h.feed(Self.imei.loginFrame)
+        h.sink.hasRoom.withLockedValue { $0 = false }
+        try h.feed(try Self.avl(1, from: 0))
+        h.channel.embeddedEventLoop.advanceTime(by: .milliseconds(49))
+        #expect(h.channel.isActive, "still waiting for room after 49 ms")
+        h.channel.embeddedEventLoop.advanceTime(by: .milliseconds(10))
+        #expect(!h.channel.isActive, "no room in 50 ms: closed")
+        #expect(try h.written() == [1], "no ACK")
+        #expect(h.value("teltonika_publish_overflow_total") == 1)
+
+        let lucky = try Harness { $0.overflowWaitMs = 1000 }
+        try lucky.feed(Self.imei.loginFrame)
+        lucky.sink.hasRoom.withLockedValue { $0 = false }
+        try lucky.feed(try Self.avl(2, from: 0))
+        lucky.channel.embeddedEventLoop.advanceTime(by: .milliseconds(30))
+        lucky.sink.hasRoom.withLockedValue { $0 = true }
+        lucky.channel.embeddedEventLoop.advanceTime(by: .milliseconds(10))
+        lucky.answer()
+        #expect(try lucky.written() == [1] + AVLAck.bytes(count: 2))
+        #expect(lucky.value("teltonika_publish_overflow_total") == 0)
     }
 }

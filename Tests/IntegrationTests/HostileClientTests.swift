@@ -1,4 +1,5 @@
 import Codec8
+import FixtureSupport
 import Foundation
 import NIOConcurrencyHelpers
 import Testing

@@ -1,4 +1,5 @@
 /// Test support: one-shot HTTP GETs and Prometheus scrape parsing.
+import FixtureSupport
 import Foundation
 
 #if canImport(Glibc)

@@ -11,6 +11,7 @@ import Prometheus
 final class PublishQueue: @unchecked Sendable {
     /// Records the queue may hold.
     let capacity: Int
+    private let metrics: IngestMetrics
     private let condition = NSCondition()
     // Guarded by `condition`:
     /// Jobs not yet taken start at `head`; a taken slot is set to nil at once, so a sent job's commands
@@ -21,8 +22,9 @@ final class PublishQueue: @unchecked Sendable {
     private var submissions = 0
     private var stopDeadline: NIODeadline? = nil
 
-    init(capacity: Int) {
+    init(capacity: Int, metrics: IngestMetrics) {
         self.capacity = capacity
+        self.metrics = metrics
     }
 
     /// Queues a job; false (and the job untouched) when it does not fit or a stop was requested.
@@ -35,7 +37,7 @@ final class PublishQueue: @unchecked Sendable {
         jobs.append(job)
         held += job.recordCount
         submissions &+= 1
-        IngestMetrics.shared.publishQueueDepth.set(Int64(held))
+        metrics.publishQueueDepth.set(Int64(held))
         condition.broadcast()
         condition.unlock()
         return true
@@ -110,7 +112,7 @@ final class PublishQueue: @unchecked Sendable {
     func complete(_ job: PublishJob, _ outcome: PublishOutcome) {
         condition.lock()
         held -= job.recordCount
-        IngestMetrics.shared.publishQueueDepth.set(Int64(held))
+        metrics.publishQueueDepth.set(Int64(held))
         condition.unlock()
         job.complete(outcome)
     }

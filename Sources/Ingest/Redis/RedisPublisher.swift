@@ -57,6 +57,7 @@ public final class RedisPublisher: Sendable {
     private let configuration: PublisherConfiguration
     private let connector: any RedisConnector
     private let logger: Logger
+    fileprivate let metrics: IngestMetrics
     private let queue: PublishQueue
     private let connected = NIOLockedValueBox(false)
     /// Whether the thread has ended, the records it abandoned, and the stops waiting for it.
@@ -70,13 +71,14 @@ public final class RedisPublisher: Sendable {
         )
     }
 
-    init(configuration: PublisherConfiguration, connector: any RedisConnector, logger: Logger) {
+    init(configuration: PublisherConfiguration, connector: any RedisConnector, logger: Logger, metrics: IngestMetrics = .shared) {
         self.configuration = configuration
         self.connector = connector
         self.logger = logger
-        queue = PublishQueue(capacity: configuration.queueCapacity)
-        IngestMetrics.shared.publishQueueCapacity.set(Int64(configuration.queueCapacity))
-        IngestMetrics.shared.redisUp.set(Int64(0))
+        self.metrics = metrics
+        queue = PublishQueue(capacity: configuration.queueCapacity, metrics: metrics)
+        metrics.publishQueueCapacity.set(Int64(configuration.queueCapacity))
+        metrics.redisUp.set(Int64(0))
     }
 
     /// Starts the publisher thread.
@@ -131,7 +133,7 @@ public final class RedisPublisher: Sendable {
 
     fileprivate func setConnected(_ value: Bool) {
         connected.withLockedValue { $0 = value }
-        IngestMetrics.shared.redisUp.set(Int64(value ? 1 : 0))
+        metrics.redisUp.set(Int64(value ? 1 : 0))
     }
 
     fileprivate func threadEnded(abandonedRecords: Int) {
@@ -157,6 +159,7 @@ public final class RedisPublisher: Sendable {
 
         var queue: PublishQueue { publisher.queue }
         var logger: Logger { publisher.logger }
+        var metrics: IngestMetrics { publisher.metrics }
         var configuration: PublisherConfiguration { publisher.configuration }
 
         init(publisher: RedisPublisher) {
@@ -252,14 +255,14 @@ public final class RedisPublisher: Sendable {
                 try checkDurability(opened)
                 transport = opened
                 machine.connected(at: .now())
-                if everConnected { IngestMetrics.shared.redisReconnects.increment() }
+                if everConnected { metrics.redisReconnects.increment() }
                 everConnected = true
                 publisher.setConnected(true)
                 logger.info("redis connected", metadata: ["event": "redis.connected", "redis": "\(publisher.connector.description)"])
             } catch {
                 transport = nil
                 publisher.setConnected(false)
-                IngestMetrics.shared.redisErrors(kind: error.kind).increment()
+                metrics.redisErrors(kind: error.kind).increment()
                 let delay = machine.connectFailed(at: .now(), jitter: Driver.jitter())
                 var attempt = 0
                 if case .down(let failures, _) = machine.link { attempt = failures }
@@ -283,7 +286,7 @@ public final class RedisPublisher: Sendable {
                 self.transport = nil
                 publisher.setConnected(false)
                 machine.checkFailed(at: .now())
-                IngestMetrics.shared.redisErrors(kind: error.kind).increment()
+                metrics.redisErrors(kind: error.kind).increment()
                 logger.error(
                     "redis health check failed",
                     metadata: ["event": "redis.connection_lost", "error": "\(error)", "unconfirmed_jobs": "0"]
@@ -303,12 +306,12 @@ public final class RedisPublisher: Sendable {
             var firstRefusal: String? = nil
             for (job, answer) in zip(batch, result.answers) {
                 if let answer {
-                    IngestMetrics.shared.redisErrors(kind: .reply).increment()
+                    metrics.redisErrors(kind: .reply).increment()
                     if firstRefusal == nil { firstRefusal = answer }
                     refused.append(job)
                 } else {
-                    IngestMetrics.shared.recordsPublished.increment(by: Int64(job.recordCount))
-                    IngestMetrics.shared.publishDuration.recordNanoseconds((NIODeadline.now() - job.enqueued).nanoseconds)
+                    metrics.recordsPublished.increment(by: Int64(job.recordCount))
+                    metrics.publishDuration.recordNanoseconds((NIODeadline.now() - job.enqueued).nanoseconds)
                     queue.complete(job, .stored)
                 }
             }
@@ -325,14 +328,14 @@ public final class RedisPublisher: Sendable {
                 retry = refused + unanswered
                 self.transport = nil
                 publisher.setConnected(false)
-                IngestMetrics.shared.redisErrors(kind: failure.kind).increment()
+                metrics.redisErrors(kind: failure.kind).increment()
                 _ = machine.connectionLost(at: .now(), jitter: Driver.jitter())
                 logger.error(
                     "redis connection lost",
                     metadata: ["event": "redis.connection_lost", "error": "\(failure)", "unconfirmed_jobs": "\(unanswered.count)"]
                 )
             } else {
-                IngestMetrics.shared.publishBatchSize.record(Int64(batch.reduce(0) { $0 + $1.recordCount }))
+                metrics.publishBatchSize.record(Int64(batch.reduce(0) { $0 + $1.recordCount }))
                 retry = refused
                 machine.batchAnswered(at: .now(), refused: !refused.isEmpty, jitter: Driver.jitter())
             }
@@ -350,7 +353,7 @@ public final class RedisPublisher: Sendable {
             }
             let mode = RedisDurability(appendonly: try setting("appendonly"), appendfsync: try setting("appendfsync"))
             let policy = try setting("maxmemory-policy")
-            IngestMetrics.shared.setRedisDurability(mode)
+            metrics.setRedisDurability(mode)
             let seen = "\(mode.rawValue) \(policy ?? "unknown")"
             guard seen != loggedDurability else { return }
             loggedDurability = seen
