@@ -103,9 +103,6 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private var readHeld = false
     private var handshakeTimer: Scheduled<Void>? = nil
     private var logger: Logger
-    private var messageLog = LogLimiter()
-    private var rateLimitLog = LogLimiter()
-    private var overflowLog = LogLimiter()
 
     init(environment: SessionEnvironment) {
         self.environment = environment
@@ -302,19 +299,20 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                     let codec = message.codec
                     let action = session.messageDecoded(nowNanoseconds: completed.uptimeNanoseconds) {
                         encoderBox.encoder.appendMessage(message, imei: imei, receivedMs: wallClockMilliseconds(), to: &writer)
-                        if let heldBack = messageLog.admit(nowNanoseconds: completed.uptimeNanoseconds) {
-                            logger.info(
-                                "device message",
-                                metadata: [
-                                    "event": "device.message", "codec": "\(codec.name)", "type": "\(message.type)",
-                                    "suppressed": "\(heldBack)",
-                                ]
-                            )
-                        }
                         return PacketInFlight(
                             job: makeJob(context, writer: writer, records: 1),
                             frameCompleted: completed,
                             codec: codec.name
+                        )
+                    }
+                    // After messageDecoded has returned: the session is not mutated twice at once.
+                    if action == .publish, let heldBack = session.admitLog(.message, nowNanoseconds: completed.uptimeNanoseconds) {
+                        logger.info(
+                            "device message",
+                            metadata: [
+                                "event": "device.message", "codec": "\(codec.name)", "type": "\(message.type)",
+                                "suppressed": "\(heldBack)",
+                            ]
                         )
                     }
                     return .success(.message(codec: codec, action))
@@ -362,7 +360,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             let next = session.messageNotQueued()
             environment.metrics.publishOverflow.increment()
             defer { if next == .close { close(context) } }
-            if let heldBack = overflowLog.admit(nowNanoseconds: completed.uptimeNanoseconds) {
+            if let heldBack = session.admitLog(.messageOverflow, nowNanoseconds: completed.uptimeNanoseconds) {
                 logger.warning(
                     "device message dropped: publish queue full",
                     metadata: ["event": "publish.overflow", "records": "1", "waited_ms": "0", "suppressed": "\(heldBack)"]
@@ -370,7 +368,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             }
         case .rateLimited:
             environment.metrics.deviceMessagesRateLimited.increment()
-            if let heldBack = rateLimitLog.admit(nowNanoseconds: completed.uptimeNanoseconds) {
+            if let heldBack = session.admitLog(.messageRateLimited, nowNanoseconds: completed.uptimeNanoseconds) {
                 logger.warning(
                     "device messages over the connection's budget: dropped",
                     metadata: [

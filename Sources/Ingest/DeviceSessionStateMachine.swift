@@ -44,6 +44,8 @@ struct DeviceSessionStateMachine<InFlight> {
     private let overflowWait: TimeAmount
     /// When the queue first refused the packet in flight.
     private var queueFullSince: NIODeadline? = nil
+    /// One log line per 10 s per kind of frequent event on this connection.
+    private var logs: [LogKind: LogLimiter] = [:]
 
     /// - Parameters:
     ///   - messageLimiter: the per-connection budget of device messages.
@@ -231,6 +233,24 @@ struct DeviceSessionStateMachine<InFlight> {
         case (.dropped, _):
             return .close
         }
+    }
+
+    // MARK: - Logs
+
+    /// The events a connection can repeat thousands of times a second, logged at most once per 10 s each.
+    enum LogKind: Hashable {
+        /// `device.message`
+        case message
+        /// `device.message_rate_limited`
+        case messageRateLimited
+        /// `publish.overflow` for a device message
+        case messageOverflow
+    }
+
+    /// Whether to write a line for `kind` now: nil to hold it back (counted), else the number held back
+    /// since the previous line.
+    mutating func admitLog(_ kind: LogKind, nowNanoseconds: UInt64) -> Int? {
+        logs[kind, default: LogLimiter()].admit(nowNanoseconds: nowNanoseconds)
     }
 
     // MARK: - Timers, drain, close

@@ -115,18 +115,19 @@ public final class IngestServer: Sendable {
     /// The drain's device half: every session stops reading and closes itself, at once or once its
     /// frame in flight is answered (a packet's ACK written first). Waits for the last connection to
     /// close, or `deadline`; then closes what is left. Returns the packets that were still unanswered
-    /// at the deadline (never ACKed: their devices resend them).
-    public func drainSessions(until deadline: NIODeadline) async -> Int {
+    /// at the deadline (never ACKed: their devices resend them) and the connections it had to cut.
+    public func drainSessions(until deadline: NIODeadline) async -> (packetsInFlight: Int, connectionsCut: Int) {
         let open = connections.withLockedValue { c -> [any Channel] in
             c.draining = true
             return Array(c.open.values)
         }
         for channel in open { channel.pipeline.fireUserInboundEventTriggered(SessionDrain()) }
-        if await allClosed(by: deadline) { return 0 }
+        if await allClosed(by: deadline) { return (0, 0) }
         let unanswered = packetsInFlight
-        for channel in connections.withLockedValue({ Array($0.open.values) }) { channel.close(promise: nil) }
+        let left = connections.withLockedValue { Array($0.open.values) }
+        for channel in left { channel.close(promise: nil) }
         _ = await allClosed(by: .now() + .milliseconds(500))
-        return unanswered
+        return (unanswered, left.count)
     }
 
     /// True once no connection is open, false at `deadline` if some still are. No polling: the last

@@ -14,6 +14,9 @@ public struct DrainReport: Sendable, Equatable {
     public var packetsInFlight: Int
     /// Records Redis had not confirmed at the deadline (never ACKed).
     public var abandonedRecords: Int
+    /// Device connections still open at the deadline, closed by the server (a session that had
+    /// answered its frame in flight would have closed itself).
+    public var connectionsCut: Int
     /// False when the Redis thread was stuck in a call at the deadline (Redis hung).
     public var publisherFinished: Bool
     public var seconds: Double
@@ -156,7 +159,7 @@ public final class IngestService: Service, Sendable {
         await server.stopAccepting()
         // Sessions finish their frame in flight (the publisher still runs) and close themselves; then
         // the publisher sends what is still queued. One deadline bounds both.
-        let inFlight = await server.drainSessions(until: deadline)
+        let drained = await server.drainSessions(until: deadline)
         let stopped = await publisher.stop(deadline: deadline)
         if stopped.threadFinished {
             do {
@@ -167,8 +170,9 @@ public final class IngestService: Service, Sendable {
             }
         }
         return DrainReport(
-            packetsInFlight: inFlight,
+            packetsInFlight: drained.packetsInFlight,
             abandonedRecords: stopped.abandonedRecords,
+            connectionsCut: drained.connectionsCut,
             publisherFinished: stopped.threadFinished,
             seconds: Double((NIODeadline.now() - started).nanoseconds) / 1e9
         )

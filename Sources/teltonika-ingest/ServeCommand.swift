@@ -65,6 +65,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
         let fields: Logger.Metadata = [
             "packets_in_flight": "\(report.packetsInFlight)", "abandoned_records": "\(report.abandonedRecords)",
+            "connections_cut": "\(report.connectionsCut)",
             "redis_thread_finished": "\(report.publisherFinished)", "seconds": "\(report.seconds)",
         ]
         if report.isClean {

@@ -253,6 +253,15 @@ struct DeviceSessionMessageTests {
         #expect(session.framerMode == .packets, "a dropped message does not stop reading")
     }
 
+    @Test func testFrequentEventsAreLoggedOncePer10SecondsPerKind() {
+        var session = Self.loggedIn()
+        #expect(session.admitLog(.message, nowNanoseconds: 0) == 0)
+        #expect(session.admitLog(.message, nowNanoseconds: 1) == nil)
+        #expect(session.admitLog(.messageRateLimited, nowNanoseconds: 2) == 0, "each kind has its own budget")
+        #expect(session.admitLog(.message, nowNanoseconds: 9_999_999_999) == nil)
+        #expect(session.admitLog(.message, nowNanoseconds: 10_000_000_000) == 2, "the held-back count")
+    }
+
     @Test func testADrainedSessionReadsNothingAfterItsMessage() {
         var session = Self.loggedIn()
         #expect(session.messageDecoded(nowNanoseconds: 0) { "m1" } == .publish)

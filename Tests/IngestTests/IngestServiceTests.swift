@@ -16,7 +16,7 @@ import Glibc
 
 /// The whole device server in this process, under a ServiceGroup, with a fake Redis and its own
 /// metrics: a device is served over real loopback TCP, then a graceful shutdown drains it.
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.timeLimit(.minutes(3)))
 struct IngestServiceTests {
     /// A blocking loopback client, run off the task pool.
     final class Device: @unchecked Sendable {
@@ -84,7 +84,7 @@ struct IngestServiceTests {
         }
         let report = try #require(service.drainReport)
         #expect(report.isClean, "\(report)")
-        #expect(report.seconds < 10, "the session closed itself: the drain did not wait for its 20 s deadline (\(report.seconds) s)")
+        #expect(report.connectionsCut == 0, "the session closed itself; the drain did not have to cut it at the deadline")
         var scrape: [UInt8] = []
         metrics.registry.emit(into: &scrape)
         let text = String(decoding: scrape, as: UTF8.self)
