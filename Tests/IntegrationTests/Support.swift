@@ -76,6 +76,14 @@ func readWholeFile(_ path: String) -> String {
     return String(decoding: out, as: UTF8.self)
 }
 
+/// The peak virtual memory of a process, in KiB (-1 when it is gone): it moves with any reservation,
+/// touched or not.
+func vmPeakKiB(pid: Int32) -> Int {
+    let status = readWholeFile("/proc/\(pid)/status")
+    let line = status.split(separator: "\n").first { $0.hasPrefix("VmPeak:") } ?? ""
+    return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? -1
+}
+
 /// Resident memory of a process, in KiB (-1 when it is gone).
 func rssKiB(pid: Int32) -> Int {
     let status = readWholeFile("/proc/\(pid)/status")
