@@ -190,6 +190,25 @@ struct DeviceSessionHandlerTests {
         #expect(try h.written().isEmpty, "a message is never ACKed")
     }
 
+    /// Two AVL packets in one write (a device that pipelines): only the first is queued; its ACK, then
+    /// the second is handled from the buffer and queued; then its ACK. Order kept, one in flight.
+    @Test func testPipelinedPacketsAreHandledOneAfterTheOtherFromTheBuffer() throws {
+        let h = try Harness()
+        try h.feed(Self.imei.loginFrame)
+        #expect(try h.written() == [1])
+        try h.feed(try Self.avl(2, from: 0) + Self.avl(5, from: 10))
+        #expect(h.sink.waiting == 1, "only the first packet is queued")
+        #expect(try h.written().isEmpty)
+        h.sink.answerAll(.stored)
+        h.channel.embeddedEventLoop.run()
+        #expect(try h.written() == AVLAck.bytes(count: 2), "the first ACK")
+        #expect(h.sink.waiting == 1, "the second packet, taken from the buffer, is now queued")
+        h.sink.answerAll(.stored)
+        h.channel.embeddedEventLoop.run()
+        #expect(try h.written() == AVLAck.bytes(count: 5), "then the second ACK")
+        #expect(h.sink.submitted.withLockedValue { $0 } == 2)
+    }
+
     /// A burst of messages over the connection's budget: the budget reaches the queue, the rest is
     /// dropped and counted, and the packet behind them is still ACKed.
     @Test func testMessagesOverTheBudgetAreDroppedAndCounted() throws {
