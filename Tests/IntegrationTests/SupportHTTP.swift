@@ -48,8 +48,15 @@ struct Scrape {
         self.values = values
     }
 
-    /// The value of one series, written as in the exposition (`name{label="v",...}`); 0 when absent.
-    subscript(_ series: String) -> Double { values[series] ?? 0 }
+    /// The value of one series, written as in the exposition (`name{label="v",...}`); nil when the
+    /// series is absent (a check for 0 must not pass on a series that does not exist).
+    subscript(_ series: String) -> Double? { values[series] }
+
+    /// The value of one series; throws when the series is absent.
+    func value(_ series: String) throws -> Double {
+        guard let value = values[series] else { throw TestFailure("no series \(series) in the scrape") }
+        return value
+    }
 
     /// Metric names (without labels, histogram suffixes kept).
     var names: Set<String> {
