@@ -424,10 +424,20 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private func published(_ context: ChannelHandlerContext, outcome: PublishOutcome) {
         guard let packet = session.inFlight else { return }
         switch session.published(outcome) {
-        case .acknowledge(let records, let next):
-            let written = acknowledge(context, records: records, frameCompleted: packet.frameCompleted)
+        case .acknowledge(let records, .read):
+            acknowledge(context, records: records, frameCompleted: packet.frameCompleted)
             environment.packetsInFlight.subtract(1, ordering: .relaxed)
-            carryOn(context, next, after: written)
+            resumeReading(context)
+        case .acknowledge(let records, .close):
+            // Draining: close once the ACK is out (a promise only here, not on every ACK).
+            let written = context.eventLoop.makePromise(of: Void.self)
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            written.futureResult.whenComplete { _ in
+                let (handler, context) = bound.value
+                handler.close(context)
+            }
+            acknowledge(context, records: records, frameCompleted: packet.frameCompleted, promise: written)
+            environment.packetsInFlight.subtract(1, ordering: .relaxed)
         case .messageStored(let next):
             carryOn(context, next)
         case .messageNotStored(let reason, let next):
@@ -449,33 +459,26 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         }
     }
 
-    /// After an answered frame: read on, or (draining) close once `written` is out.
-    private func carryOn(
-        _ context: ChannelHandlerContext,
-        _ next: DeviceSessionStateMachine<PacketInFlight>.Next,
-        after written: EventLoopFuture<Void>? = nil
-    ) {
+    /// After an answered device message: read on, or (draining) close.
+    private func carryOn(_ context: ChannelHandlerContext, _ next: DeviceSessionStateMachine<PacketInFlight>.Next) {
         switch next {
-        case .read:
-            resumeReading(context)
-        case .close:
-            guard let written else { return close(context) }
-            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-            written.whenComplete { _ in
-                let (handler, context) = bound.value
-                handler.close(context)
-            }
+        case .read: resumeReading(context)
+        case .close: close(context)
         }
     }
 
-    @discardableResult
-    private func acknowledge(_ context: ChannelHandlerContext, records: Int, frameCompleted: NIODeadline) -> EventLoopFuture<Void> {
+    private func acknowledge(
+        _ context: ChannelHandlerContext,
+        records: Int,
+        frameCompleted: NIODeadline,
+        promise: EventLoopPromise<Void>? = nil
+    ) {
         var ack = context.channel.allocator.buffer(capacity: 4)
         ack.writeInteger(UInt32(records))
         // Counted first, so that whoever sees the ACK also sees it counted.
         environment.metrics.acks.increment()
         environment.metrics.ackLatency.recordNanoseconds((NIODeadline.now() - frameCompleted).nanoseconds)
-        return context.writeAndFlush(wrapOutboundOut(ack))
+        context.writeAndFlush(wrapOutboundOut(ack), promise: promise)
     }
 
     private func reject(_ context: ChannelHandlerContext, error: Codec8Error, codec: UInt8?) {

@@ -45,7 +45,9 @@ struct DeviceSessionStateMachine<InFlight> {
     /// When the queue first refused the packet in flight.
     private var queueFullSince: NIODeadline? = nil
     /// One log line per 10 s per kind of frequent event on this connection.
-    private var logs: [LogKind: LogLimiter] = [:]
+    private var messageLog = LogLimiter()
+    private var rateLimitedLog = LogLimiter()
+    private var overflowLog = LogLimiter()
 
     /// - Parameters:
     ///   - messageLimiter: the per-connection budget of device messages.
@@ -238,7 +240,7 @@ struct DeviceSessionStateMachine<InFlight> {
     // MARK: - Logs
 
     /// The events a connection can repeat thousands of times a second, logged at most once per 10 s each.
-    enum LogKind: Hashable {
+    enum LogKind {
         /// `device.message`
         case message
         /// `device.message_rate_limited`
@@ -250,7 +252,11 @@ struct DeviceSessionStateMachine<InFlight> {
     /// Whether to write a line for `kind` now: nil to hold it back (counted), else the number held back
     /// since the previous line.
     mutating func admitLog(_ kind: LogKind, nowNanoseconds: UInt64) -> Int? {
-        logs[kind, default: LogLimiter()].admit(nowNanoseconds: nowNanoseconds)
+        switch kind {
+        case .message: messageLog.admit(nowNanoseconds: nowNanoseconds)
+        case .messageRateLimited: rateLimitedLog.admit(nowNanoseconds: nowNanoseconds)
+        case .messageOverflow: overflowLog.admit(nowNanoseconds: nowNanoseconds)
+        }
     }
 
     // MARK: - Timers, drain, close

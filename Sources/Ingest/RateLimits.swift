@@ -20,10 +20,11 @@ struct MessageRateLimiter: Sendable, Equatable {
 
     /// True when one more message fits the budget at `nowNanoseconds` (and takes it).
     mutating func admit(nowNanoseconds: UInt64) -> Bool {
+        // Refill for the time since the last call; a clock that goes back earns nothing.
         if let last, nowNanoseconds > last {
             tokens = min(Double(burst), tokens + Double(nowNanoseconds - last) / 1e9 * Double(perSecond))
         }
-        if last == nil || nowNanoseconds > last! { last = nowNanoseconds }
+        last = max(last ?? nowNanoseconds, nowNanoseconds)
         guard tokens >= 1 else { return false }
         tokens -= 1
         return true

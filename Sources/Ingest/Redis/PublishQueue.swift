@@ -50,27 +50,6 @@ final class PublishQueue: @unchecked Sendable {
         return held
     }
 
-    /// Whether jobs wait to be taken.
-    var hasQueued: Bool {
-        condition.lock()
-        defer { condition.unlock() }
-        return head < jobs.count
-    }
-
-    /// The deadline of the first job waiting (the earliest: every job gets the same timeout).
-    var firstDeadline: NIODeadline? {
-        condition.lock()
-        defer { condition.unlock() }
-        return head < jobs.count ? jobs[head]!.deadline : nil
-    }
-
-    /// The stop deadline, once a stop was requested.
-    var stopRequested: NIODeadline? {
-        condition.lock()
-        defer { condition.unlock() }
-        return stopDeadline
-    }
-
     /// Takes queued jobs in order while they fit `maxRecords` (at least one, if any waits).
     func take(maxRecords: Int) -> [PublishJob] {
         condition.lock()
@@ -93,9 +72,21 @@ final class PublishQueue: @unchecked Sendable {
         take(maxRecords: .max)
     }
 
-    /// Takes the jobs at the front that are cancelled or past their deadline at `now` (they complete
-    /// without being sent). Jobs behind a live one stay: deadlines grow along the queue.
-    func takeDead(at now: NIODeadline) -> [PublishJob] {
+    /// What the publisher thread needs to decide, read under one lock at `now`.
+    struct Front {
+        /// Jobs at the front that are cancelled or past their deadline (they complete unsent). Jobs
+        /// behind a live one stay: deadlines grow along the queue.
+        var dead: [PublishJob]
+        /// Whether live jobs wait to be taken.
+        var queued: Bool
+        /// The deadline of the first live job waiting (the earliest: every job gets the same timeout).
+        var firstDeadline: NIODeadline?
+        /// The stop deadline, once a stop was requested.
+        var stopDeadline: NIODeadline?
+    }
+
+    /// Takes the dead jobs at the front and reports what is left.
+    func front(at now: NIODeadline) -> Front {
         condition.lock()
         defer { condition.unlock() }
         var dead: [PublishJob] = []
@@ -105,7 +96,8 @@ final class PublishQueue: @unchecked Sendable {
             dead.append(job)
         }
         compact()
-        return dead
+        let first = head < jobs.count ? jobs[head] : nil
+        return Front(dead: dead, queued: first != nil, firstDeadline: first?.deadline, stopDeadline: stopDeadline)
     }
 
     /// Completes a taken job: its records leave the queue's count, then its owner is told.

@@ -181,12 +181,14 @@ public final class RedisPublisher: Sendable {
         func run() {
             while true {
                 let now = NIODeadline.now()
-                if let deadline = queue.stopRequested { machine.stop(deadline: deadline) }
-                expireDead(at: now)
+                let front = queue.front(at: now)
+                if let deadline = front.stopDeadline { machine.stop(deadline: deadline) }
+                expireDead(front.dead, at: now)
+                // Retried jobs are older than queued ones: the first of them has the earliest deadline.
                 let work = PublisherStateMachine.Work(
                     retrying: !retry.isEmpty,
-                    queued: queue.hasQueued,
-                    earliestDeadline: [retry.first?.deadline, queue.firstDeadline].compactMap { $0 }.min()
+                    queued: front.queued,
+                    earliestDeadline: retry.first?.deadline ?? front.firstDeadline
                 )
                 switch machine.next(now: now, work: work) {
                 case .connect:
@@ -229,22 +231,16 @@ public final class RedisPublisher: Sendable {
             publisher.threadEnded(abandonedRecords: abandonedRecords)
         }
 
-        /// Jobs whose connection closed, or whose deadline passed, complete without being sent.
-        private func expireDead(at now: NIODeadline) {
-            var live: [PublishJob] = []
-            for job in retry {
-                if job.isCancelled {
-                    queue.complete(job, .dropped)
-                } else if job.deadline <= now {
-                    queue.complete(job, .expired("Redis did not confirm in time"))
-                } else {
-                    live.append(job)
-                }
+        /// Jobs whose connection closed, or whose deadline passed, complete without being sent: those
+        /// taken from the queue's front (`dead`) and those waiting to be retried.
+        private func expireDead(_ dead: [PublishJob], at now: NIODeadline) {
+            func isDead(_ job: PublishJob) -> Bool { job.isCancelled || job.deadline <= now }
+            var gone = dead
+            if retry.contains(where: isDead) {
+                gone += retry.filter(isDead)
+                retry.removeAll(where: isDead)
             }
-            retry = live
-            for job in queue.takeDead(at: now) {
-                queue.complete(job, job.isCancelled ? .dropped : .expired("Redis did not confirm in time"))
-            }
+            for job in gone { queue.complete(job, job.isCancelled ? .dropped : .expired("Redis did not confirm in time")) }
         }
 
         /// A new connection with Redis' settings read, or a failure counted, logged once, and the next
