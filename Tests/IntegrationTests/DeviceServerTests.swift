@@ -105,6 +105,8 @@ struct DeviceServerTests {
         }
         let peakAfter = vmPeakKiB(pid: server.process.processIdentifier)
         #expect(peakBefore > 0 && peakAfter - peakBefore < 64 * 1024, "VmPeak grew from \(peakBefore) to \(peakAfter) KiB")
+        // The log lines may trail the closes: wait for the 50th, then no more than 50.
+        _ = try server.waitForLog(event: "frame.rejected", timeout: 5, count: 50)
         #expect(server.logs.filter { $0["error"] as? String == "too_large" }.count == 50)
         #expect(try server.scrape()[#"teltonika_frames_total{codec="unknown",result="too_large"}"#] == 50)
     }

@@ -6,11 +6,17 @@ import NIOConcurrencyHelpers
 import Glibc
 #endif
 
-/// Appends each complete line read from `pipe` to `lines`, as it arrives.
-func collectLines(of pipe: Pipe, into lines: NIOLockedValueBox<[String]>) {
+/// Appends each complete line read from `pipe` to `lines`, as it arrives; sets `ended` at end of file
+/// (every writer gone: the last line is in).
+func collectLines(of pipe: Pipe, into lines: NIOLockedValueBox<[String]>, ended: NIOLockedValueBox<Bool>? = nil) {
     let partial = NIOLockedValueBox(Data())
     pipe.fileHandleForReading.readabilityHandler = { handle in
         let data = handle.availableData
+        if data.isEmpty {
+            handle.readabilityHandler = nil
+            ended?.withLockedValue { $0 = true }
+            return
+        }
         partial.withLockedValue { partial in
             partial.append(data)
             while let nl = partial.firstIndex(of: 0x0A) {
@@ -31,6 +37,7 @@ final class ServerProcess {
     /// The metrics and health port (`/metrics`, `/healthz`, `/readyz`).
     private(set) var metricsPort = 0
     private let lines = NIOLockedValueBox<[String]>([])
+    private let stderrEnded = NIOLockedValueBox(false)
     private let stderr = Pipe()
 
     /// - Parameters:
@@ -62,7 +69,7 @@ final class ServerProcess {
         process.environment = env
         process.standardError = stderr
         process.standardOutput = FileHandle.nullDevice
-        collectLines(of: stderr, into: lines)
+        collectLines(of: stderr, into: lines, ended: stderrEnded)
         try process.run()
         guard waitUntilListening else { return }
         let listening = try waitForLog(event: "server.listening", timeout: 10)
@@ -88,15 +95,21 @@ final class ServerProcess {
         while process.isRunning && Date().timeIntervalSince(start) < timeout {
             var status: Int32 = 0
             if waitpid(pid, &status, WNOHANG) == pid {
-                usleep(100_000)  // let the last stderr lines arrive
+                waitForLastLogLine()
                 let signalled = (status & 0x7f) != 0 && (status & 0x7f) != 0x7f
                 return (signalled ? status & 0x7f : (status >> 8) & 0xff, signalled, Date().timeIntervalSince(start))
             }
             usleep(5_000)
         }
         guard !process.isRunning else { return nil }
-        usleep(100_000)  // let the last stderr lines arrive
+        waitForLastLogLine()
         return (process.terminationStatus, process.terminationReason == .uncaughtSignal, Date().timeIntervalSince(start))
+    }
+
+    /// After the process is gone: until its stderr reaches end of file (bounded: 5 s).
+    private func waitForLastLogLine() {
+        let deadline = Date().addingTimeInterval(5)
+        while !stderrEnded.withLockedValue({ $0 }) && Date() < deadline { usleep(2_000) }
     }
 
     /// GET on the metrics port.
