@@ -11,7 +11,7 @@ SHUTDOWN_TIMEOUT_MS_DEFAULT = 30000
 ALERTS = ["TeltonikaUnknownCodec", "TeltonikaPublishOverflow", "TeltonikaCRCFailureRatio",
           "TeltonikaPublishQueueFilling", "TeltonikaRedisDown", "TeltonikaNotReady",
           "TeltonikaAckLatencyHigh", "TeltonikaInstanceSilent", "TeltonikaCrashLoop",
-          "TeltonikaRedisNotDurable"]
+          "TeltonikaRedisNotDurable", "TeltonikaRedisReplicasShort"]
 RUNBOOK_PREFIX = "https://github.com/teltonika-ingest/teltonika-ingest/blob/main/OPERATIONS.md#"
 
 problems = []

@@ -36,6 +36,15 @@ public struct IngestConfiguration: Sendable, Equatable {
     public var overflowWaitMs = 1_000
     /// Connect and reply timeout of the Redis connection.
     public var redisTimeoutMs = 5_000
+    /// Replicas that must confirm a packet's records (`WAIT`) before its ACK (0: the primary's word).
+    public var redisMinReplicas = 0
+    /// How long `WAIT` may block for them.
+    public var redisReplicaTimeoutMs = 1_000
+    /// Sentinels that name the primary (empty: `REDIS_URL` is the primary). `REDIS_URL` still gives
+    /// the primary's credentials, database and TLS.
+    public var redisSentinels: [RedisURL] = []
+    /// The primary's name in Sentinel (`sentinel monitor <name> ...`).
+    public var redisMasterName = "mymaster"
 
     // MARK: Logs
     public var logLevel = "info"
@@ -158,6 +167,44 @@ public struct IngestConfiguration: Sendable, Equatable {
             \.overflowWaitMs
         ),
         int("REDIS_TIMEOUT_MS", "redis-timeout-ms", "Redis connect and reply timeout.", 50...60_000, \.redisTimeoutMs),
+        int(
+            "REDIS_MIN_REPLICAS",
+            "redis-min-replicas",
+            "Replicas that must confirm a packet (WAIT) before its ACK; 0: the primary alone.",
+            0...64,
+            \.redisMinReplicas
+        ),
+        int(
+            "REDIS_REPLICA_TIMEOUT_MS",
+            "redis-replica-timeout-ms",
+            "How long WAIT blocks for REDIS_MIN_REPLICAS; below REDIS_TIMEOUT_MS.",
+            1...59_999,
+            \.redisReplicaTimeoutMs
+        ),
+        Setting(
+            env: "REDIS_SENTINELS",
+            flag: "redis-sentinels",
+            help: "host:port,... (or redis://[:password@]host:port) of Sentinels naming the primary; empty: REDIS_URL is it.",
+            read: { $0.redisSentinels.map(\.description).joined(separator: ",") },
+            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
+                c.redisSentinels = []
+                for item in v.split(separator: ",") {
+                    let text = item.trimmingWhitespace()
+                    guard !text.isEmpty else { continue }
+                    let url: RedisURL
+                    do throws(RedisURL.ParseError) {
+                        url = try RedisURL(parsing: text.contains("://") ? text : "redis://\(text)")
+                    } catch {
+                        throw ConfigurationError(key: "REDIS_SENTINELS", message: "'\(text)': \(error.description)")
+                    }
+                    guard case .tcp = url.endpoint else {
+                        throw ConfigurationError(key: "REDIS_SENTINELS", message: "'\(text)': a Sentinel is host:port")
+                    }
+                    c.redisSentinels.append(url)
+                }
+            }
+        ),
+        string("REDIS_MASTER_NAME", "redis-master-name", "The primary's name in Sentinel (with REDIS_SENTINELS).", \.redisMasterName),
         Setting(env: "LOG_LEVEL", flag: "log-level", help: "trace, debug, info, notice, warning, error, critical.", read: \.logLevel) {
             (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
             guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(v) else {
@@ -213,7 +260,18 @@ public struct IngestConfiguration: Sendable, Equatable {
         for s in settings {
             if let v = flags[s.flag] ?? environment[s.env] ?? file[s.env] { try s.apply(&c, v) }
         }
+        try c.validate()
         return c
+    }
+
+    /// Checks the settings that depend on each other.
+    func validate() throws(ConfigurationError) {
+        if redisMinReplicas > 0 && redisReplicaTimeoutMs >= redisTimeoutMs {
+            throw ConfigurationError(
+                key: "REDIS_REPLICA_TIMEOUT_MS",
+                message: "\(redisReplicaTimeoutMs) must be below REDIS_TIMEOUT_MS (\(redisTimeoutMs)), which bounds WAIT's reply"
+            )
+        }
     }
 
     /// The path of the settings file named by the flag or the environment, if any.

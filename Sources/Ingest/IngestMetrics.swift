@@ -116,6 +116,10 @@ public final class IngestMetrics: Sendable {
     let redisUp: Gauge
     private let redisErrorsByKind: [RedisErrorKind: Counter]
     let redisReconnects: Counter
+    let redisPrimaryChanges: Counter
+    let redisReplicasAcknowledged: Gauge
+    let replicaWaitsShort: Counter
+    let jobsHeldForReplicas: Counter
     private let redisDurabilityByMode: [String: Gauge]
     let connectionsReplaced: Counter
     let ready: Gauge
@@ -227,6 +231,27 @@ public final class IngestMetrics: Sendable {
         )
         redisReconnects = r.makeCounter(
             descriptor: d("teltonika_redis_reconnects_total", "Redis connections re-established after a failure.")
+        )
+        redisPrimaryChanges = r.makeCounter(
+            descriptor: d(
+                "teltonika_redis_primary_changes_total",
+                "Reconnects that landed on another Redis endpoint than before (a Sentinel failover, or REDIS_URL's name moving)."
+            )
+        )
+        redisReplicasAcknowledged = r.makeGauge(
+            descriptor: d("teltonika_redis_replicas_acknowledged", "Replicas the last WAIT reported (REDIS_MIN_REPLICAS > 0 only).")
+        )
+        replicaWaitsShort = r.makeCounter(
+            descriptor: d(
+                "teltonika_redis_replica_waits_short_total",
+                "WAITs that reported fewer than REDIS_MIN_REPLICAS replicas within REDIS_REPLICA_TIMEOUT_MS (their jobs are held, not ACKed)."
+            )
+        )
+        jobsHeldForReplicas = r.makeCounter(
+            descriptor: d(
+                "teltonika_publish_jobs_held_for_replicas_total",
+                "Packets and device messages written to the primary but held back (no ACK yet) because too few replicas confirmed them."
+            )
         )
         redisDurabilityByMode = Dictionary(
             uniqueKeysWithValues: Self.redisDurabilityModes.map {

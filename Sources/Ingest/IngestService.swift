@@ -78,8 +78,21 @@ public final class IngestService: Service, Sendable {
         self.init(
             configuration: configuration,
             logger: logger,
-            connector: HiredisConnector(url: configuration.redisURL, timeoutMs: configuration.redisTimeoutMs),
+            connector: IngestService.connector(for: configuration),
             metrics: .shared
+        )
+    }
+
+    /// Redis as configured: `REDIS_URL`, or the primary the Sentinels name.
+    static func connector(for configuration: IngestConfiguration) -> any RedisConnector {
+        if configuration.redisSentinels.isEmpty {
+            return HiredisConnector(url: configuration.redisURL, timeoutMs: configuration.redisTimeoutMs)
+        }
+        return SentinelConnector(
+            sentinels: configuration.redisSentinels,
+            masterName: configuration.redisMasterName,
+            primary: configuration.redisURL,
+            timeoutMs: configuration.redisTimeoutMs
         )
     }
 
@@ -93,7 +106,9 @@ public final class IngestService: Service, Sendable {
             configuration: PublisherConfiguration(
                 redis: configuration.redisURL,
                 queueCapacity: configuration.publishQueueCapacity,
-                redisTimeoutMs: configuration.redisTimeoutMs
+                redisTimeoutMs: configuration.redisTimeoutMs,
+                minReplicas: configuration.redisMinReplicas,
+                replicaTimeoutMs: configuration.redisReplicaTimeoutMs
             ),
             connector: connector,
             logger: logger,
@@ -122,7 +137,8 @@ public final class IngestService: Service, Sendable {
         logger.info(
             "starting",
             metadata: [
-                "event": "server.starting", "redis": "\(configuration.redisURL)", "stream": "\(configuration.telemetryStream)",
+                "event": "server.starting", "redis": "\(IngestService.connector(for: configuration).description)",
+                "min_replicas": "\(configuration.redisMinReplicas)", "stream": "\(configuration.telemetryStream)",
                 "max_frame_bytes": "\(configuration.maxFrameBytes)", "max_connections": "\(configuration.maxConnections)",
                 "version": "\(IngestMetrics.version)", "revision": "\(IngestMetrics.revision)",
             ]

@@ -75,6 +75,14 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         self.init(endpoint: .tcp(host: host, port: port), username: username, password: password, database: database)
     }
 
+    /// `host:port` or the socket path, for logs and to compare endpoints.
+    public var endpointDescription: String {
+        switch endpoint {
+        case .tcp(let host, let port): "\(host.contains(":") ? "[\(host)]" : host):\(port)"
+        case .unix(let path): path
+        }
+    }
+
     /// The URL with the password hidden, for logs.
     public var description: String {
         let auth = password == nil ? "" : "\(username ?? ""):***@"

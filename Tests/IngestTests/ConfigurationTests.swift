@@ -55,6 +55,41 @@ struct IngestConfigurationTests {
         }
     }
 
+    /// `WAIT` must be answered within the reply timeout, so its timeout must be below it.
+    @Test func testTheReplicaTimeoutMustBeBelowTheRedisTimeout() throws {
+        let ok = try IngestConfiguration.load(environment: ["REDIS_MIN_REPLICAS": "1", "REDIS_REPLICA_TIMEOUT_MS": "4999"], flags: [:])
+        #expect(ok.redisMinReplicas == 1 && ok.redisReplicaTimeoutMs == 4999)
+        do {
+            _ = try IngestConfiguration.load(
+                environment: ["REDIS_MIN_REPLICAS": "1", "REDIS_REPLICA_TIMEOUT_MS": "2000", "REDIS_TIMEOUT_MS": "2000"],
+                flags: [:]
+            )
+            Issue.record("accepted a WAIT timeout as long as the reply timeout")
+        } catch {
+            #expect(error.key == "REDIS_REPLICA_TIMEOUT_MS")
+            #expect(error.message.contains("REDIS_TIMEOUT_MS"))
+        }
+    }
+
+    @Test func testSentinelsParse() throws {
+        let c = try IngestConfiguration.load(
+            environment: ["REDIS_SENTINELS": "10.0.0.1:26379, s2.example:26380,redis://:pw@[::1]:26381", "REDIS_MASTER_NAME": "ingest"],
+            flags: [:]
+        )
+        #expect(c.redisSentinels.map(\.endpointDescription) == ["10.0.0.1:26379", "s2.example:26380", "[::1]:26381"])
+        #expect(c.redisSentinels[2].password == "pw")
+        #expect(c.redisMasterName == "ingest")
+        #expect(try IngestConfiguration.load(environment: ["REDIS_SENTINELS": ""], flags: [:]).redisSentinels.isEmpty)
+        for bad in ["10.0.0.1:0", "unix:///tmp/s.sock", "host:port"] {
+            do {
+                _ = try IngestConfiguration.load(environment: ["REDIS_SENTINELS": bad], flags: [:])
+                Issue.record("accepted \(bad)")
+            } catch {
+                #expect(error.key == "REDIS_SENTINELS")
+            }
+        }
+    }
+
     @Test func testEverySettingHasAUniqueEnvAndFlag() {
         let s = IngestConfiguration.settings
         #expect(Set(s.map(\.env)).count == s.count)
@@ -71,6 +106,8 @@ struct IngestConfigurationTests {
             "OVERFLOW_WAIT_MS": "5", "REDIS_TIMEOUT_MS": "60", "LOG_LEVEL": "debug", "LOG_FORMAT": "text", "INSTANCE_ID": "i",
             "METRICS_HOST": "127.0.0.3", "METRICS_PORT": "9191", "SHUTDOWN_TIMEOUT_MS": "1000", "CONFIG_FILE": "/tmp/x",
             "REDIS_RESPONSES_MAXLEN": "100", "DEVICE_MESSAGE_RATE": "3", "DEVICE_MESSAGE_BURST": "4", "METRICS_MAX_CONNECTIONS": "2",
+            "REDIS_MIN_REPLICAS": "1", "REDIS_REPLICA_TIMEOUT_MS": "300", "REDIS_SENTINELS": "10.0.0.9:26379",
+            "REDIS_MASTER_NAME": "other",
         ]
         #expect(Set(other.keys) == Set(IngestConfiguration.settings.map(\.env)))
         #expect(base.changedSettings(comparedTo: base).isEmpty)

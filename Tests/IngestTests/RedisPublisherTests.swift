@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import Prometheus
 import RedisWire
 import Testing
 
@@ -17,6 +18,10 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
         var batches: [(answers: (PublishJob) -> String?, breakAfter: Int?)] = []
         /// Holds every batch until ``release()`` (a hung Redis).
         var hang = false
+        /// What each `WAIT` reports in turn; past the end, the replicas asked for.
+        var replicas: [Int] = []
+        /// The endpoint of each connection in turn; past the end, the last one (or "fake:6379").
+        var endpoints: [String] = []
     }
 
     private let lock = NIOLock()
@@ -27,6 +32,8 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
     /// Lets the batches held by `hang` go on.
     func release() { hung.signal() }
     private(set) var sent: [[Int]] = []
+    /// Whether each batch ended with a `WAIT`.
+    private(set) var waits: [Bool] = []
 
     init(_ script: Script) { self.script = script }
 
@@ -40,26 +47,39 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
             return true
         }
         if fail { throw RedisConnection.Failure(kind: .connect, message: "refused") }
-        return Transport(redis: self)
+        let endpoint = lock.withLock { script.endpoints.count > 1 ? script.endpoints.removeFirst() : script.endpoints.first ?? "fake:6379" }
+        return Transport(redis: self, endpoint: endpoint)
     }
 
     /// Record counts of the jobs of each batch sent so far.
     var batchesSent: [[Int]] { lock.withLock { sent } }
+    var waitsSent: [Bool] { lock.withLock { waits } }
 
     final class Transport: RedisTransport {
         let redis: FakeRedis
-        init(redis: FakeRedis) { self.redis = redis }
+        let endpoint: String
+        init(redis: FakeRedis, endpoint: String) {
+            self.redis = redis
+            self.endpoint = endpoint
+        }
 
-        func send(_ jobs: [PublishJob]) -> BatchResult {
-            let (step, hang) = redis.lock.withLock { () -> ((answers: (PublishJob) -> String?, breakAfter: Int?)?, Bool) in
+        func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?) -> BatchResult {
+            let (step, hang, replicas) = redis.lock.withLock {
+                () -> ((answers: (PublishJob) -> String?, breakAfter: Int?)?, Bool, Int?) in
                 redis.sent.append(jobs.map(\.recordCount))
-                return (redis.script.batches.isEmpty ? nil : redis.script.batches.removeFirst(), redis.script.hang)
+                redis.waits.append(replicaWait != nil)
+                let step = redis.script.batches.isEmpty ? nil : redis.script.batches.removeFirst()
+                var replicas: Int? = nil
+                if let replicaWait { replicas = redis.script.replicas.isEmpty ? replicaWait.replicas : redis.script.replicas.removeFirst() }
+                return (step, redis.script.hang, replicas)
             }
             if hang { redis.hung.wait() }
-            guard let step else { return BatchResult(answers: jobs.map { _ in nil }, failure: nil) }
+            guard let step else { return BatchResult(answers: jobs.map { _ in nil }, replicas: replicas, failure: nil) }
             let answered = jobs.prefix(step.breakAfter ?? jobs.count).map(step.answers)
-            let failure = step.breakAfter.map { _ in RedisConnection.Failure(kind: .eof, message: "connection closed") }
-            return BatchResult(answers: answered, failure: failure)
+            guard step.breakAfter == nil else {
+                return BatchResult(answers: answered, failure: RedisConnection.Failure(kind: .eof, message: "connection closed"))
+            }
+            return BatchResult(answers: answered, replicas: replicas, failure: nil)
         }
 
         func command(_ arguments: [String]) throws(RedisConnection.Failure) -> RedisConnection.Reply {
@@ -77,7 +97,12 @@ struct RedisPublisherTests {
         return logger
     }
 
-    static func publisher(_ redis: FakeRedis, capacity: Int = 1000) -> RedisPublisher {
+    static func publisher(
+        _ redis: FakeRedis,
+        capacity: Int = 1000,
+        minReplicas: Int = 0,
+        metrics: IngestMetrics = IngestMetrics()
+    ) -> RedisPublisher {
         var configuration = PublisherConfiguration(
             redis: RedisURL(endpoint: .unix(path: "/nonexistent")),
             queueCapacity: capacity,
@@ -85,7 +110,8 @@ struct RedisPublisherTests {
         )
         configuration.reconnectBaseMs = 1
         configuration.reconnectMaxMs = 4
-        return RedisPublisher(configuration: configuration, connector: redis, logger: logger)
+        configuration.minReplicas = minReplicas
+        return RedisPublisher(configuration: configuration, connector: redis, logger: logger, metrics: metrics)
     }
 
     /// A job of `records` records whose outcomes are collected in `outcomes` under `name`.
@@ -179,6 +205,90 @@ struct RedisPublisherTests {
         #expect(redis.batchesSent.count >= 2, "it was retried before it expired")
         #expect(publisher.queuedRecords == 0)
         _ = await publisher.stop(deadline: .now() + .seconds(1))
+    }
+
+    /// `WAIT` falls short twice: the job written first is held (no outcome, not written again) while
+    /// WAIT-only rounds ask again on the same connection; the third `WAIT` confirms it.
+    @Test func testAShortWaitHoldsTheJobUntilALaterWaitConfirmsIt() async throws {
+        let redis = FakeRedis(.init(replicas: [0, 0, 1]))
+        let metrics = IngestMetrics()
+        let publisher = Self.publisher(redis, minReplicas: 1, metrics: metrics)
+        let outcomes = NIOLockedValueBox<[String: PublishOutcome]>([:])
+        #expect(publisher.submit(Self.job("a", records: 2, into: outcomes)))
+        publisher.start()
+        try await Self.waitUntil { outcomes.withLockedValue { $0["a"] } != nil }
+        #expect(outcomes.withLockedValue { $0 } == ["a": .stored])
+        #expect(redis.batchesSent == [[2], [], []], "written once; the later rounds only WAIT")
+        #expect(redis.waitsSent == [true, true, true])
+        #expect(redis.connects == 1)
+        #expect(try Self.value(metrics, "teltonika_redis_replica_waits_short_total") == 2)
+        #expect(try Self.value(metrics, "teltonika_publish_jobs_held_for_replicas_total") == 1)
+        #expect(try Self.value(metrics, "teltonika_redis_replicas_acknowledged") == 1)
+        #expect(try Self.value(metrics, "teltonika_records_published_total") == 2)
+        _ = await publisher.stop(deadline: .now() + .seconds(1))
+    }
+
+    /// Without replicas confirming, a held job is never stored: it expires at its deadline (no ACK).
+    @Test func testAJobReplicasNeverConfirmExpires() async throws {
+        let redis = FakeRedis(.init(replicas: Array(repeating: 0, count: 100_000)))
+        let publisher = Self.publisher(redis, minReplicas: 2)
+        let outcomes = NIOLockedValueBox<[String: PublishOutcome]>([:])
+        #expect(publisher.submit(Self.job("a", timeoutMs: 200, into: outcomes)))
+        publisher.start()
+        try await Self.waitUntil { outcomes.withLockedValue { $0["a"] } != nil }
+        #expect(outcomes.withLockedValue { $0 } == ["a": .expired("Redis did not confirm in time")])
+        #expect(redis.batchesSent.first == [1] && redis.batchesSent.dropFirst().allSatisfy(\.isEmpty), "written once, never again")
+        _ = await publisher.stop(deadline: .now() + .seconds(1))
+    }
+
+    /// The connection breaks while a job waits for its replicas: the `WAIT` cannot be asked on another
+    /// connection, so the job is written again there (a duplicate at worst, never a loss).
+    @Test func testAHeldJobIsWrittenAgainOnANewConnection() async throws {
+        let redis = FakeRedis(
+            .init(batches: [(answers: { _ in nil }, breakAfter: nil), (answers: { _ in nil }, breakAfter: 0)], replicas: [0])
+        )
+        let publisher = Self.publisher(redis, minReplicas: 1)
+        let outcomes = NIOLockedValueBox<[String: PublishOutcome]>([:])
+        #expect(publisher.submit(Self.job("a", records: 3, into: outcomes)))
+        publisher.start()
+        try await Self.waitUntil { outcomes.withLockedValue { $0["a"] } != nil }
+        #expect(outcomes.withLockedValue { $0 } == ["a": .stored])
+        #expect(redis.batchesSent == [[3], [], [3]])
+        #expect(redis.connects == 2)
+        _ = await publisher.stop(deadline: .now() + .seconds(1))
+    }
+
+    /// A `READONLY` refusal means the node was demoted: the connection is dropped, the next one (the
+    /// connector asks Sentinel) lands on the new primary, the job is written there, and the change of
+    /// endpoint is counted.
+    @Test func testAReadOnlyReplyReconnectsAndFollowsTheNewPrimary() async throws {
+        let redis = FakeRedis(
+            .init(
+                batches: [(answers: { _ in "READONLY You can't write against a read only replica." }, breakAfter: nil)],
+                endpoints: ["10.0.0.1:6379", "10.0.0.2:6379"]
+            )
+        )
+        let metrics = IngestMetrics()
+        let publisher = Self.publisher(redis, metrics: metrics)
+        let outcomes = NIOLockedValueBox<[String: PublishOutcome]>([:])
+        #expect(publisher.submit(Self.job("a", into: outcomes)))
+        publisher.start()
+        try await Self.waitUntil { outcomes.withLockedValue { $0["a"] } != nil }
+        #expect(outcomes.withLockedValue { $0 } == ["a": .stored])
+        #expect(redis.connects == 2, "a READONLY reply drops the connection")
+        #expect(redis.batchesSent == [[1], [1]])
+        #expect(try Self.value(metrics, "teltonika_redis_primary_changes_total") == 1)
+        _ = await publisher.stop(deadline: .now() + .seconds(1))
+    }
+
+    /// One series of a registry, read from its Prometheus text.
+    static func value(_ metrics: IngestMetrics, _ series: String) throws -> Double {
+        var buffer: [UInt8] = []
+        metrics.registry.emit(into: &buffer)
+        for line in String(decoding: buffer, as: UTF8.self).split(separator: "\n") where line.hasPrefix(series + " ") {
+            if let v = Double(line.dropFirst(series.count + 1)) { return v }
+        }
+        throw TestFailure("no series \(series)")
     }
 
     static var refuseSeven: (answers: (PublishJob) -> String?, breakAfter: Int?) {

@@ -12,15 +12,28 @@ final class OwnRedis {
     private var process: Process?
     private let directory: String
     private let extraArguments: [String]
+    /// A configuration file of its own, given first (a Sentinel's, which Sentinel rewrites).
+    private let configFile: String?
     /// How clients reach it (for checks and for the server).
     let url: String
 
-    init(arguments: [String] = [], url makeURL: ((_ port: Int, _ directory: String) -> String)? = nil) throws {
+    /// - Parameter sentinel: run as a Sentinel with `config` (its `sentinel monitor` lines).
+    init(
+        arguments: [String] = [],
+        sentinel config: String? = nil,
+        url makeURL: ((_ port: Int, _ directory: String) -> String)? = nil
+    ) throws {
         let port = TestEnvironment.freePort()
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         self.port = port
         self.directory = directory
+        if let config {
+            configFile = directory + "/sentinel.conf"
+            try config.write(toFile: directory + "/sentinel.conf", atomically: true, encoding: .utf8)
+        } else {
+            configFile = nil
+        }
         extraArguments = arguments.map { $0.replacingOccurrences(of: "$DIR", with: directory) }
         url = makeURL?(port, directory) ?? "redis://127.0.0.1:\(port)"
         try start()
@@ -34,7 +47,8 @@ final class OwnRedis {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/redis-server")
         p.arguments =
-            ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory] + extraArguments
+            (configFile.map { [$0, "--sentinel"] } ?? [])
+            + ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", directory] + extraArguments
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
         try p.run()
@@ -51,6 +65,9 @@ final class OwnRedis {
         }
         throw TestFailure("redis-server on \(port) did not start")
     }
+
+    /// The process id, while it runs.
+    var pid: Int32? { process?.processIdentifier }
 
     /// Kills the server (SIGKILL: children of the test runner inherit a blocked SIGTERM, and this Redis
     /// keeps nothing on disk anyway).

@@ -24,6 +24,10 @@ public struct PublisherConfiguration: Sendable {
     public var healthCheckMs: Int
     /// How often Redis' persistence settings are read again (they are also read on every connect).
     public var durabilityCheckMs: Int
+    /// Replicas that must have a batch's writes (`WAIT`) before its jobs are stored (0: no `WAIT`).
+    public var minReplicas: Int
+    /// How long `WAIT` may block for them; below `redisTimeoutMs`, which bounds the reply.
+    public var replicaTimeoutMs: Int
 
     public init(
         redis: RedisURL,
@@ -33,7 +37,9 @@ public struct PublisherConfiguration: Sendable {
         reconnectBaseMs: Int = 100,
         reconnectMaxMs: Int = 5000,
         healthCheckMs: Int = 1000,
-        durabilityCheckMs: Int = 60_000
+        durabilityCheckMs: Int = 60_000,
+        minReplicas: Int = 0,
+        replicaTimeoutMs: Int = 1000
     ) {
         self.redis = redis
         self.queueCapacity = queueCapacity
@@ -43,12 +49,19 @@ public struct PublisherConfiguration: Sendable {
         self.reconnectMaxMs = reconnectMaxMs
         self.healthCheckMs = healthCheckMs
         self.durabilityCheckMs = durabilityCheckMs
+        self.minReplicas = minReplicas
+        self.replicaTimeoutMs = replicaTimeoutMs
+    }
+
+    var replicaWait: ReplicaWait? {
+        minReplicas > 0 ? ReplicaWait(replicas: minReplicas, timeoutMs: replicaTimeoutMs) : nil
     }
 }
 
 /// Drains the bounded ``PublishQueue`` into Redis on one dedicated thread that owns the connection:
 /// whole batches are pipelined, and a job completes `.stored` only when every one of its commands was
-/// answered with a stream id. Jobs that fail (connection lost, error reply, timeout) are retried in
+/// answered with a stream id and, with `minReplicas`, a later `WAIT` on the same connection reported
+/// that many replicas (until then the job is held, not sent again). Jobs that fail (connection lost, error reply, timeout) are retried in
 /// order, on a new connection with capped exponential backoff, until their deadline.
 ///
 /// Every decision (when to connect, send, wait, check, give up) is ``PublisherStateMachine``'s; this
@@ -153,6 +166,14 @@ public final class RedisPublisher: Sendable {
         var transport: (any RedisTransport)? = nil
         /// Jobs taken and not yet confirmed (refused, or unanswered when the connection broke): sent first.
         var retry: [PublishJob] = []
+        /// Jobs written on this connection whose replicas have not confirmed yet (`WAIT` fell short): the
+        /// next `WAIT` here confirms them; if the connection is lost they are sent again.
+        var awaitingReplicas: [PublishJob] = []
+        /// Whether the last `WAIT` fell short (for the log line at each change).
+        var replicasShort = false
+        /// The endpoint last connected to, and since when there has been no connection.
+        var lastEndpoint: String? = nil
+        var downSince: NIODeadline? = nil
         var everConnected = false
         var loggedDurability: String? = nil
         var abandonedRecords = 0
@@ -186,9 +207,9 @@ public final class RedisPublisher: Sendable {
                 expireDead(front.dead, at: now)
                 // Retried jobs are older than queued ones: the first of them has the earliest deadline.
                 let work = PublisherStateMachine.Work(
-                    retrying: !retry.isEmpty,
+                    retrying: !retry.isEmpty || !awaitingReplicas.isEmpty,
                     queued: front.queued,
-                    earliestDeadline: retry.first?.deadline ?? front.firstDeadline
+                    earliestDeadline: [awaitingReplicas.first?.deadline, retry.first?.deadline, front.firstDeadline].compactMap { $0 }.min()
                 )
                 switch machine.next(now: now, work: work) {
                 case .connect:
@@ -211,11 +232,12 @@ public final class RedisPublisher: Sendable {
                     queue.wait(until: until, wakeOnWork: wakeOnWork)
                 case .abandon:
                     // Past the drain deadline: everything left is abandoned, unacknowledged.
-                    for job in retry + queue.takeAll() {
+                    for job in awaitingReplicas + retry + queue.takeAll() {
                         abandonedRecords += job.recordCount
                         queue.complete(job, .expired("shutdown deadline passed"))
                     }
                     retry = []
+                    awaitingReplicas = []
                     finish()
                     return
                 case .finish:
@@ -226,8 +248,7 @@ public final class RedisPublisher: Sendable {
         }
 
         private func finish() {
-            transport = nil
-            publisher.setConnected(false)
+            dropConnection()
             publisher.threadEnded(abandonedRecords: abandonedRecords)
         }
 
@@ -240,6 +261,10 @@ public final class RedisPublisher: Sendable {
                 gone += retry.filter(isDead)
                 retry.removeAll(where: isDead)
             }
+            if awaitingReplicas.contains(where: isDead) {
+                gone += awaitingReplicas.filter(isDead)
+                awaitingReplicas.removeAll(where: isDead)
+            }
             for job in gone { queue.complete(job, job.isCancelled ? .dropped : .expired("Redis did not confirm in time")) }
         }
 
@@ -250,14 +275,30 @@ public final class RedisPublisher: Sendable {
                 let opened = try publisher.connector.connect()
                 try checkDurability(opened)
                 transport = opened
-                machine.connected(at: .now())
+                let now = NIODeadline.now()
+                machine.connected(at: now)
                 if everConnected { metrics.redisReconnects.increment() }
                 everConnected = true
                 publisher.setConnected(true)
-                logger.info("redis connected", metadata: ["event": "redis.connected", "redis": "\(publisher.connector.description)"])
+                logger.info(
+                    "redis connected",
+                    metadata: ["event": "redis.connected", "redis": "\(publisher.connector.description)", "endpoint": "\(opened.endpoint)"]
+                )
+                if let old = lastEndpoint, old != opened.endpoint {
+                    metrics.redisPrimaryChanges.increment()
+                    let seconds = Double((now - (downSince ?? now)).nanoseconds) / 1e9
+                    logger.warning(
+                        "redis primary changed",
+                        metadata: [
+                            "event": "redis.primary_changed", "old": "\(old)", "new": "\(opened.endpoint)",
+                            "seconds_without_primary": "\((seconds * 1000).rounded() / 1000)",
+                        ]
+                    )
+                }
+                lastEndpoint = opened.endpoint
+                downSince = nil
             } catch {
-                transport = nil
-                publisher.setConnected(false)
+                dropConnection()
                 metrics.redisErrors(kind: error.kind).increment()
                 let delay = machine.connectFailed(at: .now(), jitter: Driver.jitter())
                 var attempt = 0
@@ -279,8 +320,7 @@ public final class RedisPublisher: Sendable {
             do throws(RedisConnection.Failure) {
                 try body(transport)
             } catch {
-                self.transport = nil
-                publisher.setConnected(false)
+                dropConnection()
                 machine.checkFailed(at: .now())
                 metrics.redisErrors(kind: error.kind).increment()
                 logger.error(
@@ -290,15 +330,18 @@ public final class RedisPublisher: Sendable {
             }
         }
 
-        /// Sends the retried jobs, then queued ones, as one pipelined batch, and sorts the answers:
-        /// stored, refused (retried after a pause), or in doubt (retried on a new connection).
+        /// Sends the retried jobs, then queued ones, as one pipelined batch (with `minReplicas`, then a
+        /// `WAIT`), and sorts the answers: stored, refused (retried after a pause), held for replicas
+        /// (confirmed by a later `WAIT`), or in doubt (retried on a new connection).
         private func send() {
             guard let transport else { preconditionFailure("a send was decided without a connection") }
             let retried = retry.reduce(0) { $0 + $1.recordCount }
             let batch = retry + queue.take(maxRecords: max(1, configuration.maxBatchRecords - retried))
             retry = []
-            let result = transport.send(batch)
+            let wait = configuration.replicaWait
+            let result = transport.send(batch, replicaWait: wait)
             var refused: [PublishJob] = []
+            var written: [PublishJob] = []
             var firstRefusal: String? = nil
             for (job, answer) in zip(batch, result.answers) {
                 if let answer {
@@ -306,9 +349,7 @@ public final class RedisPublisher: Sendable {
                     if firstRefusal == nil { firstRefusal = answer }
                     refused.append(job)
                 } else {
-                    metrics.recordsPublished.increment(by: Int64(job.recordCount))
-                    metrics.publishDuration.recordNanoseconds((NIODeadline.now() - job.enqueued).nanoseconds)
-                    queue.complete(job, .stored)
+                    written.append(job)
                 }
             }
             // One line per batch, however many of its jobs Redis refused (it may refuse thousands a second).
@@ -318,23 +359,79 @@ public final class RedisPublisher: Sendable {
                     metadata: ["event": "redis.error_reply", "error": "\(firstRefusal)", "jobs": "\(refused.count)"]
                 )
             }
-            if let failure = result.failure {
-                // Outcome unknown for every job not fully answered: not confirmed, so retried (a duplicate, never a loss).
+            if let wait {
+                if let replicas = result.replicas, replicas >= wait.replicas {
+                    store(awaitingReplicas + written)
+                    awaitingReplicas = []
+                    noteReplicas(replicas, short: false)
+                } else {
+                    // Written on this connection, not yet on enough replicas: held, never ACKed on the primary's word.
+                    awaitingReplicas += written
+                    if result.failure == nil {
+                        metrics.jobsHeldForReplicas.increment(by: Int64(written.count))
+                        noteReplicas(result.replicas ?? 0, short: true)
+                    }
+                }
+            } else {
+                store(written)
+            }
+            // A write refused as READONLY went to a replica (the primary was demoted): find the new one.
+            let demoted = firstRefusal?.hasPrefix("READONLY") == true
+            if result.failure != nil || demoted {
+                // Outcome unknown for every job not fully answered (and for those awaiting replicas, whose
+                // `WAIT` can no longer be asked): not confirmed, so sent again (a duplicate, never a loss).
                 let unanswered = batch[result.answers.count...]
-                retry = refused + unanswered
-                self.transport = nil
-                publisher.setConnected(false)
-                metrics.redisErrors(kind: failure.kind).increment()
+                retry = awaitingReplicas + refused + unanswered
+                awaitingReplicas = []
+                dropConnection()
+                let failure = result.failure ?? RedisConnection.Failure(kind: .reply, message: firstRefusal ?? "")
+                if result.failure != nil { metrics.redisErrors(kind: failure.kind).increment() }
                 _ = machine.connectionLost(at: .now(), jitter: Driver.jitter())
                 logger.error(
                     "redis connection lost",
-                    metadata: ["event": "redis.connection_lost", "error": "\(failure)", "unconfirmed_jobs": "\(unanswered.count)"]
+                    metadata: ["event": "redis.connection_lost", "error": "\(failure)", "unconfirmed_jobs": "\(retry.count)"]
                 )
             } else {
-                metrics.publishBatchSize.record(Int64(batch.reduce(0) { $0 + $1.recordCount }))
+                if !batch.isEmpty { metrics.publishBatchSize.record(Int64(batch.reduce(0) { $0 + $1.recordCount })) }
                 retry = refused
-                machine.batchAnswered(at: .now(), refused: !refused.isEmpty, jitter: Driver.jitter())
+                // A `WAIT` answered with an error (not a short count, which already waited) pauses like a refusal.
+                let waitRefused = wait != nil && result.replicas == nil
+                machine.batchAnswered(at: .now(), refused: !refused.isEmpty || waitRefused, jitter: Driver.jitter())
             }
+        }
+
+        /// Jobs confirmed: counted, timed and completed `.stored` (their ACKs go out).
+        private func store(_ jobs: [PublishJob]) {
+            let now = NIODeadline.now()
+            for job in jobs {
+                metrics.recordsPublished.increment(by: Int64(job.recordCount))
+                metrics.publishDuration.recordNanoseconds((now - job.enqueued).nanoseconds)
+                queue.complete(job, .stored)
+            }
+        }
+
+        /// The replicas the last `WAIT` reported; a log line when it starts or stops falling short.
+        private func noteReplicas(_ replicas: Int, short: Bool) {
+            metrics.redisReplicasAcknowledged.set(Int64(replicas))
+            if short { metrics.replicaWaitsShort.increment() }
+            guard short != replicasShort else { return }
+            replicasShort = short
+            let metadata: Logger.Metadata = [
+                "event": short ? "redis.replicas_short" : "redis.replicas_ok", "replicas": "\(replicas)",
+                "min_replicas": "\(configuration.minReplicas)", "held_jobs": "\(awaitingReplicas.count)",
+            ]
+            if short {
+                logger.warning("too few replicas confirmed writes; holding ACKs", metadata: metadata)
+            } else {
+                logger.info("replicas confirm writes again", metadata: metadata)
+            }
+        }
+
+        /// The connection is gone (or closed): `teltonika_redis_up` 0, and the time without one counts.
+        private func dropConnection() {
+            transport = nil
+            publisher.setConnected(false)
+            if downSince == nil { downSince = .now() }
         }
 
         /// Reads Redis' persistence and eviction settings (`CONFIG GET`), sets `teltonika_redis_durability`,

@@ -1,0 +1,131 @@
+import Codec8
+import FixtureSupport
+import Foundation
+import NIOConcurrencyHelpers
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Production Redis on loopback: replica-confirmed ACKs (`WAIT`) and Sentinel failover, with real
+/// `redis-server` replicas and Sentinels.
+@Suite(.serialized, .timeLimit(.minutes(5)))
+struct RedisTopologyTests {
+    static func packet(records: Int, at t: UInt64) throws -> [UInt8] {
+        let records = (0..<records).map { AVLRecord(timestampMs: t + UInt64($0), ioElements: [IOElement(id: 1, value: .u8(1))]) }
+        return try AVLPacketEncoder.encode(records, codec: .codec8)
+    }
+
+    /// `REDIS_MIN_REPLICAS=2` with one of two replicas stopped: the packet is written to the primary
+    /// but not ACKed; once the replica resumes, the held packet is ACKed, written once.
+    @Test func testAStoppedReplicaHoldsTheACKUntilItResumes() throws {
+        let redis = try ReplicatedRedis(replicas: 2)
+        let server = try ServerProcess(
+            redisURL: redis.primary.url,
+            environment: ["REDIS_MIN_REPLICAS": "2", "REDIS_REPLICA_TIMEOUT_MS": "200"]
+        )
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login(DeviceServerTests.imei))
+        try device.send(try Self.packet(records: 3, at: 1_700_000_000_000))
+        #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 3)), "both replicas up: ACKed")
+
+        redis.replicas[1].pause()
+        defer { redis.replicas[1].resume() }
+        try device.send(try Self.packet(records: 2, at: 1_700_000_001_000))
+        let short = try server.waitForLog(event: "redis.replicas_short", timeout: 10)
+        #expect(short["replicas"] as? String == "1")
+        let primary = try RedisClient(url: redis.primary.url)
+        #expect(try primary.xlen(server.stream) == 5, "written to the primary")
+        #expect(device.receive(4, timeout: 1) == .timeout([]), "but not ACKed on one replica's word")
+        let held = try server.scrape()
+        #expect(try held.value("teltonika_publish_jobs_held_for_replicas_total") == 1, "held once, not written again")
+        #expect(try held.value("teltonika_redis_replica_waits_short_total") >= 1)
+        #expect(try held.value("teltonika_redis_replicas_acknowledged") == 1)
+        #expect(try held.value("teltonika_acks_total") == 1)
+
+        redis.replicas[1].resume()
+        #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 2)), "ACKed once the replica has it")
+        _ = try server.waitForLog(event: "redis.replicas_ok", timeout: 5)
+        #expect(try primary.xlen(server.stream) == 5, "no record written twice")
+        #expect(try RedisClient(url: redis.replicas[1].url).xlen(server.stream) == 5)
+    }
+
+    /// A Sentinel failover mid-stream: 20 simulated devices send for 20 s; replication is cut (replicas
+    /// stopped, their links killed) for a second while the primary takes writes, then the primary is
+    /// `kill -9`ed and the replicas resumed; Sentinel promotes one, the server follows without restart.
+    /// With `REDIS_MIN_REPLICAS=1` the oracle finds no ACKed record missing. With 0 the writes of the
+    /// cut were ACKed on the primary's word and died with it: the oracle must find them missing (the
+    /// proof that this test can fail).
+    @Test(arguments: [1, 0])
+    func testSentinelFailoverLosesNoACKedRecord(minReplicas: Int) throws {
+        let redis = try ReplicatedRedis(replicas: 2)
+        let sentinels = try Sentinels(watching: redis.primary, replicas: 2)
+        let server = try ServerProcess(
+            redisURL: "redis://127.0.0.1:1",  // credentials only: the primary is Sentinel's
+            environment: [
+                "REDIS_SENTINELS": sentinels.addresses, "REDIS_MASTER_NAME": sentinels.masterName,
+                "REDIS_MIN_REPLICAS": "\(minReplicas)", "REDIS_REPLICA_TIMEOUT_MS": "500", "PUBLISH_TIMEOUT_MS": "15000",
+                "LOG_LEVEL": "info",
+            ]
+        )
+        let oldPrimary = "127.0.0.1:\(redis.primary.port)"
+        let cut = NIOLockedValueBox<(writesDuringCut: Int, failoverSeconds: Double, error: String?)>((0, 0, nil))
+        // The chaos thread gets plain values (the process wrappers stay on the test's thread).
+        let (primaryURL, primaryPort, stream) = (redis.primary.url, redis.primary.port, server.stream)
+        let primaryPID = try #require(redis.primary.pid)
+        let replicaPIDs = redis.replicas.compactMap(\.pid)
+        let (sentinel, masterName) = (sentinels.nodes[0].url, sentinels.masterName)
+        let chaos = Thread {
+            do {
+                let primary = try RedisClient(url: primaryURL)
+                try waitUntil("2,000 records stored before the cut", timeout: 15) { try primary.xlen(stream) >= 2000 }
+                for pid in replicaPIDs { kill(pid, SIGSTOP) }
+                _ = try primary.command(["CLIENT", "KILL", "TYPE", "replica"])
+                let before = try primary.xlen(stream)
+                usleep(1_000_000)  // the cut: about a second of writes that only the primary has
+                let during = try primary.xlen(stream) - before
+                kill(primaryPID, SIGKILL)
+                let killed = Date()
+                for pid in replicaPIDs { kill(pid, SIGCONT) }
+                try waitUntil("Sentinel promotes a replica", timeout: 30) {
+                    try Sentinels.primaryPort(sentinel: sentinel, masterName: masterName) != primaryPort
+                }
+                cut.withLockedValue { $0 = (during, Date().timeIntervalSince(killed), nil) }
+            } catch {
+                cut.withLockedValue { $0.error = "\(error)" }
+            }
+        }
+        chaos.start()
+        // The oracle reads a replica that is, after the failover, the new primary or its only replica:
+        // with REDIS_MIN_REPLICAS=1 it holds every record ACKed since.
+        let run = try runSimulate([
+            "--devices", "20", "--duration", "20", "--port", "\(server.port)", "--records-per-packet", "5",
+            "--response-timeout-ms", "20000", "--verify", "--redis-url", redis.replicas[0].url, "--stream", server.stream,
+            "--seed", "17",
+        ])
+        let chaosResult = cut.withLockedValue { $0 }
+        #expect(chaosResult.error == nil, "\(chaosResult.error ?? "")")
+        #expect(chaosResult.writesDuringCut > 0, "the primary took writes during the cut")
+        let summary = try #require(run.line("simulate:"), "\(run)")
+        let verify = try #require(run.line("verify:"), "\(run)")
+        print(
+            "sentinel failover, REDIS_MIN_REPLICAS=\(minReplicas): \(chaosResult.writesDuringCut) records written during the cut, "
+                + "failover \(String(format: "%.1f", chaosResult.failoverSeconds)) s, \(summary.int("records_acked")) ACKed, "
+                + "missing \(verify.int("missing"))"
+        )
+        #expect(verify.int("acked_records") == summary.int("records_acked"))
+        if minReplicas == 0 {
+            #expect(run.status == 1 && verify.int("missing") > 0, "the cut's writes were ACKed and lost: \(run)")
+            return
+        }
+        #expect(run.status == 0, "\(run)")
+        #expect(verify.int("missing") == 0)
+        #expect(summary.int("records_acked") > 2000)
+        #expect(server.process.isRunning, "followed the failover without a restart")
+        let changed = try server.waitForLog(event: "redis.primary_changed", timeout: 5)
+        #expect(changed["old"] as? String == oldPrimary)
+        #expect(changed["new"] as? String == "127.0.0.1:\(try sentinels.primaryPort())")
+        #expect(try server.scrape().value("teltonika_redis_primary_changes_total") == 1)
+    }
+}
