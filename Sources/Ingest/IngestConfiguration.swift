@@ -40,6 +40,8 @@ public struct IngestConfiguration: Sendable, Equatable {
     public var redisMinReplicas = 0
     /// How long `WAIT` may block for them.
     public var redisReplicaTimeoutMs = 1_000
+    /// 1: `WAITAOF` (Redis 7.2+): the primary's AOF must have fsynced a packet's records before its ACK.
+    public var redisMinLocalFsync = 0
     /// Sentinels that name the primary (empty: `REDIS_URL` is the primary). `REDIS_URL` still gives
     /// the primary's credentials, database and TLS.
     public var redisSentinels: [RedisURL] = []
@@ -181,6 +183,13 @@ public struct IngestConfiguration: Sendable, Equatable {
             1...59_999,
             \.redisReplicaTimeoutMs
         ),
+        int(
+            "REDIS_MIN_LOCAL_FSYNC",
+            "redis-min-local-fsync",
+            "1: WAITAOF (Redis 7.2+): the primary's AOF must have fsynced a packet before its ACK.",
+            0...1,
+            \.redisMinLocalFsync
+        ),
         Setting(
             env: "REDIS_SENTINELS",
             flag: "redis-sentinels",
@@ -266,7 +275,7 @@ public struct IngestConfiguration: Sendable, Equatable {
 
     /// Checks the settings that depend on each other.
     func validate() throws(ConfigurationError) {
-        if redisMinReplicas > 0 && redisReplicaTimeoutMs >= redisTimeoutMs {
+        if redisMinReplicas > 0 || redisMinLocalFsync > 0, redisReplicaTimeoutMs >= redisTimeoutMs {
             throw ConfigurationError(
                 key: "REDIS_REPLICA_TIMEOUT_MS",
                 message: "\(redisReplicaTimeoutMs) must be below REDIS_TIMEOUT_MS (\(redisTimeoutMs)), which bounds WAIT's reply"

@@ -108,7 +108,8 @@ public final class IngestService: Service, Sendable {
                 queueCapacity: configuration.publishQueueCapacity,
                 redisTimeoutMs: configuration.redisTimeoutMs,
                 minReplicas: configuration.redisMinReplicas,
-                replicaTimeoutMs: configuration.redisReplicaTimeoutMs
+                replicaTimeoutMs: configuration.redisReplicaTimeoutMs,
+                minLocalFsync: configuration.redisMinLocalFsync == 1
             ),
             connector: connector,
             logger: logger,

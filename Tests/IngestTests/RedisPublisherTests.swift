@@ -22,6 +22,8 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
         var replicas: [Int] = []
         /// The endpoint of each connection in turn; past the end, the last one (or "fake:6379").
         var endpoints: [String] = []
+        /// What `INFO server` reports as `redis_version`.
+        var version = "7.0.15"
     }
 
     private let lock = NIOLock()
@@ -32,8 +34,8 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
     /// Lets the batches held by `hang` go on.
     func release() { hung.signal() }
     private(set) var sent: [[Int]] = []
-    /// Whether each batch ended with a `WAIT`.
-    private(set) var waits: [Bool] = []
+    /// The `WAIT` each batch ended with, if any.
+    private(set) var waits: [ReplicaWait?] = []
 
     init(_ script: Script) { self.script = script }
 
@@ -53,7 +55,7 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
 
     /// Record counts of the jobs of each batch sent so far.
     var batchesSent: [[Int]] { lock.withLock { sent } }
-    var waitsSent: [Bool] { lock.withLock { waits } }
+    var waitsSent: [ReplicaWait?] { lock.withLock { waits } }
 
     final class Transport: RedisTransport {
         let redis: FakeRedis
@@ -67,7 +69,7 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
             let (step, hang, replicas) = redis.lock.withLock {
                 () -> ((answers: (PublishJob) -> String?, breakAfter: Int?)?, Bool, Int?) in
                 redis.sent.append(jobs.map(\.recordCount))
-                redis.waits.append(replicaWait != nil)
+                redis.waits.append(replicaWait)
                 let step = redis.script.batches.isEmpty ? nil : redis.script.batches.removeFirst()
                 var replicas: Int? = nil
                 if let replicaWait { replicas = redis.script.replicas.isEmpty ? replicaWait.replicas : redis.script.replicas.removeFirst() }
@@ -83,7 +85,11 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
         }
 
         func command(_ arguments: [String]) throws(RedisConnection.Failure) -> RedisConnection.Reply {
-            arguments.first == "PING" ? .string("PONG") : .array([.string(arguments.last ?? ""), .string("no")])
+            switch arguments.first {
+            case "PING": .string("PONG")
+            case "INFO": .string("# Server\r\nredis_version:\(redis.lock.withLock { redis.script.version })\r\nredis_mode:standalone\r\n")
+            default: .array([.string(arguments.last ?? ""), .string("no")])
+            }
         }
     }
 }
@@ -101,6 +107,7 @@ struct RedisPublisherTests {
         _ redis: FakeRedis,
         capacity: Int = 1000,
         minReplicas: Int = 0,
+        localFsync: Bool = false,
         metrics: IngestMetrics = IngestMetrics()
     ) -> RedisPublisher {
         var configuration = PublisherConfiguration(
@@ -111,6 +118,7 @@ struct RedisPublisherTests {
         configuration.reconnectBaseMs = 1
         configuration.reconnectMaxMs = 4
         configuration.minReplicas = minReplicas
+        configuration.minLocalFsync = localFsync
         return RedisPublisher(configuration: configuration, connector: redis, logger: logger, metrics: metrics)
     }
 
@@ -219,7 +227,7 @@ struct RedisPublisherTests {
         try await Self.waitUntil { outcomes.withLockedValue { $0["a"] } != nil }
         #expect(outcomes.withLockedValue { $0 } == ["a": .stored])
         #expect(redis.batchesSent == [[2], [], []], "written once; the later rounds only WAIT")
-        #expect(redis.waitsSent == [true, true, true])
+        #expect(redis.waitsSent == Array(repeating: ReplicaWait(replicas: 1, timeoutMs: 1000), count: 3))
         #expect(redis.connects == 1)
         #expect(try Self.value(metrics, "teltonika_redis_replica_waits_short_total") == 2)
         #expect(try Self.value(metrics, "teltonika_publish_jobs_held_for_replicas_total") == 1)
@@ -279,6 +287,39 @@ struct RedisPublisherTests {
         #expect(redis.batchesSent == [[1], [1]])
         #expect(try Self.value(metrics, "teltonika_redis_primary_changes_total") == 1)
         _ = await publisher.stop(deadline: .now() + .seconds(1))
+    }
+
+    /// `REDIS_MIN_LOCAL_FSYNC`: `WAITAOF` where `INFO server` says 7.2 or later, `WAIT` (replicas only)
+    /// on older servers, none at all when no replicas are asked for.
+    @Test(arguments: [("7.2.4", 1, true), ("7.0.15", 1, false), ("6.2.14", 0, false), ("8.0.1", 0, true)])
+    func testLocalFsyncUsesWaitaofWhereRedisHasIt(version: String, replicas: Int, waitaof: Bool) async throws {
+        let redis = FakeRedis(.init(version: version))
+        let publisher = Self.publisher(redis, minReplicas: replicas, localFsync: true)
+        let outcomes = NIOLockedValueBox<[String: PublishOutcome]>([:])
+        #expect(publisher.submit(Self.job("a", into: outcomes)))
+        publisher.start()
+        try await Self.waitUntil { outcomes.withLockedValue { $0["a"] } != nil }
+        #expect(outcomes.withLockedValue { $0 } == ["a": .stored])
+        let expected: ReplicaWait? =
+            waitaof || replicas > 0 ? ReplicaWait(replicas: replicas, timeoutMs: 1000, localFsync: waitaof) : nil
+        #expect(redis.waitsSent == [expected], "Redis \(version)")
+        _ = await publisher.stop(deadline: .now() + .seconds(1))
+    }
+
+    /// The bytes of `WAIT` and `WAITAOF`, and what their replies confirm.
+    @Test func testWaitCommandsAndReplies() {
+        let wait = ReplicaWait(replicas: 2, timeoutMs: 500)
+        #expect(String(decoding: wait.command, as: UTF8.self) == "*3\r\n$4\r\nWAIT\r\n$1\r\n2\r\n$3\r\n500\r\n")
+        #expect(wait.confirmedReplicas(.integer(1)) == 1)
+        #expect(wait.confirmedReplicas(.error("ERR WAIT cannot be used with replica instances")) == nil)
+        let waitaof = ReplicaWait(replicas: 1, timeoutMs: 200, localFsync: true)
+        #expect(
+            String(decoding: waitaof.command, as: UTF8.self)
+                == "*4\r\n$7\r\nWAITAOF\r\n$1\r\n1\r\n$1\r\n1\r\n$3\r\n200\r\n"
+        )
+        #expect(waitaof.confirmedReplicas(.array([.integer(1), .integer(2)])) == 2)
+        #expect(waitaof.confirmedReplicas(.array([.integer(0), .integer(2)])) == -1, "the primary did not fsync: short")
+        #expect(waitaof.confirmedReplicas(.integer(1)) == nil)
     }
 
     /// One series of a registry, read from its Prometheus text.

@@ -51,6 +51,19 @@ struct RedisTopologyTests {
         #expect(try RedisClient(url: redis.replicas[1].url).xlen(server.stream) == 5)
     }
 
+    /// `REDIS_MIN_LOCAL_FSYNC=1` against this machine's Redis 7.0, which has no `WAITAOF`: one warning
+    /// naming the version, and packets are still ACKed (with no replicas asked for, no wait at all).
+    @Test func testLocalFsyncWithoutWaitaofWarnsAndServes() throws {
+        let server = try ServerProcess(environment: ["REDIS_MIN_LOCAL_FSYNC": "1"])
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login(DeviceServerTests.imei))
+        try device.send(try Self.packet(records: 2, at: 1_700_000_000_000))
+        #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 2)))
+        let warning = try server.waitForLog(event: "redis.waitaof_unavailable", timeout: 5)
+        #expect((warning["redis_version"] as? String)?.hasPrefix("7.0.") == true, "\(warning)")
+        #expect(try RedisClient(url: TestEnvironment.redisURL).xlen(server.stream) == 2)
+    }
+
     /// A Sentinel failover mid-stream: 20 simulated devices send for 20 s; replication is cut (replicas
     /// stopped, their links killed) for a second while the primary takes writes, then the primary is
     /// `kill -9`ed and the replicas resumed; Sentinel promotes one, the server follows without restart.

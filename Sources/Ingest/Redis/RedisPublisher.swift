@@ -28,6 +28,9 @@ public struct PublisherConfiguration: Sendable {
     public var minReplicas: Int
     /// How long `WAIT` may block for them; below `redisTimeoutMs`, which bounds the reply.
     public var replicaTimeoutMs: Int
+    /// `WAITAOF` instead of `WAIT`: the primary's AOF must have fsynced the writes too (Redis 7.2+;
+    /// on older servers it falls back to `WAIT`, with a warning).
+    public var minLocalFsync: Bool
 
     public init(
         redis: RedisURL,
@@ -39,7 +42,8 @@ public struct PublisherConfiguration: Sendable {
         healthCheckMs: Int = 1000,
         durabilityCheckMs: Int = 60_000,
         minReplicas: Int = 0,
-        replicaTimeoutMs: Int = 1000
+        replicaTimeoutMs: Int = 1000,
+        minLocalFsync: Bool = false
     ) {
         self.redis = redis
         self.queueCapacity = queueCapacity
@@ -51,10 +55,12 @@ public struct PublisherConfiguration: Sendable {
         self.durabilityCheckMs = durabilityCheckMs
         self.minReplicas = minReplicas
         self.replicaTimeoutMs = replicaTimeoutMs
+        self.minLocalFsync = minLocalFsync
     }
 
     var replicaWait: ReplicaWait? {
-        minReplicas > 0 ? ReplicaWait(replicas: minReplicas, timeoutMs: replicaTimeoutMs) : nil
+        guard minReplicas > 0 || minLocalFsync else { return nil }
+        return ReplicaWait(replicas: minReplicas, timeoutMs: replicaTimeoutMs, localFsync: minLocalFsync)
     }
 }
 
@@ -171,6 +177,9 @@ public final class RedisPublisher: Sendable {
         var awaitingReplicas: [PublishJob] = []
         /// Whether the last `WAIT` fell short (for the log line at each change).
         var replicasShort = false
+        /// The wait this connection's batches end with (`WAITAOF` only where the server has it).
+        var replicaWait: ReplicaWait? = nil
+        var loggedNoWaitaof = false
         /// The endpoint last connected to, and since when there has been no connection.
         var lastEndpoint: String? = nil
         var downSince: NIODeadline? = nil
@@ -274,6 +283,7 @@ public final class RedisPublisher: Sendable {
             do throws(RedisConnection.Failure) {
                 let opened = try publisher.connector.connect()
                 try checkDurability(opened)
+                replicaWait = try replicaWait(on: opened)
                 transport = opened
                 let now = NIODeadline.now()
                 machine.connected(at: now)
@@ -338,7 +348,7 @@ public final class RedisPublisher: Sendable {
             let retried = retry.reduce(0) { $0 + $1.recordCount }
             let batch = retry + queue.take(maxRecords: max(1, configuration.maxBatchRecords - retried))
             retry = []
-            let wait = configuration.replicaWait
+            let wait = replicaWait
             let result = transport.send(batch, replicaWait: wait)
             var refused: [PublishJob] = []
             var written: [PublishJob] = []
@@ -400,6 +410,29 @@ public final class RedisPublisher: Sendable {
             }
         }
 
+        /// The configured wait, with `WAITAOF` only if the server has it (7.2+, from `INFO server`); on an
+        /// older one, `WAIT` for the replicas alone and a warning (once).
+        private func replicaWait(on transport: any RedisTransport) throws(RedisConnection.Failure) -> ReplicaWait? {
+            guard var wait = configuration.replicaWait, wait.localFsync else { return configuration.replicaWait }
+            var version = "unknown"
+            if case .string(let info) = try transport.command(["INFO", "server"]),
+                let line = info.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("redis_version:") })
+            {
+                version = String(line.dropFirst("redis_version:".count))
+            }
+            let parts = version.split(separator: ".").compactMap { Int($0) }
+            if parts.count >= 2, (parts[0], parts[1]) >= (7, 2) { return wait }
+            wait.localFsync = false
+            if !loggedNoWaitaof {
+                loggedNoWaitaof = true
+                logger.warning(
+                    "redis has no WAITAOF; REDIS_MIN_LOCAL_FSYNC is not applied",
+                    metadata: ["event": "redis.waitaof_unavailable", "redis_version": "\(version)", "min_replicas": "\(wait.replicas)"]
+                )
+            }
+            return wait.replicas > 0 ? wait : nil
+        }
+
         /// Jobs confirmed: counted, timed and completed `.stored` (their ACKs go out).
         private func store(_ jobs: [PublishJob]) {
             let now = NIODeadline.now()
@@ -412,7 +445,7 @@ public final class RedisPublisher: Sendable {
 
         /// The replicas the last `WAIT` reported; a log line when it starts or stops falling short.
         private func noteReplicas(_ replicas: Int, short: Bool) {
-            metrics.redisReplicasAcknowledged.set(Int64(replicas))
+            metrics.redisReplicasAcknowledged.set(Int64(max(0, replicas)))
             if short { metrics.replicaWaitsShort.increment() }
             guard short != replicasShort else { return }
             replicasShort = short

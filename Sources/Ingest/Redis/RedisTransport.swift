@@ -2,19 +2,32 @@
 import RedisWire
 
 /// `WAIT` after a batch: how many replicas must have the batch's writes, and how long Redis may wait
-/// for them (`REDIS_MIN_REPLICAS`, `REDIS_REPLICA_TIMEOUT_MS`).
+/// for them (`REDIS_MIN_REPLICAS`, `REDIS_REPLICA_TIMEOUT_MS`); with `localFsync`, `WAITAOF` (Redis
+/// 7.2+), which also waits for the primary's own AOF fsync (`REDIS_MIN_LOCAL_FSYNC`).
 struct ReplicaWait: Equatable, Sendable {
     var replicas: Int
     var timeoutMs: Int
+    var localFsync = false
 
-    /// The `WAIT` command, RESP-formatted.
+    /// `WAIT <replicas> <timeout>`, or `WAITAOF 1 <replicas> <timeout>`, RESP-formatted.
     var command: [UInt8] {
+        let arguments = localFsync ? ["WAITAOF", "1", String(replicas), String(timeoutMs)] : ["WAIT", String(replicas), String(timeoutMs)]
         var writer = RESPWriter()
-        writer.beginCommand(arguments: 3)
-        writer.bulk(string: "WAIT")
-        writer.bulk(string: String(replicas))
-        writer.bulk(string: String(timeoutMs))
+        writer.beginCommand(arguments: arguments.count)
+        for argument in arguments { writer.bulk(string: argument) }
         return writer.bytes
+    }
+
+    /// The replicas a reply confirms: `WAIT`'s count; for `WAITAOF` (`[local, replicas]`) the replicas
+    /// that fsynced, or -1 when the primary itself had not (short, whatever `replicas` asks). Nil for
+    /// an error or another reply.
+    func confirmedReplicas(_ reply: RedisConnection.Reply) -> Int? {
+        switch reply {
+        case .integer(let n) where !localFsync: Int(n)
+        case .array(let counts) where localFsync && counts.count == 2:
+            if case .integer(let local) = counts[0], case .integer(let fsynced) = counts[1] { local >= 1 ? Int(fsynced) : -1 } else { nil }
+        default: nil
+        }
     }
 }
 
@@ -88,7 +101,7 @@ final class HiredisTransport: RedisTransport {
                 answers.append(firstError)
             }
             var replicas: Int? = nil
-            if replicaWait != nil, case .integer(let n) = try connection.reply() { replicas = Int(n) }
+            if let replicaWait { replicas = replicaWait.confirmedReplicas(try connection.reply()) }
             return BatchResult(answers: answers, replicas: replicas, failure: nil)
         } catch {
             return BatchResult(answers: answers, failure: error)
