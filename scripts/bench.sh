@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: the Codec8 micro benchmarks (ordo-one/benchmark), then the end-to-end benchmark
-# (scripts/bench-e2e.sh: Redis ceiling, server under the simulator, latency, CPU, idle RSS).
+# (scripts/bench-e2e.sh: Redis ceiling, server under the simulator, latency, CPU, idle RSS), then the
+# same per Redis topology (scripts/bench-redis.sh: plain, a replica with REDIS_MIN_REPLICAS=1, TLS).
 #
 # The benchmarks are their own SwiftPM package in Benchmarks/, so the server's build never needs the
 # harness. The plugin builds them in release mode first (2 to 4 minutes the first time on 2 cores).
@@ -19,4 +20,7 @@ cd "$root/Benchmarks"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'),"\
      "load average $(cut -d' ' -f1-3 /proc/loadavg); $(swift --version 2>/dev/null | head -1)"
 swift package --disable-sandbox benchmark --target Codec8Benchmarks --no-progress --scale "$@"
-if [ "${BENCH_E2E:-1}" != 0 ]; then "$root/scripts/bench-e2e.sh"; fi
+if [ "${BENCH_E2E:-1}" != 0 ]; then
+    "$root/scripts/bench-e2e.sh"
+    "$root/scripts/bench-redis.sh"
+fi

@@ -75,46 +75,108 @@ struct LifecycleTests {
         print("drain under load: \(round) rounds, \(acked.count) records ACKed, \(unacked) packets cut unACKed, all ACKed stored")
     }
 
+    /// Two packets in one write while Redis is paused: the production framing path takes the first (its
+    /// records alone are queued: the second waits in the socket buffer, one packet in flight), and once
+    /// Redis resumes both are ACKed in order.
+    @Test func testPipelinedPacketsAreTakenOneAtATimeAndACKedInOrder() throws {
+        let redis = try OwnRedis()
+        let server = try ServerProcess(redisURL: redis.url)
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login(DeviceServerTests.imei))
+        redis.pause()
+        defer { redis.resume() }
+        try device.send(try Self.packet(records: 2, at: 1_700_000_000_000) + Self.packet(records: 3, at: 1_700_000_001_000))
+        try waitUntil("the first packet queued", timeout: 5) { try server.scrape().value("teltonika_publish_queue_depth") == 2 }
+        #expect(try server.scrape().value("teltonika_records_total{codec=\"8\"}") == 2, "the second packet is not decoded yet")
+        redis.resume()
+        #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 2)))
+        #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 3)))
+        #expect(try RedisClient(url: redis.url).xlen(server.stream) == 5)
+    }
+
+    /// SIGTERM with a packet in flight (Redis paused) and a second pipelined behind it: the drain ACKs the
+    /// first once Redis answers, never reads the second, closes, and exits 0 with nothing in flight.
+    @Test func testTheDrainACKsThePacketInFlightAndNothingAfterIt() throws {
+        let redis = try OwnRedis()
+        let server = try ServerProcess(redisURL: redis.url)
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login(DeviceServerTests.imei))
+        redis.pause()
+        defer { redis.resume() }
+        try device.send(try Self.packet(records: 2, at: 1_700_000_000_000) + Self.packet(records: 3, at: 1_700_000_001_000))
+        try waitUntil("the first packet queued", timeout: 5) { try server.scrape().value("teltonika_publish_queue_depth") == 2 }
+        kill(server.process.processIdentifier, SIGTERM)
+        let draining = try server.waitForLog(event: "server.draining", timeout: 5)
+        #expect(draining["packets_in_flight"] as? String == "1")
+        redis.resume()
+        #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 2)), "the packet in flight is ACKed")
+        #expect(device.receive(4, timeout: 10) == .closed([]), "then the connection closes: the second packet is never ACKed")
+        let exit = try #require(server.waitForExit(timeout: 20))
+        #expect(exit.status == 0 && !exit.bySignal, "exit \(exit)")
+        let stopped = try server.waitForLog(event: "server.stopped", timeout: 1)
+        #expect(stopped["packets_in_flight"] as? String == "0")
+        #expect(stopped["abandoned_records"] as? String == "0")
+        #expect(stopped["connections_cut"] as? String == "0")
+        #expect(try RedisClient(url: redis.url).xlen(server.stream) == 2, "only the first packet's records")
+    }
+
+    static func packet(records: Int, at t: UInt64) throws -> [UInt8] {
+        let records = (0..<records).map { AVLRecord(timestampMs: t + UInt64($0), ioElements: [IOElement(id: 1, value: .u8(1))]) }
+        return try AVLPacketEncoder.encode(records, codec: .codec8)
+    }
+
     /// SIGKILL twice under load from 20 simulated devices, each time restarted on the same port: a crash
     /// loses nothing ACKed (ACKs only follow Redis' confirmation), the devices resend what was cut off,
-    /// and the simulator's `--verify` oracle finds every ACKed record in the stream.
+    /// and the simulator's `--verify` oracle finds every ACKed record in the stream. Each incarnation has
+    /// ACKed packets before it is killed (the last one too), so traffic crossed every restart.
     @Test func testKillDashNineUnderLoadLosesNoACKedRecord() throws {
         let port = TestEnvironment.freePort()
         let stream = "test:\(UUID().uuidString)"
         let environment = ["TELTONIKA_PORT": "\(port)", "REDIS_TELEMETRY_STREAM": stream, "LOG_LEVEL": "info"]
         let first = try ServerProcess(environment: environment)
-        let firstPID = first.process.processIdentifier
-        let restarts = NIOLockedValueBox<[Int32]>([])
+        let (firstPID, firstMetrics) = (first.process.processIdentifier, first.metricsPort)
+        /// Per incarnation: whether it ACKed before it was killed (or, for the last, before the end).
+        let acked = NIOLockedValueBox<[Bool]>([])
+        let restartErrors = NIOLockedValueBox<[String]>([])
         let finished = NIOLockedValueBox(false)
+        @Sendable func ackedSomething(metricsPort: Int) -> Bool {
+            (try? waitUntil("an ACK", timeout: 20) {
+                try Scrape(text: httpGet(port: metricsPort, path: "/metrics").body).value("teltonika_acks_total") > 0
+            }) != nil
+        }
         let chaos = Thread {
             var server: ServerProcess? = nil
             for _ in 0..<2 {
-                usleep(1_200_000)
-                let pid = server?.process.processIdentifier ?? firstPID
-                kill(pid, SIGKILL)
+                acked.withLockedValue { $0.append(ackedSomething(metricsPort: server?.metricsPort ?? firstMetrics)) }
+                kill(server?.process.processIdentifier ?? firstPID, SIGKILL)
                 server = nil
                 // The port is free once the killed process is gone; a start that finds it taken fails fast.
                 for _ in 0..<50 {
-                    if let next = try? ServerProcess(environment: environment) {
-                        server = next
-                        restarts.withLockedValue { $0.append(next.process.processIdentifier) }
+                    do {
+                        server = try ServerProcess(environment: environment)
                         break
+                    } catch {
+                        restartErrors.withLockedValue { $0.append("\(error)") }
+                        usleep(100_000)
                     }
-                    usleep(100_000)
                 }
+                guard server != nil else { return }
             }
+            acked.withLockedValue { $0.append(ackedSomething(metricsPort: server!.metricsPort)) }
             while !finished.withLockedValue({ $0 }) { usleep(50_000) }
         }
         chaos.start()
         defer { finished.withLockedValue { $0 = true } }
         let run = try runSimulate([
-            "--devices", "20", "--duration", "4", "--port", "\(port)", "--records-per-packet", "5",
+            "--devices", "20", "--duration", "6", "--port", "\(port)", "--records-per-packet", "5",
             "--verify", "--redis-url", TestEnvironment.redisURL, "--stream", stream, "--seed", "13",
         ])
-        #expect(restarts.withLockedValue { $0.count } == 2, "the server was killed and restarted twice")
+        #expect(acked.withLockedValue { $0 } == [true, true, true], "each incarnation ACKed; restart errors: \(restartErrors.withLockedValue { $0 })")
         #expect(first.waitForExit(timeout: 5)?.bySignal == true)
-        let (acked, verify) = try run.expectEveryACKedRecordStored()
-        print("kill -9 under load: 2 kills, \(acked) records ACKed; \(verify)")
+        let (ackedRecords, verify) = try run.expectEveryACKedRecordStored()
+        let resends = try #require(run.line("simulate:")).int("resends")
+        #expect(resends > 0, "packets cut off by the kills were sent again")
+        print("kill -9 under load: 2 kills, \(ackedRecords) records ACKed, \(resends) resends; \(verify)")
     }
 
     /// Redis hangs (SIGSTOP) with a packet in flight: readiness turns 503 at once, the drain gives up at

@@ -12,10 +12,7 @@ import Glibc
 /// `redis-server` replicas and Sentinels.
 @Suite(.serialized, .timeLimit(.minutes(5)))
 struct RedisTopologyTests {
-    static func packet(records: Int, at t: UInt64) throws -> [UInt8] {
-        let records = (0..<records).map { AVLRecord(timestampMs: t + UInt64($0), ioElements: [IOElement(id: 1, value: .u8(1))]) }
-        return try AVLPacketEncoder.encode(records, codec: .codec8)
-    }
+    static func packet(records: Int, at t: UInt64) throws -> [UInt8] { try LifecycleTests.packet(records: records, at: t) }
 
     /// `REDIS_MIN_REPLICAS=2` with one of two replicas stopped: the packet is written to the primary
     /// but not ACKed; once the replica resumes, the held packet is ACKed, written once.
