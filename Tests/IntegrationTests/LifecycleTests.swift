@@ -171,7 +171,10 @@ struct LifecycleTests {
             "--devices", "20", "--duration", "6", "--port", "\(port)", "--records-per-packet", "5",
             "--verify", "--redis-url", TestEnvironment.redisURL, "--stream", stream, "--seed", "13",
         ])
-        #expect(acked.withLockedValue { $0 } == [true, true, true], "each incarnation ACKed; restart errors: \(restartErrors.withLockedValue { $0 })")
+        #expect(
+            acked.withLockedValue { $0 } == [true, true, true],
+            "each incarnation ACKed; restart errors: \(restartErrors.withLockedValue { $0 })"
+        )
         #expect(first.waitForExit(timeout: 5)?.bySignal == true)
         let (ackedRecords, verify) = try run.expectEveryACKedRecordStored()
         let resends = try #require(run.line("simulate:")).int("resends")
