@@ -111,15 +111,33 @@ struct DeviceServerTests {
         #expect(try server.scrape()[#"teltonika_frames_total{codec="unknown",result="too_large"}"#] == 50)
     }
 
+    /// Both timeouts from both sides: not before the configured time (less a small margin), not long
+    /// after; a keep-alive byte restarts the idle timer.
     @Test func testHandshakeAndIdleTimeoutsClose() throws {
         let server = try ServerProcess(environment: ["HANDSHAKE_TIMEOUT_MS": "300", "IDLE_TIMEOUT_MS": "1000"])
         let silent = try DeviceClient(port: server.port)
+        let connected = Date()
         #expect(silent.receive(1, timeout: 3) == .closed([]))
+        let handshake = Date().timeIntervalSince(connected)
+        #expect(handshake >= 0.25 && handshake < 1.5, "closed after \(handshake) s, HANDSHAKE_TIMEOUT_MS 300")
+        _ = try server.waitForLog(event: "device.handshake_timeout", timeout: 2)
+
         let idle = try DeviceClient(port: server.port)
         #expect(try idle.login(DeviceServerTests.imei))
-        try idle.send([0xFF])
+        // A keep-alive every 400 ms for 2.4 s (more than twice the idle timeout): the connection stays.
+        var lastByte = Date()
+        for _ in 0..<6 {
+            try idle.send([0xFF])
+            lastByte = Date()
+            #expect(idle.receive(1, timeout: 0.4) == .timeout([]), "keep-alives restart the idle timer")
+        }
         #expect(idle.receive(1, timeout: 4) == .closed([]))
-        try server.waitForLog(event: "device.idle_timeout", timeout: 2)
+        let silence = Date().timeIntervalSince(lastByte)
+        #expect(silence >= 0.95 && silence < 2.5, "closed \(silence) s after the last keep-alive, IDLE_TIMEOUT_MS 1000")
+        _ = try server.waitForLog(event: "device.idle_timeout", timeout: 2)
+        let scrape = try server.scrape()
+        #expect(try scrape.value("teltonika_keepalive_total") == 6)
+        #expect(try scrape.value(#"teltonika_handshake_total{result="timeout"}"#) == 1)
     }
 
     @Test func testNewerLoginReplacesTheOlderConnection() throws {
@@ -170,7 +188,11 @@ struct DeviceServerTests {
         let device = try DeviceClient(port: server.port)
         #expect(try device.login(DeviceServerTests.imei))
         try device.send(TestEnvironment.fixtures.first { $0.id == "w-c8-1" }!.bytes)
+        let sent = Date()
         #expect(device.receive(4, timeout: 10) == .closed([]))
-        try server.waitForLog(event: "publish.failed", timeout: 2)
+        let waited = Date().timeIntervalSince(sent)
+        #expect(waited >= 0.9 && waited < 4, "closed \(waited) s after the packet, PUBLISH_TIMEOUT_MS 1000")
+        _ = try server.waitForLog(event: "publish.failed", timeout: 2)
+        #expect(try server.scrape().value("teltonika_acks_total") == 0)
     }
 }

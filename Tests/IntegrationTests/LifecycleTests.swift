@@ -86,7 +86,7 @@ struct LifecycleTests {
         redis.pause()
         defer { redis.resume() }
         try device.send(try Self.packet(records: 2, at: 1_700_000_000_000) + Self.packet(records: 3, at: 1_700_000_001_000))
-        try waitUntil("the first packet queued", timeout: 5) { try server.scrape().value("teltonika_publish_queue_depth") == 2 }
+        try waitFor(timeout: 5, "the first packet queued") { try server.scrape().value("teltonika_publish_queue_depth") == 2 }
         #expect(try server.scrape().value("teltonika_records_total{codec=\"8\"}") == 2, "the second packet is not decoded yet")
         redis.resume()
         #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 2)))
@@ -104,7 +104,7 @@ struct LifecycleTests {
         redis.pause()
         defer { redis.resume() }
         try device.send(try Self.packet(records: 2, at: 1_700_000_000_000) + Self.packet(records: 3, at: 1_700_000_001_000))
-        try waitUntil("the first packet queued", timeout: 5) { try server.scrape().value("teltonika_publish_queue_depth") == 2 }
+        try waitFor(timeout: 5, "the first packet queued") { try server.scrape().value("teltonika_publish_queue_depth") == 2 }
         kill(server.process.processIdentifier, SIGTERM)
         let draining = try server.waitForLog(event: "server.draining", timeout: 5)
         #expect(draining["packets_in_flight"] as? String == "1")
@@ -140,7 +140,7 @@ struct LifecycleTests {
         let restartErrors = NIOLockedValueBox<[String]>([])
         let finished = NIOLockedValueBox(false)
         @Sendable func ackedSomething(metricsPort: Int) -> Bool {
-            (try? waitUntil("an ACK", timeout: 20) {
+            (try? waitFor(timeout: 20, "an ACK") {
                 try Scrape(text: httpGet(port: metricsPort, path: "/metrics").body).value("teltonika_acks_total") > 0
             }) != nil
         }

@@ -269,16 +269,6 @@ struct MetricsTests {
     }
 }
 
-/// Polls `condition` every 20 ms until it holds or `timeout` seconds pass (then throws).
-func waitFor(timeout: Double, _ what: String = #function, _ condition: () throws -> Bool) throws {
-    let deadline = Date().addingTimeInterval(timeout)
-    while Date() < deadline {
-        if (try? condition()) == true { return }
-        usleep(20_000)
-    }
-    throw TestFailure("condition not met within \(timeout) s (\(what))")
-}
-
 /// Runs a command to completion; stdout and stderr together.
 func run(_ command: [String]) throws -> (status: Int32, output: String) {
     let p = Process()

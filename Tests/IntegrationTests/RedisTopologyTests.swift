@@ -89,7 +89,7 @@ struct RedisTopologyTests {
         let chaos = Thread {
             do {
                 let primary = try RedisClient(url: primaryURL)
-                try waitUntil("2,000 records stored before the cut", timeout: 15) { try primary.xlen(stream) >= 2000 }
+                try waitFor(timeout: 15, "2,000 records stored before the cut") { try primary.xlen(stream) >= 2000 }
                 for pid in replicaPIDs { kill(pid, SIGSTOP) }
                 _ = try primary.command(["CLIENT", "KILL", "TYPE", "replica"])
                 let before = try primary.xlen(stream)
@@ -98,7 +98,7 @@ struct RedisTopologyTests {
                 kill(primaryPID, SIGKILL)
                 let killed = Date()
                 for pid in replicaPIDs { kill(pid, SIGCONT) }
-                try waitUntil("Sentinel promotes a replica", timeout: 30) {
+                try waitFor(timeout: 30, "Sentinel promotes a replica") {
                     try Sentinels.primaryPort(sentinel: sentinel, masterName: masterName) != primaryPort
                 }
                 cut.withLockedValue { $0 = (during, Date().timeIntervalSince(killed), nil) }

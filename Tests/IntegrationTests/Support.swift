@@ -90,3 +90,13 @@ func rssKiB(pid: Int32) -> Int {
     let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
     return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? -1
 }
+
+/// Polls `condition` every 20 ms until it holds or `timeout` seconds pass (then throws).
+func waitFor(timeout: Double, _ what: String = #function, _ condition: () throws -> Bool) throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if (try? condition()) == true { return }
+        usleep(20_000)
+    }
+    throw TestFailure("condition not met within \(timeout) s (\(what))")
+}

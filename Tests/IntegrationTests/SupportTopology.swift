@@ -6,16 +6,6 @@ import RedisWire
 import Glibc
 #endif
 
-/// Polls `condition` every 20 ms until it holds; throws after `timeout` seconds.
-func waitUntil(_ what: String, timeout: Double, _ condition: () throws -> Bool) throws {
-    let deadline = Date().addingTimeInterval(timeout)
-    while Date() < deadline {
-        if (try? condition()) == true { return }
-        usleep(20_000)
-    }
-    throw TestFailure("not within \(timeout) s: \(what)")
-}
-
 /// A primary and its replicas (each `--replicaof` the primary, syncing at once), returned once every
 /// replica is online.
 final class ReplicatedRedis {
@@ -31,7 +21,7 @@ final class ReplicatedRedis {
         replicas = try (0..<count).map { _ in
             try OwnRedis(arguments: Self.nodeArguments + ["--replicaof", "127.0.0.1", "\(primary.port)"])
         }
-        try waitUntil("\(count) replicas online", timeout: 15) { try Self.onlineReplicas(of: primary) == count }
+        try waitFor(timeout: 15, "\(count) replicas online") { try Self.onlineReplicas(of: primary) == count }
     }
 
     /// Replicas the node reports online (`INFO replication`).
@@ -57,7 +47,7 @@ final class Sentinels {
             """
         nodes = try (0..<3).map { _ in try OwnRedis(sentinel: config) }
         for node in nodes {
-            try waitUntil("Sentinel \(node.port) knows the replicas and the other Sentinels", timeout: 30) {
+            try waitFor(timeout: 30, "Sentinel \(node.port) knows the replicas and the other Sentinels") {
                 let client = try RedisClient(url: node.url)
                 guard case .array(let known) = try client.command(["SENTINEL", "replicas", "mymaster"]),
                     case .array(let others) = try client.command(["SENTINEL", "sentinels", "mymaster"])
