@@ -162,22 +162,36 @@ struct PublisherFaultTests {
 /// The process survives running out of file descriptors, and serves again once some are free.
 @Suite(.serialized, .timeLimit(.minutes(3)))
 struct DescriptorExhaustionTests {
+    /// With 64 descriptors: a device connected before the exhaustion keeps being served while the
+    /// server holds every descriptor it may, the process lives on, and once clients go, new devices are
+    /// served again.
     @Test func testServerSurvivesRunningOutOfFileDescriptors() throws {
         let server = try ServerProcess(launcher: ["/usr/bin/prlimit", "--nofile=64:64", "--"])
+        let pid = server.process.processIdentifier
+        func openDescriptors() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1 }
+        let early = try DeviceClient(port: server.port)
+        #expect(try early.login("356307042441013"))
+
         var clients: [DeviceClient] = []
-        for _ in 0..<120 { if let c = try? DeviceClient(port: server.port) { clients.append(c) } }
-        // Some of these got a descriptor and a login; the rest wait in the backlog or are refused.
-        var loggedIn = 0
-        for (i, c) in clients.enumerated() {
-            try? c.send(IMEI("3500000000\(String(format: "%05d", i))")!.loginFrame)
+        for i in 0..<120 {
+            let client = try DeviceClient(port: server.port)  // the kernel completes the handshake from the backlog
+            try client.send(IMEI("3500000000\(String(format: "%05d", i))")!.loginFrame)
+            clients.append(client)
         }
-        for c in clients where c.receive(1, timeout: 0.05) == .bytes([1]) { loggedIn += 1 }
-        #expect(loggedIn > 0 && loggedIn < 64, "logged in: \(loggedIn)")
+        try waitFor(timeout: 10, "the server holds all 64 descriptors") { openDescriptors() == 64 }
+        let loggedIn = clients.filter { $0.receive(1, timeout: 0.05) == .bytes([1]) }.count
+        #expect(loggedIn > 0 && loggedIn < clients.count, "logged in: \(loggedIn) of \(clients.count)")
+
+        // Out of descriptors, the device connected before is still served (ACK after Redis).
+        try early.send(TestEnvironment.fixtures.first { $0.id == "w-c8-1" }!.bytes)
+        #expect(early.receive(4, timeout: 10) == .bytes([0, 0, 0, 1]))
+        #expect(openDescriptors() == 64, "still exhausted while it was served")
         #expect(server.process.isRunning)
+
         clients.removeAll()  // closes every socket
-        usleep(1_500_000)
+        try waitFor(timeout: 10, "descriptors released") { openDescriptors() < 40 }
         let device = try DeviceClient(port: server.port)
-        #expect(try device.login("356307042441013"))
+        #expect(try device.login("356307042441014"))
         try device.send(TestEnvironment.fixtures.first { $0.id == "w-c8-1" }!.bytes)
         #expect(device.receive(4, timeout: 10) == .bytes([0, 0, 0, 1]))
         #expect(server.process.isRunning)
