@@ -76,7 +76,7 @@ public struct LineLogHandler: LogHandler {
             JSONText.appendISO8601(milliseconds: UInt64(now * 1000), to: &line)
             line.removeFirst()
             line.removeLast()
-            line.append(contentsOf: " \(event.level.rawValue.uppercased()) \(eventName): \(event.message)".utf8)
+            line.append(contentsOf: " \(event.level.rawValue.uppercased()) \(eventName): \(event.message) instance_id=\(instanceID)".utf8)
             for (key, value) in merged.sorted(by: { $0.key < $1.key }) { line.append(contentsOf: " \(key)=\(value)".utf8) }
         }
         line.append(0x0A)

@@ -168,6 +168,9 @@ struct ServeConfigurationTests {
             (["serve"], ["TELTONIKA_PORT": "70000"], "TELTONIKA_PORT"),
             (["serve"], ["REDIS_URL": "http://localhost"], "REDIS_URL"),
             (["serve"], ["LOG_FORMAT": "xml"], "LOG_FORMAT"),
+            (["serve"], ["CONFIG_FILE": "/nonexistent/ingest.env"], "CONFIG_FILE"),
+            (["serve"], ["REDIS_MIN_REPLICAS": "1", "REDIS_REPLICA_TIMEOUT_MS": "9000"], "REDIS_REPLICA_TIMEOUT_MS"),
+            (["serve"], ["REDIS_SENTINELS": "a:1,b:0"], "REDIS_SENTINELS"),
         ] as [([String], [String: String], String)]
     )
     func testInvalidSettingsExitTwoNamingTheSetting(_ arguments: [String], _ environment: [String: String], _ name: String) throws {

@@ -8,14 +8,14 @@ public struct LoopbackConnectError: Error, CustomStringConvertible {
     public var description: String
 }
 
-/// A blocking TCP socket connected to 127.0.0.1:`port`; `receiveBuffer` (bytes) is set before the
+/// A blocking TCP socket connected to `host` (an IPv4 address, 127.0.0.1 by default):`port`; `receiveBuffer` (bytes) is set before the
 /// handshake, so it bounds the window the server sees.
-public func connectLoopback(port: Int, receiveBuffer: Int32? = nil) throws(LoopbackConnectError) -> Int32 {
+public func connectLoopback(port: Int, host: String = "127.0.0.1", receiveBuffer: Int32? = nil) throws(LoopbackConnectError) -> Int32 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     if var size = receiveBuffer { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size)) }
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_addr.s_addr = inet_addr(host)
     addr.sin_port = UInt16(port).bigEndian
     let rc = withUnsafePointer(to: &addr) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }

@@ -22,8 +22,8 @@ func sendAll(_ fd: Int32, _ bytes: [UInt8]) throws {
 final class DeviceClient {
     private let fd: Int32
 
-    init(port: Int) throws {
-        fd = try connectLoopback(port: port)
+    init(port: Int, host: String = "127.0.0.1") throws {
+        fd = try connectLoopback(port: port, host: host)
     }
 
     deinit { close(fd) }

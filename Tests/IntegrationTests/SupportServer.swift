@@ -42,11 +42,13 @@ final class ServerProcess {
 
     /// - Parameters:
     ///   - launcher: a command that runs the binary (e.g. `prlimit ... --`), or none.
+    ///   - arguments: flags after `serve`.
     ///   - waitUntilListening: wait for both listeners (and learn their ports) before returning.
     init(
         redisURL: String = TestEnvironment.redisURL,
         environment extra: [String: String] = [:],
         launcher: [String] = [],
+        arguments: [String] = [],
         waitUntilListening: Bool = true
     ) throws {
         stream = "test:\(UUID().uuidString)"
@@ -63,7 +65,7 @@ final class ServerProcess {
         env["METRICS_PORT"] = "0"
         env["SWIFT_BACKTRACE"] = "interactive=no"
         for (k, v) in extra { env[k] = v.isEmpty ? nil : v }  // "" unsets
-        let command = launcher + [TestEnvironment.binary, "serve"]
+        let command = launcher + [TestEnvironment.binary, "serve"] + arguments
         process.executableURL = URL(fileURLWithPath: command[0])
         process.arguments = Array(command.dropFirst())
         process.environment = env
