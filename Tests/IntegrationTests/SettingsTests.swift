@@ -17,11 +17,11 @@ struct SettingsTests {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("ingest-\(UUID().uuidString).env")
         defer { try? FileManager.default.removeItem(at: file) }
         try """
-            INSTANCE_ID=from-file
-            REDIS_STREAM_MAXLEN=1000000
-            MAX_CONNECTIONS=2
+        INSTANCE_ID=from-file
+        REDIS_STREAM_MAXLEN=1000000
+        MAX_CONNECTIONS=2
 
-            """.write(to: file, atomically: true, encoding: .utf8)
+        """.write(to: file, atomically: true, encoding: .utf8)
         let server = try ServerProcess(
             environment: ["CONFIG_FILE": file.path, "INSTANCE_ID": "from-env", "REDIS_STREAM_MAXLEN": "50"],
             arguments: ["--instance-id=from-flag"]
