@@ -233,6 +233,7 @@ struct RedisTLSConnectionTests {
     @Test func testTLSNeedsATCPEndpoint() {
         let result = connectFailure(RedisURL(endpoint: .unix(path: "/tmp/none.sock"), tls: true), tls: nil)
         #expect(result.failure?.kind == .connect)
+        #expect(result.failure?.message.contains("TLS needs a host and port") == true, "\(String(describing: result.failure))")
     }
 }
 
