@@ -5,10 +5,12 @@ import RedisWire
 import Glibc
 #endif
 
-/// One set of test certificates for the whole run (made on first use).
+/// One set of test certificates for the whole run (made on first use, deleted at exit).
 let sharedCertificates: TestCertificates = {
     do {
-        return try TestCertificates.make()
+        let certificates = try TestCertificates.make()
+        atexit { sharedCertificates.remove() }
+        return certificates
     } catch {
         fatalError("cannot make the test certificates: \(error)")
     }
