@@ -29,12 +29,14 @@ let package = Package(
         .target(name: "Codec8", swiftSettings: swiftSettings),
         // hiredis 0.14 (libhiredis-dev). A plain module map: hiredis' pkg-config flags draw a SwiftPM warning.
         .systemLibrary(name: "CHiredis", path: "Sources/CHiredis"),
+        // OpenSSL 3.0 (libssl-dev) for rediss://: hiredis 0.14 has no TLS. A plain module map, as for CHiredis.
+        .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
         // The build's revision, set by scripts/release.sh with -Xcc -DTELTONIKA_REVISION="\"...\"" ("unknown" otherwise).
         .target(name: "CBuildInfo"),
         // The fatal-signal handler: async-signal-safe, so written in C.
         .target(name: "CCrashHandler"),
-        // Redis on the wire: the hiredis connection, RESP writing, REDIS_URL. No server, no NIO.
-        .target(name: "RedisWire", dependencies: ["CHiredis"], swiftSettings: swiftSettings),
+        // Redis on the wire: the hiredis connection (TLS through OpenSSL), RESP writing, REDIS_URL. No server, no NIO.
+        .target(name: "RedisWire", dependencies: ["CHiredis", "COpenSSL"], swiftSettings: swiftSettings),
         // The device server (acceptor, sessions, publisher, metrics port).
         .target(
             name: "Ingest",
@@ -89,7 +91,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // The fixture corpus and JSON comparison, shared by the test targets.
+        // The fixture corpus, JSON comparison, test certificates and a TLS redis-server, shared by the test targets.
         .target(name: "FixtureSupport", path: "Tests/FixtureSupport", swiftSettings: swiftSettings),
         .testTarget(
             name: "Codec8Tests",
@@ -116,6 +118,11 @@ let package = Package(
                 "Codec8", "Ingest", "RedisWire", "FixtureSupport",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "RedisWireTests",
+            dependencies: ["RedisWire", "FixtureSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

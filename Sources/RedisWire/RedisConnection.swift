@@ -1,12 +1,14 @@
-/// One blocking hiredis connection: connect, authenticate, append pipelined commands, read replies.
+/// One blocking Redis connection (hiredis, or OpenSSL for `rediss://`): connect, authenticate, append
+/// pipelined commands, read replies.
 import CHiredis
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// One blocking hiredis connection. Owned by exactly one thread (the publisher's); never touched by an
-/// event loop.
+/// One blocking Redis connection. Owned by exactly one thread (the publisher's); never touched by an
+/// event loop. Plain TCP and Unix sockets go through hiredis; `rediss://` through ``RedisTLSStream`` (hiredis
+/// 0.14 has no TLS), which parses with hiredis' reader, so replies and failures read the same on both.
 public final class RedisConnection {
     /// A reply, reduced to what the publisher needs.
     public enum Reply: Equatable, Sendable {
@@ -25,6 +27,9 @@ public final class RedisConnection {
         public enum Kind: String, CaseIterable, Sendable {
             case connect
             case auth
+            /// The TLS handshake failed: certificate verification, protocol or cipher mismatch, or the
+            /// server's refusal (an alert).
+            case tls
             case `protocol`
             case io
             case timeout
@@ -43,26 +48,53 @@ public final class RedisConnection {
         public var description: String { "\(kind.rawValue): \(message)" }
     }
 
-    private let context: UnsafeMutablePointer<redisContext>
+    /// Where the bytes go.
+    private enum Backend {
+        /// Plain TCP or a Unix socket: hiredis does the I/O (the hot path, unchanged).
+        case hiredis(UnsafeMutablePointer<redisContext>)
+        /// `rediss://`.
+        case tls(RedisTLSStream)
+    }
+
+    private let backend: Backend
 
     /// Connects, sets the command timeout and TCP keep-alive, logs in, selects the database and, with
     /// `clientName`, names the connection (`CLIENT LIST` shows it; a refusal is ignored).
-    public init(url: RedisURL, timeoutMs: Int, clientName: String? = nil) throws(Failure) {
-        let tv = timeval(tv_sec: timeoutMs / 1000, tv_usec: Int((timeoutMs % 1000) * 1000))
-        let ctx: UnsafeMutablePointer<redisContext>?
-        switch url.endpoint {
-        case .tcp(let host, let port): ctx = redisConnectWithTimeout(host, Int32(port), tv)
-        case .unix(let path): ctx = redisConnectUnixWithTimeout(path, tv)
+    ///
+    /// With `url.tls` the connection is TLS, set up by `tls` (nil: the system trust store, no client
+    /// certificate), the server's certificate verified; it never falls back to plain text.
+    public init(url: RedisURL, timeoutMs: Int, clientName: String? = nil, tls: RedisTLSContext? = nil) throws(Failure) {
+        if url.tls {
+            guard case .tcp(let host, let port) = url.endpoint else {
+                throw Failure(kind: .connect, message: "TLS needs a host and port, not \(url)")
+            }
+            let context: RedisTLSContext
+            if let tls {
+                context = tls
+            } else {
+                switch RedisTLSContext.systemDefault {
+                case .success(let systemDefault): context = systemDefault
+                case .failure(let error): throw Failure(kind: .tls, message: error.description)
+                }
+            }
+            backend = .tls(try RedisTLSStream(host: host, port: port, timeoutMs: timeoutMs, context: context))
+        } else {
+            let tv = timeval(tv_sec: timeoutMs / 1000, tv_usec: Int((timeoutMs % 1000) * 1000))
+            let ctx: UnsafeMutablePointer<redisContext>?
+            switch url.endpoint {
+            case .tcp(let host, let port): ctx = redisConnectWithTimeout(host, Int32(port), tv)
+            case .unix(let path): ctx = redisConnectUnixWithTimeout(path, tv)
+            }
+            guard let ctx else { throw Failure(kind: .connect, message: "out of memory") }
+            if ctx.pointee.err != 0 {
+                let message = RedisConnection.errorString(ctx)
+                redisFree(ctx)
+                throw Failure(kind: .connect, message: message)
+            }
+            backend = .hiredis(ctx)
+            _ = redisSetTimeout(ctx, tv)
+            if case .tcp = url.endpoint { _ = redisEnableKeepAlive(ctx) }
         }
-        guard let ctx else { throw Failure(kind: .connect, message: "out of memory") }
-        if ctx.pointee.err != 0 {
-            let message = RedisConnection.errorString(ctx)
-            redisFree(ctx)
-            throw Failure(kind: .connect, message: message)
-        }
-        context = ctx
-        _ = redisSetTimeout(ctx, tv)
-        if case .tcp = url.endpoint { _ = redisEnableKeepAlive(ctx) }
         if let password = url.password {
             let args = url.username.map { ["AUTH", $0, password] } ?? ["AUTH", password]
             if case .error(let e) = try command(args) { throw Failure(kind: .auth, message: e) }
@@ -75,7 +107,8 @@ public final class RedisConnection {
     }
 
     deinit {
-        redisFree(context)
+        // The TLS stream frees itself.
+        if case .hiredis(let context) = backend { redisFree(context) }
     }
 
     /// Runs one command and waits for its reply.
@@ -87,18 +120,30 @@ public final class RedisConnection {
         return try reply()
     }
 
-    /// Queues pre-formatted RESP commands in hiredis' output buffer (sent on the next `reply()`).
+    /// Queues pre-formatted RESP commands in the output buffer (sent on the next `reply()`).
     public func append(_ resp: [UInt8]) throws(Failure) {
-        let status = resp.withUnsafeBufferPointer { buf in
-            buf.withMemoryRebound(to: CChar.self) { redisAppendFormattedCommand(context, $0.baseAddress, $0.count) }
+        switch backend {
+        case .hiredis(let context):
+            let status = resp.withUnsafeBufferPointer { buf in
+                buf.withMemoryRebound(to: CChar.self) { redisAppendFormattedCommand(context, $0.baseAddress, $0.count) }
+            }
+            guard status == REDIS_OK else { throw RedisConnection.failure(context) }
+        case .tls(let stream):
+            try stream.append(resp)
         }
-        guard status == REDIS_OK else { throw failure() }
     }
 
     /// Flushes what is queued and reads the next reply.
     public func reply() throws(Failure) -> Reply {
-        var raw: UnsafeMutableRawPointer? = nil
-        guard redisGetReply(context, &raw) == REDIS_OK, let raw else { throw failure() }
+        let raw: UnsafeMutableRawPointer
+        switch backend {
+        case .hiredis(let context):
+            var reply: UnsafeMutableRawPointer? = nil
+            guard redisGetReply(context, &reply) == REDIS_OK, let reply else { throw RedisConnection.failure(context) }
+            raw = reply
+        case .tls(let stream):
+            raw = try stream.reply()
+        }
         defer { freeReplyObject(raw) }
         return RedisConnection.convert(raw.assumingMemoryBound(to: redisReply.self).pointee)
     }
@@ -118,7 +163,7 @@ public final class RedisConnection {
         }
     }
 
-    private func failure() -> Failure {
+    private static func failure(_ context: UnsafeMutablePointer<redisContext>) -> Failure {
         let message = RedisConnection.errorString(context)
         // hiredis 0.14 reports a timeout as an I/O error with EAGAIN.
         let kind: Failure.Kind =

@@ -1,4 +1,5 @@
-/// Where Redis is and how to log in: `redis://[user:password@]host:port[/db]` or `unix:///path[?db=N]`.
+/// Where Redis is and how to log in: `redis://[user:password@]host:port[/db]`, the same over TLS as
+/// `rediss://…`, or `unix:///path[?db=N]`.
 public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
     public enum Endpoint: Sendable, Equatable {
         case tcp(host: String, port: Int)
@@ -10,12 +11,15 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
     public var password: String?
     /// Database number for `SELECT`; 0 (the default database) sends none.
     public var database: Int
+    /// TLS (`rediss://`): the connection is encrypted and the server's certificate verified.
+    public var tls: Bool
 
-    public init(endpoint: Endpoint, username: String? = nil, password: String? = nil, database: Int = 0) {
+    public init(endpoint: Endpoint, username: String? = nil, password: String? = nil, database: Int = 0, tls: Bool = false) {
         self.endpoint = endpoint
         self.username = username
         self.password = password
         self.database = database
+        self.tls = tls
     }
 
     /// Why a text is not a Redis URL.
@@ -23,9 +27,10 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         public var description: String
     }
 
-    /// Parses a URL; throws when it is not one of the two accepted forms.
+    /// Parses a URL; throws when it is not one of the accepted forms.
     public init(parsing text: String) throws(ParseError) {
-        let bad = ParseError(description: "expected redis://[user:password@]host:port[/db] or unix:///path, got '\(text)'")
+        let forms = "redis://[user:password@]host:port[/db], rediss://[user:password@]host:port[/db] or unix:///path"
+        let bad = ParseError(description: "expected \(forms), got '\(text)'")
         if text.hasPrefix("unix://") {
             var rest = String(text.dropFirst("unix://".count))
             var database = 0
@@ -39,8 +44,9 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
             self.init(endpoint: .unix(path: rest), database: database)
             return
         }
-        guard text.hasPrefix("redis://") else { throw bad }
-        var rest = Substring(text.dropFirst("redis://".count))
+        let tls = text.hasPrefix("rediss://")
+        guard tls || text.hasPrefix("redis://") else { throw bad }
+        var rest = Substring(text.dropFirst(tls ? "rediss://".count : "redis://".count))
         var username: String? = nil
         var password: String? = nil
         if let at = rest.lastIndex(of: "@") {
@@ -72,7 +78,7 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         }
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         guard !host.isEmpty else { throw bad }
-        self.init(endpoint: .tcp(host: host, port: port), username: username, password: password, database: database)
+        self.init(endpoint: .tcp(host: host, port: port), username: username, password: password, database: database, tls: tls)
     }
 
     /// `host:port` or the socket path, for logs and to compare endpoints.
@@ -88,7 +94,8 @@ public struct RedisURL: Sendable, Equatable, CustomStringConvertible {
         let auth = password == nil ? "" : "\(username ?? ""):***@"
         switch endpoint {
         case .tcp(let host, let port):
-            return "redis://\(auth)\(host.contains(":") ? "[\(host)]" : host):\(port)" + (database == 0 ? "" : "/\(database)")
+            let scheme = tls ? "rediss://" : "redis://"
+            return "\(scheme)\(auth)\(host.contains(":") ? "[\(host)]" : host):\(port)" + (database == 0 ? "" : "/\(database)")
         case .unix(let path):
             return "unix://\(path)" + (database == 0 ? "" : "?db=\(database)")
         }

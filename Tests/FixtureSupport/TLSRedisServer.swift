@@ -1,0 +1,101 @@
+/// A `redis-server` with TLS on a free loopback port, for the `rediss://` tests.
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why the server did not start.
+public struct TLSRedisServerError: Error, CustomStringConvertible {
+    public var description: String
+
+    public init(description: String) {
+        self.description = description
+    }
+}
+
+/// `/usr/bin/redis-server` with TLS on `tlsPort` (and plain TCP on `plainPort` when asked), bound to 127.0.0.1
+/// and ::1, no persistence. Ready (accepting) when `init` returns; killed on deinit.
+public final class TLSRedisServer {
+    public let tlsPort: Int
+    /// The plain-TCP port, when `plainPort: true`.
+    public let plainPort: Int?
+    /// The folder for its log and working files.
+    public let directory: String
+    private let process: Process
+
+    /// Starts the server with `certFile`/`keyFile` as its identity and `caFile` to check client certificates
+    /// (`authClients: true` requires one); `password` sets `requirepass`.
+    public init(
+        certFile: String,
+        keyFile: String,
+        caFile: String,
+        authClients: Bool = false,
+        password: String? = nil,
+        plainPort: Bool = false
+    ) throws {
+        tlsPort = try TLSRedisServer.freePort()
+        self.plainPort = plainPort ? try TLSRedisServer.freePort() : nil
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-tls-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        var arguments = [
+            "--port", String(self.plainPort ?? 0), "--tls-port", String(tlsPort), "--bind", "127.0.0.1", "-::1",
+            "--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-ca-cert-file", caFile,
+            "--tls-auth-clients", authClients ? "yes" : "no",
+            "--save", "", "--appendonly", "no", "--dir", directory, "--logfile", directory + "/redis.log",
+        ]
+        if let password { arguments += ["--requirepass", password] }
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/redis-server")
+        process.arguments = arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        try waitUntilAccepting()
+    }
+
+    deinit {
+        // SIGKILL, not SIGTERM: a child spawned from a test's worker thread inherits its signal mask, which
+        // blocks SIGTERM (seen: redis-server ignored terminate()). Nothing is persisted, so nothing is lost.
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    /// The server's log so far (for a failing test's message).
+    public var log: String {
+        (try? String(contentsOfFile: directory + "/redis.log", encoding: .utf8)) ?? ""
+    }
+
+    /// Polls a TCP connect to the TLS port every 10 ms, for at most 5 s.
+    private func waitUntilAccepting() throws {
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline {
+            guard process.isRunning else {
+                throw TLSRedisServerError(description: "redis-server exited \(process.terminationStatus): \(log)")
+            }
+            if let fd = try? connectLoopback(port: tlsPort) {
+                close(fd)
+                return
+            }
+            usleep(10_000)
+        }
+        kill(process.processIdentifier, SIGKILL)
+        throw TLSRedisServerError(description: "redis-server did not accept on \(tlsPort) within 5 s: \(log)")
+    }
+
+    /// A port nothing listens on now: bind 127.0.0.1:0, read the port, close.
+    public static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else { throw TLSRedisServerError(description: "cannot find a free port: errno \(errno)") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}

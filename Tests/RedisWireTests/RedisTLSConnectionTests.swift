@@ -1,0 +1,245 @@
+import FixtureSupport
+import RedisWire
+import Testing
+
+/// `rediss://` against a real `redis-server` with TLS: the same commands and replies as the plain path, and
+/// every way the handshake can fail named as such, never plain text, never a hang.
+@Suite(.serialized)
+struct RedisTLSConnectionTests {
+    private let certificates = sharedCertificates
+
+    private func url(_ port: Int, host: String = "127.0.0.1", password: String? = nil, database: Int = 0) -> RedisURL {
+        RedisURL(endpoint: .tcp(host: host, port: port), password: password, database: database, tls: true)
+    }
+
+    // MARK: - Working
+
+    @Test func testSetGetAndClientName() throws {
+        let server = try startServer()
+        let redis = try RedisConnection(url: url(server.tlsPort), timeoutMs: 2000, clientName: "tls-test", tls: testContext())
+        #expect(try redis.command(["SET", "greeting", "hello"]) == .string("OK"))
+        #expect(try redis.command(["GET", "greeting"]) == .string("hello"))
+        #expect(try redis.command(["GET", "missing"]) == .null)
+        #expect(try redis.command(["CLIENT", "GETNAME"]) == .string("tls-test"))
+        #expect(try redis.command(["NOSUCHCOMMAND"]).isError)
+        // Still usable after an error reply.
+        #expect(try redis.command(["INCR", "n"]) == .integer(1))
+    }
+
+    @Test func testSameRepliesAsThePlainPath() throws {
+        let server = try startServer(plainPort: true)
+        let script: [[String]] = [
+            ["SET", "k", "v"], ["GET", "k"], ["INCRBY", "n", "41"], ["RPUSH", "l", "a", "b", "c"], ["LRANGE", "l", "0", "-1"],
+            ["GET", "nothing"], ["HSET", "k", "f", "v"], ["XADD", "s", "1-1", "f", "v"], ["DEL", "k", "n", "l", "s"],
+        ]
+        let plain = try RedisConnection(url: RedisURL(endpoint: .tcp(host: "127.0.0.1", port: server.plainPort!)), timeoutMs: 2000)
+        let plainReplies = try script.map { try plain.command($0) }
+        let tls = try RedisConnection(url: url(server.tlsPort), timeoutMs: 2000, tls: testContext())
+        let tlsReplies = try script.map { try tls.command($0) }
+        #expect(tlsReplies == plainReplies)
+        #expect(tlsReplies[4] == .array([.string("a"), .string("b"), .string("c")]))
+        #expect(tlsReplies[6].isError)
+    }
+
+    @Test func testPipelinedXADDs() throws {
+        let server = try startServer()
+        let redis = try RedisConnection(url: url(server.tlsPort), timeoutMs: 5000, tls: testContext())
+        var writer = RESPWriter()
+        for i in 0..<1000 {
+            writer.beginCommand(arguments: 5)
+            writer.bulk("XADD")
+            writer.bulk("positions")
+            writer.bulk("*")
+            writer.bulk("record")
+            writer.bulk(string: "record number \(i) with some padding to make the batch span several TLS records")
+        }
+        try redis.append(writer.bytes)
+        var ids: [String] = []
+        for _ in 0..<writer.commandCount {
+            guard case .string(let id) = try redis.reply() else {
+                Issue.record("not a stream id")
+                return
+            }
+            ids.append(id)
+        }
+        #expect(ids.count == 1000)
+        #expect(ids.allSatisfy { $0.split(separator: "-").count == 2 && $0.split(separator: "-").allSatisfy { UInt64($0) != nil } })
+        #expect(Set(ids).count == 1000)
+        #expect(try redis.command(["XLEN", "positions"]) == .integer(1000))
+    }
+
+    @Test func testReplyLargerThanOneRecord() throws {
+        let server = try startServer()
+        let redis = try RedisConnection(url: url(server.tlsPort), timeoutMs: 5000, tls: testContext())
+        let value = String((0..<(1 << 20)).map { Character(UnicodeScalar(UInt8(ascii: "a") + UInt8($0 % 26))) })
+        #expect(try redis.command(["SET", "big", value]) == .string("OK"))
+        #expect(try redis.command(["STRLEN", "big"]) == .integer(1 << 20))
+        #expect(try redis.command(["GET", "big"]) == .string(value))
+    }
+
+    @Test func testIPv6AndDatabase() throws {
+        let server = try startServer()
+        let redis = try RedisConnection(url: url(server.tlsPort, host: "::1", database: 3), timeoutMs: 2000, tls: testContext())
+        #expect(try redis.command(["SET", "in3", "yes"]) == .string("OK"))
+        let zero = try RedisConnection(url: url(server.tlsPort, host: "localhost"), timeoutMs: 2000, tls: testContext())
+        #expect(try zero.command(["GET", "in3"]) == .null)
+    }
+
+    @Test func testAuth() throws {
+        let server = try startServer(password: "s3cret")
+        let redis = try RedisConnection(url: url(server.tlsPort, password: "s3cret"), timeoutMs: 2000, tls: testContext())
+        #expect(try redis.command(["PING"]) == .string("PONG"))
+        var withUser = url(server.tlsPort, password: "s3cret")
+        withUser.username = "default"
+        _ = try RedisConnection(url: withUser, timeoutMs: 2000, tls: testContext())
+
+        let wrong = connectFailure(url(server.tlsPort, password: "wrong"), tls: try testContext())
+        #expect(wrong.failure?.kind == .auth, "\(String(describing: wrong.failure))")
+        let none = connectFailure(url(server.tlsPort), tls: try testContext())
+        #expect(none.failure?.kind == .protocol, "\(String(describing: none.failure))")
+        #expect(none.failure?.message.hasPrefix("NOAUTH") == true)
+    }
+
+    // MARK: - Verification
+
+    /// OpenSSL's reason for a chain that ends in a CA we do not trust: redis-server sends the CA with its
+    /// certificate (OpenSSL builds the chain from the server's `tls-ca-cert-file`), so it is "self-signed
+    /// certificate in certificate chain"; a server that sends the leaf alone gets "unable to get local issuer
+    /// certificate".
+    private func namesAnUntrustedIssuer(_ failure: RedisConnection.Failure) -> Bool {
+        failure.message.contains("self-signed certificate in certificate chain")
+            || failure.message.contains("unable to get local issuer certificate")
+    }
+
+    @Test func testUnknownCA() throws {
+        let server = try startServer()
+        let result = connectFailure(url(server.tlsPort), tls: try testContext(RedisTLSOptions(caFile: certificates.otherCAFile)))
+        #expect(result.failure?.kind == .tls)
+        #expect(result.failure.map(namesAnUntrustedIssuer) == true, "\(String(describing: result.failure))")
+    }
+
+    @Test func testSystemTrustStoreIsTheDefault() throws {
+        let server = try startServer()
+        // No context: the system store, which does not hold the test CA.
+        let result = connectFailure(url(server.tlsPort), tls: nil)
+        #expect(result.failure?.kind == .tls)
+        #expect(result.failure.map(namesAnUntrustedIssuer) == true, "\(String(describing: result.failure))")
+    }
+
+    @Test func testExpiredCertificate() throws {
+        let server = try startServer(cert: certificates.expiredCert, key: certificates.expiredKey)
+        let result = connectFailure(url(server.tlsPort), tls: try testContext())
+        #expect(result.failure?.kind == .tls)
+        #expect(result.failure?.message.contains("expired") == true, "\(String(describing: result.failure))")
+    }
+
+    @Test func testWrongHostName() throws {
+        let server = try startServer(cert: certificates.wrongNameCert, key: certificates.wrongNameKey)
+        let byName = connectFailure(url(server.tlsPort, host: "localhost"), tls: try testContext())
+        #expect(byName.failure?.kind == .tls)
+        #expect(byName.failure?.message.contains("hostname mismatch") == true, "\(String(describing: byName.failure))")
+        let byAddress = connectFailure(url(server.tlsPort), tls: try testContext())
+        #expect(byAddress.failure?.kind == .tls)
+        #expect(byAddress.failure?.message.contains("IP address mismatch") == true, "\(String(describing: byAddress.failure))")
+    }
+
+    @Test func testServerNameOverride() throws {
+        let server = try startServer()
+        // 127.0.0.1 by address, checked as the DNS name localhost.
+        let localhost = try testContext(RedisTLSOptions(caFile: certificates.caFile, serverName: "localhost"))
+        let redis = try RedisConnection(url: url(server.tlsPort), timeoutMs: 2000, tls: localhost)
+        #expect(try redis.command(["PING"]) == .string("PONG"))
+        // The override is what gets checked, not the URL's host (which the certificate does name).
+        let elsewhere = try testContext(RedisTLSOptions(caFile: certificates.caFile, serverName: "elsewhere.example"))
+        let result = connectFailure(url(server.tlsPort), tls: elsewhere)
+        #expect(result.failure?.kind == .tls)
+        #expect(result.failure?.message.contains("hostname mismatch") == true, "\(String(describing: result.failure))")
+
+        let wrongNameServer = try startServer(cert: certificates.wrongNameCert, key: certificates.wrongNameKey)
+        let wrongName = try testContext(RedisTLSOptions(caFile: certificates.caFile, serverName: "wrong.example"))
+        _ = try RedisConnection(url: url(wrongNameServer.tlsPort), timeoutMs: 2000, tls: wrongName)
+    }
+
+    @Test func testClientCertificates() throws {
+        let server = try startServer(authClients: true)
+        let without = connectFailure(url(server.tlsPort), tls: try testContext())
+        #expect(without.failure != nil)
+        // TLS 1.3: the handshake completes on the client's side; the server's refusal ends the session before the
+        // first reply.
+        #expect(without.failure?.kind == .tls, "\(String(describing: without.failure))")
+        #expect(without.failure?.message.isEmpty == false)
+        let options = RedisTLSOptions(caFile: certificates.caFile, certFile: certificates.clientCert, keyFile: certificates.clientKey)
+        let redis = try RedisConnection(url: url(server.tlsPort), timeoutMs: 2000, tls: testContext(options))
+        #expect(try redis.command(["PING"]) == .string("PONG"))
+    }
+
+    // MARK: - Wrong ports, timeouts, closing
+
+    @Test func testTLSToAPlainPortFailsInTime() throws {
+        let server = try startServer(plainPort: true)
+        let result = connectFailure(url(server.plainPort!), timeoutMs: 1000, tls: try testContext())
+        #expect(result.failure != nil)
+        // Plain redis-server reads the ClientHello as an inline command with no end of line: it waits.
+        #expect([.timeout, .tls].contains(result.failure?.kind))
+        #expect(result.elapsed < .milliseconds(2000), "\(result.elapsed)")
+    }
+
+    @Test func testPlainToATLSPortFailsInTime() throws {
+        let server = try startServer()
+        let plain = RedisURL(endpoint: .tcp(host: "127.0.0.1", port: server.tlsPort))
+        let result = connectFailure(plain, timeoutMs: 1000, tls: try testContext())
+        #expect(result.failure != nil)
+        #expect(result.elapsed < .milliseconds(2000), "\(result.elapsed)")
+    }
+
+    @Test func testSilentServerTimesOut() throws {
+        let listener = try SilentListener()
+        let result = connectFailure(url(listener.port), timeoutMs: 300, tls: try testContext())
+        #expect(result.failure?.kind == .timeout, "\(String(describing: result.failure))")
+        #expect(result.elapsed >= .milliseconds(250))
+        #expect(result.elapsed < .milliseconds(600), "\(result.elapsed)")
+    }
+
+    @Test func testConnectRefused() throws {
+        let port = try TLSRedisServer.freePort()
+        let result = connectFailure(url(port), tls: try testContext())
+        #expect(result.failure?.kind == .connect)
+        #expect(result.failure?.message == "Connection refused")
+    }
+
+    @Test func testReplyTimeoutThenUnusable() throws {
+        let server = try startServer()
+        let redis = try RedisConnection(url: url(server.tlsPort), timeoutMs: 300, tls: testContext())
+        let clock = ContinuousClock()
+        let start = clock.now
+        let error = #expect(throws: RedisConnection.Failure.self) { try redis.command(["BLPOP", "never", "5"]) }
+        #expect(error?.kind == .timeout)
+        #expect(clock.now - start < .milliseconds(600))
+        // As hiredis: the connection stays failed, the next call throws the same failure at once.
+        let retried = clock.now
+        let again = #expect(throws: RedisConnection.Failure.self) { try redis.command(["PING"]) }
+        #expect(again == error)
+        #expect(clock.now - retried < .milliseconds(100))
+    }
+
+    @Test func testServerClosingIsEOF() throws {
+        let server = try startServer()
+        let redis = try RedisConnection(url: url(server.tlsPort), timeoutMs: 2000, tls: testContext())
+        #expect(try redis.command(["QUIT"]) == .string("OK"))
+        let error = #expect(throws: RedisConnection.Failure.self) { try redis.reply() }
+        #expect(error?.kind == .eof, "\(String(describing: error))")
+    }
+
+    @Test func testTLSNeedsATCPEndpoint() {
+        let result = connectFailure(RedisURL(endpoint: .unix(path: "/tmp/none.sock"), tls: true), tls: nil)
+        #expect(result.failure?.kind == .connect)
+        #expect(result.failure?.message.contains("TLS needs a host and port") == true, "\(String(describing: result.failure))")
+    }
+}
+
+extension RedisConnection.Reply {
+    var isError: Bool {
+        if case .error = self { return true }
+        return false
+    }
+}
