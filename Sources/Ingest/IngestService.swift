@@ -4,6 +4,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import RedisWire
 import ServiceLifecycle
 import Synchronization
 
@@ -74,25 +75,27 @@ public final class IngestService: Service, Sendable {
     private let group: MultiThreadedEventLoopGroup
     private let state = NIOLockedValueBox<(deadline: NIODeadline?, report: DrainReport?, address: SocketAddress?)>((nil, nil, nil))
 
-    public convenience init(configuration: IngestConfiguration, logger: Logger) {
+    /// - Parameter tls: the context for `rediss://` (``IngestConfiguration/makeRedisTLSContext()``).
+    public convenience init(configuration: IngestConfiguration, logger: Logger, tls: RedisTLSContext? = nil) {
         self.init(
             configuration: configuration,
             logger: logger,
-            connector: IngestService.connector(for: configuration),
+            connector: IngestService.connector(for: configuration, tls: tls),
             metrics: .shared
         )
     }
 
     /// Redis as configured: `REDIS_URL`, or the primary the Sentinels name.
-    static func connector(for configuration: IngestConfiguration) -> any RedisConnector {
+    static func connector(for configuration: IngestConfiguration, tls: RedisTLSContext? = nil) -> any RedisConnector {
         if configuration.redisSentinels.isEmpty {
-            return HiredisConnector(url: configuration.redisURL, timeoutMs: configuration.redisTimeoutMs)
+            return HiredisConnector(url: configuration.redisURL, timeoutMs: configuration.redisTimeoutMs, tls: tls)
         }
         return SentinelConnector(
             sentinels: configuration.redisSentinels,
             masterName: configuration.redisMasterName,
             primary: configuration.redisURL,
-            timeoutMs: configuration.redisTimeoutMs
+            timeoutMs: configuration.redisTimeoutMs,
+            tls: tls
         )
     }
 

@@ -6,6 +6,7 @@ import Lifecycle
 import Logging
 import Metrics
 import Prometheus
+import RedisWire
 
 /// `teltonika-ingest serve`: the device server (the default subcommand).
 struct ServeCommand: AsyncParsableCommand {
@@ -25,8 +26,10 @@ struct ServeCommand: AsyncParsableCommand {
         let environment = ProcessInfo.processInfo.environment
         let flags = try parseFlags()
         let configuration: IngestConfiguration
+        let tls: RedisTLSContext?
         do {
             configuration = try IngestConfiguration.resolve(environment: environment, flags: flags)
+            tls = try configuration.makeRedisTLSContext()
         } catch let error as ConfigurationError {
             throw ValidationError("invalid setting \(error)")
         }
@@ -39,7 +42,7 @@ struct ServeCommand: AsyncParsableCommand {
         let logger = Logger(label: "teltonika-ingest")
         if let kind = environment["TELTONIKA_CRASH_TEST"] { Self.scheduleTestCrash(kind, logger: logger) }
 
-        let ingest = IngestService(configuration: configuration, logger: logger)
+        let ingest = IngestService(configuration: configuration, logger: logger, tls: tls)
         let metrics = MetricsServer(
             host: configuration.metricsHost,
             port: configuration.metricsPort,

@@ -171,6 +171,10 @@ struct ServeConfigurationTests {
             (["serve"], ["CONFIG_FILE": "/nonexistent/ingest.env"], "CONFIG_FILE"),
             (["serve"], ["REDIS_MIN_REPLICAS": "1", "REDIS_REPLICA_TIMEOUT_MS": "9000"], "REDIS_REPLICA_TIMEOUT_MS"),
             (["serve"], ["REDIS_SENTINELS": "a:1,b:0"], "REDIS_SENTINELS"),
+            (["serve"], ["REDIS_URL": "rediss://127.0.0.1:1", "REDIS_TLS_CA_FILE": "/nonexistent/ca.pem"], "REDIS_TLS_CA_FILE"),
+            (["serve"], ["REDIS_URL": "rediss://127.0.0.1:1", "REDIS_TLS_KEY_FILE": "/etc/hostname"], "REDIS_TLS_CERT_FILE"),
+            (["serve"], ["REDIS_URL": "rediss://127.0.0.1:1", "REDIS_TLS_CERT_FILE": "/etc/hostname"], "REDIS_TLS_KEY_FILE"),
+            (["serve"], ["REDIS_TLS_CA_FILE": "/etc/ssl/certs/ca-certificates.crt"], "REDIS_TLS_CA_FILE"),
         ] as [([String], [String: String], String)]
     )
     func testInvalidSettingsExitTwoNamingTheSetting(_ arguments: [String], _ environment: [String: String], _ name: String) throws {

@@ -98,21 +98,24 @@ struct IngestConfigurationTests {
 
     /// Each setting, changed alone, is the only one `changedSettings` names (what SIGHUP reports).
     @Test func testChangedSettingsNamesExactlyTheChangedOnes() throws {
-        let base = try IngestConfiguration.load(environment: [:], flags: [:])
+        // Over TLS, so that the REDIS_TLS_* settings are valid alone.
+        let tls = ["REDIS_URL": "rediss://127.0.0.1:6380"]
+        let base = try IngestConfiguration.load(environment: tls, flags: [:])
         let other: [String: String] = [
             "TELTONIKA_HOST": "127.0.0.2", "TELTONIKA_PORT": "5028", "HANDSHAKE_TIMEOUT_MS": "9000", "IDLE_TIMEOUT_MS": "5000",
-            "MAX_FRAME_BYTES": "2048", "MAX_CONNECTIONS": "5", "REDIS_URL": "redis://10.0.0.1:6380/2", "REDIS_TELEMETRY_STREAM": "a",
+            "MAX_FRAME_BYTES": "2048", "MAX_CONNECTIONS": "5", "REDIS_URL": "rediss://10.0.0.1:6380/2", "REDIS_TELEMETRY_STREAM": "a",
             "REDIS_RESPONSES_STREAM": "b", "REDIS_STREAM_MAXLEN": "7", "PUBLISH_QUEUE_CAPACITY": "300", "PUBLISH_TIMEOUT_MS": "900",
             "OVERFLOW_WAIT_MS": "5", "REDIS_TIMEOUT_MS": "60", "LOG_LEVEL": "debug", "LOG_FORMAT": "text", "INSTANCE_ID": "i",
             "METRICS_HOST": "127.0.0.3", "METRICS_PORT": "9191", "SHUTDOWN_TIMEOUT_MS": "1000", "CONFIG_FILE": "/tmp/x",
             "REDIS_RESPONSES_MAXLEN": "100", "DEVICE_MESSAGE_RATE": "3", "DEVICE_MESSAGE_BURST": "4", "METRICS_MAX_CONNECTIONS": "2",
             "REDIS_MIN_REPLICAS": "1", "REDIS_REPLICA_TIMEOUT_MS": "300", "REDIS_SENTINELS": "10.0.0.9:26379",
-            "REDIS_MASTER_NAME": "other", "REDIS_MIN_LOCAL_FSYNC": "1",
+            "REDIS_MASTER_NAME": "other", "REDIS_MIN_LOCAL_FSYNC": "1", "REDIS_TLS_CA_FILE": "/ca.pem",
+            "REDIS_TLS_CERT_FILE": "/c.pem", "REDIS_TLS_KEY_FILE": "/k.pem", "REDIS_TLS_SERVER_NAME": "redis.example",
         ]
         #expect(Set(other.keys) == Set(IngestConfiguration.settings.map(\.env)))
         #expect(base.changedSettings(comparedTo: base).isEmpty)
         for (env, value) in other {
-            let changed = try IngestConfiguration.load(environment: [env: value], flags: [:])
+            let changed = try IngestConfiguration.load(environment: tls.merging([env: value]) { $1 }, flags: [:])
             #expect(changed.changedSettings(comparedTo: base) == [env], "\(env)")
         }
     }

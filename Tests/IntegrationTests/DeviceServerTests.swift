@@ -13,8 +13,8 @@ struct DeviceServerTests {
     static let imei = "356307042441013"
 
     /// Checks that the stream holds exactly `ids`' expected records, in order, for `imei`.
-    static func expectStreamHolds(_ ids: [String], stream: String, imei: String = imei) throws {
-        let entries = try RedisClient(url: TestEnvironment.redisURL).entries(stream)
+    static func expectStreamHolds(_ ids: [String], stream: String, imei: String = imei, redis: RedisClient? = nil) throws {
+        let entries = try (redis ?? RedisClient(url: TestEnvironment.redisURL)).entries(stream)
         let expected = ids.flatMap { TestEnvironment.expectedRecords[$0]! }
         try #require(entries.count == expected.count, "stream has \(entries.count) entries, expected \(expected.count)")
         for (entry, want) in zip(entries, expected) {
@@ -45,7 +45,12 @@ struct DeviceServerTests {
     /// Every fixture frame after a login gets its answer, sent whole, one byte at a time, or with keep-alives.
     @Test(arguments: ["whole", "dribble", "keepalive"])
     func testEveryFixtureFrameGetsTheRightAnswer(_ style: String) throws {
-        let server = try ServerProcess()
+        try Self.expectEveryFixtureAnswered(by: try ServerProcess(), style: style, redis: RedisClient(url: TestEnvironment.redisURL))
+    }
+
+    /// Sends every fixture frame after a login (`style`: whole, dribble or keepalive) and checks each
+    /// answer, then that `redis` holds exactly the records ACKed and the device messages.
+    static func expectEveryFixtureAnswered(by server: ServerProcess, style: String, redis: RedisClient) throws {
         let probe = TestEnvironment.fixtures.first { $0.id == "w-c8-2" }!.bytes
         var stored: [String] = []
         for fixture in TestEnvironment.fixtures where fixture.expect != "imei" {
@@ -73,10 +78,10 @@ struct DeviceServerTests {
                 #expect(device.receive(4, timeout: 10) == .closed([]), "\(fixture.id) must close without ACK")
             }
         }
-        try DeviceServerTests.expectStreamHolds(stored, stream: server.stream)
+        try DeviceServerTests.expectStreamHolds(stored, stream: server.stream, redis: redis)
         try server.waitForLog(event: "frame.truncated", timeout: 2, count: 2)
         let messages = TestEnvironment.fixtures.filter { $0.expect.hasPrefix("message:") }.count
-        let responses = try RedisClient(url: TestEnvironment.redisURL).entries(server.responses)
+        let responses = try redis.entries(server.responses)
         #expect(responses.count == messages)
         for entry in responses {
             #expect(["12", "13", "14", "15"].contains(entry["codec"] ?? ""))

@@ -46,9 +46,11 @@ struct MetricsTests {
             "teltonika_acks_total", "teltonika_keepalive_total", "teltonika_records_published_total", "teltonika_bytes_received_total",
             "teltonika_publish_overflow_total", "teltonika_unknown_codec_total", "teltonika_connections_replaced_total",
             "teltonika_device_messages_rate_limited_total", "teltonika_metrics_connections_refused_total",
-            "teltonika_redis_reconnects_total", "teltonika_connections_active",
+            "teltonika_redis_reconnects_total", "teltonika_connections_active", "teltonika_redis_primary_changes_total",
+            "teltonika_redis_replicas_acknowledged", "teltonika_redis_replica_waits_short_total",
+            "teltonika_publish_jobs_held_for_replicas_total",
         ]
-        #expect(expected.count == 40 + 2 + 4 + 3 + 4 + 7 + 11)
+        #expect(expected.count == 40 + 2 + 4 + 3 + 4 + 8 + 15)
         for series in expected { #expect(scrape[series] == 0, "\(series): \(String(describing: scrape[series]))") }
         for mode in IngestMetrics.redisDurabilityModes {
             #expect(scrape[#"teltonika_redis_durability{mode="\#(mode)"}"#] != nil, "durability \(mode)")

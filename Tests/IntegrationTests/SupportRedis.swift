@@ -86,8 +86,8 @@ final class OwnRedis {
 final class RedisClient {
     private let connection: RedisConnection
 
-    init(url: String) throws {
-        connection = try RedisConnection(url: try RedisURL(parsing: url), timeoutMs: 5000)
+    init(url: String, tls: RedisTLSContext? = nil) throws {
+        connection = try RedisConnection(url: try RedisURL(parsing: url), timeoutMs: 5000, tls: tls)
     }
 
     func command(_ arguments: [String]) throws -> RedisConnection.Reply { try connection.command(arguments) }

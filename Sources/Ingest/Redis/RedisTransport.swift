@@ -63,16 +63,18 @@ protocol RedisConnector: Sendable {
     func connect() throws(RedisConnection.Failure) -> any RedisTransport
 }
 
-/// hiredis over TCP or a unix socket (`REDIS_URL`), with the connection named `teltonika-ingest`.
+/// `REDIS_URL`: hiredis over TCP or a unix socket, or TLS (`rediss://`, with `tls`), the connection
+/// named `teltonika-ingest`.
 struct HiredisConnector: RedisConnector {
     let url: RedisURL
     let timeoutMs: Int
+    var tls: RedisTLSContext? = nil
 
     var description: String { "\(url)" }
 
     func connect() throws(RedisConnection.Failure) -> any RedisTransport {
         HiredisTransport(
-            try RedisConnection(url: url, timeoutMs: timeoutMs, clientName: "teltonika-ingest"),
+            try RedisConnection(url: url, timeoutMs: timeoutMs, clientName: "teltonika-ingest", tls: tls),
             endpoint: url.endpointDescription
         )
     }

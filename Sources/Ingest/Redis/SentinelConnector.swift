@@ -11,6 +11,8 @@ struct SentinelConnector: RedisConnector {
     /// The primary's credentials, database and TLS (`REDIS_URL`); its host and port are Sentinel's.
     let primary: RedisURL
     let timeoutMs: Int
+    /// For `rediss://` (the primary's and the Sentinels' own: each URL says whether it uses TLS).
+    var tls: RedisTLSContext? = nil
 
     var description: String {
         "sentinel:\(masterName)@\(sentinels.map(\.endpointDescription).joined(separator: ","))"
@@ -19,7 +21,7 @@ struct SentinelConnector: RedisConnector {
     func connect() throws(RedisConnection.Failure) -> any RedisTransport {
         var url = primary
         url.endpoint = try discover()
-        let connection = try RedisConnection(url: url, timeoutMs: timeoutMs, clientName: "teltonika-ingest")
+        let connection = try RedisConnection(url: url, timeoutMs: timeoutMs, clientName: "teltonika-ingest", tls: tls)
         let role = try connection.command(["ROLE"])
         guard case .array(let fields) = role, fields.first == .string("master") else {
             throw RedisConnection.Failure(
@@ -35,7 +37,7 @@ struct SentinelConnector: RedisConnector {
         var errors: [String] = []
         for sentinel in sentinels {
             do throws(RedisConnection.Failure) {
-                let connection = try RedisConnection(url: sentinel, timeoutMs: timeoutMs)
+                let connection = try RedisConnection(url: sentinel, timeoutMs: timeoutMs, tls: tls)
                 let reply = try connection.command(["SENTINEL", "get-master-addr-by-name", masterName])
                 if case .array(let address) = reply, address.count == 2, case .string(let host) = address[0],
                     case .string(let port) = address[1], let number = Int(port)
