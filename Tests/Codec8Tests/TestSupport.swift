@@ -91,3 +91,42 @@ struct StreamCutter {
         }
     }
 }
+
+/// Byte surgery on packet frames (preamble, u32 length L, L data bytes, 4-byte CRC field) for tests that
+/// must get past the envelope checks to reach the record parser.
+enum FrameSurgery {
+    /// Whether `bytes` is exactly one packet frame: four zero bytes, then a length that accounts for every byte.
+    static func isSealedPacket(_ bytes: [UInt8]) -> Bool {
+        guard bytes.count >= TeltonikaFramer.overhead, bytes[0..<4].allSatisfy({ $0 == 0 }) else { return false }
+        return bytes.count == TeltonikaFramer.overhead + Int(bigEndian: bytes[4..<8])
+    }
+
+    /// Rewrites the CRC field (`00 00` + CRC-16/IBM) over the data field `[8, count - 4)`, keeping the length field.
+    static func recomputeCRC(_ frame: inout [UInt8]) {
+        let crc = CRC16IBM.checksum(frame[8..<(frame.count - 4)])
+        frame.replaceSubrange((frame.count - 4)..., with: bigEndianBytes(UInt32(crc)))
+    }
+
+    /// Rewrites the length field to the data field present, then the CRC: a frame whose envelope is valid.
+    static func reseal(_ frame: inout [UInt8]) {
+        frame.replaceSubrange(4..<8, with: bigEndianBytes(UInt32(frame.count - TeltonikaFramer.overhead)))
+        recomputeCRC(&frame)
+    }
+
+    /// `v` as 4 big-endian bytes.
+    static func bigEndianBytes(_ v: UInt32) -> [UInt8] {
+        [24, 16, 8, 0].map { UInt8(truncatingIfNeeded: v >> $0) }
+    }
+
+    /// Decodes `frame` as the server does (a standalone frame), for `#expect(throws:)`.
+    static func decode(_ frame: [UInt8]) throws(Codec8Error) {
+        try StandaloneFrame.withDecoded(frame) { _ in }
+    }
+}
+
+extension Int {
+    /// A big-endian unsigned integer from up to 8 bytes.
+    init(bigEndian bytes: ArraySlice<UInt8>) {
+        self = bytes.reduce(0) { $0 << 8 | Int($1) }
+    }
+}
