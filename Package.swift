@@ -10,6 +10,8 @@ let swiftSettings: [SwiftSetting] = [
 
 let package = Package(
     name: "teltonika-ingest",
+    // macOS: the library and the binary build there; the test suites are Linux-only (Glibc, /proc,
+    // prlimit, redis-server and openssl from apt), as is `make test`.
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "teltonika-ingest", targets: ["teltonika-ingest"]),
@@ -108,6 +110,7 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings

@@ -169,16 +169,25 @@ struct HostileClientTests {
         #expect(!sent.closedByServer, "messages are dropped, the connection stays")
         #expect(sent.bytes > 50 * 1_048_576, "the flood was real: \(sent.bytes) bytes")
 
-        let scrape = try server.scrape()
-        let messages = try scrape.value("teltonika_device_messages_total{codec=\"13\"}")
-        let dropped = try scrape.value("teltonika_device_messages_rate_limited_total")
+        // The server may still be reading the flood's last bytes (and storing an admitted message) for a
+        // moment after the flood ends: every message decoded is, once that settles, stored or dropped.
         let redis = try RedisClient(url: TestEnvironment.redisURL)
-        let stored = try redis.xlen(server.responses)
+        var (messages, dropped, stored) = (0, 0, 0)
+        do {
+            try waitFor(timeout: 10, "every message stored or dropped") {
+                let scrape = try server.scrape()
+                messages = Int(try scrape.value("teltonika_device_messages_total{codec=\"13\"}"))
+                dropped = Int(try scrape.value("teltonika_device_messages_rate_limited_total"))
+                stored = try redis.xlen(server.responses)
+                return messages - dropped == stored
+            }
+        } catch {
+            Issue.record("\(messages) messages, \(dropped) dropped, \(stored) stored: every message is either stored or counted as dropped")
+        }
         let budget = 50 + Int(10 * (elapsed + 1))
-        print("Codec 13 stream: \(Int(messages)) messages, \(Int(dropped)) dropped, \(stored) stored (budget \(budget))")
+        print("Codec 13 stream: \(messages) messages, \(dropped) dropped, \(stored) stored (budget \(budget))")
         #expect(stored <= budget, "the responses stream holds \(stored), the budget allows \(budget)")
         #expect(stored >= 50, "the burst is stored")
-        #expect(Int(messages) - Int(dropped) == stored, "every message is either stored or counted as dropped")
         let messageLines = server.logCount(event: "device.message")
         let limitedLines = server.logCount(event: "device.message_rate_limited")
         #expect(messageLines >= 1 && messageLines <= Int(elapsed / 10) + 2, "\(messageLines) device.message lines")
@@ -272,8 +281,9 @@ struct HostileClientTests {
     }
 
     /// Each limit of one metrics connection, pushed past from one client: a request head over 8 KiB
-    /// gets 400 and a close; more than 16 requests waiting closes at once; a response the client does
-    /// not take within 10 s closes the connection (not sooner).
+    /// gets 400 and a close; pipelined requests never read are bounded (closed at once when more than
+    /// 16 wait, else at the write timeout); a response the client does not take within 10 s closes the
+    /// connection (not sooner).
     @Test func testEachMetricsConnectionLimit() throws {
         let server = try ServerProcess()
 
@@ -292,15 +302,22 @@ struct HostileClientTests {
         try body.sendAll([UInt8](repeating: 0x61, count: 9 * 1024))
         #expect(body.readUntilClosed(within: 5) == ([], true), "a body over 8 KiB closes the connection, unanswered")
 
-        // Requests pile up only once responses cannot be written (the kernel takes up to 4 MB first): a
-        // client with a 4 KiB receive window that never reads and pipelines 600 scrapes is closed as
-        // soon as more than 16 wait, not 10 s later.
+        // A client with a 4 KiB receive window that never reads and pipelines 600 scrapes: the server
+        // answers until its send queue is full, then either more than 16 requests of the read in hand wait
+        // (closed at once) or the read ended first (closed by the 10 s write timeout): which one depends
+        // on where the stall falls in the read, so what is asserted is the bound, timed from the stall
+        // (a loaded machine may take long to fill the kernel's buffers first).
         let piling = try Flooder(port: server.metricsPort, receiveBuffer: 4096)
         let scrape = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
-        let piled = Date()
         try piling.sendAll(Array((0..<600).map { _ in scrape }.joined().utf8))
-        try waitFor(timeout: 9) { piling.serverSendQueue(port: server.metricsPort) == nil }
-        #expect(Date().timeIntervalSince(piled) < 9, "more than 16 waiting requests close the connection at once")
+        var (queued, stuckSince) = (-1, Date())
+        try waitFor(timeout: 60) {
+            guard let now = piling.serverSendQueue(port: server.metricsPort) else { return true }
+            if now != queued { (queued, stuckSince) = (now, Date()) }
+            return false
+        }
+        let stuck = Date().timeIntervalSince(stuckSince)
+        #expect(stuck < 13, "closed \(stuck) s after the writes stalled (at once, or at the 10 s write timeout)")
 
         // One request at a time, each sent once the previous response is in the server's send queue:
         // when a response cannot be written, the connection is closed 10 s after that write began.

@@ -182,6 +182,21 @@ struct LifecycleTests {
         print("kill -9 under load: 2 kills, \(ackedRecords) records ACKed, \(resends) resends; \(verify)")
     }
 
+    /// SIGINT as the first signal (Ctrl-C under `make run`) drains like SIGTERM: exit 0.
+    @Test func testSigintFirstDrainsAndExitsZero() throws {
+        let server = try ServerProcess()
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login(DeviceServerTests.imei))
+        try device.send(Self.twoRecords)
+        #expect(device.receive(4, timeout: 10) == .bytes([0, 0, 0, 2]))
+        server.signal(SIGINT)
+        let exit = try #require(server.waitForExit(timeout: 20))
+        #expect(exit.status == 0 && !exit.bySignal, "exit \(exit)")
+        #expect(server.logCount(event: "server.draining") == 1)
+        #expect(server.logCount(event: "server.stopped") == 1)
+        #expect(device.receive(1, timeout: 5) == .closed([]), "the drain closed the idle connection")
+    }
+
     /// Redis hangs (SIGSTOP) with a packet in flight: readiness turns 503 at once, the drain gives up at
     /// SHUTDOWN_TIMEOUT_MS, reports what it abandoned and exits 1; the device never gets an ACK.
     @Test func testSigtermWithRedisPausedExitsOneWithinTheTimeout() throws {
@@ -271,11 +286,12 @@ struct LifecycleTests {
     }
 
     /// The test-only crash trigger: one fatal log line, the Swift backtrace, death by the signal.
-    @Test(arguments: [("segv", SIGSEGV), ("abort", SIGABRT), ("fatal", SIGILL)])
+    /// `trap` is `__builtin_trap` and `fatal` a Swift `fatalError`: SIGILL on x86-64 (ud2), SIGTRAP on arm64.
+    @Test(arguments: [("segv", SIGSEGV), ("abort", SIGABRT), ("fatal", SIGILL), ("trap", SIGILL), ("bus", SIGBUS)])
     func testCrashLogsOneFatalLineAndDiesByTheSignal(kind: String, expected: Int32) throws {
         let server = try ServerProcess(environment: ["TELTONIKA_CRASH_TEST": kind], waitUntilListening: false)
         let exit = try #require(server.waitForExit(timeout: 60), "no crash")
-        let fatalSignal = expected == SIGILL ? [SIGILL, SIGTRAP] : [expected]  // a Swift trap is SIGTRAP on arm64
+        let fatalSignal = expected == SIGILL ? [SIGILL, SIGTRAP] : [expected]  // a trap is SIGTRAP on arm64
         #expect(exit.bySignal && fatalSignal.contains(exit.status), "exit \(exit)")
         let crashed = server.logs.filter { $0["event"] as? String == "process.crashed" }
         #expect(crashed.count == 1, "\(server.stderrLines.suffix(30))")
