@@ -65,7 +65,11 @@ run() {  # run NAME RATE ENV=VALUE...: one server, one simulator run; prints rec
     "$bin" simulate --host 127.0.0.1 --port "$device_port" --devices "$devices" --duration "$seconds" \
         --records-per-packet "$records" --rate "$2" --json >"$work/$1.json"
     kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
-    python3 -c 'import json, sys; r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1]); print(f"{r[\"acked_per_s\"]:,.0f} | {r[\"ack_p50_ms\"]} / {r[\"ack_p99_ms\"]}")' "$work/$1.json"
+    python3 - "$work/$1.json" <<'PY'
+import json, sys
+r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
+print(f"{r['acked_per_s']:,.0f} | {r['ack_p50_ms']} / {r['ack_p99_ms']}")
+PY
 }
 
 rate="$(python3 -c "print(5000 / ($devices * $records))")"

@@ -145,6 +145,21 @@ struct DeviceServerTests {
         #expect(try scrape.value(#"teltonika_handshake_total{result="timeout"}"#) == 1)
     }
 
+    /// A device that resets its connection (RST): one `device.connection_error` line, the session ends
+    /// and its slot is free; the server serves on.
+    @Test func testAResetConnectionIsLoggedAndEnds() throws {
+        let server = try ServerProcess()
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login(DeviceServerTests.imei))
+        try device.send([0, 0, 0, 0])  // half a header: the server waits for the rest
+        device.reset()
+        let error = try server.waitForLog(event: "device.connection_error", timeout: 5)
+        #expect((error["error"] as? String)?.contains("reset") == true, "\(error)")
+        try waitFor(timeout: 5, "the session ended") { try server.scrape().value("teltonika_connections_active") == 0 }
+        let next = try DeviceClient(port: server.port)
+        #expect(try next.login(DeviceServerTests.imei))
+    }
+
     @Test func testNewerLoginReplacesTheOlderConnection() throws {
         let server = try ServerProcess()
         let old = try DeviceClient(port: server.port)

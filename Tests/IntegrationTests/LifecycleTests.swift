@@ -192,9 +192,30 @@ struct LifecycleTests {
         server.signal(SIGINT)
         let exit = try #require(server.waitForExit(timeout: 20))
         #expect(exit.status == 0 && !exit.bySignal, "exit \(exit)")
+        let requested = try server.waitForLog(event: "process.shutdown_requested", timeout: 1)
+        #expect((requested["signal"] as? String)?.contains("SIGINT") == true, "\(requested)")
         #expect(server.logCount(event: "server.draining") == 1)
         #expect(server.logCount(event: "server.stopped") == 1)
         #expect(device.receive(1, timeout: 5) == .closed([]), "the drain closed the idle connection")
+        // The connection's life in the log: login, then the close.
+        let login = try server.waitForLog(event: "device.login", timeout: 1)
+        #expect(login["imei"] as? String == DeviceServerTests.imei)
+        #expect(server.logCount(event: "device.disconnected") == 1)
+        #expect(server.logCount(event: "server.starting") == 1)
+    }
+
+    /// A device port or metrics port already taken: one critical line naming the failure, exit 1.
+    @Test(arguments: ["TELTONIKA_PORT", "METRICS_PORT"])
+    func testAPortInUseExitsOne(_ setting: String) throws {
+        let holder = try ServerProcess()
+        let taken = setting == "TELTONIKA_PORT" ? holder.port : holder.metricsPort
+        let second = try ServerProcess(environment: [setting: "\(taken)"], waitUntilListening: false)
+        let exit = try #require(second.waitForExit(timeout: 20), "a second server on a taken port must exit")
+        #expect(exit.status == 1 && !exit.bySignal, "exit \(exit)")
+        let event = setting == "TELTONIKA_PORT" ? "server.listen_failed" : "metrics.listen_failed"
+        let failed = try second.waitForLog(event: event, timeout: 1)
+        #expect((failed["error"] as? String)?.contains("in use") == true, "\(failed)")
+        #expect(holder.process.isRunning)
     }
 
     /// Redis hangs (SIGSTOP) with a packet in flight: readiness turns 503 at once, the drain gives up at
@@ -269,6 +290,7 @@ struct LifecycleTests {
 
         try "LOG_LEVEL=debug\nexport MAX_CONNECTIONS=\"5\"\n".write(to: file, atomically: true, encoding: .utf8)
         server.signal(SIGHUP)
+        _ = try server.waitForLog(event: "process.reload_requested", timeout: 5)
         let reloaded = try server.waitForLog(event: "config.reloaded", timeout: 5)
         #expect(reloaded["applied"] as? String == "LOG_LEVEL")
         #expect(reloaded["restart_required"] as? String == "MAX_CONNECTIONS")
@@ -293,6 +315,7 @@ struct LifecycleTests {
         let exit = try #require(server.waitForExit(timeout: 60), "no crash")
         let fatalSignal = expected == SIGILL ? [SIGILL, SIGTRAP] : [expected]  // a trap is SIGTRAP on arm64
         #expect(exit.bySignal && fatalSignal.contains(exit.status), "exit \(exit)")
+        #expect(server.logs.first { $0["event"] as? String == "process.crash_test" }?["kind"] as? String == kind)
         let crashed = server.logs.filter { $0["event"] as? String == "process.crashed" }
         #expect(crashed.count == 1, "\(server.stderrLines.suffix(30))")
         #expect(crashed.first?["signal_number"] as? String == "\(exit.status)")

@@ -20,18 +20,27 @@ func sendAll(_ fd: Int32, _ bytes: [UInt8]) throws {
 
 /// A device: one blocking TCP socket with receive timeouts.
 final class DeviceClient {
-    private let fd: Int32
+    /// -1 once ``reset()`` closed it.
+    private var fd: Int32
 
     init(port: Int, host: String = "127.0.0.1") throws {
         fd = try connectLoopback(port: port, host: host)
     }
 
-    deinit { close(fd) }
+    deinit { if fd >= 0 { close(fd) } }
 
     func send(_ bytes: [UInt8]) throws { try sendAll(fd, bytes) }
 
     /// Closes the sending side (FIN), as a device that gives up does.
     func shutdownWrite() { _ = shutdown(fd, Int32(SHUT_WR)) }
+
+    /// Aborts the connection: the peer gets a RST, not a FIN (SO_LINGER 0, then close).
+    func reset() {
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        close(fd)
+        fd = -1
+    }
 
     /// Sends one byte at a time.
     func dribble(_ bytes: [UInt8]) throws {
