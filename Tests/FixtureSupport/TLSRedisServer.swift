@@ -25,14 +25,16 @@ public final class TLSRedisServer {
     private let process: Process
 
     /// Starts the server with `certFile`/`keyFile` as its identity and `caFile` to check client certificates
-    /// (`authClients: true` requires one); `password` sets `requirepass`.
+    /// (`authClients: true` requires one); `password` sets `requirepass`. With `sentinel` (the lines of a
+    /// Sentinel configuration file) it runs as a Sentinel that reaches the nodes it monitors over TLS.
     public init(
         certFile: String,
         keyFile: String,
         caFile: String,
         authClients: Bool = false,
         password: String? = nil,
-        plainPort: Bool = false
+        plainPort: Bool = false,
+        sentinel: String? = nil
     ) throws {
         tlsPort = try TLSRedisServer.freePort()
         self.plainPort = plainPort ? try TLSRedisServer.freePort() : nil
@@ -45,6 +47,11 @@ public final class TLSRedisServer {
             "--save", "", "--appendonly", "no", "--dir", directory, "--logfile", directory + "/redis.log",
         ]
         if let password { arguments += ["--requirepass", password] }
+        if let sentinel {
+            let config = directory + "/sentinel.conf"
+            try sentinel.write(toFile: config, atomically: true, encoding: .utf8)
+            arguments = [config, "--sentinel", "--tls-replication", "yes"] + arguments
+        }
         process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/redis-server")
         process.arguments = arguments

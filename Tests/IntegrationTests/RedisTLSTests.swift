@@ -83,6 +83,33 @@ struct RedisTLSTests {
         #expect(try server.http("/readyz").status == 503)
     }
 
+    /// Sentinel over TLS: the Sentinel is given as `rediss://` and names a TLS-only primary; the server
+    /// asks it, connects to the primary over TLS, and the packet is ACKed.
+    @Test func testASentinelOverTLSNamesATLSPrimary() throws {
+        let c = Self.certificates
+        let primary = try Self.redis()
+        let sentinel = try TLSRedisServer(
+            certFile: c.serverCert,
+            keyFile: c.serverKey,
+            caFile: c.caFile,
+            sentinel: "sentinel monitor tlsmaster 127.0.0.1 \(primary.tlsPort) 1\n"
+        )
+        let server = try ServerProcess(
+            redisURL: "rediss://127.0.0.1:1",  // TLS and credentials for the primary; its address is Sentinel's
+            environment: [
+                "REDIS_SENTINELS": "rediss://127.0.0.1:\(sentinel.tlsPort)", "REDIS_MASTER_NAME": "tlsmaster",
+                "REDIS_TLS_CA_FILE": c.caFile,
+            ]
+        )
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login(DeviceServerTests.imei))
+        try device.send(TestEnvironment.fixtures.first { $0.id == "w-c8-3" }!.bytes)
+        #expect(device.receive(4, timeout: 10) == .bytes([0, 0, 0, 2]))
+        let connected = try server.waitForLog(event: "redis.connected", timeout: 1)
+        #expect(connected["endpoint"] as? String == "127.0.0.1:\(primary.tlsPort)")
+        #expect(try Self.client(primary).xlen(server.stream) == 2)
+    }
+
     /// `tls-auth-clients yes`: with REDIS_TLS_CERT_FILE/KEY_FILE the packet is ACKed; without, Redis
     /// refuses the session and nothing is.
     @Test func testClientCertificateAuthentication() throws {
