@@ -126,6 +126,63 @@ struct PublisherFaultTests {
         #expect(try server.scrape().value("teltonika_redis_errors_total{kind=\"timeout\"}") >= 1)
     }
 
+    /// A device message finding the queue full is dropped at once and counted; its connection goes on.
+    @Test func testADeviceMessageOnAFullQueueIsDroppedAndTheConnectionStays() throws {
+        let redis = try OwnRedis()
+        let server = try ServerProcess(
+            redisURL: redis.url,
+            environment: ["PUBLISH_QUEUE_CAPACITY": "255", "REDIS_TIMEOUT_MS": "20000", "PUBLISH_TIMEOUT_MS": "60000"]
+        )
+        let full = (0..<255).map { AVLRecord(timestampMs: 1_700_000_000_000 + UInt64($0), ioElements: [IOElement(id: 1, value: .u8(1))]) }
+        let a = try DeviceClient(port: server.port)
+        #expect(try a.login("356307042441013"))
+        let b = try DeviceClient(port: server.port)
+        #expect(try b.login("356307042441014"))
+        redis.pause()
+        defer { redis.resume() }
+        try a.send(try AVLPacketEncoder.encode(full, codec: .codec8))
+        try waitFor(timeout: 10, "the queue is full") { try server.scrape()["teltonika_publish_queue_depth"] == 255 }
+        try b.send(DeviceMessage(codec: .codec13, type: DeviceMessage.typeResponse, timestampSeconds: 1_700_000_000, payload: Array("ok".utf8)).encoded())
+        let overflow = try server.waitForLog(event: "publish.overflow", timeout: 5)
+        #expect(overflow["records"] as? String == "1")
+        #expect(b.receive(1, timeout: 0.5) == .timeout([]), "the connection stays open")
+        let scrape = try server.scrape()
+        #expect(try scrape.value("teltonika_publish_overflow_total") == 1)
+        #expect(try scrape.value(#"teltonika_device_messages_total{codec="13"}"#) == 1)
+        redis.resume()
+        #expect(a.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 255)))
+        try b.send(PublisherFaultTests.frame)
+        #expect(b.receive(4, timeout: 10) == .bytes([0, 0, 0, 2]), "the same connection's next packet is ACKed")
+        #expect(try RedisClient(url: redis.url).xlen(server.responses) == 0, "the dropped message is not stored")
+    }
+
+    /// A device that disconnects while its packet waits for Redis: no ACK reaches it, the queue drains,
+    /// nothing ACKed is lost. (Whether the packet was already sent decides if it is stored: both are right;
+    /// the unsent case alone is pinned by RedisPublisherTests.testACancelledJobIsDroppedUnsent.)
+    @Test func testADeviceGoneWhileItsPacketIsQueued() throws {
+        let redis = try OwnRedis()
+        let server = try ServerProcess(redisURL: redis.url, environment: ["REDIS_TIMEOUT_MS": "20000", "PUBLISH_TIMEOUT_MS": "60000"])
+        let a = try DeviceClient(port: server.port)
+        #expect(try a.login("356307042441013"))
+        var b: DeviceClient? = try DeviceClient(port: server.port)
+        #expect(try b!.login("356307042441014"))
+        redis.pause()
+        defer { redis.resume() }
+        try a.send(PublisherFaultTests.frame)
+        try waitFor(timeout: 10, "A's packet queued") { try server.scrape()["teltonika_publish_queue_depth"] == 2 }
+        try b!.send(PublisherFaultTests.frame)
+        try waitFor(timeout: 10, "B's packet queued") { try server.scrape()["teltonika_publish_queue_depth"] == 4 }
+        b = nil  // B closes with its packet queued
+        try waitFor(timeout: 5, "B's session ended") { try server.scrape().value("teltonika_connections_active") == 1 }
+        redis.resume()
+        #expect(a.receive(4, timeout: 10) == .bytes([0, 0, 0, 2]))
+        try waitFor(timeout: 10, "the queue drained") { try server.scrape()["teltonika_publish_queue_depth"] == 0 }
+        let stored = try RedisClient(url: redis.url).xlen(server.stream)
+        #expect(stored == 2 || stored == 4, "A's records, and B's if they were sent before it left: \(stored)")
+        #expect(try server.scrape().value("teltonika_acks_total") == 1, "only A was ACKed")
+        #expect(server.process.isRunning)
+    }
+
     @Test func testFullQueueWaitsThenClosesWithoutACK() throws {
         let redis = try OwnRedis()
         let server = try ServerProcess(
