@@ -142,7 +142,10 @@ struct PublisherFaultTests {
         defer { redis.resume() }
         try a.send(try AVLPacketEncoder.encode(full, codec: .codec8))
         try waitFor(timeout: 10, "the queue is full") { try server.scrape()["teltonika_publish_queue_depth"] == 255 }
-        try b.send(DeviceMessage(codec: .codec13, type: DeviceMessage.typeResponse, timestampSeconds: 1_700_000_000, payload: Array("ok".utf8)).encoded())
+        try b.send(
+            DeviceMessage(codec: .codec13, type: DeviceMessage.typeResponse, timestampSeconds: 1_700_000_000, payload: Array("ok".utf8))
+                .encoded()
+        )
         let overflow = try server.waitForLog(event: "publish.overflow", timeout: 5)
         #expect(overflow["records"] as? String == "1")
         #expect(b.receive(1, timeout: 0.5) == .timeout([]), "the connection stays open")
