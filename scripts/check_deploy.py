@@ -11,7 +11,8 @@ SHUTDOWN_TIMEOUT_MS_DEFAULT = 30000
 ALERTS = ["TeltonikaUnknownCodec", "TeltonikaPublishOverflow", "TeltonikaCRCFailureRatio",
           "TeltonikaPublishQueueFilling", "TeltonikaRedisDown", "TeltonikaNotReady",
           "TeltonikaAckLatencyHigh", "TeltonikaInstanceSilent", "TeltonikaCrashLoop",
-          "TeltonikaRedisNotDurable", "TeltonikaRedisReplicasShort"]
+          "TeltonikaRedisNotDurable", "TeltonikaRedisReplicasShort", "TeltonikaPacketsGivenUp",
+          "TeltonikaRedisRefusingWrites"]
 RUNBOOK_PREFIX = "https://github.com/teltonika-ingest/teltonika-ingest/blob/main/OPERATIONS.md#"
 
 problems = []

@@ -441,12 +441,14 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         case .messageStored(let next):
             carryOn(context, next)
         case .messageNotStored(let reason, let next):
+            environment.metrics.publishFailed(.message, reason: reason).increment()
             logger.error(
                 "device message not confirmed by Redis: not stored",
                 metadata: ["event": "publish.message_failed", "codec": "\(packet.codec)", "reason": "\(reason)"]
             )
             carryOn(context, next)
         case .closeUnconfirmed(let reason):
+            environment.metrics.publishFailed(.packet, reason: reason).increment()
             logger.error(
                 "records not confirmed by Redis: no ACK, closing",
                 metadata: ["event": "publish.failed", "records": "\(packet.job.recordCount)", "reason": "\(reason)"]

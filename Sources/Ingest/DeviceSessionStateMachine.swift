@@ -204,9 +204,9 @@ struct DeviceSessionStateMachine<InFlight> {
         case messageStored(then: Next)
         /// Redis did not confirm the device message in time: log it (it is lost; the device does not
         /// resend messages).
-        case messageNotStored(String, then: Next)
+        case messageNotStored(PublishFailure, then: Next)
         /// Redis did not confirm in time: close without ACK (the device resends).
-        case closeUnconfirmed(String)
+        case closeUnconfirmed(PublishFailure)
         /// The job was dropped (its connection is closing anyway): close.
         case close
         /// No packet in flight any more (the connection closed first): nothing to do.

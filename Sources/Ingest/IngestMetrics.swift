@@ -72,6 +72,9 @@ enum ConnectionResult: String, CaseIterable, Sendable { case accepted, refused }
 /// `result` label of `teltonika_handshake_total`.
 enum HandshakeResult: String, CaseIterable, Sendable { case accepted, rejected, malformed, timeout }
 
+/// `kind` label of `teltonika_publish_failed_total`: what was given up.
+enum PublishedThing: String, CaseIterable, Sendable { case packet, message }
+
 /// `kind` label of `teltonika_redis_errors_total`: what failed, as the wire module reports it.
 typealias RedisErrorKind = RedisConnection.Failure.Kind
 
@@ -117,6 +120,7 @@ public final class IngestMetrics: Sendable {
     private let redisErrorsByKind: [RedisErrorKind: Counter]
     let redisReconnects: Counter
     let redisPrimaryChanges: Counter
+    private let publishFailedByKindReason: [PublishedThing: [PublishFailure: Counter]]
     let redisReplicasAcknowledged: Gauge
     let replicaWaitsShort: Counter
     let jobsHeldForReplicas: Counter
@@ -232,6 +236,19 @@ public final class IngestMetrics: Sendable {
         redisReconnects = r.makeCounter(
             descriptor: d("teltonika_redis_reconnects_total", "Redis connections re-established after a failure.")
         )
+        var failed: [PublishedThing: [PublishFailure: Counter]] = [:]
+        for thing in PublishedThing.allCases {
+            for reason in PublishFailure.allCases {
+                failed[thing, default: [:]][reason] = r.makeCounter(
+                    descriptor: d(
+                        "teltonika_publish_failed_total",
+                        "Packets (no ACK, connection closed; the device resends) and device messages (lost) that Redis did not confirm in time (timeout: PUBLISH_TIMEOUT_MS; shutdown: the drain's deadline)."
+                    ),
+                    labels: [("kind", thing.rawValue), ("reason", reason.rawValue)]
+                )
+            }
+        }
+        publishFailedByKindReason = failed
         redisPrimaryChanges = r.makeCounter(
             descriptor: d(
                 "teltonika_redis_primary_changes_total",
@@ -286,6 +303,7 @@ public final class IngestMetrics: Sendable {
     func records(codec: AVLCodec) -> Counter { recordsByCodec[FrameCodec(codec)]! }
     func deviceMessages(codec: DeviceMessage.Codec) -> Counter { deviceMessagesByCodec[FrameCodec(codec)]! }
     func redisErrors(kind: RedisErrorKind) -> Counter { redisErrorsByKind[kind]! }
+    func publishFailed(_ thing: PublishedThing, reason: PublishFailure) -> Counter { publishFailedByKindReason[thing]![reason]! }
     func setRedisDurability(_ mode: RedisDurability) {
         for (name, gauge) in redisDurabilityByMode { gauge.set(Int64(name == mode.rawValue ? 1 : 0)) }
     }

@@ -142,7 +142,7 @@ struct DeviceSessionStateMachineTests {
 
     @Test func testUnconfirmedOrDroppedPacketsCloseWithoutACK() {
         var expired = Self.publishing()
-        #expect(expired.published(.expired("Redis did not confirm in time")) == .closeUnconfirmed("Redis did not confirm in time"))
+        #expect(expired.published(.expired(.timeout)) == .closeUnconfirmed(.timeout))
         let ended = expired.connectionClosed()
         #expect(ended.abandoned == "p1", "the packet is cancelled when the connection goes")
         #expect(ended.imei == Self.imei)
@@ -214,7 +214,7 @@ struct DeviceSessionMessageTests {
     @Test func testAnUnconfirmedMessageIsReportedAndReadingGoesOn() {
         var session = Self.loggedIn()
         #expect(session.messageDecoded(nowNanoseconds: 0) { "m1" } == .publish)
-        #expect(session.published(.expired("late")) == .messageNotStored("late", then: .read))
+        #expect(session.published(.expired(.timeout)) == .messageNotStored(.timeout, then: .read))
         #expect(session.framerMode == .packets, "a message is never resent by the device: closing would not help")
 
         #expect(session.messageDecoded(nowNanoseconds: 1) { "m2" } == .publish)

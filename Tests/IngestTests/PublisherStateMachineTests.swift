@@ -85,6 +85,11 @@ struct PublisherStateMachineTests {
         #expect(lost.next(now: Self.at(50), work: Self.work) == .wait(until: Self.at(110), wakeOnWork: false))
         #expect(lost.next(now: Self.at(110), work: Self.work) == .connect)
 
+        // Dropped for READONLY the third time running: the wait grows as for failed connects.
+        var demoted = Self.connected()
+        #expect(demoted.connectionLost(at: Self.at(10), jitter: 1.0, inARow: 3) == .milliseconds(400))
+        #expect(demoted.next(now: Self.at(409), work: Self.work) == .wait(until: Self.at(410), wakeOnWork: false))
+
         var checked = Self.connected()
         checked.checkFailed(at: Self.at(1000))
         #expect(checked.next(now: Self.at(1000), work: .none) == .connect)

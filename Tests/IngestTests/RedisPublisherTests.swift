@@ -209,7 +209,7 @@ struct RedisPublisherTests {
         #expect(publisher.submit(Self.job("refused", records: 7, timeoutMs: 200, into: outcomes)))
         publisher.start()
         try await Self.waitUntil { outcomes.withLockedValue { $0["refused"] } != nil }
-        #expect(outcomes.withLockedValue { $0["refused"] } == .expired("Redis did not confirm in time"))
+        #expect(outcomes.withLockedValue { $0["refused"] } == .expired(.timeout))
         #expect(redis.batchesSent.count >= 2, "it was retried before it expired")
         #expect(publisher.queuedRecords == 0)
         _ = await publisher.stop(deadline: .now() + .seconds(1))
@@ -244,7 +244,7 @@ struct RedisPublisherTests {
         #expect(publisher.submit(Self.job("a", timeoutMs: 200, into: outcomes)))
         publisher.start()
         try await Self.waitUntil { outcomes.withLockedValue { $0["a"] } != nil }
-        #expect(outcomes.withLockedValue { $0 } == ["a": .expired("Redis did not confirm in time")])
+        #expect(outcomes.withLockedValue { $0 } == ["a": .expired(.timeout)])
         #expect(redis.batchesSent.first == [1] && redis.batchesSent.dropFirst().allSatisfy(\.isEmpty), "written once, never again")
         _ = await publisher.stop(deadline: .now() + .seconds(1))
     }
@@ -362,7 +362,7 @@ struct RedisPublisherTests {
         publisher.start()
         let report = await publisher.stop(deadline: .now() + .milliseconds(50))
         #expect(report == .init(abandonedRecords: 10, threadFinished: true), "Redis never came: both abandoned at the deadline")
-        #expect(outcomes.withLockedValue { $0 } == ["a": .expired("shutdown deadline passed"), "c": .expired("shutdown deadline passed")])
+        #expect(outcomes.withLockedValue { $0 } == ["a": .expired(.shutdown), "c": .expired(.shutdown)])
         #expect(!publisher.submit(Self.job("d", into: outcomes)), "nothing is taken after a stop")
     }
 

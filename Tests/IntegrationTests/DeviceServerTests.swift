@@ -213,6 +213,8 @@ struct DeviceServerTests {
         let waited = Date().timeIntervalSince(sent)
         #expect(waited >= 0.9 && waited < 4, "closed \(waited) s after the packet, PUBLISH_TIMEOUT_MS 1000")
         _ = try server.waitForLog(event: "publish.failed", timeout: 2)
-        #expect(try server.scrape().value("teltonika_acks_total") == 0)
+        let scrape = try server.scrape()
+        #expect(try scrape.value("teltonika_acks_total") == 0)
+        #expect(try scrape.value(#"teltonika_publish_failed_total{kind="packet",reason="timeout"}"#) == 1)
     }
 }

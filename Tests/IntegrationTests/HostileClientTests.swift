@@ -259,7 +259,7 @@ struct HostileClientTests {
         }
         peak = max(peak, server.rssKiB)
         print("steady large packets: \(acked) packets ACKed; RSS +\(peak - baseline) KiB (baseline \(baseline) KiB)")
-        #expect(acked > 500, "the traffic was real")
+        #expect(acked > 100, "the traffic was real (about 3,000 in a debug build, 400 under ThreadSanitizer)")
         #expect(peak - baseline < 16 * 1024, "RSS grew \(peak - baseline) KiB under steady traffic")
         #expect(try RedisClient(url: TestEnvironment.redisURL).xlen(server.stream) == 30 * acked)
     }

@@ -42,6 +42,9 @@ struct MetricsTests {
         expected += IngestMetrics.avlCodecs.map { #"teltonika_records_total{codec="\#($0.rawValue)"}"# }
         expected += IngestMetrics.messageCodecs.map { #"teltonika_device_messages_total{codec="\#($0.rawValue)"}"# }
         expected += RedisErrorKind.allCases.filter { $0 != .connect }.map { #"teltonika_redis_errors_total{kind="\#($0.rawValue)"}"# }
+        expected += PublishedThing.allCases.flatMap { thing in
+            PublishFailure.allCases.map { #"teltonika_publish_failed_total{kind="\#(thing.rawValue)",reason="\#($0.rawValue)"}"# }
+        }
         expected += [
             "teltonika_acks_total", "teltonika_keepalive_total", "teltonika_records_published_total", "teltonika_bytes_received_total",
             "teltonika_publish_overflow_total", "teltonika_unknown_codec_total", "teltonika_connections_replaced_total",
@@ -50,7 +53,7 @@ struct MetricsTests {
             "teltonika_redis_replicas_acknowledged", "teltonika_redis_replica_waits_short_total",
             "teltonika_publish_jobs_held_for_replicas_total",
         ]
-        #expect(expected.count == 40 + 2 + 4 + 3 + 4 + 8 + 15)
+        #expect(expected.count == 40 + 2 + 4 + 3 + 4 + 8 + 4 + 15)
         for series in expected { #expect(scrape[series] == 0, "\(series): \(String(describing: scrape[series]))") }
         for mode in IngestMetrics.redisDurabilityModes {
             #expect(scrape[#"teltonika_redis_durability{mode="\#(mode)"}"#] != nil, "durability \(mode)")

@@ -126,6 +126,31 @@ struct PublisherFaultTests {
         #expect(try server.scrape().value("teltonika_redis_errors_total{kind=\"timeout\"}") >= 1)
     }
 
+    /// REDIS_URL names a read-only replica (a failover moved the primary, no Sentinel configured): every
+    /// write is refused READONLY while Redis is up. No ACK; the connection is dropped and made again with a
+    /// growing wait (not ten times a second); the packet is given up at PUBLISH_TIMEOUT_MS and counted.
+    @Test func testAReadOnlyReplicaIsRefusedCountedAndNotHammered() throws {
+        let primary = try OwnRedis()
+        let replica = try OwnRedis(arguments: ["--replicaof", "127.0.0.1", "\(primary.port)"])
+        let server = try ServerProcess(redisURL: replica.url, environment: ["PUBLISH_TIMEOUT_MS": "3000"])
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login("356307042441013"))
+        try device.send(PublisherFaultTests.frame)
+        let sent = Date()
+        #expect(device.receive(4, timeout: 10) == .closed([]), "never ACKed")
+        let waited = Date().timeIntervalSince(sent)
+        let refusals = server.logs.filter { $0["event"] as? String == "redis.connection_lost" }
+        #expect((refusals.first?["error"] as? String)?.contains("READONLY") == true, "\(refusals.first ?? [:])")
+        // Backoff 100 ms doubling (jittered 50-100 %): at most about log2 of the wait in 50 ms steps, + 2.
+        let bound = Int(log2(max(1, waited / 0.05))) + 2
+        #expect(refusals.count >= 2 && refusals.count <= bound, "\(refusals.count) reconnects in \(waited) s (bound \(bound))")
+        let scrape = try server.scrape()
+        #expect(try scrape.value(#"teltonika_publish_failed_total{kind="packet",reason="timeout"}"#) == 1)
+        #expect(try scrape.value(#"teltonika_redis_errors_total{kind="reply"}"#) >= Double(refusals.count))
+        #expect(try scrape.value("teltonika_acks_total") == 0)
+        #expect(try RedisClient(url: primary.url).xlen(server.stream) == 0)
+    }
+
     /// A device message finding the queue full is dropped at once and counted; its connection goes on.
     @Test func testADeviceMessageOnAFullQueueIsDroppedAndTheConnectionStays() throws {
         let redis = try OwnRedis()

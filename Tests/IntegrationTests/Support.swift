@@ -80,15 +80,21 @@ func readWholeFile(_ path: String) -> String {
 /// touched or not.
 func vmPeakKiB(pid: Int32) -> Int {
     let status = readWholeFile("/proc/\(pid)/status")
-    let line = status.split(separator: "\n").first { $0.hasPrefix("VmPeak:") } ?? ""
-    return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? -1
+    return statusKiB(status, "VmPeak:")
 }
 
 /// Resident memory of a process, in KiB (-1 when it is gone).
 func rssKiB(pid: Int32) -> Int {
     let status = readWholeFile("/proc/\(pid)/status")
-    let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
-    return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? -1
+    return statusKiB(status, "VmRSS:")
+}
+
+/// The number of a `/proc/<pid>/status` line such as `VmPeak:\t  312432 kB` (-1 when absent). The
+/// separator is a tab and padding spaces, and a wide number (ThreadSanitizer's reservations) leaves no
+/// space at all: split on both.
+private func statusKiB(_ status: String, _ key: String) -> Int {
+    let line = status.split(separator: "\n").first { $0.hasPrefix(key) } ?? ""
+    return Int(line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first ?? "") ?? -1
 }
 
 /// Polls `condition` every 20 ms until it holds or `timeout` seconds pass (then throws).

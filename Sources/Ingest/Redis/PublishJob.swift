@@ -2,13 +2,28 @@
 import NIOConcurrencyHelpers
 import NIOCore
 
+/// Why a job was given up unconfirmed (the `reason` label of `teltonika_publish_failed_total`).
+public enum PublishFailure: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// Its deadline (`PUBLISH_TIMEOUT_MS`) passed before Redis confirmed it.
+    case timeout
+    /// The drain's deadline passed first.
+    case shutdown
+
+    public var description: String {
+        switch self {
+        case .timeout: "Redis did not confirm in time"
+        case .shutdown: "shutdown deadline passed"
+        }
+    }
+}
+
 /// What became of a publish job. Only `.stored` allows an ACK.
 public enum PublishOutcome: Sendable, Equatable {
     /// Redis answered every command of the job with a stream id.
     case stored
     /// Redis did not confirm every command before the job's deadline (down, failing, or timed out):
     /// the outcome is unknown, so nothing may be ACKed. The device sends the records again.
-    case expired(String)
+    case expired(PublishFailure)
     /// The job was cancelled (its connection closed) or the publisher stopped before sending it.
     case dropped
 }

@@ -122,11 +122,13 @@ struct PublisherStateMachine {
         return delay
     }
 
-    /// The connection broke during a batch (the unanswered jobs are retried); returns the delay before
-    /// reconnecting.
-    mutating func connectionLost(at now: NIODeadline, jitter: Double) -> TimeAmount {
-        let delay = backoff(failures: 1, jitter: jitter)
-        link = .down(failures: 1, nextAttempt: now + delay)
+    /// The connection broke during a batch (the unanswered jobs are retried), or was dropped for the
+    /// `inARow`-th time running because the node refused writes as a replica (`READONLY`): the delay
+    /// before reconnecting grows with that streak, so a Redis that stays read-only is not reconnected to
+    /// ten times a second. Returns the delay.
+    mutating func connectionLost(at now: NIODeadline, jitter: Double, inARow: Int = 1) -> TimeAmount {
+        let delay = backoff(failures: max(1, inARow), jitter: jitter)
+        link = .down(failures: max(1, inARow), nextAttempt: now + delay)
         return delay
     }
 

@@ -180,6 +180,8 @@ public final class RedisPublisher: Sendable {
         /// The wait this connection's batches end with (`WAITAOF` only where the server has it).
         var replicaWait: ReplicaWait? = nil
         var loggedNoWaitaof = false
+        /// Connections dropped in a row because the node answered `READONLY` (reset when a batch is stored).
+        var readOnlyInARow = 0
         /// The endpoint last connected to, and since when there has been no connection.
         var lastEndpoint: String? = nil
         var downSince: NIODeadline? = nil
@@ -243,7 +245,7 @@ public final class RedisPublisher: Sendable {
                     // Past the drain deadline: everything left is abandoned, unacknowledged.
                     for job in awaitingReplicas + retry + queue.takeAll() {
                         abandonedRecords += job.recordCount
-                        queue.complete(job, .expired("shutdown deadline passed"))
+                        queue.complete(job, .expired(.shutdown))
                     }
                     retry = []
                     awaitingReplicas = []
@@ -274,7 +276,7 @@ public final class RedisPublisher: Sendable {
                 gone += awaitingReplicas.filter(isDead)
                 awaitingReplicas.removeAll(where: isDead)
             }
-            for job in gone { queue.complete(job, job.isCancelled ? .dropped : .expired("Redis did not confirm in time")) }
+            for job in gone { queue.complete(job, job.isCancelled ? .dropped : .expired(.timeout)) }
         }
 
         /// A new connection with Redis' settings read, or a failure counted, logged once, and the next
@@ -396,12 +398,14 @@ public final class RedisPublisher: Sendable {
                 dropConnection()
                 let failure = result.failure ?? RedisConnection.Failure(kind: .reply, message: firstRefusal ?? "")
                 if result.failure != nil { metrics.redisErrors(kind: failure.kind).increment() }
-                _ = machine.connectionLost(at: .now(), jitter: Driver.jitter())
+                readOnlyInARow = demoted ? readOnlyInARow + 1 : 0
+                _ = machine.connectionLost(at: .now(), jitter: Driver.jitter(), inARow: max(1, readOnlyInARow))
                 logger.error(
                     "redis connection lost",
                     metadata: ["event": "redis.connection_lost", "error": "\(failure)", "unconfirmed_jobs": "\(retry.count)"]
                 )
             } else {
+                readOnlyInARow = 0
                 if !batch.isEmpty { metrics.publishBatchSize.record(Int64(batch.reduce(0) { $0 + $1.recordCount })) }
                 retry = refused
                 // A `WAIT` answered with an error (not a short count, which already waited) pauses like a refusal.
