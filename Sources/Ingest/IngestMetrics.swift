@@ -72,6 +72,12 @@ enum ConnectionResult: String, CaseIterable, Sendable { case accepted, refused }
 /// `result` label of `teltonika_handshake_total`.
 enum HandshakeResult: String, CaseIterable, Sendable { case accepted, rejected, malformed, timeout }
 
+/// `reason` label of `teltonika_accept_errors_total`.
+enum AcceptError: String, CaseIterable, Sendable {
+    case fdLimit = "fd_limit"
+    case other
+}
+
 /// `kind` label of `teltonika_publish_failed_total`: what was given up.
 enum PublishedThing: String, CaseIterable, Sendable { case packet, message }
 
@@ -120,6 +126,7 @@ public final class IngestMetrics: Sendable {
     private let redisErrorsByKind: [RedisErrorKind: Counter]
     let redisReconnects: Counter
     let redisPrimaryChanges: Counter
+    private let acceptErrorsByReason: [AcceptError: Counter]
     private let publishFailedByKindReason: [PublishedThing: [PublishFailure: Counter]]
     let redisReplicasAcknowledged: Gauge
     let replicaWaitsShort: Counter
@@ -236,6 +243,12 @@ public final class IngestMetrics: Sendable {
         redisReconnects = r.makeCounter(
             descriptor: d("teltonika_redis_reconnects_total", "Redis connections re-established after a failure.")
         )
+        acceptErrorsByReason = labelled(
+            "teltonika_accept_errors_total",
+            "reason",
+            AcceptError.allCases,
+            "Device connections the listener could not accept: fd_limit (out of file descriptors: devices wait or time out; raise the limit), other."
+        )
         var failed: [PublishedThing: [PublishFailure: Counter]] = [:]
         for thing in PublishedThing.allCases {
             for reason in PublishFailure.allCases {
@@ -303,6 +316,7 @@ public final class IngestMetrics: Sendable {
     func records(codec: AVLCodec) -> Counter { recordsByCodec[FrameCodec(codec)]! }
     func deviceMessages(codec: DeviceMessage.Codec) -> Counter { deviceMessagesByCodec[FrameCodec(codec)]! }
     func redisErrors(kind: RedisErrorKind) -> Counter { redisErrorsByKind[kind]! }
+    func acceptErrors(_ reason: AcceptError) -> Counter { acceptErrorsByReason[reason]! }
     func publishFailed(_ thing: PublishedThing, reason: PublishFailure) -> Counter { publishFailedByKindReason[thing]![reason]! }
     func setRedisDurability(_ mode: RedisDurability) {
         for (name, gauge) in redisDurabilityByMode { gauge.set(Int64(name == mode.rawValue ? 1 : 0)) }

@@ -33,12 +33,16 @@ public final class IngestServer: Sendable {
     public func start() async throws -> SocketAddress {
         let configuration = environment.configuration
         let idle = TimeAmount.milliseconds(Int64(configuration.idleTimeoutMs))
+        let (metrics, logger) = (environment.metrics, environment.logger)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler())
+                    try channel.pipeline.syncOperations.addHandlers(
+                        AcceptBackoffHandler(),
+                        AcceptErrorHandler(metrics: metrics, logger: logger)
+                    )
                 }
             }
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -142,6 +146,36 @@ public final class IngestServer: Sendable {
             if empty { return once.resume(true) }
             let seconds = Double(max(0, (deadline - .now()).nanoseconds)) / 1e9
             DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { once.resume(false) }
+        }
+    }
+}
+
+/// Counts and logs what `accept` fails with on the device listener (after `AcceptBackoffHandler` paused
+/// accepting): out of file descriptors (`EMFILE`/`ENFILE`) is the one that matters, as devices then wait
+/// in the backlog or time out while the server would otherwise say nothing. One log line per 10 s.
+final class AcceptErrorHandler: ChannelInboundHandler {
+    typealias InboundIn = Any
+
+    private let metrics: IngestMetrics
+    private let logger: Logger
+    private var limiter = LogLimiter()
+
+    init(metrics: IngestMetrics, logger: Logger) {
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        let fdLimit = (error as? IOError).map { $0.errnoCode == EMFILE || $0.errnoCode == ENFILE } ?? false
+        metrics.acceptErrors(fdLimit ? .fdLimit : .other).increment()
+        if let suppressed = limiter.admit(nowNanoseconds: NIODeadline.now().uptimeNanoseconds) {
+            logger.error(
+                "cannot accept device connections",
+                metadata: [
+                    "event": "server.accept_failed", "error": "\(error)", "reason": "\(fdLimit ? "fd_limit" : "other")",
+                    "suppressed": "\(suppressed)",
+                ]
+            )
         }
     }
 }

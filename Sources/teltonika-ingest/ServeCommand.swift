@@ -41,6 +41,7 @@ struct ServeCommand: AsyncParsableCommand {
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: IngestMetrics.shared.registry))
         let logger = Logger(label: "teltonika-ingest")
         if let kind = environment["TELTONIKA_CRASH_TEST"] { Self.scheduleTestCrash(kind, logger: logger) }
+        Self.raiseFileDescriptorLimit(maxConnections: configuration.maxConnections, logger: logger)
 
         let ingest = IngestService(configuration: configuration, logger: logger, tls: tls)
         let metrics = MetricsServer(
@@ -83,6 +84,25 @@ struct ServeCommand: AsyncParsableCommand {
     }
 
     /// Test-only (TELTONIKA_CRASH_TEST, documented in OPERATIONS.md): crash 300 ms after start.
+    /// Raises the soft `RLIMIT_NOFILE` to the hard limit, and warns when even that leaves less than
+    /// `MAX_CONNECTIONS` plus ~100 descriptors for the rest of the process (listeners, Redis, logs).
+    private static func raiseFileDescriptorLimit(maxConnections: Int, logger: Logger) {
+        guard let limit = FileDescriptorLimit.raiseSoftToHard() else { return }
+        var metadata: Logger.Metadata = [
+            "event": "process.fd_limit", "soft": "\(limit.soft)", "hard": "\(limit.hard)", "soft_before": "\(limit.softBefore)",
+            "max_connections": "\(maxConnections)",
+        ]
+        guard limit.soft < maxConnections + 100 else {
+            logger.info("file-descriptor limit", metadata: metadata)
+            return
+        }
+        metadata["event"] = "process.fd_limit_low"
+        logger.warning(
+            "file-descriptor limit below MAX_CONNECTIONS + 100: devices beyond it wait in the backlog or time out",
+            metadata: metadata
+        )
+    }
+
     private static func scheduleTestCrash(_ kind: String, logger: Logger) {
         logger.warning("test crash requested", metadata: ["event": "process.crash_test", "kind": "\(kind)"])
         Thread.detachNewThread {

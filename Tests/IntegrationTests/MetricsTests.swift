@@ -53,7 +53,8 @@ struct MetricsTests {
             "teltonika_redis_replicas_acknowledged", "teltonika_redis_replica_waits_short_total",
             "teltonika_publish_jobs_held_for_replicas_total",
         ]
-        #expect(expected.count == 40 + 2 + 4 + 3 + 4 + 8 + 4 + 15)
+        expected += AcceptError.allCases.map { #"teltonika_accept_errors_total{reason="\#($0.rawValue)"}"# }
+        #expect(expected.count == 40 + 2 + 4 + 3 + 4 + 8 + 4 + 2 + 15)
         for series in expected { #expect(scrape[series] == 0, "\(series): \(String(describing: scrape[series]))") }
         for mode in IngestMetrics.redisDurabilityModes {
             #expect(scrape[#"teltonika_redis_durability{mode="\#(mode)"}"#] != nil, "durability \(mode)")

@@ -252,6 +252,8 @@ struct DescriptorExhaustionTests {
     /// served again.
     @Test func testServerSurvivesRunningOutOfFileDescriptors() throws {
         let server = try ServerProcess(launcher: ["/usr/bin/prlimit", "--nofile=64:64", "--"])
+        let low = try server.waitForLog(event: "process.fd_limit_low", timeout: 1)
+        #expect(low["soft"] as? String == "64" && low["max_connections"] as? String == "10000", "\(low)")
         let pid = server.process.processIdentifier
         // Descriptors numbered below the limit (0-63): when all 64 are taken, no new one can be made. (The
         // process may also hold higher ones inherited from the test runner; they do not count.)
@@ -287,12 +289,25 @@ struct DescriptorExhaustionTests {
         #expect(openDescriptors() == 64, "still exhausted while it was served")
         #expect(server.process.isRunning)
 
+        let refused = try server.waitForLog(event: "server.accept_failed", timeout: 5)
+        #expect(refused["reason"] as? String == "fd_limit", "\(refused)")
         clients.removeAll()  // closes every socket
         try waitFor(timeout: 10, "descriptors released") { openDescriptors() < 40 }
+        #expect(try server.scrape().value(#"teltonika_accept_errors_total{reason="fd_limit"}"#) >= 1)
         let device = try DeviceClient(port: server.port)
         #expect(try device.login("356307042441014"))
         try device.send(TestEnvironment.fixtures.first { $0.id == "w-c8-1" }!.bytes)
         #expect(device.receive(4, timeout: 10) == .bytes([0, 0, 0, 1]))
         #expect(server.process.isRunning)
+    }
+
+    /// A soft limit below the hard one is raised at start: the process can hold as many descriptors as
+    /// the hard limit allows.
+    @Test func testTheSoftLimitIsRaisedToTheHardOne() throws {
+        let server = try ServerProcess(environment: ["MAX_CONNECTIONS": "100"], launcher: ["/usr/bin/prlimit", "--nofile=64:512", "--"])
+        let limit = try server.waitForLog(event: "process.fd_limit", timeout: 1)
+        #expect(limit["soft_before"] as? String == "64" && limit["soft"] as? String == "512" && limit["hard"] as? String == "512")
+        #expect(server.logCount(event: "process.fd_limit_low") == 0, "512 is enough for 100 connections")
+        #expect(try server.scrape().value("process_max_fds") == 512)
     }
 }
