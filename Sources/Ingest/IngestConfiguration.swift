@@ -78,6 +78,12 @@ public struct IngestConfiguration: Sendable, Equatable {
         /// The setting's value in a configuration, as text (for comparisons; the Redis password is not shown).
         let read: @Sendable (IngestConfiguration) -> String
 
+        /// The default, as `serve --help` shows it ("none" when unset).
+        public var defaultText: String {
+            let value = read(IngestConfiguration())
+            return value.isEmpty ? "none" : value
+        }
+
         init(
             env: String,
             flag: String,

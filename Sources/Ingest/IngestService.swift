@@ -153,7 +153,12 @@ public final class IngestService: Service, Sendable {
             let address = try await server.start()
             state.withLockedValue { $0.address = address }
         } catch {
-            logger.critical("cannot listen", metadata: ["event": "server.listen_failed", "error": "\(error)"])
+            logger.critical(
+                "cannot listen",
+                metadata: [
+                    "event": "server.listen_failed", "error": "\(error)", "address": "\(configuration.host):\(configuration.port)",
+                ]
+            )
             _ = await publisher.stop(deadline: .now())
             try await group.shutdownGracefully()
             throw error

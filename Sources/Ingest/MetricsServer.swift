@@ -70,7 +70,10 @@ public final class MetricsServer: Service, Sendable {
                 }
                 .bind(host: host, port: port).get()
         } catch {
-            logger.critical("cannot listen for metrics", metadata: ["event": "metrics.listen_failed", "error": "\(error)"])
+            logger.critical(
+                "cannot listen for metrics",
+                metadata: ["event": "metrics.listen_failed", "error": "\(error)", "address": "\(host):\(port)"]
+            )
             try await group.shutdownGracefully()
             throw error
         }

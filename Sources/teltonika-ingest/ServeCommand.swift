@@ -14,7 +14,8 @@ struct ServeCommand: AsyncParsableCommand {
         commandName: "serve",
         abstract: "Serve Teltonika devices on TCP and publish their records to Redis Streams.",
         discussion: "Every setting comes from a flag, the environment or CONFIG_FILE (in that order of precedence):\n\n"
-            + IngestConfiguration.settings.map { "  --\($0.flag) VALUE  (\($0.env))\n      \($0.help)" }.joined(separator: "\n")
+            + IngestConfiguration.settings.map { "  --\($0.flag) VALUE  (\($0.env); default: \($0.defaultText))\n      \($0.help)" }
+            .joined(separator: "\n")
             + "\n\nSignals: SIGTERM/SIGINT drain and exit (a second one exits 1 at once); SIGHUP re-reads CONFIG_FILE."
             + "\nDefaults, signals, exit codes and guidance: OPERATIONS.md."
     )

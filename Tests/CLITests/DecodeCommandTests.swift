@@ -189,6 +189,10 @@ struct ServeConfigurationTests {
         for env in ["TELTONIKA_PORT", "MAX_FRAME_BYTES", "REDIS_URL", "PUBLISH_QUEUE_CAPACITY", "LOG_FORMAT"] {
             #expect(result.stdout.contains(env), "\(env)")
         }
+        // Each setting with its default.
+        for shown in ["(TELTONIKA_PORT; default: 5027)", "(REDIS_URL; default: redis://127.0.0.1:6379)", "(REDIS_SENTINELS; default: none)"] {
+            #expect(result.stdout.contains(shown), "\(shown)")
+        }
     }
 }
 

@@ -215,6 +215,7 @@ struct LifecycleTests {
         let event = setting == "TELTONIKA_PORT" ? "server.listen_failed" : "metrics.listen_failed"
         let failed = try second.waitForLog(event: event, timeout: 1)
         #expect((failed["error"] as? String)?.contains("in use") == true, "\(failed)")
+        #expect(failed["address"] as? String == "127.0.0.1:\(taken)", "the address is named")
         #expect(holder.process.isRunning)
     }
 
