@@ -7,12 +7,19 @@ import NIOCore
 /// abandoned its old socket: the newer connection replaces the older one, which is closed.
 final class DeviceRegistry: Sendable {
     private let channels = NIOLockedValueBox<[IMEI: any Channel]>([:])
+    /// Told the number of devices online after each change (`teltonika_devices_online`).
+    private let onCount: @Sendable (Int) -> Void
+
+    init(onCount: @escaping @Sendable (Int) -> Void = { _ in }) {
+        self.onCount = onCount
+    }
 
     /// Records `channel` as `imei`'s connection; returns the connection it replaces, if any.
     func register(_ imei: IMEI, channel: any Channel) -> (any Channel)? {
         channels.withLockedValue { map in
             let old = map[imei]
             map[imei] = channel
+            onCount(map.count)
             return old.flatMap { $0 === channel ? nil : $0 }
         }
     }
@@ -20,7 +27,10 @@ final class DeviceRegistry: Sendable {
     /// Forgets `channel` if it is still `imei`'s connection.
     func remove(_ imei: IMEI, channel: any Channel) {
         channels.withLockedValue { map in
-            if let current = map[imei], current === channel { map[imei] = nil }
+            if let current = map[imei], current === channel {
+                map[imei] = nil
+                onCount(map.count)
+            }
         }
     }
 

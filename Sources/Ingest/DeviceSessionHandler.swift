@@ -21,7 +21,7 @@ final class SessionEnvironment: Sendable {
     let publisher: any PublishSink
     /// Where this server's metrics are recorded (the process-wide registry, or a test's own).
     let metrics: IngestMetrics
-    let registry = DeviceRegistry()
+    let registry: DeviceRegistry
     let logger: Logger
     /// One entry encoder per event-loop thread (its 8 KiB scratch is not paid per connection).
     let encoders = ThreadSpecificVariable<EncoderBox>()
@@ -33,6 +33,7 @@ final class SessionEnvironment: Sendable {
         self.publisher = publisher
         self.metrics = metrics
         self.logger = logger
+        registry = DeviceRegistry { [metrics] online in metrics.devicesOnline.set(Int64(online)) }
     }
 
     /// The calling event loop's encoder.

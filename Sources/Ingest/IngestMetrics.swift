@@ -126,6 +126,7 @@ public final class IngestMetrics: Sendable {
     private let redisErrorsByKind: [RedisErrorKind: Counter]
     let redisReconnects: Counter
     let redisPrimaryChanges: Counter
+    let devicesOnline: Gauge
     private let acceptErrorsByReason: [AcceptError: Counter]
     private let publishFailedByKindReason: [PublishedThing: [PublishFailure: Counter]]
     let redisReplicasAcknowledged: Gauge
@@ -242,6 +243,9 @@ public final class IngestMetrics: Sendable {
         )
         redisReconnects = r.makeCounter(
             descriptor: d("teltonika_redis_reconnects_total", "Redis connections re-established after a failure.")
+        )
+        devicesOnline = r.makeGauge(
+            descriptor: d("teltonika_devices_online", "Devices logged in now (distinct IMEIs with an open connection on this instance).")
         )
         acceptErrorsByReason = labelled(
             "teltonika_accept_errors_total",

@@ -170,6 +170,14 @@ struct DeviceServerTests {
         try new.send(TestEnvironment.fixtures.first { $0.id == "w-c8-1" }!.bytes)
         #expect(new.receive(4, timeout: 5) == .bytes([0, 0, 0, 1]))
         try server.waitForLog(event: "device.replaced", timeout: 2)
+        // One device online (the replaced connection does not count twice), then a second, then none.
+        #expect(try server.scrape().value("teltonika_devices_online") == 1)
+        #expect(try server.scrape().value("teltonika_connections_replaced_total") == 1)
+        var other: DeviceClient? = try DeviceClient(port: server.port)
+        #expect(try other!.login("356307042441014"))
+        #expect(try server.scrape().value("teltonika_devices_online") == 2)
+        other = nil
+        try waitFor(timeout: 5, "the second device is offline") { try server.scrape().value("teltonika_devices_online") == 1 }
     }
 
     @Test func testConnectionsBeyondTheLimitAreRefused() throws {

@@ -51,10 +51,10 @@ struct MetricsTests {
             "teltonika_device_messages_rate_limited_total", "teltonika_metrics_connections_refused_total",
             "teltonika_redis_reconnects_total", "teltonika_connections_active", "teltonika_redis_primary_changes_total",
             "teltonika_redis_replicas_acknowledged", "teltonika_redis_replica_waits_short_total",
-            "teltonika_publish_jobs_held_for_replicas_total",
+            "teltonika_publish_jobs_held_for_replicas_total", "teltonika_devices_online",
         ]
         expected += AcceptError.allCases.map { #"teltonika_accept_errors_total{reason="\#($0.rawValue)"}"# }
-        #expect(expected.count == 40 + 2 + 4 + 3 + 4 + 8 + 4 + 2 + 15)
+        #expect(expected.count == 40 + 2 + 4 + 3 + 4 + 8 + 4 + 2 + 16)
         for series in expected { #expect(scrape[series] == 0, "\(series): \(String(describing: scrape[series]))") }
         for mode in IngestMetrics.redisDurabilityModes {
             #expect(scrape[#"teltonika_redis_durability{mode="\#(mode)"}"#] != nil, "durability \(mode)")
