@@ -190,7 +190,9 @@ struct ServeConfigurationTests {
             #expect(result.stdout.contains(env), "\(env)")
         }
         // Each setting with its default.
-        for shown in ["(TELTONIKA_PORT; default: 5027)", "(REDIS_URL; default: redis://127.0.0.1:6379)", "(REDIS_SENTINELS; default: none)"] {
+        for shown in [
+            "(TELTONIKA_PORT; default: 5027)", "(REDIS_URL; default: redis://127.0.0.1:6379)", "(REDIS_SENTINELS; default: none)",
+        ] {
             #expect(result.stdout.contains(shown), "\(shown)")
         }
     }
