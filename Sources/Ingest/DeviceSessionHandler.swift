@@ -103,6 +103,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// A `read()` from the channel held back while no frame may be handled.
     private var readHeld = false
     private var handshakeTimer: Scheduled<Void>? = nil
+    /// Why this side closed the connection (nil: the device did), counted when it is gone.
+    private var closeReason: DisconnectReason? = nil
     private var logger: Logger
 
     init(environment: SessionEnvironment) {
@@ -132,7 +134,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             guard handler.session.handshakeTimedOut() else { return }
             handler.environment.metrics.handshakes(result: .timeout).increment()
             handler.logger.warning("no login in time", metadata: ["event": "device.handshake_timeout"])
-            handler.close(context)
+            handler.close(context, .handshakeTimeout)
         }
         context.fireChannelActive()
     }
@@ -153,7 +155,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 metadata: ["event": "frame.truncated", "error": "truncated", "buffered_bytes": "\(rest.readableBytes)"]
             )
         }
-        logger.info("connection closed", metadata: ["event": "device.disconnected"])
+        let reason = closeReason ?? .peerClosed
+        environment.metrics.disconnects(reason).increment()
+        logger.debug("connection closed", metadata: ["event": "device.disconnected", "reason": "\(reason.rawValue)"])
         pending = nil
         context.fireChannelInactive()
     }
@@ -202,14 +206,18 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         if event is SessionDrain {
             handshakeTimer?.cancel()
             switch session.drain() {
-            case .close: close(context)
+            case .close: close(context, .drain)
             case .finishInFlight, .none: break
             }
             return
         }
+        if event is SessionReplaced {
+            close(context, .replaced)
+            return
+        }
         if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
             logger.info("idle connection closed", metadata: ["event": "device.idle_timeout"])
-            close(context)
+            close(context, .idleTimeout)
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -217,7 +225,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         logger.warning("connection error", metadata: ["event": "device.connection_error", "error": "\(error)"])
-        close(context)
+        close(context, .error)
     }
 
     // MARK: - Framing
@@ -258,10 +266,11 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                     "newer login replaces the older connection",
                     metadata: ["event": "device.replaced", "old_peer": "\(peerString(old.remoteAddress))"]
                 )
-                old.close(promise: nil)
+                // Its own handler closes it, on its own event loop, and counts why.
+                old.pipeline.fireUserInboundEventTriggered(SessionReplaced())
             }
             environment.metrics.handshakes(result: .accepted).increment()
-            logger.info("device logged in", metadata: ["event": "device.login"])
+            logger.debug("device logged in", metadata: ["event": "device.login"])
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(1))), promise: nil)
         case .refuse(let result, let error):
             refuseLogin(context, error: error, result: result)
@@ -273,6 +282,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         environment.metrics.handshakes(result: result).increment()
         logger.warning("login rejected", metadata: ["event": "device.login_rejected", "error": "\(error.category)", "detail": "\(error)"])
         let channel = context.channel
+        closeReason = closeReason ?? .loginRejected
         context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(0)))).whenComplete { _ in channel.close(promise: nil) }
     }
 
@@ -360,7 +370,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             // Still inside the framing loop, which goes on by itself; only a drained session closes here.
             let next = session.messageNotQueued()
             environment.metrics.publishOverflow.increment()
-            defer { if next == .close { close(context) } }
+            defer { if next == .close { close(context, .drain) } }
             if let heldBack = session.admitLog(.messageOverflow, nowNanoseconds: completed.uptimeNanoseconds) {
                 logger.warning(
                     "device message dropped: publish queue full",
@@ -412,7 +422,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 "publish queue full: packet not acknowledged",
                 metadata: ["event": "publish.overflow", "records": "\(job.recordCount)", "waited_ms": "\(waited.nanoseconds / 1_000_000)"]
             )
-            close(context)
+            close(context, .overflow)
         case .retry(let delay):
             let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             context.eventLoop.scheduleTask(in: delay) {
@@ -435,7 +445,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
             written.futureResult.whenComplete { _ in
                 let (handler, context) = bound.value
-                handler.close(context)
+                handler.close(context, .drain)
             }
             acknowledge(context, records: records, frameCompleted: packet.frameCompleted, promise: written)
             environment.packetsInFlight.subtract(1, ordering: .relaxed)
@@ -454,9 +464,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 "records not confirmed by Redis: no ACK, closing",
                 metadata: ["event": "publish.failed", "records": "\(packet.job.recordCount)", "reason": "\(reason)"]
             )
-            close(context)
+            close(context, .publishFailed)
         case .close:
-            close(context)
+            close(context, .peerClosed)
         case .ignore:
             break
         }
@@ -466,7 +476,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private func carryOn(_ context: ChannelHandlerContext, _ next: DeviceSessionStateMachine<PacketInFlight>.Next) {
         switch next {
         case .read: resumeReading(context)
-        case .close: close(context)
+        case .close: close(context, .drain)
         }
     }
 
@@ -500,10 +510,12 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             "frame rejected: no ACK, closing",
             metadata: ["event": "frame.rejected", "error": "\(error.category)", "detail": "\(error)", "codec": "\(frameCodec.rawValue)"]
         )
-        close(context)
+        close(context, .frameRejected)
     }
 
-    private func close(_ context: ChannelHandlerContext) {
+    /// Closes the connection; the first reason given is the one counted when it is gone.
+    private func close(_ context: ChannelHandlerContext, _ reason: DisconnectReason) {
+        closeReason = closeReason ?? reason
         session.inFlight?.job.cancel()
         pending = nil
         context.close(promise: nil)
@@ -515,6 +527,9 @@ extension DeviceSessionHandler: Sendable {}
 
 /// Sent through every device pipeline when the server drains: finish the packet in flight, read nothing more.
 struct SessionDrain: Sendable {}
+
+/// Sent to a connection whose IMEI logged in again on a newer one: close.
+struct SessionReplaced: Sendable {}
 
 /// Milliseconds since the UNIX epoch, from the system clock.
 func wallClockMilliseconds() -> UInt64 {

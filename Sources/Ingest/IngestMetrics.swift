@@ -72,6 +72,20 @@ enum ConnectionResult: String, CaseIterable, Sendable { case accepted, refused }
 /// `result` label of `teltonika_handshake_total`.
 enum HandshakeResult: String, CaseIterable, Sendable { case accepted, rejected, malformed, timeout }
 
+/// `reason` label of `teltonika_disconnects_total`: why a device connection ended.
+enum DisconnectReason: String, CaseIterable, Sendable {
+    case peerClosed = "peer_closed"
+    case handshakeTimeout = "handshake_timeout"
+    case loginRejected = "login_rejected"
+    case idleTimeout = "idle_timeout"
+    case replaced
+    case frameRejected = "frame_rejected"
+    case publishFailed = "publish_failed"
+    case overflow
+    case drain
+    case error
+}
+
 /// `reason` label of `teltonika_accept_errors_total`.
 enum AcceptError: String, CaseIterable, Sendable {
     case fdLimit = "fd_limit"
@@ -127,6 +141,7 @@ public final class IngestMetrics: Sendable {
     let redisReconnects: Counter
     let redisPrimaryChanges: Counter
     let devicesOnline: Gauge
+    private let disconnectsByReason: [DisconnectReason: Counter]
     private let acceptErrorsByReason: [AcceptError: Counter]
     private let publishFailedByKindReason: [PublishedThing: [PublishFailure: Counter]]
     let redisReplicasAcknowledged: Gauge
@@ -247,6 +262,12 @@ public final class IngestMetrics: Sendable {
         devicesOnline = r.makeGauge(
             descriptor: d("teltonika_devices_online", "Devices logged in now (distinct IMEIs with an open connection on this instance).")
         )
+        disconnectsByReason = labelled(
+            "teltonika_disconnects_total",
+            "reason",
+            DisconnectReason.allCases,
+            "Device connections ended, by reason: peer_closed (the device), handshake_timeout, login_rejected, idle_timeout, replaced (a newer login), frame_rejected, publish_failed, overflow, drain, error."
+        )
         acceptErrorsByReason = labelled(
             "teltonika_accept_errors_total",
             "reason",
@@ -321,6 +342,7 @@ public final class IngestMetrics: Sendable {
     func deviceMessages(codec: DeviceMessage.Codec) -> Counter { deviceMessagesByCodec[FrameCodec(codec)]! }
     func redisErrors(kind: RedisErrorKind) -> Counter { redisErrorsByKind[kind]! }
     func acceptErrors(_ reason: AcceptError) -> Counter { acceptErrorsByReason[reason]! }
+    func disconnects(_ reason: DisconnectReason) -> Counter { disconnectsByReason[reason]! }
     func publishFailed(_ thing: PublishedThing, reason: PublishFailure) -> Counter { publishFailedByKindReason[thing]![reason]! }
     func setRedisDurability(_ mode: RedisDurability) {
         for (name, gauge) in redisDurabilityByMode { gauge.set(Int64(name == mode.rawValue ? 1 : 0)) }

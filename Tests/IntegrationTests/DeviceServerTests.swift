@@ -143,6 +143,8 @@ struct DeviceServerTests {
         let scrape = try server.scrape()
         #expect(try scrape.value("teltonika_keepalive_total") == 6)
         #expect(try scrape.value(#"teltonika_handshake_total{result="timeout"}"#) == 1)
+        #expect(try scrape.value(#"teltonika_disconnects_total{reason="handshake_timeout"}"#) == 1)
+        #expect(try scrape.value(#"teltonika_disconnects_total{reason="idle_timeout"}"#) == 1)
     }
 
     /// A device that resets its connection (RST): one `device.connection_error` line, the session ends
@@ -178,6 +180,9 @@ struct DeviceServerTests {
         #expect(try server.scrape().value("teltonika_devices_online") == 2)
         other = nil
         try waitFor(timeout: 5, "the second device is offline") { try server.scrape().value("teltonika_devices_online") == 1 }
+        let scrape = try server.scrape()
+        #expect(try scrape.value(#"teltonika_disconnects_total{reason="replaced"}"#) == 1, "the old connection, closed by its own handler")
+        #expect(try scrape.value(#"teltonika_disconnects_total{reason="peer_closed"}"#) == 1, "the second device hung up")
     }
 
     @Test func testConnectionsBeyondTheLimitAreRefused() throws {

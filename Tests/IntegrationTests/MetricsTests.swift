@@ -54,7 +54,8 @@ struct MetricsTests {
             "teltonika_publish_jobs_held_for_replicas_total", "teltonika_devices_online",
         ]
         expected += AcceptError.allCases.map { #"teltonika_accept_errors_total{reason="\#($0.rawValue)"}"# }
-        #expect(expected.count == 40 + 2 + 4 + 3 + 4 + 8 + 4 + 2 + 16)
+        expected += DisconnectReason.allCases.map { #"teltonika_disconnects_total{reason="\#($0.rawValue)"}"# }
+        #expect(expected.count == 40 + 2 + 4 + 3 + 4 + 8 + 4 + 2 + 10 + 16)
         for series in expected { #expect(scrape[series] == 0, "\(series): \(String(describing: scrape[series]))") }
         for mode in IngestMetrics.redisDurabilityModes {
             #expect(scrape[#"teltonika_redis_durability{mode="\#(mode)"}"#] != nil, "durability \(mode)")
