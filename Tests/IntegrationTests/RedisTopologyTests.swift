@@ -20,7 +20,7 @@ struct RedisTopologyTests {
         let redis = try ReplicatedRedis(replicas: 2)
         let server = try ServerProcess(
             redisURL: redis.primary.url,
-            environment: ["REDIS_MIN_REPLICAS": "2", "REDIS_REPLICA_TIMEOUT_MS": "200"]
+            environment: ["REDIS_MIN_REPLICAS": "2", "REDIS_REPLICA_TIMEOUT_MS": "500"]
         )
         let device = try DeviceClient(port: server.port)
         #expect(try device.login(DeviceServerTests.imei))
@@ -29,19 +29,23 @@ struct RedisTopologyTests {
 
         // On a loaded machine the first packet may have been held too, for a moment: count from here.
         let heldBefore = try server.scrape().value("teltonika_publish_jobs_held_for_replicas_total")
+        let shortBefore = server.logCount(event: "redis.replicas_short")
         redis.replicas[1].pause()
         defer { redis.replicas[1].resume() }
         try device.send(try Self.packet(records: 2, at: 1_700_000_001_000))
-        let short = try server.waitForLog(event: "redis.replicas_short", timeout: 10)
-        #expect(short["replicas"] as? String == "1")
+        let short = try server.waitForLog(event: "redis.replicas_short", timeout: 10, count: shortBefore + 1)
+        // One replica answers (a loaded machine may make even that one late for a round: 0).
+        #expect(["0", "1"].contains(short["replicas"] as? String ?? ""), "\(short)")
         let primary = try RedisClient(url: redis.primary.url)
         #expect(try primary.xlen(server.stream) == 5, "written to the primary")
         #expect(device.receive(4, timeout: 1) == .timeout([]), "but not ACKed on one replica's word")
         let held = try server.scrape()
         #expect(try held.value("teltonika_publish_jobs_held_for_replicas_total") - heldBefore == 1, "held once, not written again")
         #expect(try held.value("teltonika_redis_replica_waits_short_total") >= 1)
-        #expect(try held.value("teltonika_redis_replicas_acknowledged") == 1)
         #expect(try held.value("teltonika_acks_total") == 1)
+        try waitFor(timeout: 10, "WAIT counts the one running replica") {
+            try server.scrape().value("teltonika_redis_replicas_acknowledged") == 1
+        }
 
         redis.replicas[1].resume()
         #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 2)), "ACKed once the replica has it")
