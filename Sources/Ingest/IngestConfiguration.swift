@@ -42,6 +42,8 @@ public struct IngestConfiguration: Sendable, Equatable {
     public var redisReplicaTimeoutMs = 1_000
     /// 1: `WAITAOF` (Redis 7.2+): the primary's AOF must have fsynced a packet's records before its ACK.
     public var redisMinLocalFsync = 0
+    /// How often Redis' persistence settings and the streams' length and consumer lag are read.
+    public var redisCheckIntervalMs = 60_000
     /// Sentinels that name the primary (empty: `REDIS_URL` is the primary). `REDIS_URL` still gives
     /// the primary's credentials, database and TLS.
     public var redisSentinels: [RedisURL] = []
@@ -198,6 +200,13 @@ public struct IngestConfiguration: Sendable, Equatable {
             "1: WAITAOF (Redis 7.2+): the primary's AOF must have fsynced a packet before its ACK.",
             0...1,
             \.redisMinLocalFsync
+        ),
+        int(
+            "REDIS_CHECK_INTERVAL_MS",
+            "redis-check-interval-ms",
+            "How often Redis' persistence settings and the streams' length and consumer lag are read.",
+            1000...3_600_000,
+            \.redisCheckIntervalMs
         ),
         Setting(
             env: "REDIS_SENTINELS",

@@ -1,6 +1,7 @@
 /// Every metric the server exposes, and the label values they take (enums: a typo does not compile).
 import CBuildInfo
 import Codec8
+import NIOConcurrencyHelpers
 import Prometheus
 import RedisWire
 
@@ -141,6 +142,12 @@ public final class IngestMetrics: Sendable {
     let redisReconnects: Counter
     let redisPrimaryChanges: Counter
     let devicesOnline: Gauge
+    /// By stream role (`telemetry`, `responses`).
+    private let streamLengthByRole: [String: Gauge]
+    private let streamMaxLengthByRole: [String: Gauge]
+    /// By stream role and consumer group, made as groups are seen.
+    private let streamGroupLags = NIOLockedValueBox<[String: Gauge]>([:])
+    static let streamRoles = ["telemetry", "responses"]
     private let disconnectsByReason: [DisconnectReason: Counter]
     private let acceptErrorsByReason: [AcceptError: Counter]
     private let publishFailedByKindReason: [PublishedThing: [PublishFailure: Counter]]
@@ -176,6 +183,9 @@ public final class IngestMetrics: Sendable {
             _ help: String
         ) -> [Value: Counter] {
             Dictionary(uniqueKeysWithValues: values.map { ($0, r.makeCounter(descriptor: d(name, help), labels: [(label, $0.rawValue)])) })
+        }
+        func gauges(_ name: String, _ label: String, _ values: [String], _ help: String) -> [String: Gauge] {
+            Dictionary(uniqueKeysWithValues: values.map { ($0, r.makeGauge(descriptor: d(name, help), labels: [(label, $0)])) })
         }
         connectionsActive = r.makeGauge(descriptor: d("teltonika_connections_active", "Device TCP connections open now."))
         connectionsByResult = labelled(
@@ -259,6 +269,18 @@ public final class IngestMetrics: Sendable {
         redisReconnects = r.makeCounter(
             descriptor: d("teltonika_redis_reconnects_total", "Redis connections re-established after a failure.")
         )
+        streamLengthByRole = gauges(
+            "teltonika_stream_length",
+            "stream",
+            Self.streamRoles,
+            "Entries in the Redis stream (XLEN), read every REDIS_CHECK_INTERVAL_MS."
+        )
+        streamMaxLengthByRole = gauges(
+            "teltonika_stream_maxlen",
+            "stream",
+            Self.streamRoles,
+            "The stream's MAXLEN ~ cap (REDIS_STREAM_MAXLEN, REDIS_RESPONSES_MAXLEN)."
+        )
         devicesOnline = r.makeGauge(
             descriptor: d("teltonika_devices_online", "Devices logged in now (distinct IMEIs with an open connection on this instance).")
         )
@@ -308,19 +330,11 @@ public final class IngestMetrics: Sendable {
                 "Packets and device messages written to the primary but held back (no ACK yet) because too few replicas confirmed them."
             )
         )
-        redisDurabilityByMode = Dictionary(
-            uniqueKeysWithValues: Self.redisDurabilityModes.map {
-                (
-                    $0,
-                    r.makeGauge(
-                        descriptor: d(
-                            "teltonika_redis_durability",
-                            "1 on the persistence mode Redis reported at the last check (aof_always, aof_everysec, aof_no, none, unknown), 0 on the others."
-                        ),
-                        labels: [("mode", $0)]
-                    )
-                )
-            }
+        redisDurabilityByMode = gauges(
+            "teltonika_redis_durability",
+            "mode",
+            Self.redisDurabilityModes,
+            "1 on the persistence mode Redis reported at the last check (aof_always, aof_everysec, aof_no, none, unknown), 0 on the others."
         )
         connectionsReplaced = r.makeCounter(
             descriptor: d("teltonika_connections_replaced_total", "Older connections closed because the same IMEI logged in again.")
@@ -342,6 +356,25 @@ public final class IngestMetrics: Sendable {
     func deviceMessages(codec: DeviceMessage.Codec) -> Counter { deviceMessagesByCodec[FrameCodec(codec)]! }
     func redisErrors(kind: RedisErrorKind) -> Counter { redisErrorsByKind[kind]! }
     func acceptErrors(_ reason: AcceptError) -> Counter { acceptErrorsByReason[reason]! }
+    func streamLength(_ role: String) -> Gauge { streamLengthByRole[role]! }
+    func streamMaxLength(_ role: String) -> Gauge { streamMaxLengthByRole[role]! }
+    /// Entries of the stream not yet delivered to `group` (`XINFO GROUPS` lag).
+    func streamGroupLag(_ role: String, group: String) -> Gauge {
+        streamGroupLags.withLockedValue { lags in
+            if let gauge = lags[role + "\u{0}" + group] { return gauge }
+            let gauge = registry.makeGauge(
+                descriptor: MetricNameDescriptor(
+                    metricName: "teltonika_stream_group_lag",
+                    unitName: "",
+                    helpText:
+                        "Entries of the stream not yet delivered to the consumer group (XINFO GROUPS lag), read every 60 s; near teltonika_stream_maxlen, unread entries are about to be trimmed."
+                ),
+                labels: [("stream", role), ("group", group)]
+            )
+            lags[role + "\u{0}" + group] = gauge
+            return gauge
+        }
+    }
     func disconnects(_ reason: DisconnectReason) -> Counter { disconnectsByReason[reason]! }
     func publishFailed(_ thing: PublishedThing, reason: PublishFailure) -> Counter { publishFailedByKindReason[thing]![reason]! }
     func setRedisDurability(_ mode: RedisDurability) {

@@ -105,15 +105,21 @@ public final class IngestService: Service, Sendable {
         self.configuration = configuration
         self.logger = logger
         self.metrics = metrics
+        var publishing = PublisherConfiguration(
+            redis: configuration.redisURL,
+            queueCapacity: configuration.publishQueueCapacity,
+            redisTimeoutMs: configuration.redisTimeoutMs,
+            durabilityCheckMs: configuration.redisCheckIntervalMs,
+            minReplicas: configuration.redisMinReplicas,
+            replicaTimeoutMs: configuration.redisReplicaTimeoutMs,
+            minLocalFsync: configuration.redisMinLocalFsync == 1
+        )
+        publishing.watchedStreams = [
+            WatchedStream(role: "telemetry", key: configuration.telemetryStream, maxLength: configuration.streamMaxLength),
+            WatchedStream(role: "responses", key: configuration.responsesStream, maxLength: configuration.responsesMaxLength),
+        ]
         self.publisher = RedisPublisher(
-            configuration: PublisherConfiguration(
-                redis: configuration.redisURL,
-                queueCapacity: configuration.publishQueueCapacity,
-                redisTimeoutMs: configuration.redisTimeoutMs,
-                minReplicas: configuration.redisMinReplicas,
-                replicaTimeoutMs: configuration.redisReplicaTimeoutMs,
-                minLocalFsync: configuration.redisMinLocalFsync == 1
-            ),
+            configuration: publishing,
             connector: connector,
             logger: logger,
             metrics: metrics

@@ -109,7 +109,7 @@ struct IngestConfigurationTests {
             "METRICS_HOST": "127.0.0.3", "METRICS_PORT": "9191", "SHUTDOWN_TIMEOUT_MS": "1000", "CONFIG_FILE": "/tmp/x",
             "REDIS_RESPONSES_MAXLEN": "100", "DEVICE_MESSAGE_RATE": "3", "DEVICE_MESSAGE_BURST": "4", "METRICS_MAX_CONNECTIONS": "2",
             "REDIS_MIN_REPLICAS": "1", "REDIS_REPLICA_TIMEOUT_MS": "300", "REDIS_SENTINELS": "10.0.0.9:26379",
-            "REDIS_MASTER_NAME": "other", "REDIS_MIN_LOCAL_FSYNC": "1", "REDIS_TLS_CA_FILE": "/ca.pem",
+            "REDIS_MASTER_NAME": "other", "REDIS_MIN_LOCAL_FSYNC": "1", "REDIS_CHECK_INTERVAL_MS": "5000", "REDIS_TLS_CA_FILE": "/ca.pem",
             "REDIS_TLS_CERT_FILE": "/c.pem", "REDIS_TLS_KEY_FILE": "/k.pem", "REDIS_TLS_SERVER_NAME": "redis.example",
         ]
         #expect(Set(other.keys) == Set(IngestConfiguration.settings.map(\.env)))

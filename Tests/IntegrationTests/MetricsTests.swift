@@ -55,13 +55,34 @@ struct MetricsTests {
         ]
         expected += AcceptError.allCases.map { #"teltonika_accept_errors_total{reason="\#($0.rawValue)"}"# }
         expected += DisconnectReason.allCases.map { #"teltonika_disconnects_total{reason="\#($0.rawValue)"}"# }
-        #expect(expected.count == 40 + 2 + 4 + 3 + 4 + 8 + 4 + 2 + 10 + 16)
+        expected += IngestMetrics.streamRoles.map { #"teltonika_stream_length{stream="\#($0)"}"# }
+        #expect(expected.count == 40 + 2 + 4 + 3 + 4 + 8 + 4 + 2 + 10 + 2 + 16)
         for series in expected { #expect(scrape[series] == 0, "\(series): \(String(describing: scrape[series]))") }
         for mode in IngestMetrics.redisDurabilityModes {
             #expect(scrape[#"teltonika_redis_durability{mode="\#(mode)"}"#] != nil, "durability \(mode)")
         }
         // Redis is unreachable here: the connect errors are the one series that may have moved already.
         #expect(scrape[#"teltonika_redis_errors_total{kind="connect"}"#] != nil)
+    }
+
+    /// The streams' health, read every REDIS_CHECK_INTERVAL_MS: length, cap, and each consumer group's lag.
+    @Test func testStreamLengthAndConsumerLag() throws {
+        let server = try ServerProcess(environment: ["REDIS_CHECK_INTERVAL_MS": "1000", "REDIS_STREAM_MAXLEN": "5000"])
+        let redis = try RedisClient(url: TestEnvironment.redisURL)
+        _ = try redis.command(["XGROUP", "CREATE", server.stream, "archiver", "0", "MKSTREAM"])
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login(DeviceServerTests.imei))
+        try device.send(try LifecycleTests.packet(records: 3, at: 1_700_000_000_000))
+        #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 3)))
+        let lag = #"teltonika_stream_group_lag{stream="telemetry",group="archiver"}"#
+        try waitFor(timeout: 10, "length 3, lag 3") {
+            let scrape = try server.scrape()
+            return try scrape.value(#"teltonika_stream_length{stream="telemetry"}"#) == 3 && scrape[lag] == 3
+        }
+        #expect(try server.scrape().value(#"teltonika_stream_maxlen{stream="telemetry"}"#) == 5000)
+        #expect(try server.scrape().value(#"teltonika_stream_maxlen{stream="responses"}"#) == 10000)
+        _ = try redis.command(["XREADGROUP", "GROUP", "archiver", "c1", "COUNT", "2", "STREAMS", server.stream, ">"])
+        try waitFor(timeout: 10, "the consumer read two") { try server.scrape()[lag] == 1 }
     }
 
     @Test func testCountersMoveExactlyWithTraffic() throws {
@@ -147,7 +168,10 @@ struct MetricsTests {
     }
 
     @Test func testScrapePassesPromtoolAndNamesEveryDashboardAndAlertMetric() throws {
-        let server = try ServerProcess()
+        let server = try ServerProcess(environment: ["REDIS_CHECK_INTERVAL_MS": "1000"])
+        // A consumer group, so that its lag series exists too (a group appears once the server has seen it).
+        _ = try RedisClient(url: TestEnvironment.redisURL).command(["XGROUP", "CREATE", server.stream, "archiver", "0", "MKSTREAM"])
+        try waitFor(timeout: 10, "the group's lag is read") { try server.scrape().text.contains("teltonika_stream_group_lag{") }
         let scrape = try server.scrape()
         // Every metric the issue names is there, with HELP text.
         for name in [

@@ -7,6 +7,21 @@ import NIOCore
 import Prometheus
 import RedisWire
 
+/// A stream whose health the publisher reads with the persistence settings.
+public struct WatchedStream: Sendable, Equatable {
+    /// `telemetry` or `responses`: the `stream` label.
+    public var role: String
+    public var key: String
+    /// Its `MAXLEN ~` cap (`teltonika_stream_maxlen`).
+    public var maxLength: Int
+
+    public init(role: String, key: String, maxLength: Int) {
+        self.role = role
+        self.key = key
+        self.maxLength = maxLength
+    }
+}
+
 /// The publisher's settings.
 public struct PublisherConfiguration: Sendable {
     public var redis: RedisURL
@@ -22,8 +37,10 @@ public struct PublisherConfiguration: Sendable {
     /// With nothing to send for this long, the connection is checked with `PING` (or, when down,
     /// re-established), so `teltonika_redis_up` and `/readyz` follow Redis without traffic.
     public var healthCheckMs: Int
-    /// How often Redis' persistence settings are read again (they are also read on every connect).
+    /// How often Redis' persistence settings and the streams' health are read again (also on every connect).
     public var durabilityCheckMs: Int
+    /// The streams whose length and consumer-group lag are watched: role (the metric label), key, cap.
+    public var watchedStreams: [WatchedStream] = []
     /// Replicas that must have a batch's writes (`WAIT`) before its jobs are stored (0: no `WAIT`).
     public var minReplicas: Int
     /// How long `WAIT` may block for them; below `redisTimeoutMs`, which bounds the reply.
@@ -98,6 +115,7 @@ public final class RedisPublisher: Sendable {
         queue = PublishQueue(capacity: configuration.queueCapacity, metrics: metrics)
         metrics.publishQueueCapacity.set(Int64(configuration.queueCapacity))
         metrics.redisUp.set(Int64(0))
+        for stream in configuration.watchedStreams { metrics.streamMaxLength(stream.role).set(Int64(stream.maxLength)) }
     }
 
     /// Starts the publisher thread.
@@ -237,6 +255,7 @@ public final class RedisPublisher: Sendable {
                 case .checkDurability:
                     check { (transport) throws(RedisConnection.Failure) in
                         try checkDurability(transport)
+                        try checkStreams(transport)
                         machine.durabilityChecked(at: .now())
                     }
                 case .wait(let until, let wakeOnWork):
@@ -285,6 +304,7 @@ public final class RedisPublisher: Sendable {
             do throws(RedisConnection.Failure) {
                 let opened = try publisher.connector.connect()
                 try checkDurability(opened)
+                try checkStreams(opened)
                 replicaWait = try replicaWait(on: opened)
                 transport = opened
                 let now = NIODeadline.now()
@@ -469,6 +489,30 @@ public final class RedisPublisher: Sendable {
             transport = nil
             publisher.setConnected(false)
             if downSince == nil { downSince = .now() }
+        }
+
+        /// Reads each watched stream's length (`XLEN`) and its consumer groups' lag (`XINFO GROUPS`: entries
+        /// not yet delivered to the group): `teltonika_stream_length`, `teltonika_stream_group_lag`. An error
+        /// reply (no such key, an ACL without `+xinfo`) leaves the figures as they were.
+        private func checkStreams(_ transport: any RedisTransport) throws(RedisConnection.Failure) {
+            for stream in configuration.watchedStreams {
+                if case .integer(let length) = try transport.command(["XLEN", stream.key]) {
+                    metrics.streamLength(stream.role).set(length)
+                }
+                guard case .array(let groups) = try transport.command(["XINFO", "GROUPS", stream.key]) else { continue }
+                for case .array(let fields) in groups {
+                    var name: String? = nil
+                    var lag: Int64? = nil
+                    for index in stride(from: 0, to: fields.count - 1, by: 2) {
+                        switch (fields[index], fields[index + 1]) {
+                        case (.string("name"), .string(let value)): name = value
+                        case (.string("lag"), .integer(let value)): lag = value
+                        default: break
+                        }
+                    }
+                    if let name, let lag { metrics.streamGroupLag(stream.role, group: name).set(lag) }
+                }
+            }
         }
 
         /// Reads Redis' persistence and eviction settings (`CONFIG GET`), sets `teltonika_redis_durability`,
