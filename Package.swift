@@ -130,7 +130,11 @@ let package = Package(
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["Codec8", "Lifecycle", "FixtureSupport"],
+            dependencies: [
+                "Codec8", "Lifecycle", "FixtureSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: swiftSettings
         ),
     ]
