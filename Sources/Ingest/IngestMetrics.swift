@@ -142,6 +142,8 @@ public final class IngestMetrics: Sendable {
     let redisReconnects: Counter
     let redisPrimaryChanges: Counter
     let devicesOnline: Gauge
+    let redisMemoryUsed: Gauge
+    let redisMaxMemory: Gauge
     /// By stream role (`telemetry`, `responses`).
     private let streamLengthByRole: [String: Gauge]
     private let streamMaxLengthByRole: [String: Gauge]
@@ -274,6 +276,12 @@ public final class IngestMetrics: Sendable {
             "stream",
             Self.streamRoles,
             "Entries in the Redis stream (XLEN), read every REDIS_CHECK_INTERVAL_MS."
+        )
+        redisMemoryUsed = r.makeGauge(
+            descriptor: d("teltonika_redis_memory_used_bytes", "Redis' used_memory (INFO memory), read every REDIS_CHECK_INTERVAL_MS.")
+        )
+        redisMaxMemory = r.makeGauge(
+            descriptor: d("teltonika_redis_maxmemory_bytes", "Redis' maxmemory (0: no limit), read every REDIS_CHECK_INTERVAL_MS.")
         )
         streamMaxLengthByRole = gauges(
             "teltonika_stream_maxlen",

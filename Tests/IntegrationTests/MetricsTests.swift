@@ -51,12 +51,13 @@ struct MetricsTests {
             "teltonika_device_messages_rate_limited_total", "teltonika_metrics_connections_refused_total",
             "teltonika_redis_reconnects_total", "teltonika_connections_active", "teltonika_redis_primary_changes_total",
             "teltonika_redis_replicas_acknowledged", "teltonika_redis_replica_waits_short_total",
-            "teltonika_publish_jobs_held_for_replicas_total", "teltonika_devices_online",
+            "teltonika_publish_jobs_held_for_replicas_total", "teltonika_devices_online", "teltonika_redis_memory_used_bytes",
+            "teltonika_redis_maxmemory_bytes",
         ]
         expected += AcceptError.allCases.map { #"teltonika_accept_errors_total{reason="\#($0.rawValue)"}"# }
         expected += DisconnectReason.allCases.map { #"teltonika_disconnects_total{reason="\#($0.rawValue)"}"# }
         expected += IngestMetrics.streamRoles.map { #"teltonika_stream_length{stream="\#($0)"}"# }
-        #expect(expected.count == 40 + 2 + 4 + 3 + 4 + 8 + 4 + 2 + 10 + 2 + 16)
+        #expect(expected.count == 40 + 2 + 4 + 3 + 4 + 8 + 4 + 2 + 10 + 2 + 18)
         for series in expected { #expect(scrape[series] == 0, "\(series): \(String(describing: scrape[series]))") }
         for mode in IngestMetrics.redisDurabilityModes {
             #expect(scrape[#"teltonika_redis_durability{mode="\#(mode)"}"#] != nil, "durability \(mode)")
@@ -83,6 +84,15 @@ struct MetricsTests {
         #expect(try server.scrape().value(#"teltonika_stream_maxlen{stream="responses"}"#) == 10000)
         _ = try redis.command(["XREADGROUP", "GROUP", "archiver", "c1", "COUNT", "2", "STREAMS", server.stream, ">"])
         try waitFor(timeout: 10, "the consumer read two") { try server.scrape()[lag] == 1 }
+    }
+
+    /// Redis' memory and its limit, read with the streams' health.
+    @Test func testRedisMemoryAgainstItsLimit() throws {
+        let redis = try OwnRedis(arguments: ["--maxmemory", "64mb", "--maxmemory-policy", "noeviction"])
+        let server = try ServerProcess(redisURL: redis.url, environment: ["REDIS_CHECK_INTERVAL_MS": "1000"])
+        try waitFor(timeout: 10, "the limit is read") { try server.scrape().value("teltonika_redis_maxmemory_bytes") == 64 * 1_048_576 }
+        let used = try server.scrape().value("teltonika_redis_memory_used_bytes")
+        #expect(used > 100_000 && used < 64 * 1_048_576, "used_memory \(used)")
     }
 
     @Test func testCountersMoveExactlyWithTraffic() throws {

@@ -495,6 +495,16 @@ public final class RedisPublisher: Sendable {
         /// not yet delivered to the group): `teltonika_stream_length`, `teltonika_stream_group_lag`. An error
         /// reply (no such key, an ACL without `+xinfo`) leaves the figures as they were.
         private func checkStreams(_ transport: any RedisTransport) throws(RedisConnection.Failure) {
+            // Redis' memory against its maxmemory (0: no limit): with noeviction, writes fail (OOM) at the limit.
+            if case .string(let info) = try transport.command(["INFO", "memory"]) {
+                for line in info.split(whereSeparator: \.isNewline) {
+                    if line.hasPrefix("used_memory:"), let n = Int64(line.dropFirst("used_memory:".count)) {
+                        metrics.redisMemoryUsed.set(n)
+                    } else if line.hasPrefix("maxmemory:"), let n = Int64(line.dropFirst("maxmemory:".count)) {
+                        metrics.redisMaxMemory.set(n)
+                    }
+                }
+            }
             for stream in configuration.watchedStreams {
                 if case .integer(let length) = try transport.command(["XLEN", stream.key]) {
                     metrics.streamLength(stream.role).set(length)
