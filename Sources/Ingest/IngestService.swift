@@ -71,6 +71,8 @@ public final class IngestService: Service, Sendable {
     private let configuration: IngestConfiguration
     private let logger: Logger
     private let publisher: RedisPublisher
+    /// Where Redis is, for the start line (no password).
+    private let redisDescription: String
     private let metrics: IngestMetrics
     private let group: MultiThreadedEventLoopGroup
     private let state = NIOLockedValueBox<(deadline: NIODeadline?, report: DrainReport?, address: SocketAddress?)>((nil, nil, nil))
@@ -105,6 +107,7 @@ public final class IngestService: Service, Sendable {
         self.configuration = configuration
         self.logger = logger
         self.metrics = metrics
+        redisDescription = connector.description
         var publishing = PublisherConfiguration(
             redis: configuration.redisURL,
             queueCapacity: configuration.publishQueueCapacity,
@@ -147,7 +150,7 @@ public final class IngestService: Service, Sendable {
         logger.info(
             "starting",
             metadata: [
-                "event": "server.starting", "redis": "\(IngestService.connector(for: configuration).description)",
+                "event": "server.starting", "redis": "\(redisDescription)",
                 "min_replicas": "\(configuration.redisMinReplicas)", "stream": "\(configuration.telemetryStream)",
                 "max_frame_bytes": "\(configuration.maxFrameBytes)", "max_connections": "\(configuration.maxConnections)",
                 "version": "\(IngestMetrics.version)", "revision": "\(IngestMetrics.revision)",

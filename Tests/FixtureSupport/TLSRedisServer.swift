@@ -36,8 +36,8 @@ public final class TLSRedisServer {
         plainPort: Bool = false,
         sentinel: String? = nil
     ) throws {
-        tlsPort = try TLSRedisServer.freePort()
-        self.plainPort = plainPort ? try TLSRedisServer.freePort() : nil
+        tlsPort = try freeLoopbackPort()
+        self.plainPort = plainPort ? try freeLoopbackPort() : nil
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("redis-tls-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         var arguments = [
@@ -89,20 +89,5 @@ public final class TLSRedisServer {
         }
         kill(process.processIdentifier, SIGKILL)
         throw TLSRedisServerError(description: "redis-server did not accept on \(tlsPort) within 5 s: \(log)")
-    }
-
-    /// A port nothing listens on now: bind 127.0.0.1:0, read the port, close.
-    public static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-        }
-        guard bound else { throw TLSRedisServerError(description: "cannot find a free port: errno \(errno)") }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 }

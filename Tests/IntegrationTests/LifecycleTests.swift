@@ -79,14 +79,8 @@ struct LifecycleTests {
     /// records alone are queued: the second waits in the socket buffer, one packet in flight), and once
     /// Redis resumes both are ACKed in order.
     @Test func testPipelinedPacketsAreTakenOneAtATimeAndACKedInOrder() throws {
-        let redis = try OwnRedis()
-        let server = try ServerProcess(redisURL: redis.url)
-        let device = try DeviceClient(port: server.port)
-        #expect(try device.login(DeviceServerTests.imei))
-        redis.pause()
+        let (redis, server, device) = try Self.twoPipelinedPacketsWithRedisPaused()
         defer { redis.resume() }
-        try device.send(try Self.packet(records: 2, at: 1_700_000_000_000) + Self.packet(records: 3, at: 1_700_000_001_000))
-        try waitFor(timeout: 5, "the first packet queued") { try server.scrape().value("teltonika_publish_queue_depth") == 2 }
         #expect(try server.scrape().value("teltonika_records_total{codec=\"8\"}") == 2, "the second packet is not decoded yet")
         redis.resume()
         #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 2)))
@@ -97,14 +91,8 @@ struct LifecycleTests {
     /// SIGTERM with a packet in flight (Redis paused) and a second pipelined behind it: the drain ACKs the
     /// first once Redis answers, never reads the second, closes, and exits 0 with nothing in flight.
     @Test func testTheDrainACKsThePacketInFlightAndNothingAfterIt() throws {
-        let redis = try OwnRedis()
-        let server = try ServerProcess(redisURL: redis.url)
-        let device = try DeviceClient(port: server.port)
-        #expect(try device.login(DeviceServerTests.imei))
-        redis.pause()
+        let (redis, server, device) = try Self.twoPipelinedPacketsWithRedisPaused()
         defer { redis.resume() }
-        try device.send(try Self.packet(records: 2, at: 1_700_000_000_000) + Self.packet(records: 3, at: 1_700_000_001_000))
-        try waitFor(timeout: 5, "the first packet queued") { try server.scrape().value("teltonika_publish_queue_depth") == 2 }
         kill(server.process.processIdentifier, SIGTERM)
         let draining = try server.waitForLog(event: "server.draining", timeout: 5)
         #expect(draining["packets_in_flight"] as? String == "1")
@@ -118,6 +106,19 @@ struct LifecycleTests {
         #expect(stopped["abandoned_records"] as? String == "0")
         #expect(stopped["connections_cut"] as? String == "0")
         #expect(try RedisClient(url: redis.url).xlen(server.stream) == 2, "only the first packet's records")
+    }
+
+    /// A logged-in device that sent two packets (2 and 3 records) in one write while Redis is paused,
+    /// returned once the first is queued. Redis stays paused.
+    static func twoPipelinedPacketsWithRedisPaused() throws -> (OwnRedis, ServerProcess, DeviceClient) {
+        let redis = try OwnRedis()
+        let server = try ServerProcess(redisURL: redis.url)
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login(DeviceServerTests.imei))
+        redis.pause()
+        try device.send(try packet(records: 2, at: 1_700_000_000_000) + packet(records: 3, at: 1_700_000_001_000))
+        try waitFor(timeout: 5, "the first packet queued") { try server.scrape().value("teltonika_publish_queue_depth") == 2 }
+        return (redis, server, device)
     }
 
     static func packet(records: Int, at t: UInt64) throws -> [UInt8] {

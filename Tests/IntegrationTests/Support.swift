@@ -27,18 +27,7 @@ enum TestEnvironment {
     static var expectedRecords: [String: [[String: Any]]] { FixtureCorpus.expectedRecords }
 
     /// A port nobody listens on right now.
-    static func freePort() -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = 0
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-        _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-        return Int(UInt16(bigEndian: addr.sin_port))
-    }
+    static func freePort() -> Int { (try? freeLoopbackPort()) ?? 0 }
 }
 
 /// Sends `signal`, then waits up to 10 s (SIGKILL after that). Polls instead of `waitUntilExit`, which can

@@ -201,7 +201,7 @@ struct RedisTLSConnectionTests {
     }
 
     @Test func testConnectRefused() throws {
-        let port = try TLSRedisServer.freePort()
+        let port = try freeLoopbackPort()
         let result = connectFailure(url(port), tls: try testContext())
         #expect(result.failure?.kind == .connect)
         #expect(result.failure?.message == "Connection refused")
