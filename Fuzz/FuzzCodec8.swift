@@ -16,6 +16,8 @@
 //  3. IMEI.parseLogin on cut logins and on the whole input (round trip through `loginFrame`).
 //  4. Structured: the input read as a recipe for AVL records (any codec, large NX values), encoded,
 //     decoded and compared; then that frame with one byte flipped/inserted/removed, envelope fixed up.
+//  5. UDP: the input as a datagram (decodes or is refused with a category), and its body in a UDP header
+//     (fixed IMEI), which must decode exactly when the same body in a TCP envelope does, to equal records.
 
 // MARK: - Entry point
 
@@ -237,6 +239,8 @@ struct Fuzzer {
         }
         // (3) the whole input as a login.
         _ = inspectLogin(input, cutByFramer: false)
+        // (5) the whole input as a UDP datagram, and its body re-wrapped as one.
+        inspectDatagram()
 
         // The input's body re-wrapped in a valid envelope, so mutations reach the record parser.
         inspectRewrapped()
@@ -541,6 +545,59 @@ struct Fuzzer {
                 default: break
                 }
             }
+        }
+    }
+
+    /// UDP (PROTOCOL.md §5): the whole input as a datagram must decode or be refused with a known
+    /// category, its header fields read back as sent. Then the input's body (as `inspectRewrapped`
+    /// takes it) wrapped in a UDP header with a fixed IMEI must decode exactly when the same body in a
+    /// TCP envelope decodes as an AVL packet, to the same records.
+    mutating func inspectDatagram() {
+        withExactCopy(input) { raw in
+            switch attempt({ () throws(Codec8Error) in try UDPDatagramView(datagram: raw, maxDataLength: maxDataLength) }) {
+            case .success(let datagram):
+                check(Int(raw.u16(0)) + 2 == raw.count, "datagram length field \(raw.u16(0)) vs \(raw.count) bytes")
+                check(datagram.dataOffset == 8 + datagram.imei.digitCount, "data offset \(datagram.dataOffset)")
+                check(datagram.packet.recordCount == Int(raw[datagram.dataOffset + 1]), "datagram record count")
+                check(datagram.packet.records.reduce(0) { n, _ in n + 1 } == datagram.packet.recordCount, "datagram records walked")
+                let ack = UDPAck(packetID: datagram.packetID, avlPacketID: datagram.avlPacketID, acceptedRecords: 1)
+                check(UDPAck(ack.bytes) == ack, "UDP ACK round trip")
+            case .failure(let error):
+                checkError(error)
+            }
+        }
+        let body: UnsafeRawBufferPointer
+        if input.count >= 12 && input[0] == 0 && input[1] == 0 && input[2] == 0 && input[3] == 0 {
+            body = slice(input, 8..<(input.count - 4))
+        } else {
+            body = input
+        }
+        guard body.count <= 65_000 else { return }
+        let imei = IMEI("352093086403655")!
+        let datagram = UDPDatagramView.encode(packetID: 0xCAFE, avlPacketID: 7, imei: imei, avlData: Array(body))
+        let viaUDP = withExactCopy(datagram) { raw in
+            attempt { () throws(Codec8Error) in
+                try UDPDatagramView(datagram: raw, maxDataLength: Int(UInt32.max)).packet.records.map { $0.materialize() }
+            }
+        }
+        let crc = CRC16IBM.checksum(body)
+        let n = UInt32(body.count)
+        var frame: [UInt8] = [0, 0, 0, 0, UInt8(n >> 24), UInt8(n >> 16 & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n & 0xFF)]
+        frame += Array(body)
+        frame += [0, 0, UInt8(crc >> 8), UInt8(crc & 0xFF)]
+        let viaTCP = withExactCopy(frame) { raw -> Result<[AVLRecord], Codec8Error> in
+            attempt { () throws(Codec8Error) -> [AVLRecord] in
+                guard case .avl(let packet) = try TeltonikaFrame.parse(raw, maxDataLength: Int(UInt32.max)) else {
+                    throw .unsupportedCodec(raw[8])
+                }
+                return packet.records.map { $0.materialize() }
+            }
+        }
+        switch (viaUDP, viaTCP) {
+        case (.success(let a), .success(let b)): check(a == b, "UDP and TCP records differ for the same data array")
+        case (.failure, .failure): break
+        case (.success, .failure(let e)): fatalError("fuzz invariant violated: UDP decodes a data array TCP refuses (\(e))")
+        case (.failure(let e), .success): fatalError("fuzz invariant violated: UDP refuses (\(e)) a data array TCP decodes")
         }
     }
 

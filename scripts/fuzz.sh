@@ -4,7 +4,7 @@
 #   scripts/fuzz.sh [SECONDS]     (default 60; `make fuzz` calls this)
 #
 # Build:     .build-fuzz/fuzz-codec8 (Sources/Codec8/*.swift + Fuzz/*.swift, -O, fuzzer + ASan)
-# Seeds:     .build-fuzz/seeds/, regenerated from Tests/Fixtures/frames.tsv on every run
+# Seeds:     .build-fuzz/seeds/, regenerated from Tests/Fixtures/frames.tsv and udp-datagrams.tsv on every run
 # Corpus:    Fuzz/corpus-run/ (kept between runs, git-ignored)
 # Crashes:   Fuzz/crashes/ (crash-*, timeout-*, oom-*, leak-*), git-ignored
 # Exit:      0 when the run ends without a finding, non-zero on a crash or a build failure.
@@ -50,12 +50,13 @@ echo "fuzz.sh: building $bin" >&2
 echo "fuzz.sh: seeding $seeds from Tests/Fixtures/frames.tsv" >&2
 rm -rf "$seeds"
 mkdir -p "$seeds"
-python3 - "$root/Tests/Fixtures/frames.tsv" "$seeds" <<'PY'
+python3 - "$root/Tests/Fixtures/frames.tsv" "$seeds" "$root/Tests/Fixtures/udp-datagrams.tsv" <<'PY'
 import binascii, os, sys
 
-tsv, out = sys.argv[1], sys.argv[2]
+out = sys.argv[2]
 rows = []
-with open(tsv, encoding="utf-8") as f:
+for tsv in (sys.argv[1], sys.argv[3]):
+  with open(tsv, encoding="utf-8") as f:
     header = f.readline().rstrip("\n").split("\t")
     col = {name: i for i, name in enumerate(header)}
     for line in f:

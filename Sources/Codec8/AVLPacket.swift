@@ -45,9 +45,13 @@ public struct AVLPacketView {
     /// Number of records (Number of Data 1, equal to Number of Data 2): the value to ACK.
     public let recordCount: Int
     @usableFromInline let bytes: UnsafeRawBufferPointer
+    /// Offset of the first record in `bytes` (10 in a TCP frame, after the IMEI in a UDP datagram).
+    @usableFromInline let firstRecord: Int
 
     /// The records, in wire order.
-    @inlinable public var records: AVLRecords { AVLRecords(codec: codec, bytes: bytes, count: recordCount) }
+    @inlinable public var records: AVLRecords {
+        AVLRecords(codec: codec, bytes: bytes, count: recordCount, firstRecord: firstRecord)
+    }
 
     /// Validates a complete frame (preamble through CRC) that holds an AVL packet.
     ///
@@ -63,21 +67,28 @@ public struct AVLPacketView {
 
     /// Validates the body of a frame whose envelope (preamble, length, CRC) was already checked.
     init(validatedEnvelope frame: UnsafeRawBufferPointer, codec: AVLCodec, dataLength: Int) throws(Codec8Error) {
-        guard dataLength >= 3 else { throw .malformedRecord(index: 0, offset: 8, reason: .overrun) }
-        let header = frame.u8(9)
-        let trailer = frame.u8(8 + dataLength - 1)
+        try self.init(dataArray: frame, at: 8, length: dataLength, codec: codec)
+    }
+
+    /// Validates the AVL data array (codec ID through Number of Data 2) at `bytes[start..<start+length]`:
+    /// the record counts agree and the records fill the array exactly. Error offsets are offsets in `bytes`.
+    init(dataArray bytes: UnsafeRawBufferPointer, at start: Int, length dataLength: Int, codec: AVLCodec) throws(Codec8Error) {
+        guard dataLength >= 3 else { throw .malformedRecord(index: 0, offset: start, reason: .overrun) }
+        let header = bytes.u8(start + 1)
+        let trailer = bytes.u8(start + dataLength - 1)
         guard header == trailer else { throw .recordCountMismatch(header: header, trailer: trailer) }
-        let end = 8 + dataLength - 1
-        var offset = 10
+        let end = start + dataLength - 1
+        var offset = start + 2
         for index in 0..<Int(header) {
-            offset = try AVLRecords.checkRecord(frame, at: offset, end: end, codec: codec, index: index)
+            offset = try AVLRecords.checkRecord(bytes, at: offset, end: end, codec: codec, index: index)
         }
         guard offset == end else {
             throw .malformedRecord(index: Int(header), offset: offset, reason: .trailingBytes(end - offset))
         }
         self.codec = codec
         self.recordCount = Int(header)
-        self.bytes = frame
+        self.bytes = bytes
+        self.firstRecord = start + 2
     }
 }
 
@@ -106,27 +117,32 @@ public struct AVLRecords: Sequence {
     public let codec: AVLCodec
     @usableFromInline let bytes: UnsafeRawBufferPointer
     public let count: Int
+    @usableFromInline let firstRecord: Int
 
-    @inlinable init(codec: AVLCodec, bytes: UnsafeRawBufferPointer, count: Int) {
+    @inlinable init(codec: AVLCodec, bytes: UnsafeRawBufferPointer, count: Int, firstRecord: Int) {
         self.codec = codec
         self.bytes = bytes
         self.count = count
+        self.firstRecord = firstRecord
     }
 
     @inlinable public var underestimatedCount: Int { count }
 
-    @inlinable public func makeIterator() -> Iterator { Iterator(codec: codec, bytes: bytes, remaining: count) }
+    @inlinable public func makeIterator() -> Iterator {
+        Iterator(codec: codec, bytes: bytes, offset: firstRecord, remaining: count)
+    }
 
     /// Walks validated records; never fails (validation already proved every bound).
     public struct Iterator: IteratorProtocol {
         @usableFromInline let codec: AVLCodec
         @usableFromInline let bytes: UnsafeRawBufferPointer
-        @usableFromInline var offset = 10
+        @usableFromInline var offset: Int
         @usableFromInline var remaining: Int
 
-        @inlinable init(codec: AVLCodec, bytes: UnsafeRawBufferPointer, remaining: Int) {
+        @inlinable init(codec: AVLCodec, bytes: UnsafeRawBufferPointer, offset: Int, remaining: Int) {
             self.codec = codec
             self.bytes = bytes
+            self.offset = offset
             self.remaining = remaining
         }
 

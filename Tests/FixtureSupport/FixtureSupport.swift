@@ -10,6 +10,17 @@ public struct FixtureFrame: Sendable, CustomStringConvertible {
     public var description: String { id }
 }
 
+/// One row of `Tests/Fixtures/udp-datagrams.tsv`.
+public struct UDPFixture: Sendable, CustomStringConvertible {
+    public let id: String
+    /// `avl:N` or `error:KIND`.
+    public let expect: String
+    public let bytes: [UInt8]
+    /// The ACK a correct server sends for it.
+    public let ack: [UInt8]
+    public var description: String { id }
+}
+
 /// The shared fixture corpus, read from `Tests/Fixtures` (found from this file's path).
 public enum FixtureCorpus {
     public static let directory = URL(fileURLWithPath: #filePath)
@@ -28,15 +39,31 @@ public enum FixtureCorpus {
     }()
 
     /// Expected records per fixture id, as parsed JSON objects (read-only after first use).
-    nonisolated(unsafe) public static let expectedRecords: [String: [[String: Any]]] = {
-        let text = try! String(contentsOf: directory.appendingPathComponent("expected-records.jsonl"), encoding: .utf8)
+    nonisolated(unsafe) public static let expectedRecords = records(in: "expected-records.jsonl")
+
+    /// Every row of udp-datagrams.tsv: Teltonika's UDP examples (PROTOCOL.md §9.9), each with the ACK
+    /// the server must send (`ack`, hex) and its records in udp-expected-records.jsonl.
+    public static let udpDatagrams: [UDPFixture] = {
+        let text = try! String(contentsOf: directory.appendingPathComponent("udp-datagrams.tsv"), encoding: .utf8)
+        return text.split(separator: "\n").dropFirst().map { line in
+            let cols = line.split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
+            return UDPFixture(id: cols[0], expect: cols[2], bytes: hexBytes(cols[3]), ack: hexBytes(cols[4]))
+        }
+    }()
+
+    /// Expected records (with `device_id`) per UDP fixture id.
+    nonisolated(unsafe) public static let udpExpectedRecords = records(in: "udp-expected-records.jsonl")
+
+    /// `{"id": ..., "records": [...]}` lines, by id.
+    private static func records(in file: String) -> [String: [[String: Any]]] {
+        let text = try! String(contentsOf: directory.appendingPathComponent(file), encoding: .utf8)
         var out: [String: [[String: Any]]] = [:]
         for line in text.split(separator: "\n") {
             let object = try! JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
             out[object["id"] as! String] = (object["records"] as! [[String: Any]])
         }
         return out
-    }()
+    }
 
     public static var valid: [FixtureFrame] { frames.filter { !$0.expect.hasPrefix("error") } }
     public static var avl: [FixtureFrame] { frames.filter { $0.expect.hasPrefix("avl:") } }
