@@ -18,6 +18,16 @@ public struct IngestConfiguration: Sendable, Equatable {
     /// Connections beyond this are closed on accept.
     public var maxConnections = 10_000
 
+    // MARK: UDP listener
+    /// The UDP port for AVL datagrams (nil: no UDP listener; 0: any free port, logged at start).
+    public var udpPort: Int? = nil
+    /// Address the UDP listener binds (nil: `host`).
+    public var udpHost: String? = nil
+    /// AVL packets the retransmit window remembers at most.
+    public var udpWindowEntries = 100_000
+    /// How long a stored UDP packet is remembered, so its resend is ACKed without being stored again.
+    public var udpWindowTTLMs = 600_000
+
     // MARK: Publisher
     public var redisURL: RedisURL = RedisURL(endpoint: .tcp(host: "127.0.0.1", port: 6379))
     public var telemetryStream = "telemetry:teltonika"
@@ -115,6 +125,34 @@ public struct IngestConfiguration: Sendable, Equatable {
         int("IDLE_TIMEOUT_MS", "idle-timeout-ms", "Close connections silent for this long.", 1000...86_400_000, \.idleTimeoutMs),
         int("MAX_FRAME_BYTES", "max-frame-bytes", "Largest accepted data-field length.", 64...16_777_216, \.maxFrameBytes),
         int("MAX_CONNECTIONS", "max-connections", "Device connections beyond this are refused.", 1...1_000_000, \.maxConnections),
+        Setting(
+            env: "UDP_PORT",
+            flag: "udp-port",
+            help: "UDP port for AVL datagrams (may equal TELTONIKA_PORT; 0: any free port; empty: no UDP).",
+            read: { $0.udpPort.map(String.init) ?? "" },
+            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
+                guard !v.isEmpty else { return c.udpPort = nil }
+                guard let n = Int(v), (0...65535).contains(n) else {
+                    throw ConfigurationError(key: "UDP_PORT", message: "expected a port in 0...65535 or empty, got '\(v)'")
+                }
+                c.udpPort = n
+            }
+        ),
+        optional("UDP_HOST", "udp-host", "Address the UDP listener binds (empty: TELTONIKA_HOST).", \.udpHost),
+        int(
+            "UDP_WINDOW_ENTRIES",
+            "udp-window-entries",
+            "UDP packets remembered so a resend is ACKed again without being stored twice.",
+            1...10_000_000,
+            \.udpWindowEntries
+        ),
+        int(
+            "UDP_WINDOW_TTL_MS",
+            "udp-window-ttl-ms",
+            "How long a stored UDP packet is remembered for its resends.",
+            1000...86_400_000,
+            \.udpWindowTTLMs
+        ),
         Setting(
             env: "REDIS_URL",
             flag: "redis-url",

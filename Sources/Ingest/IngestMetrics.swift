@@ -94,7 +94,25 @@ enum AcceptError: String, CaseIterable, Sendable {
 }
 
 /// `kind` label of `teltonika_publish_failed_total`: what was given up.
-enum PublishedThing: String, CaseIterable, Sendable { case packet, message }
+enum PublishedThing: String, CaseIterable, Sendable { case packet, message, datagram }
+
+/// `result` label of `teltonika_udp_datagrams_total`: what became of a datagram on the UDP port.
+enum UDPResult: String, CaseIterable, Sendable {
+    /// Stored in Redis, then ACKed.
+    case acked
+    /// A resend of a stored packet: ACKed again, not stored again.
+    case reacked
+    /// A resend while the first copy waited for Redis: answered by that copy's ACK.
+    case joined
+    /// Refused by the decoder (header, IMEI or AVL data): no ACK.
+    case malformed
+    /// The publish queue was full: no ACK (the device resends).
+    case overflow
+    /// Redis did not confirm it in time: no ACK (the device resends).
+    case notStored = "not_stored"
+    /// Arrived while the server drained: no ACK (the device resends to the next instance).
+    case draining
+}
 
 /// `kind` label of `teltonika_redis_errors_total`: what failed, as the wire module reports it.
 typealias RedisErrorKind = RedisConnection.Failure.Kind
@@ -158,6 +176,8 @@ public final class IngestMetrics: Sendable {
     let jobsHeldForReplicas: Counter
     private let redisDurabilityByMode: [String: Gauge]
     let connectionsReplaced: Counter
+    private let udpDatagramsByResult: [UDPResult: Counter]
+    let udpWindowEntries: Gauge
     let ready: Gauge
     let buildInfo: Gauge
 
@@ -310,7 +330,7 @@ public final class IngestMetrics: Sendable {
                 failed[thing, default: [:]][reason] = r.makeCounter(
                     descriptor: d(
                         "teltonika_publish_failed_total",
-                        "Packets (no ACK, connection closed; the device resends) and device messages (lost) that Redis did not confirm in time (timeout: PUBLISH_TIMEOUT_MS; shutdown: the drain's deadline)."
+                        "Packets (no ACK, connection closed; the device resends), UDP datagrams (no ACK; the device resends) and device messages (lost) that Redis did not confirm in time (timeout: PUBLISH_TIMEOUT_MS; shutdown: the drain's deadline)."
                     ),
                     labels: [("kind", thing.rawValue), ("reason", reason.rawValue)]
                 )
@@ -346,6 +366,18 @@ public final class IngestMetrics: Sendable {
         )
         connectionsReplaced = r.makeCounter(
             descriptor: d("teltonika_connections_replaced_total", "Older connections closed because the same IMEI logged in again.")
+        )
+        udpDatagramsByResult = labelled(
+            "teltonika_udp_datagrams_total",
+            "result",
+            UDPResult.allCases,
+            "Datagrams on UDP_PORT by result: acked (stored, then ACKed), reacked (a resend of a stored packet: ACKed again, not stored again), joined (a resend while the first copy waited for Redis), malformed, overflow (queue full), not_stored (Redis did not confirm), draining. Only acked and reacked get an ACK."
+        )
+        udpWindowEntries = r.makeGauge(
+            descriptor: d(
+                "teltonika_udp_window_entries",
+                "AVL packets the UDP retransmit window remembers (bounded by UDP_WINDOW_ENTRIES, forgotten UDP_WINDOW_TTL_MS after they were stored)."
+            )
         )
         ready = r.makeGauge(descriptor: d("teltonika_ready", "1 when /readyz answers 200 (listening, Redis up, not draining), else 0."))
         buildInfo = r.makeGauge(
@@ -384,6 +416,7 @@ public final class IngestMetrics: Sendable {
         }
     }
     func disconnects(_ reason: DisconnectReason) -> Counter { disconnectsByReason[reason]! }
+    func udpDatagrams(_ result: UDPResult) -> Counter { udpDatagramsByResult[result]! }
     func publishFailed(_ thing: PublishedThing, reason: PublishFailure) -> Counter { publishFailedByKindReason[thing]![reason]! }
     func setRedisDurability(_ mode: RedisDurability) {
         for (name, gauge) in redisDurabilityByMode { gauge.set(Int64(name == mode.rawValue ? 1 : 0)) }

@@ -10,7 +10,8 @@ import Synchronization
 /// The device listener: accepts connections up to `MAX_CONNECTIONS`, gives each an idle timeout and a
 /// ``DeviceSessionHandler``, and backs off accepting when the process runs out of file descriptors.
 public final class IngestServer: Sendable {
-    private let environment: SessionEnvironment
+    /// What every session shares (and the UDP listener, which publishes through the same parts).
+    let environment: SessionEnvironment
     private let group: any EventLoopGroup
     /// Open device connections, by identity (their count is what MAX_CONNECTIONS bounds); whether the
     /// server drains (no more are admitted); who waits for the last one to close.

@@ -75,7 +75,11 @@ public final class IngestService: Service, Sendable {
     private let redisDescription: String
     private let metrics: IngestMetrics
     private let group: MultiThreadedEventLoopGroup
-    private let state = NIOLockedValueBox<(deadline: NIODeadline?, report: DrainReport?, address: SocketAddress?)>((nil, nil, nil))
+    private let state = NIOLockedValueBox<
+        (deadline: NIODeadline?, report: DrainReport?, address: SocketAddress?, udpAddress: SocketAddress?)
+    >(
+        (nil, nil, nil, nil)
+    )
 
     /// - Parameter tls: the context for `rediss://` (``IngestConfiguration/makeRedisTLSContext()``).
     public convenience init(configuration: IngestConfiguration, logger: Logger, tls: RedisTLSContext? = nil) {
@@ -137,6 +141,9 @@ public final class IngestService: Service, Sendable {
     /// Where the device listener is bound, once it is (the real port when `TELTONIKA_PORT` is 0).
     public var listeningAddress: SocketAddress? { state.withLockedValue { $0.address } }
 
+    /// Where the UDP listener is bound, once it is (nil without `UDP_PORT`).
+    public var udpAddress: SocketAddress? { state.withLockedValue { $0.udpAddress } }
+
     /// Shutdown was asked for (first signal): readiness turns false now, and the drain deadline is
     /// fixed from this moment. Safe to call from any thread, more than once.
     public func beginShutdown() {
@@ -153,6 +160,7 @@ public final class IngestService: Service, Sendable {
                 "event": "server.starting", "redis": "\(redisDescription)",
                 "min_replicas": "\(configuration.redisMinReplicas)", "stream": "\(configuration.telemetryStream)",
                 "max_frame_bytes": "\(configuration.maxFrameBytes)", "max_connections": "\(configuration.maxConnections)",
+                "udp_port": "\(configuration.udpPort.map(String.init) ?? "off")",
                 "version": "\(IngestMetrics.version)", "revision": "\(IngestMetrics.revision)",
             ]
         )
@@ -172,14 +180,33 @@ public final class IngestService: Service, Sendable {
             try await group.shutdownGracefully()
             throw error
         }
+        var udp: UDPListener? = nil
+        if let udpPort = configuration.udpPort {
+            let listener = UDPListener(environment: server.environment, group: group)
+            let host = configuration.udpHost ?? configuration.host
+            do {
+                let address = try await listener.start(host: host, port: udpPort)
+                state.withLockedValue { $0.udpAddress = address }
+                udp = listener
+            } catch {
+                logger.critical(
+                    "cannot listen for UDP datagrams",
+                    metadata: ["event": "server.listen_failed", "error": "\(error)", "address": "\(host):\(udpPort)", "transport": "udp"]
+                )
+                await server.stopAccepting()
+                _ = await publisher.stop(deadline: .now())
+                try await group.shutdownGracefully()
+                throw error
+            }
+        }
         health.listening.store(true, ordering: .relaxed)
         // Until the service group asks for a graceful shutdown (or is cancelled: then drain all the same).
         try? await gracefulShutdown()
-        let report = await drain(server)
+        let report = await drain(server, udp: udp)
         state.withLockedValue { $0.report = report }
     }
 
-    private func drain(_ server: IngestServer) async -> DrainReport {
+    private func drain(_ server: IngestServer, udp: UDPListener?) async -> DrainReport {
         beginShutdown()
         let started = NIODeadline.now()
         let deadline = state.withLockedValue { $0.deadline! }
@@ -193,7 +220,10 @@ public final class IngestService: Service, Sendable {
         await server.stopAccepting()
         // Sessions finish their frame in flight (the publisher still runs) and close themselves; then
         // the publisher sends what is still queued. One deadline bounds both.
+        // Meanwhile UDP publishes nothing new; what it published is answered (ACK) before its socket closes.
+        async let udpDrained = udp?.drain(until: deadline) ?? 0
         let drained = await server.drainSessions(until: deadline)
+        let udpUnanswered = await udpDrained
         let stopped = await publisher.stop(deadline: deadline)
         if stopped.threadFinished {
             do {
@@ -204,7 +234,7 @@ public final class IngestService: Service, Sendable {
             }
         }
         return DrainReport(
-            packetsInFlight: drained.packetsInFlight,
+            packetsInFlight: drained.packetsInFlight + udpUnanswered,
             abandonedRecords: stopped.abandonedRecords,
             connectionsCut: drained.connectionsCut,
             publisherFinished: stopped.threadFinished,

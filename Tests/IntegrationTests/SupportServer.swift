@@ -36,6 +36,8 @@ final class ServerProcess {
     private(set) var port = 0
     /// The metrics and health port (`/metrics`, `/healthz`, `/readyz`).
     private(set) var metricsPort = 0
+    /// The UDP port, when the environment sets `UDP_PORT` (0 in tests: the port the server logged).
+    private(set) var udpPort = 0
     private let lines = NIOLockedValueBox<[String]>([])
     private let stderrEnded = NIOLockedValueBox(false)
     private let stderr = Pipe()
@@ -80,6 +82,11 @@ final class ServerProcess {
         let metrics = try waitForLog(event: "metrics.listening", timeout: 10)
         metricsPort = Int(metrics["port"] as? String ?? "") ?? 0
         guard metricsPort > 0 else { throw TestFailure("no metrics port in \(metrics)") }
+        if let udp = extra["UDP_PORT"], !udp.isEmpty {
+            let listening = try waitForLog(event: "server.udp_listening", timeout: 10)
+            udpPort = Int(listening["port"] as? String ?? "") ?? 0
+            guard udpPort > 0 else { throw TestFailure("no UDP port in \(listening)") }
+        }
     }
 
     /// Every line the server wrote to stderr (log lines, and a crash's backtrace).

@@ -8,10 +8,13 @@ import RedisWire
 /// `XADD <stream> MAXLEN ~ <maxlen> * ts <ISO-8601 record time> device_id <IMEI> codec <8|8E|16> payload <record JSON>`
 ///
 /// `ts` is empty when the record time cannot be written in ISO-8601 (see docs/record-schema.md).
+/// Records that arrived over UDP carry two more fields, `transport udp`; TCP entries keep the shape above.
 /// Device messages go to the responses stream with its own, smaller cap (`REDIS_RESPONSES_MAXLEN`).
 struct StreamEntryEncoder {
     /// `*14 XADD <telemetry stream> MAXLEN ~ <maxlen> *`, formatted once: a record's command starts with it.
     private let telemetryPrefix: [UInt8]
+    /// `*16 XADD <telemetry stream> MAXLEN ~ <maxlen> *`: a UDP record's command starts with it.
+    private let telemetryUDPPrefix: [UInt8]
     /// `*16 XADD <responses stream> MAXLEN ~ <maxlen> *`.
     private let responsesPrefix: [UInt8]
     private var json = RecordJSONEncoder()
@@ -29,11 +32,12 @@ struct StreamEntryEncoder {
             )
         }
         telemetryPrefix = prefix(telemetryStream, fields: 4, maxLength: maxLength)
+        telemetryUDPPrefix = prefix(telemetryStream, fields: 5, maxLength: maxLength)
         responsesPrefix = prefix(responsesStream, fields: 5, maxLength: responsesMaxLength)
     }
 
-    /// One `XADD` per record of the packet.
-    mutating func appendRecords(of packet: AVLPacketView, imei: IMEI, to writer: inout RESPWriter) {
+    /// One `XADD` per record of the packet; `udp` adds the `transport udp` field.
+    mutating func appendRecords(of packet: AVLPacketView, imei: IMEI, udp: Bool = false, to writer: inout RESPWriter) {
         var digits: [UInt8] = []
         imei.appendDigits(to: &digits)
         writer.bytes.reserveCapacity(writer.bytes.count + packet.recordCount * (telemetryPrefix.count + 512))
@@ -43,7 +47,7 @@ struct StreamEntryEncoder {
             time.removeAll(keepingCapacity: true)
             JSONText.appendISO8601(milliseconds: record.timestampMs, to: &time)
             let ts = time.first == UInt8(ascii: "\"") ? time[1..<(time.count - 1)] : time[0..<0]
-            writer.beginCommand(prefix: telemetryPrefix)
+            writer.beginCommand(prefix: udp ? telemetryUDPPrefix : telemetryPrefix)
             writer.bulk("ts")
             writer.bulk(ts)
             writer.bulk("device_id")
@@ -56,6 +60,10 @@ struct StreamEntryEncoder {
             }
             writer.bulk("payload")
             writer.bulk(payload)
+            if udp {
+                writer.bulk("transport")
+                writer.bulk("udp")
+            }
         }
     }
 
