@@ -11,7 +11,18 @@ public struct LoopbackConnectError: Error, CustomStringConvertible {
 /// A blocking TCP socket connected to `host` (an IPv4 address, 127.0.0.1 by default):`port`; `receiveBuffer` (bytes) is set before the
 /// handshake, so it bounds the window the server sees.
 public func connectLoopback(port: Int, host: String = "127.0.0.1", receiveBuffer: Int32? = nil) throws(LoopbackConnectError) -> Int32 {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    try connectSocket(type: SOCK_STREAM, port: port, host: host, receiveBuffer: receiveBuffer)
+}
+
+/// A socket of `type` (stream or datagram) connected to `host`:`port`; a datagram socket then takes
+/// datagrams from that peer only.
+public func connectSocket(
+    type: __socket_type,
+    port: Int,
+    host: String = "127.0.0.1",
+    receiveBuffer: Int32? = nil
+) throws(LoopbackConnectError) -> Int32 {
+    let fd = socket(AF_INET, Int32(type.rawValue), 0)
     if var size = receiveBuffer { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size)) }
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)

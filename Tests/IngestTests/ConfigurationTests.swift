@@ -55,6 +55,20 @@ struct IngestConfigurationTests {
         }
     }
 
+    @Test func testUDPPortIsOffUnlessSet() throws {
+        #expect(try IngestConfiguration.load(environment: [:], flags: [:]).udpPort == nil)
+        #expect(try IngestConfiguration.load(environment: ["UDP_PORT": ""], flags: [:]).udpPort == nil)
+        #expect(try IngestConfiguration.load(environment: ["UDP_PORT": "5027"], flags: [:]).udpPort == 5027)
+        for bad in ["65536", "-1", "udp"] {
+            do {
+                _ = try IngestConfiguration.load(environment: ["UDP_PORT": bad], flags: [:])
+                Issue.record("accepted UDP_PORT=\(bad)")
+            } catch {
+                #expect(error.key == "UDP_PORT")
+            }
+        }
+    }
+
     /// `WAIT` must be answered within the reply timeout, so its timeout must be below it.
     @Test func testTheReplicaTimeoutMustBeBelowTheRedisTimeout() throws {
         let ok = try IngestConfiguration.load(environment: ["REDIS_MIN_REPLICAS": "1", "REDIS_REPLICA_TIMEOUT_MS": "4999"], flags: [:])
@@ -111,6 +125,7 @@ struct IngestConfigurationTests {
             "REDIS_MIN_REPLICAS": "1", "REDIS_REPLICA_TIMEOUT_MS": "300", "REDIS_SENTINELS": "10.0.0.9:26379",
             "REDIS_MASTER_NAME": "other", "REDIS_MIN_LOCAL_FSYNC": "1", "REDIS_CHECK_INTERVAL_MS": "5000", "REDIS_TLS_CA_FILE": "/ca.pem",
             "REDIS_TLS_CERT_FILE": "/c.pem", "REDIS_TLS_KEY_FILE": "/k.pem", "REDIS_TLS_SERVER_NAME": "redis.example",
+            "UDP_PORT": "5027", "UDP_HOST": "127.0.0.4", "UDP_WINDOW_ENTRIES": "10", "UDP_WINDOW_TTL_MS": "5000",
         ]
         #expect(Set(other.keys) == Set(IngestConfiguration.settings.map(\.env)))
         #expect(base.changedSettings(comparedTo: base).isEmpty)

@@ -52,12 +52,13 @@ struct MetricsTests {
             "teltonika_redis_reconnects_total", "teltonika_connections_active", "teltonika_redis_primary_changes_total",
             "teltonika_redis_replicas_acknowledged", "teltonika_redis_replica_waits_short_total",
             "teltonika_publish_jobs_held_for_replicas_total", "teltonika_devices_online", "teltonika_redis_memory_used_bytes",
-            "teltonika_redis_maxmemory_bytes",
+            "teltonika_redis_maxmemory_bytes", "teltonika_udp_window_entries",
         ]
         expected += AcceptError.allCases.map { #"teltonika_accept_errors_total{reason="\#($0.rawValue)"}"# }
         expected += DisconnectReason.allCases.map { #"teltonika_disconnects_total{reason="\#($0.rawValue)"}"# }
         expected += IngestMetrics.streamRoles.map { #"teltonika_stream_length{stream="\#($0)"}"# }
-        #expect(expected.count == 40 + 2 + 4 + 3 + 4 + 8 + 4 + 2 + 10 + 2 + 18)
+        expected += UDPResult.allCases.map { #"teltonika_udp_datagrams_total{result="\#($0.rawValue)"}"# }
+        #expect(expected.count == 40 + 2 + 4 + 3 + 4 + 8 + 6 + 2 + 10 + 2 + 19 + 7)
         for series in expected { #expect(scrape[series] == 0, "\(series): \(String(describing: scrape[series]))") }
         for mode in IngestMetrics.redisDurabilityModes {
             #expect(scrape[#"teltonika_redis_durability{mode="\#(mode)"}"#] != nil, "durability \(mode)")

@@ -78,3 +78,41 @@ final class DeviceClient {
         return receive(1, timeout: 5) == .bytes([1])
     }
 }
+
+/// A device on UDP: one socket connected to the server's UDP port (so it receives only the server's
+/// datagrams), blocking sends, receives with a timeout.
+final class UDPDeviceClient {
+    private let fd: Int32
+
+    init(port: Int, host: String = "127.0.0.1") throws {
+        fd = try connectSocket(type: SOCK_DGRAM, port: port, host: host)
+    }
+
+    deinit { close(fd) }
+
+    /// Sends one datagram.
+    func send(_ bytes: [UInt8]) throws {
+        let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, bytes.count, 0) }
+        guard n == bytes.count else { throw TestFailure("UDP send of \(bytes.count) bytes failed: errno \(errno)") }
+    }
+
+    /// The next datagram within `timeout` seconds, or nil.
+    func receive(timeout: Double) -> [UInt8]? {
+        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&pfd, 1, Int32(timeout * 1000)) > 0 else { return nil }
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        let n = recv(fd, &buffer, buffer.count, 0)
+        return n >= 0 ? Array(buffer[0..<n]) : nil
+    }
+
+    /// Sends `datagram` and resends it every `interval` seconds until an ACK arrives or `timeout`
+    /// seconds pass, as a device does; returns the ACK.
+    func sendUntilAcknowledged(_ datagram: [UInt8], interval: Double = 0.5, timeout: Double = 20) throws -> [UInt8]? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            try send(datagram)
+            if let ack = receive(timeout: interval) { return ack }
+        }
+        return nil
+    }
+}

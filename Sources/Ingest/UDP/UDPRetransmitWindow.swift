@@ -68,6 +68,9 @@ struct UDPRetransmitWindow<Target> {
     /// Packets remembered now.
     var count: Int { entries.count }
 
+    /// Expiry items kept (live and stale): stays within a constant factor of ``count``.
+    var bookkeeping: Int { order.count }
+
     /// What to do with a datagram whose data array hashes to `payloadHash`; `reply` is where its ACK goes.
     mutating func admit(imei: IMEI, avlPacketID: UInt8, payloadHash: Int, reply: Target, now: UInt64) -> Decision {
         expire(now: now)
