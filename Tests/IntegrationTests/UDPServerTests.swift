@@ -71,6 +71,20 @@ struct UDPServerTests {
         #expect(try server.scrape().value("teltonika_udp_datagrams_total{result=\"acked\"}") == 2)
     }
 
+    /// UDP_PORT may equal TELTONIKA_PORT, as Traccar serves both on one port.
+    @Test func testTCPAndUDPOnTheSamePort() throws {
+        let port = try freeLoopbackPort()
+        let server = try ServerProcess(environment: ["TELTONIKA_PORT": "\(port)", "UDP_PORT": "\(port)"])
+        #expect(server.port == port && server.udpPort == port)
+        let tcp = try DeviceClient(port: port)
+        #expect(try tcp.login("356307042441013"))
+        try tcp.send(TestEnvironment.fixtures.first { $0.id == "w-c8-1" }!.bytes)
+        #expect(tcp.receive(4, timeout: 10) == .bytes([0, 0, 0, 1]))
+        let udp = try UDPDeviceClient(port: port)
+        try udp.send(FixtureCorpus.udpDatagrams[0].bytes)
+        #expect(udp.receive(timeout: 10) == FixtureCorpus.udpDatagrams[0].ack)
+    }
+
     /// The device misses the first ACK and resends: ACKed again, stored once.
     @Test func testResendAfterALostACKIsAcknowledgedAgainAndStoredOnce() throws {
         let server = try ServerProcess(environment: ["UDP_PORT": "0"])
