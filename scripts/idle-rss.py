@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-# Opens N logged-in idle device connections to a running server and reports its RSS growth per connection;
+# Opens N logged-in idle device connections to a running server (900 per source address 127.0.0.x) and
+# reports its RSS growth per connection;
 # with METRICS_PORT, also how long a /metrics scrape takes with those connections open.
 # Usage: scripts/idle-rss.py PORT SERVER_PID N [METRICS_PORT]
 import socket, sys, time, urllib.request
@@ -20,7 +21,8 @@ base = rss()
 idle = scrapes() if metrics_port else None
 socks = []
 for i in range(n):
-    s = socket.create_connection(('127.0.0.1', port))
+    # From 127.0.0.1, .2, ...: 900 each, below the server's MAX_CONNECTIONS_PER_IP (1,000 by default).
+    s = socket.create_connection(('127.0.0.1', port), source_address=(f'127.0.0.{1 + i // 900}', 0))
     s.sendall(bytes([0, 15]) + ('35%013d' % i).encode())
     socks.append(s)
 ok = 0

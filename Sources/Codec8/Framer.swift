@@ -38,7 +38,7 @@ public struct TeltonikaFramer: Sendable, Equatable {
     public var maxDataLength: Int
 
     /// The default cap: 16 KiB, over twelve times the largest packet any documented device sends
-    /// (1280 bytes), while 10,000 slow connections can buffer at most about 160 MiB.
+    /// (1280 bytes). What many slow connections may buffer in all is the server's concern (`MAX_BUFFERED_BYTES`).
     public static let defaultMaxDataLength = 16 * 1024
 
     /// Bytes around the data field: preamble, length and CRC fields.

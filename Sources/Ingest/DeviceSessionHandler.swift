@@ -1,6 +1,7 @@
 /// One device connection's channel handler: the bounded reader, carrying out what the session machine decides.
 import Codec8
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Prometheus
@@ -27,6 +28,10 @@ final class SessionEnvironment: Sendable {
     let encoders = ThreadSpecificVariable<EncoderBox>()
     /// Sessions with a packet published but not yet answered (ACK or close): what a drain waits for.
     let packetsInFlight = Atomic<Int>(0)
+    /// Receive-buffer bytes across connections beyond each one's allowance (`MAX_BUFFERED_BYTES`).
+    let bufferBudget: BufferBudget
+    /// Failed logins by source address (`MAX_LOGIN_FAILURES_PER_IP`), shared by every event loop.
+    let loginFailures: NIOLockedValueBox<LoginFailureLimiter>?
 
     init(configuration: IngestConfiguration, publisher: any PublishSink, logger: Logger, metrics: IngestMetrics = .shared) {
         self.configuration = configuration
@@ -34,6 +39,30 @@ final class SessionEnvironment: Sendable {
         self.metrics = metrics
         self.logger = logger
         registry = DeviceRegistry { [metrics] online in metrics.devicesOnline.set(Int64(online)) }
+        bufferBudget = BufferBudget(limit: configuration.maxBufferedBytes)
+        let budget = configuration.maxLoginFailuresPerIP
+        loginFailures = budget > 0 ? NIOLockedValueBox(LoginFailureLimiter(budgetPerMinute: budget)) : nil
+    }
+
+    /// One log line per 10 s across connections for buffer-budget refusals.
+    private let bufferLog = NIOLockedValueBox(LogLimiter())
+
+    func admitBufferLog(nowNanoseconds: UInt64) -> Int? {
+        bufferLog.withLockedValue { $0.admit(nowNanoseconds: nowNanoseconds) }
+    }
+
+    /// A login from `address` failed: it counts against the address' budget.
+    func loginFailed(from address: SocketAddress?) {
+        guard let loginFailures, let ip = address?.ipAddress else { return }
+        let now = NIODeadline.now().uptimeNanoseconds
+        loginFailures.withLockedValue { $0.failed(ip, now: now) }
+    }
+
+    /// Whether `address` may connect (its failed logins have not used up the budget).
+    func admitsLogins(from address: SocketAddress?) -> Bool {
+        guard let loginFailures, let ip = address?.ipAddress else { return true }
+        let now = NIODeadline.now().uptimeNanoseconds
+        return loginFailures.withLockedValue { $0.admits(ip, now: now) }
     }
 
     /// The calling event loop's encoder.
@@ -103,6 +132,11 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// A `read()` from the channel held back while no frame may be handled.
     private var readHeld = false
     private var handshakeTimer: Scheduled<Void>? = nil
+    /// Runs from the first byte of a packet frame while it is being read (`FRAME_TIMEOUT_MS`); cancelled
+    /// when the frame is complete. Not running while a frame is in flight (the server is not reading).
+    private var frameTimer: Scheduled<Void>? = nil
+    /// What this connection's buffer is charged against the shared budget now.
+    private var charged = 0
     /// Why this side closed the connection (nil: the device did), counted when it is gone.
     private var closeReason: DisconnectReason? = nil
     private var logger: Logger
@@ -133,6 +167,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             let (handler, context) = bound.value
             guard handler.session.handshakeTimedOut() else { return }
             handler.environment.metrics.handshakes(result: .timeout).increment()
+            handler.environment.loginFailed(from: context.remoteAddress)
             handler.logger.warning("no login in time", metadata: ["event": "device.handshake_timeout"])
             handler.close(context, .handshakeTimeout)
         }
@@ -141,6 +176,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     func channelInactive(context: ChannelHandlerContext) {
         handshakeTimer?.cancel()
+        frameTimer?.cancel()
         environment.metrics.connectionsActive.decrement()
         let ended = session.connectionClosed()
         if let packet = ended.abandoned {
@@ -159,6 +195,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         environment.metrics.disconnects(reason).increment()
         logger.debug("connection closed", metadata: ["event": "device.disconnected", "reason": "\(reason.rawValue)"])
         pending = nil
+        chargeBuffer(context)
         context.fireChannelInactive()
     }
 
@@ -174,6 +211,46 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             pending!.writeBuffer(&bytes)
         }
         process(context)
+        chargeBuffer(context)
+    }
+
+    /// After the buffer was cut: a partial frame left in a much larger buffer moves to one of its own
+    /// size (the frame's declared size, once its header is in); then the buffer's size beyond the
+    /// allowance is charged to the shared budget, and a connection that would take it past
+    /// `MAX_BUFFERED_BYTES` is closed (counted, `connection.buffer_budget`).
+    private func chargeBuffer(_ context: ChannelHandlerContext) {
+        if var rest = pending, rest.readableBytes > 0 {
+            var target = rest.readableBytes
+            if session.framerMode == .packets, rest.readableBytes >= 8, rest.getInteger(at: rest.readerIndex, as: UInt32.self) == 0,
+                let length = rest.getInteger(at: rest.readerIndex + 4, as: UInt32.self)
+            {
+                target = max(target, Int(length) + TeltonikaFramer.overhead)
+            }
+            if rest.capacity >= target + 1024 {
+                var sized = context.channel.allocator.buffer(capacity: target)
+                sized.writeBuffer(&rest)
+                pending = sized
+            }
+        }
+        let want = max(0, (pending?.capacity ?? 0) - BufferBudget.allowance)
+        guard want != charged else { return }
+        if environment.bufferBudget.recharge(from: charged, to: want) {
+            charged = want
+            environment.metrics.bufferedBytes.set(Int64(environment.bufferBudget.inUse))
+            return
+        }
+        environment.metrics.bufferBudgetRefusals.increment()
+        if let heldBack = environment.admitBufferLog(nowNanoseconds: NIODeadline.now().uptimeNanoseconds) {
+            logger.warning(
+                "receive buffers across connections at MAX_BUFFERED_BYTES: closing",
+                metadata: [
+                    "event": "connection.buffer_budget", "buffer_bytes": "\(want + BufferBudget.allowance)",
+                    "limit": "\(environment.bufferBudget.limit)", "suppressed": "\(heldBack)",
+                ]
+            )
+        }
+        pending = nil
+        close(context, .bufferBudget)
     }
 
     /// The channel asks to read more: passed on only while a frame may be handled and the peer takes
@@ -191,6 +268,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// Reading may go on: handles what is buffered, then asks for more if a read was held back.
     private func resumeReading(_ context: ChannelHandlerContext) {
         process(context)
+        chargeBuffer(context)
         if readHeld, session.framerMode != nil, context.channel.isWritable {
             readHeld = false
             context.read()
@@ -232,6 +310,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
 
     /// Cuts and handles frames from the buffer until it needs more bytes or a frame is in flight.
     private func process(_ context: ChannelHandlerContext) {
+        defer { armFrameTimer(context) }
         while session.framerMode != nil, pending != nil, pending!.readableBytes > 0 {
             let frame: TeltonikaFrameDecoder.Frame?
             do throws(Codec8Error) {
@@ -239,6 +318,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             } catch {
                 reject(context, error: error, codec: pending!.getInteger(at: pending!.readerIndex + 8, as: UInt8.self))
                 return
+            }
+            if frame != nil {
+                frameTimer?.cancel()
+                frameTimer = nil
             }
             switch frame {
             case nil:
@@ -251,6 +334,29 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 self.packet(context, frame: packet)
             }
             if pending?.readableBytes == 0 { pending = nil }
+        }
+    }
+
+    /// Starts the frame timer when part of a packet frame waits in the buffer while the session reads
+    /// (after login). Keep-alive bytes never reach here as a partial frame, so they do not extend it.
+    private func armFrameTimer(_ context: ChannelHandlerContext) {
+        guard frameTimer == nil, session.framerMode == .packets, let rest = pending, rest.readableBytes > 0 else { return }
+        let timeout = TimeAmount.milliseconds(Int64(environment.configuration.frameTimeoutMs))
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let buffered = rest.readableBytes
+        frameTimer = context.eventLoop.scheduleTask(in: timeout) {
+            let (handler, context) = bound.value
+            handler.frameTimer = nil
+            // A frame completed meanwhile would have cancelled this timer; one in flight stops the clock.
+            guard handler.session.framerMode == .packets, handler.pending.map({ $0.readableBytes > 0 }) == true else { return }
+            handler.logger.warning(
+                "frame not completed in time: closing",
+                metadata: [
+                    "event": "frame.timeout", "timeout_ms": "\(handler.environment.configuration.frameTimeoutMs)",
+                    "buffered_bytes": "\(handler.pending?.readableBytes ?? buffered)",
+                ]
+            )
+            handler.close(context, .frameTimeout)
         }
     }
 
@@ -280,6 +386,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// Answers 0x00, closes once it is written. `result`: `rejected` (bad digits) or `malformed` (bad length).
     private func refuseLogin(_ context: ChannelHandlerContext, error: Codec8Error, result: HandshakeResult) {
         environment.metrics.handshakes(result: result).increment()
+        environment.loginFailed(from: context.remoteAddress)
         logger.warning("login rejected", metadata: ["event": "device.login_rejected", "error": "\(error.category)", "detail": "\(error)"])
         let channel = context.channel
         closeReason = closeReason ?? .loginRejected
@@ -516,6 +623,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// Closes the connection; the first reason given is the one counted when it is gone.
     private func close(_ context: ChannelHandlerContext, _ reason: DisconnectReason) {
         closeReason = closeReason ?? reason
+        frameTimer?.cancel()
+        frameTimer = nil
         session.inFlight?.job.cancel()
         pending = nil
         context.close(promise: nil)

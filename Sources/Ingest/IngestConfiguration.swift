@@ -13,10 +13,18 @@ public struct IngestConfiguration: Sendable, Equatable {
     public var handshakeTimeoutMs = 10_000
     /// Close a connection that sent nothing for this long.
     public var idleTimeoutMs = 600_000
+    /// Close a connection whose packet frame is not complete this long after its first byte.
+    public var frameTimeoutMs = 60_000
     /// Largest accepted data-field length (bytes); a connection buffers at most this plus 12.
     public var maxFrameBytes = TeltonikaFramer.defaultMaxDataLength
     /// Connections beyond this are closed on accept.
     public var maxConnections = 10_000
+    /// Connections from one source address beyond this are closed on accept.
+    public var maxConnectionsPerIP = 1_000
+    /// Failed logins per minute one source address may cause before it is refused on accept (0: no limit).
+    public var maxLoginFailuresPerIP = 60
+    /// Receive-buffer bytes all device connections may hold beyond 2 KiB each.
+    public var maxBufferedBytes = 64 * 1024 * 1024
 
     // MARK: UDP listener
     /// The UDP port for AVL datagrams (nil: no UDP listener; 0: any free port, logged at start).
@@ -123,8 +131,36 @@ public struct IngestConfiguration: Sendable, Equatable {
             \.handshakeTimeoutMs
         ),
         int("IDLE_TIMEOUT_MS", "idle-timeout-ms", "Close connections silent for this long.", 1000...86_400_000, \.idleTimeoutMs),
+        int(
+            "FRAME_TIMEOUT_MS",
+            "frame-timeout-ms",
+            "Close connections whose packet is not complete this long after its first byte.",
+            100...3_600_000,
+            \.frameTimeoutMs
+        ),
         int("MAX_FRAME_BYTES", "max-frame-bytes", "Largest accepted data-field length.", 64...16_777_216, \.maxFrameBytes),
         int("MAX_CONNECTIONS", "max-connections", "Device connections beyond this are refused.", 1...1_000_000, \.maxConnections),
+        int(
+            "MAX_CONNECTIONS_PER_IP",
+            "max-connections-per-ip",
+            "Connections from one source address beyond this are refused (carrier NAT shares addresses).",
+            1...1_000_000,
+            \.maxConnectionsPerIP
+        ),
+        int(
+            "MAX_LOGIN_FAILURES_PER_IP",
+            "max-login-failures-per-ip",
+            "Failed logins per minute from one address before it is refused on accept (0: no limit).",
+            0...1_000_000,
+            \.maxLoginFailuresPerIP
+        ),
+        int(
+            "MAX_BUFFERED_BYTES",
+            "max-buffered-bytes",
+            "Receive-buffer bytes all connections may hold beyond 2 KiB each; a connection past it is closed.",
+            65_536...68_719_476_736,
+            \.maxBufferedBytes
+        ),
         Setting(
             env: "UDP_PORT",
             flag: "udp-port",

@@ -70,6 +70,18 @@ enum FrameResult: String, CaseIterable, Sendable {
 /// `result` label of `teltonika_connections_total`.
 enum ConnectionResult: String, CaseIterable, Sendable { case accepted, refused }
 
+/// `reason` label of `teltonika_connections_refused_total`: why a device connection was closed on accept.
+enum RefusalReason: String, CaseIterable, Sendable {
+    /// `MAX_CONNECTIONS` are open.
+    case maxConnections = "max_connections"
+    /// `MAX_CONNECTIONS_PER_IP` are open from the same address.
+    case perAddress = "per_ip"
+    /// The address used up `MAX_LOGIN_FAILURES_PER_IP` in the last minute.
+    case loginFailures = "login_failures"
+    /// The server drains.
+    case draining
+}
+
 /// `result` label of `teltonika_handshake_total`.
 enum HandshakeResult: String, CaseIterable, Sendable { case accepted, rejected, malformed, timeout }
 
@@ -81,6 +93,8 @@ enum DisconnectReason: String, CaseIterable, Sendable {
     case idleTimeout = "idle_timeout"
     case replaced
     case frameRejected = "frame_rejected"
+    case frameTimeout = "frame_timeout"
+    case bufferBudget = "buffer_budget"
     case publishFailed = "publish_failed"
     case overflow
     case drain
@@ -138,6 +152,7 @@ public final class IngestMetrics: Sendable {
 
     let connectionsActive: Gauge
     private let connectionsByResult: [ConnectionResult: Counter]
+    private let refusalsByReason: [RefusalReason: Counter]
     private let handshakesByResult: [HandshakeResult: Counter]
     private let framesByCodecResult: [FrameCodec: [FrameResult: Counter]]
     let unknownCodec: Counter
@@ -176,6 +191,8 @@ public final class IngestMetrics: Sendable {
     let jobsHeldForReplicas: Counter
     private let redisDurabilityByMode: [String: Gauge]
     let connectionsReplaced: Counter
+    let bufferedBytes: Gauge
+    let bufferBudgetRefusals: Counter
     private let udpDatagramsByResult: [UDPResult: Counter]
     let udpWindowEntries: Gauge
     let ready: Gauge
@@ -215,6 +232,12 @@ public final class IngestMetrics: Sendable {
             "result",
             ConnectionResult.allCases,
             "Device connections accepted, or refused at MAX_CONNECTIONS."
+        )
+        refusalsByReason = labelled(
+            "teltonika_connections_refused_total",
+            "reason",
+            RefusalReason.allCases,
+            "Device connections closed on accept, by reason: max_connections, per_ip (MAX_CONNECTIONS_PER_IP), login_failures (MAX_LOGIN_FAILURES_PER_IP), draining."
         )
         handshakesByResult = labelled(
             "teltonika_handshake_total",
@@ -316,7 +339,7 @@ public final class IngestMetrics: Sendable {
             "teltonika_disconnects_total",
             "reason",
             DisconnectReason.allCases,
-            "Device connections ended, by reason: peer_closed (the device), handshake_timeout, login_rejected, idle_timeout, replaced (a newer login), frame_rejected, publish_failed, overflow, drain, error."
+            "Device connections ended, by reason: peer_closed (the device), handshake_timeout, login_rejected, idle_timeout, replaced (a newer login), frame_rejected, frame_timeout (FRAME_TIMEOUT_MS), buffer_budget (MAX_BUFFERED_BYTES), publish_failed, overflow, drain, error."
         )
         acceptErrorsByReason = labelled(
             "teltonika_accept_errors_total",
@@ -367,6 +390,18 @@ public final class IngestMetrics: Sendable {
         connectionsReplaced = r.makeCounter(
             descriptor: d("teltonika_connections_replaced_total", "Older connections closed because the same IMEI logged in again.")
         )
+        bufferedBytes = r.makeGauge(
+            descriptor: d(
+                "teltonika_buffered_bytes",
+                "Receive-buffer bytes device connections hold beyond their 2 KiB allowance each (bounded by MAX_BUFFERED_BYTES)."
+            )
+        )
+        bufferBudgetRefusals = r.makeCounter(
+            descriptor: d(
+                "teltonika_buffer_budget_refusals_total",
+                "Device connections closed because their receive buffer would take teltonika_buffered_bytes past MAX_BUFFERED_BYTES."
+            )
+        )
         udpDatagramsByResult = labelled(
             "teltonika_udp_datagrams_total",
             "result",
@@ -391,6 +426,7 @@ public final class IngestMetrics: Sendable {
     // Every table is built from its enum's allCases in init, so these lookups cannot miss.
     func connections(result: ConnectionResult) -> Counter { connectionsByResult[result]! }
     func handshakes(result: HandshakeResult) -> Counter { handshakesByResult[result]! }
+    func refusals(_ reason: RefusalReason) -> Counter { refusalsByReason[reason]! }
     func frames(codec: FrameCodec, result: FrameResult) -> Counter { framesByCodecResult[codec]![result]! }
     func records(codec: AVLCodec) -> Counter { recordsByCodec[FrameCodec(codec)]! }
     func deviceMessages(codec: DeviceMessage.Codec) -> Counter { deviceMessagesByCodec[FrameCodec(codec)]! }

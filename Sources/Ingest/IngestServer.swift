@@ -16,7 +16,10 @@ public final class IngestServer: Sendable {
     /// Open device connections, by identity (their count is what MAX_CONNECTIONS bounds); whether the
     /// server drains (no more are admitted); who waits for the last one to close.
     private let connections = NIOLockedValueBox(
-        (open: [ObjectIdentifier: any Channel](), draining: false, waiters: [ResumeOnce<Bool>]())
+        (
+            open: [ObjectIdentifier: any Channel](), perAddress: [String: Int](), draining: false, waiters: [ResumeOnce<Bool>](),
+            refusalLog: LogLimiter()
+        )
     )
     private let serverChannel = NIOLockedValueBox<(any Channel)?>(nil)
 
@@ -56,11 +59,7 @@ public final class IngestServer: Sendable {
                 value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: DeviceSessionHandler.readChunkBytes)
             )
             .childChannelInitializer { [self] channel in
-                guard admit(channel) else {
-                    environment.metrics.connections(result: .refused).increment()
-                    return channel.close()
-                }
-                environment.metrics.connections(result: .accepted).increment()
+                guard admit(channel) else { return channel.close() }
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers(
                         IdleStateHandler(readTimeout: idle),
@@ -78,28 +77,56 @@ public final class IngestServer: Sendable {
         return address
     }
 
-    /// Counts the connection in, or refuses it at the limit (or once draining); releases the slot when it closes.
+    /// Counts the connection in, or refuses it (counted, logged at most once per 10 s): once draining, at
+    /// `MAX_CONNECTIONS`, at `MAX_CONNECTIONS_PER_IP` from its address, or while its address' failed
+    /// logins are over `MAX_LOGIN_FAILURES_PER_IP`. Releases the slot when it closes.
     private func admit(_ channel: any Channel) -> Bool {
         let id = ObjectIdentifier(channel)
-        let admitted = connections.withLockedValue { c -> Bool in
-            guard !c.draining, c.open.count < environment.configuration.maxConnections else { return false }
-            c.open[id] = channel
-            return true
+        let address = channel.remoteAddress?.ipAddress ?? ""
+        let configuration = environment.configuration
+        let loginsAllowed = environment.admitsLogins(from: channel.remoteAddress)
+        let now = NIODeadline.now().uptimeNanoseconds
+        let (refusal, logLine) = connections.withLockedValue { c -> (RefusalReason?, Int?) in
+            let refusal: RefusalReason? =
+                if c.draining { .draining } else if c.open.count >= configuration.maxConnections {
+                    .maxConnections
+                } else if c.perAddress[address, default: 0] >= configuration.maxConnectionsPerIP {
+                    .perAddress
+                } else if !loginsAllowed { .loginFailures } else { nil }
+            guard let refusal else {
+                c.open[id] = channel
+                c.perAddress[address, default: 0] += 1
+                return (nil, nil)
+            }
+            return (refusal, c.refusalLog.admit(nowNanoseconds: now))
         }
-        if admitted {
+        guard let refusal else {
+            environment.metrics.connections(result: .accepted).increment()
             channel.closeFuture.whenComplete { [connections] _ in
                 let waiters = connections.withLockedValue { c -> [ResumeOnce<Bool>] in
                     c.open.removeValue(forKey: id)
+                    let left = c.perAddress[address, default: 1] - 1
+                    c.perAddress[address] = left > 0 ? left : nil
                     guard c.open.isEmpty else { return [] }
                     defer { c.waiters = [] }
                     return c.waiters
                 }
                 for waiter in waiters { waiter.resume(true) }
             }
-        } else {
-            environment.logger.warning("connection refused: at MAX_CONNECTIONS", metadata: ["event": "server.connection_refused"])
+            return true
         }
-        return admitted
+        environment.metrics.connections(result: .refused).increment()
+        environment.metrics.refusals(refusal).increment()
+        if let suppressed = logLine {
+            environment.logger.warning(
+                "connection refused",
+                metadata: [
+                    "event": "server.connection_refused", "reason": "\(refusal.rawValue)", "peer": "\(peerString(channel.remoteAddress))",
+                    "suppressed": "\(suppressed)",
+                ]
+            )
+        }
+        return false
     }
 
     /// Stops accepting (the listener closes); open connections are left to the caller.

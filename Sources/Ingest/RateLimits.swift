@@ -1,6 +1,7 @@
-/// Per-connection budgets: how many device messages a connection may have stored, and how many log
-/// lines one kind of event may write. Both are pure values on a caller-given monotonic clock (nanoseconds),
-/// so tests drive them without waiting.
+/// Budgets against hostile clients: device messages per connection, log lines per event kind, failed
+/// logins per address (pure values on a caller-given monotonic clock, in nanoseconds, so tests drive them
+/// without waiting), and the bytes buffered across all connections.
+import Synchronization
 
 /// A token bucket: `burst` messages at once, refilled at `perSecond`. A device answering commands or
 /// passing serial data through stays far below the default budget; a client streaming messages back
@@ -53,5 +54,86 @@ struct LogLimiter: Sendable, Equatable {
         nextAllowed = nowNanoseconds + intervalNanoseconds
         defer { heldBack = 0 }
         return heldBack
+    }
+}
+
+/// Per source address: failed logins allowed before that address is refused on accept, as a token bucket
+/// (`budgetPerMinute` at once, refilled at that rate). A pure value on a caller-given monotonic clock.
+///
+/// Bounded: at most `maxAddresses` buckets; past that, buckets that have refilled completely (addresses
+/// that stopped failing) are dropped, and if all are still draining the oldest half is dropped (those
+/// addresses start over with a full budget: the bound wins over the memory of a huge scan).
+struct LoginFailureLimiter: Sendable {
+    let budgetPerMinute: Int
+    let maxAddresses: Int
+    private var buckets: [String: (tokens: Double, last: UInt64)] = [:]
+
+    init(budgetPerMinute: Int, maxAddresses: Int = 100_000) {
+        precondition(budgetPerMinute > 0 && maxAddresses > 0, "a login-failure budget needs a positive rate and room")
+        self.budgetPerMinute = budgetPerMinute
+        self.maxAddresses = maxAddresses
+    }
+
+    /// Addresses tracked now.
+    var count: Int { buckets.count }
+
+    private func refilled(_ bucket: (tokens: Double, last: UInt64), at now: UInt64) -> Double {
+        let elapsed = now > bucket.last ? Double(now - bucket.last) / 60e9 : 0
+        return min(Double(budgetPerMinute), bucket.tokens + elapsed * Double(budgetPerMinute))
+    }
+
+    /// Whether `address` may open a connection now: false while its failures have used up the budget.
+    func admits(_ address: String, now: UInt64) -> Bool {
+        guard let bucket = buckets[address] else { return true }
+        return refilled(bucket, at: now) >= 1
+    }
+
+    /// A login from `address` failed (refused, malformed, unknown device, or none in time).
+    mutating func failed(_ address: String, now: UInt64) {
+        let tokens = buckets[address].map { refilled($0, at: now) } ?? Double(budgetPerMinute)
+        buckets[address] = (max(0, tokens - 1), now)
+        if buckets.count > maxAddresses { prune(now: now) }
+    }
+
+    private mutating func prune(now: UInt64) {
+        buckets = buckets.filter { refilled($0.value, at: now) < Double(budgetPerMinute) }
+        guard buckets.count > maxAddresses else { return }
+        let newest = buckets.sorted { $0.value.last > $1.value.last }.prefix(maxAddresses / 2)
+        buckets = Dictionary(uniqueKeysWithValues: newest.map { ($0.key, $0.value) })
+    }
+}
+
+/// The bytes all device connections hold in their receive buffers beyond a small allowance each
+/// (`MAX_BUFFERED_BYTES`). A connection whose buffer would take the total past the limit is closed:
+/// real devices send packets of at most 1,280 bytes and never need more than the allowance, so only
+/// clients holding large partial frames (or pipelining without reading) meet the limit.
+final class BufferBudget: Sendable {
+    /// Bytes of buffer each connection holds without charge: every documented packet fits.
+    static let allowance = 2048
+
+    let limit: Int
+    private let used = Atomic<Int>(0)
+
+    init(limit: Int) {
+        self.limit = limit
+    }
+
+    /// Bytes charged now, across connections.
+    var inUse: Int { used.load(ordering: .relaxed) }
+
+    /// Changes one connection's charge from `old` to `new` bytes. Growing past the limit is refused
+    /// (false; nothing charged); shrinking always succeeds.
+    func recharge(from old: Int, to new: Int) -> Bool {
+        let delta = new - old
+        guard delta > 0 else {
+            used.subtract(-delta, ordering: .relaxed)
+            return true
+        }
+        let after = used.add(delta, ordering: .relaxed).newValue
+        guard after <= limit else {
+            used.subtract(delta, ordering: .relaxed)
+            return false
+        }
+        return true
     }
 }

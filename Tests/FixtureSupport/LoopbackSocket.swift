@@ -16,14 +16,30 @@ public func connectLoopback(port: Int, host: String = "127.0.0.1", receiveBuffer
 
 /// A socket of `type` (stream or datagram) connected to `host`:`port`; a datagram socket then takes
 /// datagrams from that peer only.
+/// With `source` (an IPv4 address such as 127.0.0.2), the socket is bound to it first, so the server sees
+/// that address as the peer.
 public func connectSocket(
     type: __socket_type,
     port: Int,
     host: String = "127.0.0.1",
+    source: String? = nil,
     receiveBuffer: Int32? = nil
 ) throws(LoopbackConnectError) -> Int32 {
     let fd = socket(AF_INET, Int32(type.rawValue), 0)
     if var size = receiveBuffer { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size)) }
+    if let source {
+        var local = sockaddr_in()
+        local.sin_family = sa_family_t(AF_INET)
+        local.sin_addr.s_addr = inet_addr(source)
+        let bound = withUnsafePointer(to: &local) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else {
+            let error = errno
+            close(fd)
+            throw LoopbackConnectError(description: "bind to \(source) failed: errno \(error)")
+        }
+    }
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)
     addr.sin_addr.s_addr = inet_addr(host)

@@ -126,6 +126,7 @@ struct IngestConfigurationTests {
             "REDIS_MASTER_NAME": "other", "REDIS_MIN_LOCAL_FSYNC": "1", "REDIS_CHECK_INTERVAL_MS": "5000", "REDIS_TLS_CA_FILE": "/ca.pem",
             "REDIS_TLS_CERT_FILE": "/c.pem", "REDIS_TLS_KEY_FILE": "/k.pem", "REDIS_TLS_SERVER_NAME": "redis.example",
             "UDP_PORT": "5027", "UDP_HOST": "127.0.0.4", "UDP_WINDOW_ENTRIES": "10", "UDP_WINDOW_TTL_MS": "5000",
+            "FRAME_TIMEOUT_MS": "5000", "MAX_CONNECTIONS_PER_IP": "3", "MAX_LOGIN_FAILURES_PER_IP": "0", "MAX_BUFFERED_BYTES": "100000",
         ]
         #expect(Set(other.keys) == Set(IngestConfiguration.settings.map(\.env)))
         #expect(base.changedSettings(comparedTo: base).isEmpty)

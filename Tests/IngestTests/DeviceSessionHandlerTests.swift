@@ -59,15 +59,24 @@ struct DeviceSessionHandlerTests {
         let reads: ReadCounter
         let sink: FakePublishSink
         /// This harness's own registry: its counts are exact, whatever other tests do.
-        let metrics = IngestMetrics()
+        let metrics: IngestMetrics
+        let environment: SessionEnvironment
 
         init(configure: (inout IngestConfiguration) -> Void = { _ in }) throws {
             var configuration = IngestConfiguration()
             configure(&configuration)
             var logger = Logger(label: "test")
             logger.logLevel = .critical
-            sink = FakePublishSink()
-            let environment = SessionEnvironment(configuration: configuration, publisher: sink, logger: logger, metrics: metrics)
+            let sink = FakePublishSink()
+            let metrics = IngestMetrics()
+            try self.init(environment: SessionEnvironment(configuration: configuration, publisher: sink, logger: logger, metrics: metrics))
+        }
+
+        /// Another connection of the same server (`environment` shared: queue, budgets, registry, metrics).
+        init(environment: SessionEnvironment) throws {
+            sink = environment.publisher as! FakePublishSink
+            metrics = environment.metrics
+            self.environment = environment
             handler = DeviceSessionHandler(environment: environment)
             reads = ReadCounter()
             channel = EmbeddedChannel()
@@ -293,6 +302,86 @@ struct DeviceSessionHandlerTests {
         h.channel.embeddedEventLoop.advanceTime(by: .milliseconds(1))
         #expect(!h.channel.isActive)
         #expect(h.value(#"teltonika_handshake_total{result="timeout"}"#) == 1)
+    }
+
+    /// A packet must be complete within FRAME_TIMEOUT_MS of its first byte, however the bytes trickle in;
+    /// keep-alives between packets do not start the clock, a completed frame stops it, and the time a
+    /// frame waits in flight for Redis does not count against the next one.
+    @Test func testAFrameNotCompletedInTimeClosesTheConnection() throws {
+        let h = try Harness { $0.frameTimeoutMs = 1000 }
+        try h.feed(Self.imei.loginFrame)
+        let frame = try Self.avl(2, from: 0)
+        // Keep-alives for 5 s: no frame is being read, nothing times out.
+        for _ in 0..<10 {
+            try h.feed([0xFF])
+            h.channel.embeddedEventLoop.advanceTime(by: .milliseconds(500))
+        }
+        #expect(h.channel.isActive)
+        // A frame completed within the time, then a second one half sent while the first is in flight.
+        try h.feed(frame.prefix(10))
+        h.channel.embeddedEventLoop.advanceTime(by: .milliseconds(900))
+        try h.feed(frame.dropFirst(10) + frame.prefix(5))
+        h.channel.embeddedEventLoop.advanceTime(by: .milliseconds(5000))
+        #expect(h.channel.isActive, "the time in flight counted against the next frame")
+        h.answer()
+        // Reading again: the second frame's clock starts now; bytes trickling in do not extend it.
+        for i in 0..<9 {
+            h.channel.embeddedEventLoop.advanceTime(by: .milliseconds(100))
+            try h.feed(frame[(5 + i)..<(6 + i)])
+        }
+        #expect(h.channel.isActive)
+        h.channel.embeddedEventLoop.advanceTime(by: .milliseconds(100))
+        #expect(!h.channel.isActive)
+        #expect(h.value(#"teltonika_disconnects_total{reason="frame_timeout"}"#) == 1)
+        #expect(try h.written() == [1, 0, 0, 0, 2])
+    }
+
+    /// Receive buffers across connections are bounded by MAX_BUFFERED_BYTES beyond 2 KiB each: a partial
+    /// frame is kept in a buffer of its declared size, a connection that would take the total past the
+    /// limit is closed (counted), and a completed frame gives its bytes back.
+    @Test func testBufferedBytesAcrossConnectionsStayWithinTheBudget() throws {
+        let first = try Harness { $0.maxBufferedBytes = 40_000 }
+        var connections = [first]
+        for _ in 0..<3 { connections.append(try Harness(environment: first.environment)) }
+        // A 16 KiB-data frame with IO values that fill it: each connection sends all but its last byte.
+        let ioElements = (0..<40).map { IOElement(id: UInt16($0), value: .u64(7)) }
+        let big = try AVLPacketEncoder.encode(
+            (0..<41).map { AVLRecord(timestampMs: 1_700_000_000_000 + UInt64($0), ioElements: ioElements) },
+            codec: .codec8
+        )
+        try #require(big.count > 16_000 && big.count <= 16_396)
+        // Each its own device (a login with the same IMEI would replace the older connection).
+        func login(_ h: Harness, _ index: Int) throws { try h.feed(IMEI("35630704244101\(index)")!.loginFrame) }
+        for (index, h) in connections.prefix(3).enumerated() {
+            try login(h, index)
+            _ = try h.written()
+            // In odd chunks, the first of which is a whole read's worth.
+            try h.feed(big.prefix(9_000))
+            try h.feed(big.dropFirst(9_000).dropLast())
+            if index < 2 {
+                #expect(h.channel.isActive, "connection \(index) within the budget was closed")
+                // The buffer is the frame's size, give or take the allocator's rounding (less than 1 KiB).
+                #expect(h.handler.bufferedCapacity < big.count + 1024, "buffer \(h.handler.bufferedCapacity) above the frame's size")
+            } else {
+                #expect(!h.channel.isActive, "the connection past the budget stays open")
+            }
+        }
+        #expect(first.value("teltonika_buffer_budget_refusals_total") == 1)
+        #expect(first.value(#"teltonika_disconnects_total{reason="buffer_budget"}"#) == 1)
+        let charge = connections[0].handler.bufferedCapacity - BufferBudget.allowance
+        #expect(first.environment.bufferBudget.inUse == 2 * charge)
+        // The first connection completes its frame: its bytes go back; a fourth connection now fits.
+        try first.feed(big.suffix(1))
+        #expect(first.sink.waiting == 1)
+        #expect(first.environment.bufferBudget.inUse == charge)
+        let fourth = connections[3]
+        try login(fourth, 3)
+        try fourth.feed(big.dropLast())
+        #expect(fourth.channel.isActive)
+        // Closing gives back what a connection held.
+        try connections[1].channel.close().wait()
+        try fourth.channel.close().wait()
+        #expect(first.environment.bufferBudget.inUse == 0)
     }
 
     /// A full queue: the packet is offered again every 10 ms until OVERFLOW_WAIT_MS, then the

@@ -23,8 +23,9 @@ final class DeviceClient {
     /// -1 once ``reset()`` closed it.
     private var fd: Int32
 
-    init(port: Int, host: String = "127.0.0.1") throws {
-        fd = try connectLoopback(port: port, host: host)
+    /// - Parameter source: the local address to connect from (127.0.0.2, ...: another device address).
+    init(port: Int, host: String = "127.0.0.1", source: String? = nil) throws {
+        fd = try connectSocket(type: SOCK_STREAM, port: port, host: host, source: source)
     }
 
     deinit { if fd >= 0 { close(fd) } }
