@@ -12,7 +12,7 @@ ALERTS = ["TeltonikaUnknownCodec", "TeltonikaPublishOverflow", "TeltonikaCRCFail
           "TeltonikaPublishQueueFilling", "TeltonikaRedisDown", "TeltonikaNotReady",
           "TeltonikaAckLatencyHigh", "TeltonikaInstanceSilent", "TeltonikaCrashLoop",
           "TeltonikaRedisNotDurable", "TeltonikaRedisReplicasShort", "TeltonikaPacketsGivenUp",
-          "TeltonikaRedisRefusingWrites", "TeltonikaStreamUnreadNearTrim", "TeltonikaRedisMemoryNearLimit"]
+          "TeltonikaRedisRefusingWrites", "TeltonikaStreamUnreadNearTrim", "TeltonikaRedisMemoryNearLimit", "TeltonikaAllowlistStale"]
 RUNBOOK_PREFIX = "https://github.com/teltonika-ingest/teltonika-ingest/blob/main/OPERATIONS.md#"
 
 problems = []

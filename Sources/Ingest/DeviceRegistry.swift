@@ -35,4 +35,9 @@ final class DeviceRegistry: Sendable {
     }
 
     var count: Int { channels.withLockedValue { $0.count } }
+
+    /// The connections of the logged-in IMEIs for which `matches` holds.
+    func connections(where matches: (IMEI) -> Bool) -> [any Channel] {
+        channels.withLockedValue { map in map.compactMap { matches($0.key) ? $0.value : nil } }
+    }
 }

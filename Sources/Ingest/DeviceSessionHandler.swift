@@ -33,8 +33,20 @@ final class SessionEnvironment: Sendable {
     /// Failed logins by source address (`MAX_LOGIN_FAILURES_PER_IP`), shared by every event loop.
     let loginFailures: NIOLockedValueBox<LoginFailureLimiter>?
 
-    init(configuration: IngestConfiguration, publisher: any PublishSink, logger: Logger, metrics: IngestMetrics = .shared) {
+    /// Which IMEIs may log in (and send datagrams).
+    let authority: DeviceAuthority
+    /// One `device.unknown` line per 10 s across connections (a scanner cannot flood the log).
+    private let unknownDeviceLog = NIOLockedValueBox(LogLimiter())
+
+    init(
+        configuration: IngestConfiguration,
+        publisher: any PublishSink,
+        logger: Logger,
+        metrics: IngestMetrics = .shared,
+        authority: DeviceAuthority = DeviceAuthority(mode: .allowAll)
+    ) {
         self.configuration = configuration
+        self.authority = authority
         self.publisher = publisher
         self.metrics = metrics
         self.logger = logger
@@ -42,6 +54,20 @@ final class SessionEnvironment: Sendable {
         bufferBudget = BufferBudget(limit: configuration.maxBufferedBytes)
         let budget = configuration.maxLoginFailuresPerIP
         loginFailures = budget > 0 ? NIOLockedValueBox(LoginFailureLimiter(budgetPerMinute: budget)) : nil
+    }
+
+    /// Counts and (at most once per 10 s across connections) logs a device the authority refused.
+    func unknownDevice(_ imei: IMEI, peer: SocketAddress?, transport: String) {
+        let verdict = authority.verdict(imei)
+        let now = NIODeadline.now().uptimeNanoseconds
+        guard let heldBack = unknownDeviceLog.withLockedValue({ $0.admit(nowNanoseconds: now) }) else { return }
+        logger.warning(
+            "unknown device refused",
+            metadata: [
+                "event": "device.unknown", "imei": "\(imei)", "peer": "\(peerString(peer))", "transport": "\(transport)",
+                "allowlist": "\(verdict == .notLoaded ? "not_loaded" : "loaded")", "suppressed": "\(heldBack)",
+            ]
+        )
     }
 
     /// One log line per 10 s across connections for buffer-budget refusals.
@@ -293,6 +319,11 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             close(context, .replaced)
             return
         }
+        if event is SessionRevoked {
+            logger.notice("device left the allowlist: closing", metadata: ["event": "device.revoked"])
+            close(context, .revoked)
+            return
+        }
         if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
             logger.info("idle connection closed", metadata: ["event": "device.idle_timeout"])
             close(context, .idleTimeout)
@@ -363,7 +394,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private func login(_ context: ChannelHandlerContext, frame: ByteBuffer) {
         handshakeTimer?.cancel()
         let parsed = frame.withUnsafeReadableBytes { raw in Result { () throws(Codec8Error) in try IMEI.parseLogin(raw) } }
-        switch session.loginReceived(parsed) {
+        switch session.loginReceived(parsed, isAllowed: { environment.authority.verdict($0) == .allowed }) {
         case .accept(let imei):
             logger[metadataKey: "imei"] = "\(imei)"
             if let old = environment.registry.register(imei, channel: context.channel) {
@@ -380,7 +411,19 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(1))), promise: nil)
         case .refuse(let result, let error):
             refuseLogin(context, error: error, result: result)
+        case .deny(let imei):
+            environment.metrics.handshakes(result: .unknownDevice).increment()
+            environment.loginFailed(from: context.remoteAddress)
+            environment.unknownDevice(imei, peer: context.remoteAddress, transport: "tcp")
+            answerZeroAndClose(context, reason: .loginRejected)
         }
+    }
+
+    /// Writes the login refusal 0x00 and closes once it is written.
+    private func answerZeroAndClose(_ context: ChannelHandlerContext, reason: DisconnectReason) {
+        let channel = context.channel
+        closeReason = closeReason ?? reason
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(0)))).whenComplete { _ in channel.close(promise: nil) }
     }
 
     /// Answers 0x00, closes once it is written. `result`: `rejected` (bad digits) or `malformed` (bad length).
@@ -388,9 +431,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         environment.metrics.handshakes(result: result).increment()
         environment.loginFailed(from: context.remoteAddress)
         logger.warning("login rejected", metadata: ["event": "device.login_rejected", "error": "\(error.category)", "detail": "\(error)"])
-        let channel = context.channel
-        closeReason = closeReason ?? .loginRejected
-        context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(0)))).whenComplete { _ in channel.close(promise: nil) }
+        answerZeroAndClose(context, reason: .loginRejected)
     }
 
     /// What a frame after login turned out to be.

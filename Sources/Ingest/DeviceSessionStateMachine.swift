@@ -87,13 +87,18 @@ struct DeviceSessionStateMachine<InFlight> {
         case accept(IMEI)
         /// Answer 0x00 and close; `result` is the `teltonika_handshake_total` label.
         case refuse(result: HandshakeResult, Codec8Error)
+        /// A well-formed IMEI the device authority does not allow: answer 0x00 and close.
+        case deny(IMEI)
     }
 
     /// A login frame was cut and parsed. Only while awaiting the login (the framer mode says so):
     /// anything else is a programming error and stops the process.
-    mutating func loginReceived(_ parsed: Result<IMEI, Codec8Error>) -> LoginAction {
+    mutating func loginReceived(_ parsed: Result<IMEI, Codec8Error>, isAllowed: (IMEI) -> Bool = { _ in true }) -> LoginAction {
         guard case .awaitingLogin = state else { preconditionFailure("a login frame in state \(state)") }
         switch parsed {
+        case .success(let imei) where !isAllowed(imei):
+            state = .closed
+            return .deny(imei)
         case .success(let imei):
             state = .ready(imei)
             self.imei = imei

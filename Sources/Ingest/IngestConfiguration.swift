@@ -26,6 +26,15 @@ public struct IngestConfiguration: Sendable, Equatable {
     /// Receive-buffer bytes all device connections may hold beyond 2 KiB each.
     public var maxBufferedBytes = 64 * 1024 * 1024
 
+    // MARK: Device authority
+    public var deviceAuthorityMode = DeviceAuthorityMode.allowAll
+    /// The allowlist file (`DEVICE_AUTHORITY_MODE=file`).
+    public var deviceAllowlistFile: String? = nil
+    /// The Redis set of allowed IMEIs (`DEVICE_AUTHORITY_MODE=redis`).
+    public var redisDeviceAllowlistKey = "teltonika:allowlist"
+    /// How often the allowlist is loaded again.
+    public var deviceAllowlistRefreshMs = 60_000
+
     // MARK: UDP listener
     /// The UDP port for AVL datagrams (nil: no UDP listener; 0: any free port, logged at start).
     public var udpPort: Int? = nil
@@ -160,6 +169,37 @@ public struct IngestConfiguration: Sendable, Equatable {
             "Receive-buffer bytes all connections may hold beyond 2 KiB each; a connection past it is closed.",
             65_536...68_719_476_736,
             \.maxBufferedBytes
+        ),
+        Setting(
+            env: "DEVICE_AUTHORITY_MODE",
+            flag: "device-authority-mode",
+            help: "allow_all (any IMEI), file (DEVICE_ALLOWLIST_FILE) or redis (the set REDIS_DEVICE_ALLOWLIST_KEY).",
+            read: { $0.deviceAuthorityMode.rawValue },
+            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
+                guard let mode = DeviceAuthorityMode(rawValue: v) else {
+                    throw ConfigurationError(key: "DEVICE_AUTHORITY_MODE", message: "expected allow_all, file or redis, got '\(v)'")
+                }
+                c.deviceAuthorityMode = mode
+            }
+        ),
+        optional(
+            "DEVICE_ALLOWLIST_FILE",
+            "device-allowlist-file",
+            "One IMEI a line (# comments) for DEVICE_AUTHORITY_MODE=file.",
+            \.deviceAllowlistFile
+        ),
+        string(
+            "REDIS_DEVICE_ALLOWLIST_KEY",
+            "redis-device-allowlist-key",
+            "Redis set of allowed IMEIs for DEVICE_AUTHORITY_MODE=redis.",
+            \.redisDeviceAllowlistKey
+        ),
+        int(
+            "DEVICE_ALLOWLIST_REFRESH_MS",
+            "device-allowlist-refresh-ms",
+            "How often the allowlist is loaded again (SIGHUP loads it at once).",
+            1000...86_400_000,
+            \.deviceAllowlistRefreshMs
         ),
         Setting(
             env: "UDP_PORT",
@@ -407,6 +447,9 @@ public struct IngestConfiguration: Sendable, Equatable {
 
     /// Checks the settings that depend on each other.
     func validate() throws(ConfigurationError) {
+        if deviceAuthorityMode == .file, deviceAllowlistFile == nil {
+            throw ConfigurationError(key: "DEVICE_ALLOWLIST_FILE", message: "must be set with DEVICE_AUTHORITY_MODE=file")
+        }
         if !redisUsesTLS {
             let given = [
                 ("REDIS_TLS_CA_FILE", redisTLS.caFile), ("REDIS_TLS_CERT_FILE", redisTLS.certFile),

@@ -83,7 +83,11 @@ enum RefusalReason: String, CaseIterable, Sendable {
 }
 
 /// `result` label of `teltonika_handshake_total`.
-enum HandshakeResult: String, CaseIterable, Sendable { case accepted, rejected, malformed, timeout }
+enum HandshakeResult: String, CaseIterable, Sendable {
+    case accepted, rejected, malformed, timeout
+    /// A well-formed IMEI the device authority does not know (or no allowlist loaded yet).
+    case unknownDevice = "unknown_device"
+}
 
 /// `reason` label of `teltonika_disconnects_total`: why a device connection ended.
 enum DisconnectReason: String, CaseIterable, Sendable {
@@ -92,6 +96,7 @@ enum DisconnectReason: String, CaseIterable, Sendable {
     case loginRejected = "login_rejected"
     case idleTimeout = "idle_timeout"
     case replaced
+    case revoked
     case frameRejected = "frame_rejected"
     case frameTimeout = "frame_timeout"
     case bufferBudget = "buffer_budget"
@@ -120,6 +125,8 @@ enum UDPResult: String, CaseIterable, Sendable {
     case joined
     /// Refused by the decoder (header, IMEI or AVL data): no ACK.
     case malformed
+    /// An IMEI the device authority does not know: no ACK, nothing stored.
+    case unknownDevice = "unknown_device"
     /// The publish queue was full: no ACK (the device resends).
     case overflow
     /// Redis did not confirm it in time: no ACK (the device resends).
@@ -192,6 +199,9 @@ public final class IngestMetrics: Sendable {
     private let redisDurabilityByMode: [String: Gauge]
     let connectionsReplaced: Counter
     let bufferedBytes: Gauge
+    private let allowlistRefreshesByResult: [String: Counter]
+    let allowlistSize: Gauge
+    let allowlistLastSuccess: Gauge
     let bufferBudgetRefusals: Counter
     private let udpDatagramsByResult: [UDPResult: Counter]
     let udpWindowEntries: Gauge
@@ -243,7 +253,7 @@ public final class IngestMetrics: Sendable {
             "teltonika_handshake_total",
             "result",
             HandshakeResult.allCases,
-            "IMEI logins: accepted, rejected (bad digits), malformed (bad length), timeout (none in HANDSHAKE_TIMEOUT_MS)."
+            "IMEI logins: accepted, rejected (bad digits), malformed (bad length), timeout (none in HANDSHAKE_TIMEOUT_MS), unknown_device (not on the allowlist)."
         )
         var frames: [FrameCodec: [FrameResult: Counter]] = [:]
         for codec in FrameCodec.allCases {
@@ -339,7 +349,7 @@ public final class IngestMetrics: Sendable {
             "teltonika_disconnects_total",
             "reason",
             DisconnectReason.allCases,
-            "Device connections ended, by reason: peer_closed (the device), handshake_timeout, login_rejected, idle_timeout, replaced (a newer login), frame_rejected, frame_timeout (FRAME_TIMEOUT_MS), buffer_budget (MAX_BUFFERED_BYTES), publish_failed, overflow, drain, error."
+            "Device connections ended, by reason: peer_closed (the device), handshake_timeout, login_rejected, idle_timeout, replaced (a newer login), revoked (left the allowlist), frame_rejected, frame_timeout (FRAME_TIMEOUT_MS), buffer_budget (MAX_BUFFERED_BYTES), publish_failed, overflow, drain, error."
         )
         acceptErrorsByReason = labelled(
             "teltonika_accept_errors_total",
@@ -390,6 +400,27 @@ public final class IngestMetrics: Sendable {
         connectionsReplaced = r.makeCounter(
             descriptor: d("teltonika_connections_replaced_total", "Older connections closed because the same IMEI logged in again.")
         )
+        allowlistRefreshesByResult = Dictionary(
+            uniqueKeysWithValues: ["ok", "failed"].map {
+                (
+                    $0,
+                    r.makeCounter(
+                        descriptor: d(
+                            "teltonika_allowlist_refreshes_total",
+                            "Allowlist loads (DEVICE_AUTHORITY_MODE file or redis) by result; a failed one keeps the last good list."
+                        ),
+                        labels: [("result", $0)]
+                    )
+                )
+            }
+        )
+        allowlistSize = r.makeGauge(descriptor: d("teltonika_allowlist_size", "IMEIs on the allowlist in force (0 in allow_all)."))
+        allowlistLastSuccess = r.makeGauge(
+            descriptor: d(
+                "teltonika_allowlist_last_success_timestamp_seconds",
+                "When the allowlist was last loaded (UNIX seconds; 0: never, or allow_all)."
+            )
+        )
         bufferedBytes = r.makeGauge(
             descriptor: d(
                 "teltonika_buffered_bytes",
@@ -427,6 +458,7 @@ public final class IngestMetrics: Sendable {
     func connections(result: ConnectionResult) -> Counter { connectionsByResult[result]! }
     func handshakes(result: HandshakeResult) -> Counter { handshakesByResult[result]! }
     func refusals(_ reason: RefusalReason) -> Counter { refusalsByReason[reason]! }
+    func allowlistRefreshes(ok: Bool) -> Counter { allowlistRefreshesByResult[ok ? "ok" : "failed"]! }
     func frames(codec: FrameCodec, result: FrameResult) -> Counter { framesByCodecResult[codec]![result]! }
     func records(codec: AVLCodec) -> Counter { recordsByCodec[FrameCodec(codec)]! }
     func deviceMessages(codec: DeviceMessage.Codec) -> Counter { deviceMessagesByCodec[FrameCodec(codec)]! }

@@ -27,9 +27,21 @@ public final class IngestServer: Sendable {
         self.init(configuration: configuration, publisher: publisher, logger: logger, group: group, metrics: .shared)
     }
 
-    init(configuration: IngestConfiguration, publisher: any PublishSink, logger: Logger, group: any EventLoopGroup, metrics: IngestMetrics)
-    {
-        self.environment = SessionEnvironment(configuration: configuration, publisher: publisher, logger: logger, metrics: metrics)
+    init(
+        configuration: IngestConfiguration,
+        publisher: any PublishSink,
+        logger: Logger,
+        group: any EventLoopGroup,
+        metrics: IngestMetrics,
+        authority: DeviceAuthority = DeviceAuthority(mode: .allowAll)
+    ) {
+        self.environment = SessionEnvironment(
+            configuration: configuration,
+            publisher: publisher,
+            logger: logger,
+            metrics: metrics,
+            authority: authority
+        )
         self.group = group
     }
 

@@ -31,16 +31,20 @@ public final class ServerHealth: Sendable {
     let draining = Atomic<Bool>(false)
     let publisher: RedisPublisher
     let eventLoops: any EventLoopGroup
+    let authority: DeviceAuthority
 
-    init(publisher: RedisPublisher, eventLoops: any EventLoopGroup) {
+    init(publisher: RedisPublisher, eventLoops: any EventLoopGroup, authority: DeviceAuthority = DeviceAuthority(mode: .allowAll)) {
         self.publisher = publisher
         self.eventLoops = eventLoops
+        self.authority = authority
     }
 
-    /// Ready: listener bound, Redis connected, not draining. Otherwise the first reason that applies.
+    /// Ready: listener bound, Redis connected, not draining, the allowlist loaded (when there is one).
+    /// Otherwise the first reason that applies.
     public var readiness: (ready: Bool, reason: String) {
         if draining.load(ordering: .relaxed) { return (false, "draining") }
         if !listening.load(ordering: .relaxed) { return (false, "not listening") }
+        if !authority.isLoaded { return (false, "allowlist not loaded") }
         if !publisher.isConnected { return (false, "redis down") }
         return (true, "ok")
     }
@@ -75,6 +79,10 @@ public final class IngestService: Service, Sendable {
     private let redisDescription: String
     private let metrics: IngestMetrics
     private let group: MultiThreadedEventLoopGroup
+    private let authority: DeviceAuthority
+    /// Where the allowlist comes from (nil in `allow_all`).
+    private let allowlistSource: (any AllowlistSource)?
+    private let refresher = NIOLockedValueBox<AllowlistRefresher?>(nil)
     private let state = NIOLockedValueBox<
         (deadline: NIODeadline?, report: DrainReport?, address: SocketAddress?, udpAddress: SocketAddress?)
     >(
@@ -132,7 +140,18 @@ public final class IngestService: Service, Sendable {
             metrics: metrics
         )
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
-        self.health = ServerHealth(publisher: publisher, eventLoops: group)
+        self.authority = DeviceAuthority(mode: configuration.deviceAuthorityMode)
+        switch configuration.deviceAuthorityMode {
+        case .allowAll: allowlistSource = nil
+        case .file: allowlistSource = FileAllowlist(path: configuration.deviceAllowlistFile ?? "")
+        case .redis: allowlistSource = RedisAllowlist(connector: connector, key: configuration.redisDeviceAllowlistKey)
+        }
+        self.health = ServerHealth(publisher: publisher, eventLoops: group, authority: authority)
+    }
+
+    /// SIGHUP: loads the allowlist again now (nothing in `allow_all`).
+    public func refreshAllowlist() {
+        refresher.withLockedValue { $0 }?.refreshSoon(reason: "sighup")
     }
 
     /// The drain's outcome, once `run()` has returned after a shutdown.
@@ -165,7 +184,29 @@ public final class IngestService: Service, Sendable {
             ]
         )
         publisher.start()
-        let server = IngestServer(configuration: configuration, publisher: publisher, logger: logger, group: group, metrics: metrics)
+        let server = IngestServer(
+            configuration: configuration,
+            publisher: publisher,
+            logger: logger,
+            group: group,
+            metrics: metrics,
+            authority: authority
+        )
+        if let allowlistSource {
+            // Loaded before the listener accepts; if it cannot be, every login is refused and /readyz
+            // says why until a refresh succeeds.
+            let refresher = AllowlistRefresher(
+                source: allowlistSource,
+                authority: authority,
+                registry: server.environment.registry,
+                metrics: metrics,
+                logger: logger,
+                interval: .milliseconds(Int64(configuration.deviceAllowlistRefreshMs))
+            )
+            refresher.refresh(reason: "start")
+            refresher.start()
+            self.refresher.withLockedValue { $0 = refresher }
+        }
         do {
             let address = try await server.start()
             state.withLockedValue { $0.address = address }
@@ -218,6 +259,7 @@ public final class IngestService: Service, Sendable {
             ]
         )
         await server.stopAccepting()
+        refresher.withLockedValue { $0 }?.stop()
         // Sessions finish their frame in flight (the publisher still runs) and close themselves; then
         // the publisher sends what is still queued. One deadline bounds both.
         // Meanwhile UDP publishes nothing new; what it published is answered (ACK) before its socket closes.

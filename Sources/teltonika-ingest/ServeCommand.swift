@@ -58,7 +58,10 @@ struct ServeCommand: AsyncParsableCommand {
             try await lifecycle.run(
                 services: [metrics, ingest],
                 onShutdown: { ingest.beginShutdown() },
-                onReload: { settings.reload() }
+                onReload: {
+                    settings.reload()
+                    ingest.refreshAllowlist()
+                }
             )
         } catch {
             logger.critical("stopped by an error", metadata: ["event": "server.failed", "error": "\(error)", "exit_code": "1"])

@@ -55,6 +55,16 @@ struct IngestConfigurationTests {
         }
     }
 
+    @Test func testFileModeNeedsAFile() throws {
+        do {
+            _ = try IngestConfiguration.load(environment: ["DEVICE_AUTHORITY_MODE": "file"], flags: [:])
+            Issue.record("file mode without a file")
+        } catch {
+            #expect(error.key == "DEVICE_ALLOWLIST_FILE")
+        }
+        #expect(throws: ConfigurationError.self) { try IngestConfiguration.load(environment: ["DEVICE_AUTHORITY_MODE": "all"], flags: [:]) }
+    }
+
     @Test func testUDPPortIsOffUnlessSet() throws {
         #expect(try IngestConfiguration.load(environment: [:], flags: [:]).udpPort == nil)
         #expect(try IngestConfiguration.load(environment: ["UDP_PORT": ""], flags: [:]).udpPort == nil)
@@ -127,6 +137,8 @@ struct IngestConfigurationTests {
             "REDIS_TLS_CERT_FILE": "/c.pem", "REDIS_TLS_KEY_FILE": "/k.pem", "REDIS_TLS_SERVER_NAME": "redis.example",
             "UDP_PORT": "5027", "UDP_HOST": "127.0.0.4", "UDP_WINDOW_ENTRIES": "10", "UDP_WINDOW_TTL_MS": "5000",
             "FRAME_TIMEOUT_MS": "5000", "MAX_CONNECTIONS_PER_IP": "3", "MAX_LOGIN_FAILURES_PER_IP": "0", "MAX_BUFFERED_BYTES": "100000",
+            "DEVICE_AUTHORITY_MODE": "redis", "DEVICE_ALLOWLIST_FILE": "/a.txt", "REDIS_DEVICE_ALLOWLIST_KEY": "k",
+            "DEVICE_ALLOWLIST_REFRESH_MS": "5000",
         ]
         #expect(Set(other.keys) == Set(IngestConfiguration.settings.map(\.env)))
         #expect(base.changedSettings(comparedTo: base).isEmpty)

@@ -62,14 +62,22 @@ struct DeviceSessionHandlerTests {
         let metrics: IngestMetrics
         let environment: SessionEnvironment
 
-        init(configure: (inout IngestConfiguration) -> Void = { _ in }) throws {
+        init(
+            authority: DeviceAuthority = DeviceAuthority(mode: .allowAll),
+            configure: (inout IngestConfiguration) -> Void = { _ in }
+        ) throws {
             var configuration = IngestConfiguration()
             configure(&configuration)
             var logger = Logger(label: "test")
             logger.logLevel = .critical
-            let sink = FakePublishSink()
-            let metrics = IngestMetrics()
-            try self.init(environment: SessionEnvironment(configuration: configuration, publisher: sink, logger: logger, metrics: metrics))
+            let environment = SessionEnvironment(
+                configuration: configuration,
+                publisher: FakePublishSink(),
+                logger: logger,
+                metrics: IngestMetrics(),
+                authority: authority
+            )
+            try self.init(environment: environment)
         }
 
         /// Another connection of the same server (`environment` shared: queue, budgets, registry, metrics).

@@ -88,3 +88,151 @@ struct DeviceTrustTests {
         #expect(device.receive(4, timeout: 10) == .bytes([0, 0, 0, 1]))
     }
 }
+
+/// Device authority (issue 13): file and Redis allowlists against the real binary and a real Redis.
+@Suite(.serialized, .timeLimit(.minutes(3)))
+struct DeviceAuthorityTests {
+    static let known = "356307042441013"
+    static let other = "356307042441014"
+
+    static func allowlistFile(_ text: String) throws -> URL {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("allowlist-\(UUID().uuidString).txt")
+        try text.write(to: file, atomically: true, encoding: .utf8)
+        return file
+    }
+
+    /// File mode: only listed IMEIs log in; SIGHUP swaps the list, closes the connection of a device
+    /// taken off it and admits the one added; a bad file keeps the last good list.
+    @Test func testFileAllowlistAndSIGHUP() throws {
+        let file = try Self.allowlistFile("# fleet A\n\(Self.known)  # truck 7\n\n")
+        defer { try? FileManager.default.removeItem(at: file) }
+        let server = try ServerProcess(environment: ["DEVICE_AUTHORITY_MODE": "file", "DEVICE_ALLOWLIST_FILE": file.path])
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login(Self.known))
+        try device.send(DeviceTrustTests.frame)
+        #expect(device.receive(4, timeout: 10) == .bytes([0, 0, 0, 1]))
+        let stranger = try DeviceClient(port: server.port)
+        try stranger.send(IMEI(Self.other)!.loginFrame)
+        #expect(stranger.receive(2, timeout: 5) == .closed([0]))
+        var scrape = try server.scrape()
+        #expect(try scrape.value(#"teltonika_handshake_total{result="unknown_device"}"#) == 1)
+        #expect(try scrape.value("teltonika_allowlist_size") == 1)
+        #expect(try scrape.value(#"teltonika_allowlist_refreshes_total{result="ok"}"#) == 1)
+        #expect(try scrape.value("teltonika_allowlist_last_success_timestamp_seconds") > 1_700_000_000)
+        let unknown = try server.waitForLog(event: "device.unknown", timeout: 1)
+        #expect(unknown["imei"] as? String == Self.other)
+        #expect(try RedisClient(url: TestEnvironment.redisURL).xlen(server.stream) == 1)
+
+        // The list now holds the other IMEI only: SIGHUP closes the known device's live connection.
+        try "\(Self.other)\n".write(to: file, atomically: true, encoding: .utf8)
+        server.signal(SIGHUP)
+        #expect(device.receive(4, timeout: 10) == .closed([]))
+        try waitFor(timeout: 5) { try server.scrape().value(#"teltonika_disconnects_total{reason="revoked"}"#) == 1 }
+        let loaded = try server.waitForLog(event: "allowlist.loaded", timeout: 5, count: 2)
+        #expect(loaded["removed"] as? String == "1" && loaded["added"] as? String == "1" && loaded["connections_closed"] as? String == "1")
+        #expect(try DeviceClient(port: server.port).login(Self.other))
+
+        // A bad line: the refresh fails, the last good list stays in force.
+        try "\(Self.other)\nnot-an-imei\n".write(to: file, atomically: true, encoding: .utf8)
+        server.signal(SIGHUP)
+        let failed = try server.waitForLog(event: "allowlist.refresh_failed", timeout: 5)
+        #expect((failed["error"] as? String)?.contains(":2: not an IMEI") == true)
+        scrape = try server.scrape()
+        #expect(try scrape.value(#"teltonika_allowlist_refreshes_total{result="failed"}"#) == 1)
+        #expect(try scrape.value("teltonika_allowlist_size") == 1)
+        #expect(try DeviceClient(port: server.port).login(Self.other))
+        #expect(try server.http("/readyz").status == 200)
+    }
+
+    /// Redis mode: SADD and SREM while a device sends are picked up at the next refresh; Redis stalled
+    /// during a refresh keeps the last list (logins go on), and its return refreshes again.
+    @Test func testRedisAllowlistFollowsSADDAndSREMUnderLoad() throws {
+        let redis = try OwnRedis()
+        defer { redis.resume() }
+        let client = try RedisClient(url: redis.url)
+        let key = "allowlist:\(UUID().uuidString)"
+        _ = try client.command(["SADD", key, Self.known])
+        let server = try ServerProcess(
+            redisURL: redis.url,
+            environment: [
+                "DEVICE_AUTHORITY_MODE": "redis", "REDIS_DEVICE_ALLOWLIST_KEY": key, "DEVICE_ALLOWLIST_REFRESH_MS": "1000",
+                "REDIS_TIMEOUT_MS": "300",
+            ]
+        )
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login(Self.known))
+        #expect(try server.scrape().value("teltonika_allowlist_size") == 1)
+        // Under load: the device keeps sending while the set changes.
+        _ = try client.command(["SADD", key, Self.other])
+        _ = try client.command(["SREM", key, Self.known])
+        var acked = 0
+        var revoked = false
+        let deadline = Date().addingTimeInterval(15)
+        while !revoked && Date() < deadline {
+            try? device.send(try LifecycleTests.packet(records: 1, at: 1_700_000_000_000 + UInt64(acked)))
+            switch device.receive(4, timeout: 5) {
+            case .bytes: acked += 1
+            case .closed, .timeout: revoked = true
+            }
+        }
+        #expect(revoked, "the removed device was never disconnected")
+        #expect(acked > 0)
+        // Every ACKed record stored; the packet in flight at the close may be stored too, unACKed.
+        let stored = try RedisClient(url: redis.url).xlen(server.stream)
+        #expect(stored == acked || stored == acked + 1, "\(stored) stored, \(acked) ACKed")
+        #expect(try DeviceClient(port: server.port).login(Self.other))
+        let stranger = try DeviceClient(port: server.port)
+        try stranger.send(IMEI(Self.known)!.loginFrame)
+        #expect(stranger.receive(2, timeout: 5) == .closed([0]))
+
+        // Redis stalled: refreshes fail, the last list stays (a login needs no Redis).
+        redis.pause()
+        try waitFor(timeout: 10, "a refresh failed") {
+            try server.scrape().value(#"teltonika_allowlist_refreshes_total{result="failed"}"#) >= 1
+        }
+        #expect(try DeviceClient(port: server.port).login(Self.other))
+        redis.resume()
+        let failedBefore = try server.scrape().value(#"teltonika_allowlist_refreshes_total{result="ok"}"#)
+        try waitFor(timeout: 10, "refreshed again") {
+            try server.scrape().value(#"teltonika_allowlist_refreshes_total{result="ok"}"#) > failedBefore
+        }
+    }
+
+    /// No list ever loaded (the file is missing at start): not ready, every login refused; once the file
+    /// is there, SIGHUP loads it and the server is ready.
+    @Test func testNotReadyAndNoLoginsUntilAListIsLoaded() throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("allowlist-\(UUID().uuidString).txt")
+        defer { try? FileManager.default.removeItem(at: file) }
+        let server = try ServerProcess(environment: ["DEVICE_AUTHORITY_MODE": "file", "DEVICE_ALLOWLIST_FILE": file.path])
+        try waitFor(timeout: 10) { try server.scrape().value("teltonika_redis_up") == 1 }
+        let ready = try server.http("/readyz")
+        #expect(ready.status == 503)
+        #expect(ready.body.contains("allowlist not loaded"), "\(ready.body)")
+        let device = try DeviceClient(port: server.port)
+        try device.send(IMEI(Self.known)!.loginFrame)
+        #expect(device.receive(2, timeout: 5) == .closed([0]))
+        let line = try server.waitForLog(event: "device.unknown", timeout: 1)
+        #expect(line["allowlist"] as? String == "not_loaded")
+        try "\(Self.known)\n".write(to: file, atomically: true, encoding: .utf8)
+        server.signal(SIGHUP)
+        try waitFor(timeout: 5) { try server.http("/readyz").status == 200 }
+        #expect(try DeviceClient(port: server.port).login(Self.known))
+    }
+
+    /// UDP: a datagram from an IMEI not on the list gets no ACK and stores nothing.
+    @Test func testUDPDatagramsFromUnknownDevicesAreDropped() throws {
+        let fixture = FixtureCorpus.udpDatagrams[0]
+        let file = try Self.allowlistFile("\(Self.known)\n")
+        defer { try? FileManager.default.removeItem(at: file) }
+        let server = try ServerProcess(
+            environment: ["DEVICE_AUTHORITY_MODE": "file", "DEVICE_ALLOWLIST_FILE": file.path, "UDP_PORT": "0"]
+        )
+        let udp = try UDPDeviceClient(port: server.udpPort)
+        try udp.send(fixture.bytes)  // IMEI 352093086403655: not on the list
+        try waitFor(timeout: 5) { try server.scrape().value(#"teltonika_udp_datagrams_total{result="unknown_device"}"#) == 1 }
+        #expect(udp.receive(timeout: 0.2) == nil)
+        #expect(try RedisClient(url: TestEnvironment.redisURL).xlen(server.stream) == 0)
+        try udp.send(try UDPServerTests.datagram(imei: IMEI(Self.known)!, id: 1))
+        #expect(udp.receive(timeout: 10).flatMap(UDPAck.init)?.acceptedRecords == 1)
+    }
+}

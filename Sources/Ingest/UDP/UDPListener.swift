@@ -111,6 +111,7 @@ final class UDPDatagramHandler: ChannelInboundHandler {
     /// What one datagram asks for, decided while its bytes are at hand.
     private enum Action {
         case rejected(Codec8Error)
+        case unknownDevice(IMEI)
         case acknowledgeAgain(UDPReplyTarget, avlPacketID: UInt8, records: UInt8)
         case joined
         case draining
@@ -131,6 +132,7 @@ final class UDPDatagramHandler: ChannelInboundHandler {
             } catch {
                 return .rejected(error)
             }
+            guard environment.authority.verdict(datagram.imei) == .allowed else { return .unknownDevice(datagram.imei) }
             var hasher = Hasher()
             hasher.combine(bytes: UnsafeRawBufferPointer(rebasing: raw[datagram.dataOffset...]))
             let reply = UDPReplyTarget(address: envelope.remoteAddress, packetID: datagram.packetID)
@@ -159,6 +161,9 @@ final class UDPDatagramHandler: ChannelInboundHandler {
         switch action {
         case .rejected(let error):
             reject(error, from: envelope.remoteAddress, bytes: envelope.data.readableBytes)
+        case .unknownDevice(let imei):
+            environment.metrics.udpDatagrams(.unknownDevice).increment()
+            environment.unknownDevice(imei, peer: envelope.remoteAddress, transport: "udp")
         case .acknowledgeAgain(let reply, let avlPacketID, let records):
             environment.metrics.udpDatagrams(.reacked).increment()
             acknowledge(context, reply, avlPacketID: avlPacketID, records: records)
