@@ -15,6 +15,7 @@ final class ScriptedUDPServer: Sendable {
     let port: Int
     private let running = NIOLockedValueBox(true)
     private let seen = NIOLockedValueBox<[[UInt8]: Int]>([:])
+    private let log = NIOLockedValueBox<[[UInt8]]>([])
 
     init(answer: @escaping @Sendable (_ datagram: [UInt8], _ earlierCopies: Int) -> [[UInt8]]) throws {
         let (fd, port) = try bindLoopback(type: Int32(SOCK_DGRAM.rawValue))
@@ -22,7 +23,7 @@ final class ScriptedUDPServer: Sendable {
         // Wakes every 100 ms to see whether the server was stopped; the thread closes the socket itself.
         var wake = timeval(tv_sec: 0, tv_usec: 100_000)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wake, socklen_t(MemoryLayout<timeval>.size))
-        let (running, seen) = (running, seen)
+        let (running, seen, log) = (running, seen, log)
         Thread.detachNewThread {
             defer { close(fd) }
             var buffer = [UInt8](repeating: 0, count: 65_536)
@@ -34,6 +35,7 @@ final class ScriptedUDPServer: Sendable {
                 }
                 guard n >= 0 else { continue }
                 let datagram = Array(buffer[0..<n])
+                log.withLockedValue { $0.append(datagram) }
                 let copies = seen.withLockedValue { seen in
                     defer { seen[datagram, default: 0] += 1 }
                     return seen[datagram, default: 0]
@@ -51,6 +53,12 @@ final class ScriptedUDPServer: Sendable {
 
     /// Datagrams received so far, every copy counted.
     var received: Int { seen.withLockedValue { $0.values.reduce(0, +) } }
+
+    /// Each distinct datagram received so far, with how many times it came.
+    var datagrams: [[UInt8]: Int] { seen.withLockedValue { $0 } }
+
+    /// Every datagram received so far, in arrival order.
+    var arrivals: [[UInt8]] { log.withLockedValue { $0 } }
 
     deinit { running.withLockedValue { $0 = false } }
 
