@@ -1,10 +1,11 @@
 /// Reads pcap and pcapng captures and reassembles the payload of each TCP flow, one direction at a
-/// time: what a device sent, as the server received it.
+/// time: what a device sent, as the server received it; and collects the UDP datagrams of each flow.
 ///
 /// Link types: Ethernet (with 802.1Q tags), Linux cooked (SLL and SLL2), raw IP, BSD loopback.
 /// IPv4 (unfragmented) and IPv6 (no extension headers). Segments are placed by sequence number, so
 /// retransmissions, overlaps and reordering come out right; a gap (a segment the capture missed) ends
-/// the flow there, and ``TCPFlow/gap`` says so.
+/// the flow there, and ``TCPFlow/gap`` says so. UDP has no order to restore: a flow's datagrams stay in
+/// capture order, one payload per packet, a datagram the capture cut short (snap length) as captured.
 public enum Capture {
     public enum Failure: Error, CustomStringConvertible, Equatable {
         case notACapture
@@ -29,11 +30,57 @@ public enum Capture {
         public var gap: Bool
     }
 
-    /// The flows of a capture, in order of their first packet.
+    /// One direction of a UDP conversation (source address and port to destination address and port).
+    public struct UDPFlow: Sendable, Equatable {
+        public var source: String
+        public var destination: String
+        public var destinationPort: UInt16
+        /// Each packet's payload, in capture order (a device's own resends are kept: they were sent).
+        public var datagrams: [[UInt8]]
+    }
+
+    /// The TCP and UDP flows of a capture, each in order of its first packet.
+    public struct Flows: Sendable, Equatable {
+        public var tcp: [TCPFlow]
+        public var udp: [UDPFlow]
+    }
+
+    /// The TCP flows of a capture, in order of their first packet.
     public static func tcpFlows(in bytes: [UInt8]) throws(Failure) -> [TCPFlow] {
+        try flows(in: bytes).tcp
+    }
+
+    /// Every TCP and UDP flow of a capture, read in one pass.
+    public static func flows(in bytes: [UInt8]) throws(Failure) -> Flows {
         var assembler = FlowAssembler()
-        try forEachPacket(in: bytes) { linkType, frame in assembler.add(linkType: linkType, frame: frame) }
-        return assembler.assembled()
+        var udp: [UDPFlow] = []
+        var udpIndex: [String: Int] = [:]
+        try forEachPacket(in: bytes) { linkType, frame in
+            guard let packet = ipPacket(linkType: linkType, frame: frame) else { return }
+            switch packet.transport {
+            case 6:
+                assembler.add(packet)
+            case 17:
+                guard let datagram = udpDatagram(packet) else { return }
+                let ends = datagram.ends
+                if let index = udpIndex[ends.key] {
+                    udp[index].datagrams.append(datagram.payload)
+                } else {
+                    udpIndex[ends.key] = udp.count
+                    udp.append(
+                        UDPFlow(
+                            source: ends.source,
+                            destination: ends.destination,
+                            destinationPort: ends.destinationPort,
+                            datagrams: [datagram.payload]
+                        )
+                    )
+                }
+            default:
+                return
+            }
+        }
+        return Flows(tcp: assembler.assembled(), udp: udp)
     }
 
     // MARK: - Files
@@ -101,18 +148,47 @@ public enum Capture {
 
     // MARK: - Layers
 
-    struct Segment {
-        var key: String
+    /// Both ends of a TCP or UDP packet as `address:port`, and its flow's key.
+    struct Endpoints {
         var source: String
         var destination: String
         var destinationPort: UInt16
+        var key: String { source + ">" + destination }
+    }
+
+    struct Segment {
+        var ends: Endpoints
         var sequence: UInt32
         var syn: Bool
         var payload: ArraySlice<UInt8>
     }
 
-    /// The TCP segment inside a link-layer frame, if it holds one.
-    static func segment(linkType: UInt32, frame: ArraySlice<UInt8>) -> Segment? {
+    /// An IP packet's addresses and where its transport header (TCP, UDP, ...) and payload lie in `bytes`.
+    struct IPPacket {
+        var bytes: [UInt8]
+        var source: String
+        var destination: String
+        /// The IP protocol number (IPv6: the next header): 6 TCP, 17 UDP.
+        var transport: UInt8
+        var transportStart: Int
+        var transportEnd: Int
+
+        /// The ports: TCP and UDP both start with the source port, then the destination port (the
+        /// caller checks that they are there).
+        var endpoints: Endpoints {
+            let r = Reader(bytes: bytes, littleEndian: false)
+            let destinationPort = r.u16(transportStart + 2)
+            return Endpoints(
+                source: "\(source):\(r.u16(transportStart))",
+                destination: "\(destination):\(destinationPort)",
+                destinationPort: destinationPort
+            )
+        }
+    }
+
+    /// The IP packet inside a link-layer frame, if it holds an unfragmented IPv4 or an IPv6 packet
+    /// without extension headers.
+    static func ipPacket(linkType: UInt32, frame: ArraySlice<UInt8>) -> IPPacket? {
         let f = Array(frame)
         let r = Reader(bytes: f, littleEndian: false)
         var offset: Int
@@ -145,47 +221,67 @@ public enum Capture {
         default:
             return nil
         }
-        var source = ""
-        var destination = ""
-        var tcpStart: Int
-        var tcpEnd: Int
         switch etherType {
         case 0x0800:
             guard f.count >= offset + 20, f[offset] >> 4 == 4 else { return nil }
             let headerLength = Int(f[offset] & 0x0F) * 4
             let total = Int(r.u16(offset + 2))
             let fragment = r.u16(offset + 6)
-            guard f[offset + 9] == 6, fragment & 0x3FFF == 0, headerLength >= 20 else { return nil }
-            source = f[(offset + 12)..<(offset + 16)].map(String.init).joined(separator: ".")
-            destination = f[(offset + 16)..<(offset + 20)].map(String.init).joined(separator: ".")
-            tcpStart = offset + headerLength
-            tcpEnd = min(f.count, offset + total)
+            guard fragment & 0x3FFF == 0, headerLength >= 20 else { return nil }
+            return IPPacket(
+                bytes: f,
+                source: f[(offset + 12)..<(offset + 16)].map(String.init).joined(separator: "."),
+                destination: f[(offset + 16)..<(offset + 20)].map(String.init).joined(separator: "."),
+                transport: f[offset + 9],
+                transportStart: offset + headerLength,
+                transportEnd: min(f.count, offset + total)
+            )
         case 0x86dd:
-            guard f.count >= offset + 40, f[offset + 6] == 6 else { return nil }
-            source = ipv6(f[(offset + 8)..<(offset + 24)])
-            destination = ipv6(f[(offset + 24)..<(offset + 40)])
-            tcpStart = offset + 40
-            tcpEnd = min(f.count, tcpStart + Int(r.u16(offset + 4)))
+            guard f.count >= offset + 40 else { return nil }
+            return IPPacket(
+                bytes: f,
+                source: ipv6(f[(offset + 8)..<(offset + 24)]),
+                destination: ipv6(f[(offset + 24)..<(offset + 40)]),
+                transport: f[offset + 6],
+                transportStart: offset + 40,
+                transportEnd: min(f.count, offset + 40 + Int(r.u16(offset + 4)))
+            )
         default:
             return nil
         }
-        guard tcpEnd >= tcpStart + 20 else { return nil }
-        let sourcePort = r.u16(tcpStart)
-        let destinationPort = r.u16(tcpStart + 2)
+    }
+
+    /// The TCP segment inside an IP packet, if it holds a whole TCP header.
+    static func segment(_ packet: IPPacket) -> Segment? {
+        let f = packet.bytes
+        let r = Reader(bytes: f, littleEndian: false)
+        let (tcpStart, tcpEnd) = (packet.transportStart, packet.transportEnd)
+        guard packet.transport == 6, tcpEnd >= tcpStart + 20 else { return nil }
         let dataOffset = Int(f[tcpStart + 12] >> 4) * 4
         guard dataOffset >= 20, tcpStart + dataOffset <= tcpEnd else { return nil }
         let flags = f[tcpStart + 13]
-        let from = "\(source):\(sourcePort)"
-        let to = "\(destination):\(destinationPort)"
         return Segment(
-            key: from + ">" + to,
-            source: from,
-            destination: to,
-            destinationPort: destinationPort,
+            ends: packet.endpoints,
             sequence: r.u32(tcpStart + 4),
             syn: flags & 0x02 != 0,
             payload: ArraySlice(f[(tcpStart + dataOffset)..<tcpEnd])
         )
+    }
+
+    /// One UDP packet: its flow and its payload (up to the UDP length, or the end of what was captured).
+    struct Datagram {
+        var ends: Endpoints
+        var payload: [UInt8]
+    }
+
+    /// The UDP datagram inside an IP packet, if it holds a whole UDP header.
+    static func udpDatagram(_ packet: IPPacket) -> Datagram? {
+        let (start, end) = (packet.transportStart, packet.transportEnd)
+        guard packet.transport == 17, end >= start + 8 else { return nil }
+        let r = Reader(bytes: packet.bytes, littleEndian: false)
+        let length = Int(r.u16(start + 4))
+        guard length >= 8 else { return nil }
+        return Datagram(ends: packet.endpoints, payload: Array(packet.bytes[(start + 8)..<min(end, start + length)]))
     }
 
     private static func ipv6(_ bytes: ArraySlice<UInt8>) -> String {
@@ -206,14 +302,15 @@ public enum Capture {
         private var byKey: [String: Flow] = [:]
         private var order: [String] = []
 
-        mutating func add(linkType: UInt32, frame: ArraySlice<UInt8>) {
-            guard let s = Capture.segment(linkType: linkType, frame: frame) else { return }
-            if byKey[s.key] == nil {
-                byKey[s.key] = Flow(source: s.source, destination: s.destination, destinationPort: s.destinationPort)
-                order.append(s.key)
+        mutating func add(_ packet: IPPacket) {
+            guard let s = Capture.segment(packet) else { return }
+            let key = s.ends.key
+            if byKey[key] == nil {
+                byKey[key] = Flow(source: s.ends.source, destination: s.ends.destination, destinationPort: s.ends.destinationPort)
+                order.append(key)
             }
-            if s.syn { byKey[s.key]!.start = s.sequence &+ 1 }
-            if !s.payload.isEmpty { byKey[s.key]!.segments.append((s.sequence, s.payload)) }
+            if s.syn { byKey[key]!.start = s.sequence &+ 1 }
+            if !s.payload.isEmpty { byKey[key]!.segments.append((s.sequence, s.payload)) }
         }
 
         func assembled() -> [TCPFlow] {

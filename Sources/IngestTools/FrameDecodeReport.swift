@@ -11,21 +11,28 @@ import Codec8
 /// {"line":N,"kind":"imei","imei":"356307042441013"}
 /// {"line":N,"kind":"ping"}
 /// {"line":N,"kind":"message","codec":"12","type":6,"text":"...","payload_hex":"..."}   (+ imei, timestamp)
+/// {"line":N,"kind":"udp","packet_id":51966,"avl_packet_id":5,"imei":"...","codec":"8","records":[...],"ack":"0005cafe010501"}
 /// {"line":N,"kind":"error","error":"crc_mismatch","message":"..."}
 /// ```
-/// `device_id` in records is the `--imei` value, else the IMEI of the latest login line of the same
-/// input, else null. A line that is not hex is reported with the input error `bad_hex`.
+/// A line is a UDP datagram when ``UDPDatagramView/looksLikeDatagram(_:)`` says so (no TCP frame or
+/// login does), or every line is with `udp`; then a line that is not a valid datagram is an error line.
+/// `device_id` in a datagram's records is the datagram's own IMEI (as the server stores them); in TCP
+/// records it is the `--imei` value, else the IMEI of the latest login line of the same input, else
+/// null. A line that is not hex is reported with the input error `bad_hex`.
 public struct FrameDecodeReport {
     /// The device ID given on the command line; wins over login lines.
     public let fixedDeviceID: IMEI?
     /// The data-field length cap, as for the server.
     public let maxDataLength: Int
+    /// Every line is a UDP datagram (`decode --udp`), not only those that look like one.
+    public let forceUDP: Bool
     private var loginDeviceID: IMEI?
     private var encoder = RecordJSONEncoder()
 
-    public init(deviceID: IMEI?, maxDataLength: Int = TeltonikaFramer.defaultMaxDataLength) {
+    public init(deviceID: IMEI?, maxDataLength: Int = TeltonikaFramer.defaultMaxDataLength, udp: Bool = false) {
         fixedDeviceID = deviceID
         self.maxDataLength = maxDataLength
+        forceUDP = udp
     }
 
     /// Starts a new input (forgets the IMEI of earlier login lines).
@@ -37,7 +44,7 @@ public struct FrameDecodeReport {
     public enum Outcome: Equatable, Sendable {
         /// Blank or comment: nothing written.
         case skipped
-        /// A login, keep-alive, AVL packet or message.
+        /// A login, keep-alive, AVL packet, message or UDP datagram.
         case decoded
         /// An error line was written.
         case error
@@ -55,7 +62,11 @@ public struct FrameDecodeReport {
             return .error
         }
         do throws(Codec8Error) {
-            try StandaloneFrame.withDecoded(bytes, maxDataLength: maxDataLength) { appendDecoded($0, to: &out) }
+            if forceUDP || bytes.withUnsafeBytes({ UDPDatagramView.looksLikeDatagram($0) }) {
+                try UDPDatagramView.withDecoded(bytes, maxDataLength: maxDataLength) { appendDatagram($0, to: &out) }
+            } else {
+                try StandaloneFrame.withDecoded(bytes, maxDataLength: maxDataLength) { appendDecoded($0, to: &out) }
+            }
             return .decoded
         } catch {
             appendError(category: error.category, message: error.description, to: &out)
@@ -72,20 +83,45 @@ public struct FrameDecodeReport {
             JSONText.appendRaw(",\"kind\":\"imei\",\"imei\":", to: &out)
             JSONText.appendString(imei.description, to: &out)
         case .frame(.avl(let packet)):
-            JSONText.appendRaw(",\"kind\":\"avl\",\"codec\":", to: &out)
-            JSONText.appendString(packet.codec.name, to: &out)
-            JSONText.appendRaw(",\"records\":[", to: &out)
-            var first = true
-            for record in packet.records {
-                if !first { out.append(UInt8(ascii: ",")) }
-                first = false
-                encoder.append(record, deviceID: fixedDeviceID ?? loginDeviceID, to: &out)
-            }
-            out.append(UInt8(ascii: "]"))
+            JSONText.appendRaw(",\"kind\":\"avl\"", to: &out)
+            appendRecords(of: packet, deviceID: fixedDeviceID ?? loginDeviceID, to: &out)
         case .frame(.message(let message)):
             JSONText.appendRaw(",\"kind\":\"message\",", to: &out)
             message.appendJSONMembers(to: &out)
         }
+    }
+
+    /// The UDP header, the records under the datagram's own IMEI, and the ACK a correct server sends
+    /// (every record accepted), so an engineer can hold it against what a device received.
+    private mutating func appendDatagram(_ datagram: UDPDatagramView, to out: inout [UInt8]) {
+        JSONText.appendRaw(",\"kind\":\"udp\",\"packet_id\":", to: &out)
+        JSONText.appendDecimal(UInt64(datagram.packetID), to: &out)
+        JSONText.appendRaw(",\"avl_packet_id\":", to: &out)
+        JSONText.appendDecimal(UInt64(datagram.avlPacketID), to: &out)
+        JSONText.appendRaw(",\"imei\":", to: &out)
+        JSONText.appendString(datagram.imei.description, to: &out)
+        appendRecords(of: datagram.packet, deviceID: datagram.imei, to: &out)
+        let ack = UDPAck(
+            packetID: datagram.packetID,
+            avlPacketID: datagram.avlPacketID,
+            acceptedRecords: UInt8(truncatingIfNeeded: datagram.packet.recordCount)
+        )
+        JSONText.appendRaw(",\"ack\":", to: &out)
+        JSONText.appendString(Hex.encode(ack.bytes), to: &out)
+    }
+
+    /// `,"codec":"8E","records":[...]`: the same for a TCP packet and a datagram's data array.
+    private mutating func appendRecords(of packet: AVLPacketView, deviceID: IMEI?, to out: inout [UInt8]) {
+        JSONText.appendRaw(",\"codec\":", to: &out)
+        JSONText.appendString(packet.codec.name, to: &out)
+        JSONText.appendRaw(",\"records\":[", to: &out)
+        var first = true
+        for record in packet.records {
+            if !first { out.append(UInt8(ascii: ",")) }
+            first = false
+            encoder.append(record, deviceID: deviceID, to: &out)
+        }
+        out.append(UInt8(ascii: "]"))
     }
 
     private func appendError(category: String, message: String, to out: inout [UInt8]) {

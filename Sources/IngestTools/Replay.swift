@@ -74,14 +74,8 @@ public struct ReplaySession: Sendable, Equatable {
         serverPort: UInt16?,
         maxDataLength: Int
     ) throws(ReplayInputError) -> [ReplaySession] {
-        let flows: [Capture.TCPFlow]
-        do {
-            flows = try Capture.tcpFlows(in: bytes)
-        } catch {
-            throw ReplayInputError("\(name): \(error)")
-        }
         var sessions: [ReplaySession] = []
-        for flow in flows {
+        for flow in try ReplayInputError.flows(of: bytes, name: name).tcp {
             if let serverPort, flow.destinationPort != serverPort { continue }
             var units: [ReplayUnit] = []
             var offset = 0
@@ -118,19 +112,33 @@ public struct ReplaySession: Sendable, Equatable {
 public struct ReplayInputError: Error, CustomStringConvertible {
     public var description: String
     public init(_ description: String) { self.description = description }
+
+    /// The flows of capture `name`; a capture that cannot be read is an input error naming it.
+    static func flows(of bytes: [UInt8], name: String) throws(ReplayInputError) -> Capture.Flows {
+        do {
+            return try Capture.flows(in: bytes)
+        } catch {
+            throw ReplayInputError("\(name): \(error)")
+        }
+    }
 }
 
 /// How a replay runs.
 public struct ReplayOptions: Sendable {
     public var host = "127.0.0.1"
     public var port = 5027
+    /// Where captured UDP datagrams go (the server's UDP_PORT).
+    public var udpPort = 5027
+    /// How many times a datagram is sent again when its ACK does not come within the response timeout.
+    public var udpResends = 2
     /// Frames per second over all connections (0: as fast as the answers come).
     public var rate: Double = 0
     /// How many times each session is replayed.
     public var loop = 1
     /// Sessions replayed at once.
     public var concurrency = 1
-    /// How long to wait for a login answer, an ACK, or the close after an invalid frame.
+    /// How long to wait for a login answer, an ACK, or the close after an invalid frame; for a datagram
+    /// the server must refuse, how long it must stay silent.
     public var responseTimeout: Double = 10
     /// The IMEI for sessions that have none (hex files without a login line).
     public var imei: String? = nil
@@ -151,6 +159,9 @@ public struct ReplayReport: Sendable, Equatable {
     public var keepAlives = 0
     public var mismatched = 0
     public var connectErrors = 0
+    /// UDP datagrams sent (first sends; also counted in `framesSent`), and sends again after a timeout.
+    public var datagrams = 0
+    public var resends = 0
     public var seconds = 0.0
     /// The first mismatches, described (at most 20 kept).
     public var problems: [String] = []
@@ -161,7 +172,20 @@ public struct ReplayReport: Sendable, Equatable {
         let rate = seconds > 0 ? Double(framesSent) / seconds : 0
         return "replay: sessions=\(sessions) connections=\(connections) sent=\(framesSent) acked=\(acked) records_acked=\(recordsAcked) "
             + "rejected=\(rejected) messages=\(messages) keepalives=\(keepAlives) mismatched=\(mismatched) "
-            + "connect_errors=\(connectErrors) seconds=\(String(format: "%.3f", seconds)) frames_per_s=\(String(format: "%.1f", rate))"
+            + "connect_errors=\(connectErrors) " + (datagrams > 0 ? "datagrams=\(datagrams) resends=\(resends) " : "")
+            + "seconds=\(String(format: "%.3f", seconds)) frames_per_s=\(String(format: "%.1f", rate))"
+    }
+
+    /// Counts an answer that differs from what the protocol demands, and keeps its description.
+    mutating func mismatch(_ text: String) {
+        mismatched += 1
+        if problems.count < 20 { problems.append(text) }
+    }
+
+    /// Counts a server that could not be reached, and keeps the description.
+    mutating func connectError(_ text: String) {
+        connectErrors += 1
+        if problems.count < 20 { problems.append(text) }
     }
 
     mutating func merge(_ other: ReplayReport) {
@@ -175,28 +199,40 @@ public struct ReplayReport: Sendable, Equatable {
         keepAlives += other.keepAlives
         mismatched += other.mismatched
         connectErrors += other.connectErrors
+        datagrams += other.datagrams
+        resends += other.resends
         problems += other.problems.prefix(max(0, 20 - problems.count))
     }
 }
 
-/// Replays sessions against a server with blocking sockets, `concurrency` at a time, and checks every answer.
+/// Replays sessions (TCP) and datagram flows (UDP) against a server with blocking sockets,
+/// `concurrency` at a time, and checks every answer.
 public final class Replayer: Sendable {
     private let sessions: [ReplaySession]
-    private let options: ReplayOptions
+    private let datagramFlows: [ReplayDatagramFlow]
+    let options: ReplayOptions
     private let total = NIOLockedValueBox(ReplayReport())
-    private let pacer: Pacer?
+    let pacer: Pacer?
 
-    public init(sessions: [ReplaySession], options: ReplayOptions) {
+    public init(sessions: [ReplaySession], datagramFlows: [ReplayDatagramFlow] = [], options: ReplayOptions) {
         self.sessions = sessions
+        self.datagramFlows = datagramFlows
         self.options = options
         self.pacer = options.rate > 0 ? Pacer(perSecond: options.rate) : nil
     }
 
-    /// Frames to send in all (for progress).
+    /// Frames and datagrams to send in all (for progress).
     public var plannedFrames: Int {
-        sessions.reduce(0) { total, session in
+        let frames = sessions.reduce(0) { total, session in
             total + session.units.filter { if case .login = $0 { false } else { true } }.count
-        } * options.loop
+        }
+        return (frames + datagramFlows.reduce(0) { $0 + $1.datagrams.count }) * options.loop
+    }
+
+    /// One replay job: a TCP session or a UDP flow, by index.
+    private enum Work {
+        case session(Int)
+        case datagramFlow(Int)
     }
 
     /// The report so far (for progress).
@@ -207,7 +243,8 @@ public final class Replayer: Sendable {
         let started = Date()
         // Copy k of session s: the original IMEI for the first copy, distinct IMEIs for the others, so
         // parallel copies do not replace each other's connections.
-        let jobs = (0..<options.loop).flatMap { copy in sessions.indices.map { (session: $0, copy: copy) } }
+        let work = sessions.indices.map(Work.session) + datagramFlows.indices.map(Work.datagramFlow)
+        let jobs = (0..<options.loop).flatMap { copy in work.map { (work: $0, copy: copy) } }
         let next = NIOLockedValueBox(0)
         let group = DispatchGroup()
         for _ in 0..<max(1, min(options.concurrency, jobs.count)) {
@@ -220,7 +257,12 @@ public final class Replayer: Sendable {
                     }
                     guard index < jobs.count else { break }
                     let job = jobs[index]
-                    let report = replay(sessions[job.session], copy: job.copy == 0 ? 0 : index)
+                    let copy = job.copy == 0 ? 0 : index
+                    let report: ReplayReport
+                    switch job.work {
+                    case .session(let s): report = replay(sessions[s], copy: copy)
+                    case .datagramFlow(let f): report = replay(datagramFlows[f], copy: copy)
+                    }
                     total.withLockedValue { $0.merge(report) }
                 }
                 group.leave()
@@ -245,18 +287,12 @@ public final class Replayer: Sendable {
         var connection: Connection? = nil
         var imei = session.imei ?? options.imei
         if let override = options.imei { imei = override }
-        func problem(_ index: Int, _ text: String) {
-            report.mismatched += 1
-            if report.problems.count < 20 { report.problems.append("\(session.name) frame \(index + 1): \(text)") }
-        }
+        func problem(_ index: Int, _ text: String) { report.mismatch("\(session.name) frame \(index + 1): \(text)") }
         /// An open, logged-in connection, or nil (counted) when none can be had.
         func open(_ index: Int) -> Connection? {
             guard let id = imei else { return nil }
             guard let c = Connection(host: options.host, port: options.port) else {
-                report.connectErrors += 1
-                if report.problems.count < 20 {
-                    report.problems.append("\(session.name): cannot connect to \(options.host):\(options.port)")
-                }
+                report.connectError("\(session.name): cannot connect to \(options.host):\(options.port)")
                 return nil
             }
             report.connections += 1
@@ -354,17 +390,7 @@ public final class Replayer: Sendable {
         private let fd: Int32
 
         init?(host: String, port: Int) {
-            var hints = addrinfo()
-            hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-            var list: UnsafeMutablePointer<addrinfo>? = nil
-            guard getaddrinfo(host, String(port), &hints, &list) == 0, let info = list else { return nil }
-            defer { freeaddrinfo(list) }
-            let fd = socket(info.pointee.ai_family, info.pointee.ai_socktype, info.pointee.ai_protocol)
-            guard fd >= 0 else { return nil }
-            guard connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else {
-                close(fd)
-                return nil
-            }
+            guard let fd = connectedSocket(host: host, port: port, type: Int32(SOCK_STREAM.rawValue)) else { return nil }
             self.fd = fd
         }
 
@@ -398,4 +424,21 @@ public final class Replayer: Sendable {
             return .bytes(out)
         }
     }
+}
+
+/// A blocking socket of `type` (stream or datagram) connected to `host:port` (the first address it
+/// resolves to); nil when it cannot be had.
+func connectedSocket(host: String, port: Int, type: Int32) -> Int32? {
+    var hints = addrinfo()
+    hints.ai_socktype = type
+    var list: UnsafeMutablePointer<addrinfo>? = nil
+    guard getaddrinfo(host, String(port), &hints, &list) == 0, let info = list else { return nil }
+    defer { freeaddrinfo(list) }
+    let fd = socket(info.pointee.ai_family, info.pointee.ai_socktype, info.pointee.ai_protocol)
+    guard fd >= 0 else { return nil }
+    guard connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else {
+        close(fd)
+        return nil
+    }
+    return fd
 }

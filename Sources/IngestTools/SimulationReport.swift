@@ -10,7 +10,11 @@ extension SimulationResult {
             latencyMicros.totalCount == 0 ? "0" : Simulator.fixed(Double(latencyMicros.valueAtPercentile(percentile)) / 1000, 3)
         }
         let seconds = max(elapsedSeconds, 1e-9)
-        return [
+        // UDP only: what the TCP summary has always been stays as it was.
+        let udp: [(String, String)] =
+            configuration.transport == .udp
+            ? [("acks_dropped", "\(c.acksDropped)"), ("stale_acks", "\(c.staleAcks)"), ("socket_errors", "\(c.socketErrors)")] : []
+        let fields: [(name: String, value: String)] = [
             ("devices", "\(configuration.devices)"),
             ("duration_s", Simulator.fixed(elapsedSeconds, 2)),
             ("records_sent", "\(c.recordsSent)"),
@@ -35,6 +39,8 @@ extension SimulationResult {
             ("churn_drops", "\(c.churnDrops)"),
             ("keepalives", "\(c.keepalives)"),
             ("unacked_at_end", "\(c.unackedAtEnd)"),
+        ]
+        return fields + udp + [
             ("ack_p50_ms", ms(50)),
             ("ack_p99_ms", ms(99)),
             ("ack_p999_ms", ms(99.9)),
@@ -68,7 +74,7 @@ extension SimulationResult {
 ///
 /// Feed it every entry of the stream (``add(deviceID:payload:)``); entries of other devices (IMEIs
 /// outside the fleet's range) are ignored. Duplicates (a key stored more than once, as a resend after a
-/// lost ACK makes) are allowed and counted.
+/// lost ACK makes over TCP) are counted; over UDP they fail the check (``Outcome/failed``).
 public struct SimulationVerification {
     public struct Outcome: Sendable, Equatable {
         public var ackedRecords = 0
@@ -79,12 +85,18 @@ public struct SimulationVerification {
         public var trimmed = 0
         /// Extra copies of keys of the fleet in the stream.
         public var duplicates = 0
+        /// Whether a duplicate fails the check: over UDP the server answers a resend without storing it
+        /// again, so none may be there; over TCP a resend after a lost ACK is stored again, by design.
+        public var duplicatesFail = false
         /// Stream entries of the fleet's devices.
         public var streamEntries = 0
         /// Entries whose payload had no readable `timestamp_ms`.
         public var unreadable = 0
         /// Up to 10 missing keys, for the error message.
         public var firstMissing: [String] = []
+
+        /// The oracle's verdict: an ACKed record is missing, or (UDP) a record was stored twice.
+        public var failed: Bool { missing > 0 || (duplicatesFail && duplicates > 0) }
     }
 
     private let configuration: SimulatorConfiguration
@@ -141,6 +153,7 @@ public struct SimulationVerification {
     public func outcome() -> Outcome {
         var outcome = Outcome()
         outcome.unreadable = unreadable
+        outcome.duplicatesFail = configuration.transport == .udp
         for device in seen.indices {
             var stored = seen[device]
             outcome.streamEntries += stored.count

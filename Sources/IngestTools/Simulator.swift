@@ -53,12 +53,16 @@ public enum Simulator {
         let ramp = min(1_000_000_000, Int64(configuration.devices) * 100_000)
         // Records start 60 days back, as a tracker emptying its memory would send them.
         let firstRecordMs = UInt64(wallClockMs()) - 60 * 86_400_000
+        // UDP devices send to an address, resolved once here rather than by each device on its loop.
+        let udpServer =
+            configuration.transport == .udp
+            ? try SocketAddress.makeAddressResolvingHost(configuration.host, port: configuration.port) : nil
 
         var shards: [NIOLoopBound<SimulatorShard>] = []
         var finished: [EventLoopFuture<Void>] = []
         for (l, loop) in loops.enumerated() {
             let shard = try await loop.submit { () -> NIOLoopBound<SimulatorShard> in
-                let shard = SimulatorShard(configuration: configuration, eventLoop: loop)
+                let shard = SimulatorShard(configuration: configuration, eventLoop: loop, udpServer: udpServer)
                 for i in stride(from: l, to: configuration.devices, by: loops.count) {
                     let seed = configuration.seed &* 0x100_0000_01B3 &+ UInt64(i)
                     let codec: AVLCodec
@@ -75,7 +79,11 @@ public enum Simulator {
                         seed: seed,
                         startMs: firstRecordMs + UInt64(i % 1000)
                     )
-                    let device = SimulatedDevice(index: i, shard: shard, track: track, seed: ~seed)
+                    let device: any SimulatorFleetDevice =
+                        switch configuration.transport {
+                        case .tcp: SimulatedDevice(index: i, shard: shard, track: track, seed: ~seed)
+                        case .udp: SimulatedUDPDevice(index: i, shard: shard, track: track, seed: ~seed)
+                        }
                     shard.devices.append(device)
                     device.start(after: .nanoseconds(ramp * Int64(i) / Int64(configuration.devices)))
                 }

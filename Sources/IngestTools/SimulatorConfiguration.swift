@@ -11,11 +11,22 @@ public struct SimulatorConfiguration: Sendable {
         case mixed
     }
 
+    /// How the devices reach the server.
+    public enum Transport: String, Sendable, CaseIterable {
+        /// A connection per device: IMEI login, then packets, each answered by a 4-byte ACK.
+        case tcp
+        /// A socket per device: each packet one datagram carrying the IMEI, answered by a 7-byte ACK.
+        case udp
+    }
+
     // MARK: Fleet
 
     public var devices: Int
+    public var transport = Transport.tcp
     /// Seconds during which new packets are sent.
     public var durationSeconds: Double
+    /// Packets each device sends, after which it stops (0: as many as the duration allows).
+    public var packetsPerDevice = 0
     public var host: String = "127.0.0.1"
     public var port: Int = 5027
     public var recordsPerPacket: Int = 10
@@ -38,6 +49,9 @@ public struct SimulatorConfiguration: Sendable {
     public var churnSeconds: Double = 0
     /// Share of packets whose first send carries a broken CRC.
     public var corruptRatio: Double = 0
+    /// UDP: share of right ACKs a device ignores on purpose, as if lost, so that it sends the same
+    /// datagram again after the response timeout.
+    public var dropAcksRatio: Double = 0
     /// Idle milliseconds after which a device sends the keep-alive byte 0xFF; 0: never.
     public var keepaliveMs: Int = 0
     /// Keep every ACKed record key for a later check against the stream.

@@ -13,10 +13,10 @@ import NIOPosix
 ///                     +------ backingOff <-------+ close, wrong ACK, ACK timeout (same packet resent later)
 /// ```
 ///
-/// A packet is encoded once and kept until its right ACK arrives; every resend writes the same bytes.
-/// Everything here runs on ``eventLoop``; a connection's callbacks carry the ``generation`` they were
-/// made for, and those of an older connection are ignored.
-final class SimulatedDevice {
+/// A packet is encoded once and kept until its right ACK arrives; every resend writes the same bytes
+/// (``SimulatorOutbox``). Everything here runs on ``eventLoop``; a connection's callbacks carry the
+/// ``generation`` they were made for, and those of an older connection are ignored.
+final class SimulatedDevice: SimulatorFleetDevice {
     enum State {
         case idle
         case connecting
@@ -33,7 +33,8 @@ final class SimulatedDevice {
     private let configuration: SimulatorConfiguration
     private let eventLoop: any EventLoop
     private let loginFrame: ByteBuffer
-    private var track: SimulatorTrack
+    private var outbox: SimulatorOutbox
+    private let timers: SimulatorDeviceTimers
     private var random: SimulatorRandom
     private(set) var state = State.idle
     private var channel: (any Channel)?
@@ -41,30 +42,18 @@ final class SimulatedDevice {
     /// ACK bytes received so far.
     private var pending: [UInt8] = []
 
-    /// The packet waiting for its ACK (nil once ACKed), and how it went so far.
-    private var packet: ByteBuffer?
-    private var packetRecords = 0
-    private var packetAttempts = 0
+    /// Whether the packet in flight is first sent with a broken CRC (`--corrupt-ratio`), and whether the
+    /// send awaiting its answer was that one.
     private var packetCorruptFirst = false
     private var sentCorrupt = false
-    private var sentAt = NIODeadline.uptimeNanoseconds(0)
-    private var nextPacketAt = NIODeadline.uptimeNanoseconds(0)
     private var wrongAckOutstanding = false
     private var failedAttempts = 0
     private var stopping = false
-    private var ackLog: [UInt64] = []
 
-    /// When the login answer or ACK awaited is overdue; nil when none is awaited.
-    private var responseDeadline: NIODeadline?
     private var lastWriteAt = NIODeadline.uptimeNanoseconds(0)
-    // Timers. Cancelling a NIO scheduled task searches the loop's whole timer heap (thousands of entries
-    // with a big fleet), so the per-packet timers are never cancelled: the response and keep-alive
-    // timers are lazy (one pending at most; on firing they look at `responseDeadline` / `lastWriteAt`
-    // and re-arm), and a timer that fires forgets itself before it runs.
-    private var responseTimerPending = false
+    // The keep-alive timer is lazy as the response timer is (see ``SimulatorDeviceTimers``): one pending at
+    // most; on firing it looks at `lastWriteAt` and re-arms.
     private var keepaliveTimerPending = false
-    /// Ramp-up, reconnect backoff or packet pacing: at most one is pending.
-    private var timer: Scheduled<Void>?
     private var churnTimer: Scheduled<Void>?
 
     init(index: Int, shard: SimulatorShard, track: SimulatorTrack, seed: UInt64) {
@@ -73,7 +62,8 @@ final class SimulatedDevice {
         configuration = shard.configuration
         eventLoop = shard.eventLoop
         loginFrame = ByteBuffer(bytes: shard.configuration.imei(of: index).loginFrame)
-        self.track = track
+        outbox = SimulatorOutbox(track: track, configuration: shard.configuration)
+        timers = SimulatorDeviceTimers(eventLoop: shard.eventLoop)
         random = SimulatorRandom(seed: seed)
         pending.reserveCapacity(8)
     }
@@ -82,10 +72,7 @@ final class SimulatedDevice {
 
     /// Connects after `delay` (the ramp-up).
     func start(after delay: TimeAmount) {
-        if configuration.packetsPerSecond > 0 {
-            let interval = 1_000_000_000 / configuration.packetsPerSecond
-            nextPacketAt = .now() + delay + .nanoseconds(Int64(Double.random(in: 0..<interval, using: &random)))
-        }
+        outbox.startPacing(after: delay, configuration: configuration, random: &random)
         schedule(in: delay) { $0.connect() }
     }
 
@@ -147,44 +134,33 @@ final class SimulatedDevice {
 
     /// Resends the pending packet, or builds the next one when its time has come.
     private func sendNext() {
-        guard !stopping else { return finish() }
-        if packet != nil {
+        guard !stopping, !outbox.exhausted else { return finish() }
+        if outbox.packet != nil {
             shard.counters.resends += 1
             return transmit()
         }
-        if configuration.packetsPerSecond > 0 {
-            let now = NIODeadline.now()
-            if now < nextPacketAt {
-                state = .ready
-                schedule(at: nextPacketAt) { $0.sendNext() }
-                armKeepalive()
-                return
-            }
-            nextPacketAt = nextPacketAt + .nanoseconds(Int64(1_000_000_000 / configuration.packetsPerSecond))
-            if nextPacketAt < now { nextPacketAt = now }
+        if let due = outbox.nextPacketDue(configuration: configuration) {
+            state = .ready
+            schedule(at: due) { $0.sendNext() }
+            armKeepalive()
+            return
         }
         buildPacket()
         transmit()
     }
 
     private func buildPacket() {
-        track.advance()
-        shard.scratch.removeAll(keepingCapacity: true)
-        try! AVLPacketEncoder.encode(track.records, codec: track.codec, into: &shard.scratch)
+        outbox.encodeNext(shard: shard)
         var buffer = shard.allocator.buffer(capacity: shard.scratch.count)
         buffer.writeBytes(shard.scratch)
-        packet = buffer
-        packetRecords = track.records.count
-        packetAttempts = 0
+        outbox.hold(buffer)
         packetCorruptFirst = shard.configuration.corruptRatio > 0 && random.chance(configuration.corruptRatio)
-        shard.counters.packetsSent += 1
-        shard.counters.recordsSent += packetRecords
     }
 
     private func transmit() {
-        guard var bytes = packet else { return }
-        sentCorrupt = packetAttempts == 0 && packetCorruptFirst
-        packetAttempts += 1
+        guard var bytes = outbox.packet else { return }
+        sentCorrupt = outbox.attempts == 0 && packetCorruptFirst
+        outbox.sending()
         if sentCorrupt {
             // The last CRC byte flipped: a copy, the packet itself stays intact for the resend.
             let last = bytes.writerIndex - 1
@@ -196,7 +172,7 @@ final class SimulatedDevice {
         write(bytes) { [self] in
             guard state == .sending else { return }
             state = .awaitingAck
-            sentAt = .now()
+            outbox.sent()
             armResponseTimer()
         }
     }
@@ -209,7 +185,7 @@ final class SimulatedDevice {
         switch state {
         case .loggingIn:
             guard let answer = buffer.readInteger(as: UInt8.self) else { return }
-            responseDeadline = nil
+            timers.responseDeadline = nil
             switch answer {
             case 1 where buffer.readableBytes == 0:
                 loggedIn()
@@ -248,24 +224,17 @@ final class SimulatedDevice {
     }
 
     private func ackReceived(_ value: UInt32) {
-        responseDeadline = nil
+        timers.responseDeadline = nil
         if sentCorrupt {
             shard.counters.corruptAcked += 1
             return fail()
         }
-        guard value == UInt32(packetRecords) else {
+        guard value == UInt32(outbox.packetRecords) else {
             shard.counters.wrongAcks += 1
             wrongAckOutstanding = true
             return fail()
         }
-        let micros = state == .awaitingAck ? max(1, (NIODeadline.now() - sentAt).nanoseconds / 1000) : 1
-        _ = shard.latencyMicros.record(UInt64(micros))
-        shard.counters.packetsAcked += 1
-        shard.counters.recordsAcked += packetRecords
-        if configuration.keepAckLog {
-            for record in track.records { ackLog.append(record.timestampMs) }
-        }
-        packet = nil
+        outbox.acked(shard: shard, measured: state == .awaitingAck)
         failedAttempts = 0
         wrongAckOutstanding = false
         state = .ready
@@ -273,7 +242,6 @@ final class SimulatedDevice {
     }
 
     private func responseTimedOut() {
-        responseDeadline = nil
         switch state {
         case .loggingIn, .sending, .awaitingAck:
             shard.counters.timeouts += 1
@@ -304,7 +272,7 @@ final class SimulatedDevice {
 
     private func dropConnection() {
         generation &+= 1
-        responseDeadline = nil
+        timers.responseDeadline = nil
         churnTimer?.cancel()
         churnTimer = nil
         channel?.close(promise: nil)
@@ -314,16 +282,11 @@ final class SimulatedDevice {
 
     private func finish() {
         guard state != .finished else { return }
-        if packet != nil, packetAttempts > 0 { shard.counters.unackedAtEnd += 1 }
+        outbox.finish(device: index, shard: shard)
         if wrongAckOutstanding { shard.counters.unrecoveredWrongAcks += 1 }
         dropConnection()
-        timer?.cancel()
-        timer = nil
+        timers.stop()
         state = .finished
-        if configuration.keepAckLog {
-            shard.ackLog.append((index, ackLog))
-            ackLog = []
-        }
         shard.deviceFinished()
     }
 
@@ -334,29 +297,11 @@ final class SimulatedDevice {
     }
 
     private func schedule(at deadline: NIODeadline, _ body: @escaping (SimulatedDevice) -> Void) {
-        timer?.cancel()
-        timer = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
-            timer = nil
-            // A cancel does not stop a task already due in the same loop tick (seen under CPU starvation:
-            // a reconnect ran after `finish`, and the device finished twice).
-            guard state != .finished else { return }
-            body(self)
-        }
+        timers.schedule(at: deadline) { [self] in body(self) }
     }
 
     private func armResponseTimer() {
-        responseDeadline = .now() + .milliseconds(Int64(configuration.responseTimeoutMs))
-        scheduleResponseCheck()
-    }
-
-    private func scheduleResponseCheck() {
-        guard !responseTimerPending, let deadline = responseDeadline else { return }
-        responseTimerPending = true
-        eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
-            responseTimerPending = false
-            guard let deadline = responseDeadline else { return }
-            if NIODeadline.now() >= deadline { responseTimedOut() } else { scheduleResponseCheck() }
-        }
+        timers.armResponse(timeout: .milliseconds(Int64(configuration.responseTimeoutMs))) { [self] in responseTimedOut() }
     }
 
     /// Drops the connection after a random time around `--churn` (half to one and a half of it).

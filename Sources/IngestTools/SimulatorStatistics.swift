@@ -33,8 +33,17 @@ public struct SimulatorCounters: Sendable, Equatable {
     public var connectFailures = 0
     /// A login answered 0x00.
     public var loginRefusals = 0
-    /// Bytes from the server when none were expected, or a login answer other than 0x00/0x01.
+    /// Bytes from the server when none were expected, or a login answer other than 0x00/0x01 (UDP: a
+    /// datagram that is no ACK, or an ACK for no datagram of the device's).
     public var protocolErrors = 0
+    /// UDP: errors the device's socket reported (an ICMP port unreachable: nothing listens there).
+    public var socketErrors = 0
+
+    // UDP, not errors.
+    /// Right ACKs ignored on purpose (`--drop-acks`): the device sent the same datagram again.
+    public var acksDropped = 0
+    /// Second ACKs of a datagram already ACKed (the answer to a resend that crossed the first ACK).
+    public var staleAcks = 0
 
     // At the end.
     /// Devices whose last wrong ACK was never followed by the right one for the same packet.
@@ -46,7 +55,7 @@ public struct SimulatorCounters: Sendable, Equatable {
 
     /// Everything that went wrong on the wire.
     public var errors: Int {
-        timeouts + wrongAcks + corruptAcked + disconnects + connectFailures + loginRefusals + protocolErrors
+        timeouts + wrongAcks + corruptAcked + disconnects + connectFailures + loginRefusals + protocolErrors + socketErrors
     }
 
     public static func + (a: SimulatorCounters, b: SimulatorCounters) -> SimulatorCounters {
@@ -68,6 +77,9 @@ public struct SimulatorCounters: Sendable, Equatable {
         s.connectFailures += b.connectFailures
         s.loginRefusals += b.loginRefusals
         s.protocolErrors += b.protocolErrors
+        s.socketErrors += b.socketErrors
+        s.acksDropped += b.acksDropped
+        s.staleAcks += b.staleAcks
         s.unrecoveredWrongAcks += b.unrecoveredWrongAcks
         s.unackedAtEnd += b.unackedAtEnd
         return s
@@ -92,15 +104,18 @@ final class SimulatorShard {
     /// Encoder output, reused for every packet of this loop.
     var scratch: [UInt8] = []
     let allocator = ByteBufferAllocator()
+    /// UDP: the server's address, resolved once for the whole fleet.
+    let udpServer: SocketAddress?
     /// The devices of this loop, and how many of them have finished.
-    var devices: [SimulatedDevice] = []
+    var devices: [any SimulatorFleetDevice] = []
     private(set) var finishedDevices = 0
     /// Succeeds once every device of this loop has finished.
     let allFinished: EventLoopPromise<Void>
 
-    init(configuration: SimulatorConfiguration, eventLoop: any EventLoop) {
+    init(configuration: SimulatorConfiguration, eventLoop: any EventLoop, udpServer: SocketAddress? = nil) {
         self.configuration = configuration
         self.eventLoop = eventLoop
+        self.udpServer = udpServer
         allFinished = eventLoop.makePromise()
         scratch.reserveCapacity(4096)
     }
@@ -125,3 +140,13 @@ final class SimulatorShard {
 
 @available(*, unavailable)
 extension SimulatorShard: Sendable {}
+
+/// A simulated device as its shard drives it, over TCP or UDP; on the shard's event loop.
+protocol SimulatorFleetDevice: AnyObject {
+    /// Begins after `delay` (the ramp-up).
+    func start(after delay: TimeAmount)
+    /// No new packets from now on; a packet on the wire still gets its response timeout.
+    func stop()
+    /// The end, whatever is in flight.
+    func hardStop()
+}

@@ -23,11 +23,16 @@ struct DecodeCommand: ParsableCommand {
               {"line":N,"kind":"imei","imei":"..."}                    an IMEI login
               {"line":N,"kind":"ping"}                                 the keep-alive byte FF
               {"line":N,"kind":"message","codec":"12","type":6,...}    Codec 12/13/14/15 (imei, timestamp, text)
+              {"line":N,"kind":"udp","packet_id":N,"avl_packet_id":N,...}  a UDP datagram (imei, codec, records, ack)
               {"line":N,"kind":"error","error":"crc_mismatch","message":"..."}
             Error categories: truncated, bad_preamble, too_large, length_mismatch, crc_mismatch, \
             record_count_mismatch, malformed_record, unsupported_codec, bad_imei; bad_hex for a line \
             that is not hex. Records carry device_id from --imei, else from the latest IMEI line of \
             the same input, else null.
+            UDP: a line whose length field counts the rest of the line and whose IMEI length field is 15 \
+            or 16 is decoded as a UDP datagram (no TCP frame or login looks like that); with --udp every \
+            line is, and one that is not a valid datagram is an error line. A datagram's records carry \
+            its own IMEI (--imei does not apply); "ack" is the 7-byte answer with every record accepted.
             Exit status: 0 when no line is an error, 1 otherwise, 2 on usage errors or unreadable input.
             """
     )
@@ -41,6 +46,9 @@ struct DecodeCommand: ParsableCommand {
     @Option(help: "Largest accepted data-field length in bytes (as the server's MAX_FRAME_BYTES).")
     var maxFrameBytes: Int = TeltonikaFramer.defaultMaxDataLength
 
+    @Flag(help: "Decode every line as a UDP datagram (default: only lines that look like one).")
+    var udp = false
+
     func validate() throws {
         if let imei, IMEI(imei) == nil {
             throw ValidationError("--imei must be 15 or 16 ASCII digits, got '\(imei)'")
@@ -49,7 +57,7 @@ struct DecodeCommand: ParsableCommand {
     }
 
     func run() throws {
-        var report = FrameDecodeReport(deviceID: imei.flatMap { IMEI($0) }, maxDataLength: maxFrameBytes)
+        var report = FrameDecodeReport(deviceID: imei.flatMap { IMEI($0) }, maxDataLength: maxFrameBytes, udp: udp)
         var anyError = false
         var out: [UInt8] = []
         out.reserveCapacity(1 << 16)

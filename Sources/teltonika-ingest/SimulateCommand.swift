@@ -12,6 +12,7 @@ import Darwin
 #endif
 
 extension SimulatorConfiguration.CodecChoice: ExpressibleByArgument {}
+extension SimulatorConfiguration.Transport: ExpressibleByArgument {}
 
 /// `teltonika-ingest simulate`: a fleet of devices against a server, for speed and the no-loss promise.
 struct SimulateCommand: AsyncParsableCommand {
@@ -23,24 +24,40 @@ struct SimulateCommand: AsyncParsableCommand {
             FMB-style records (unique increasing timestamps, GPS along a route, IO elements of every \
             width, NX elements in Codec 8E), one packet in flight, and waits for the ACK. A wrong ACK, \
             no ACK within --response-timeout-ms, or a closed connection makes it reconnect (capped \
-            exponential backoff with jitter), log in and resend the same packet. After --duration no \
-            new packets are sent and the ACKs in flight are awaited.
+            exponential backoff with jitter), log in and resend the same packet. After --duration (or \
+            --packets-per-device packets) no new packets are sent and the ACKs in flight are awaited.
+            --transport udp: each device sends from a UDP socket of its own to --port (the server's \
+            UDP_PORT), each packet one datagram with the device's IMEI, its own channel packet ID and AVL \
+            packet ID (one more per new packet), one in flight. The ACK must echo both IDs and accept \
+            every record; without it within --response-timeout-ms the same datagram (same IDs, same bytes) \
+            is sent again. --drop-acks makes devices ignore that share of right ACKs, as if lost, so that \
+            they resend and the server must answer without storing twice. The TCP faults (--churn, \
+            --corrupt-ratio, --slow-link-bytes-per-second, --keepalive-ms) do not apply.
             Prints one summary line on standard output (--json: one JSON object): records sent and \
             ACKed, ACKed records per second, resends, errors, ACK latency percentiles (last byte written \
-            to ACK read) and the simulator's own CPU seconds. Progress once per second on a terminal.
+            to ACK read) and the simulator's own CPU seconds; UDP adds acks_dropped, stale_acks (second ACKs \
+            of a packet already ACKed) and socket_errors. Progress once per second on a terminal.
             --verify then reads the whole --stream from --redis-url and checks that every ACKed record \
-            (device_id, timestamp_ms) is there; duplicates (resends) are counted, not failures; records \
-            MAXLEN trimmed away before the check are counted as trimmed, not missing.
+            (device_id, timestamp_ms) is there; duplicates (TCP resends) are counted, not failures; records \
+            MAXLEN trimmed away before the check are counted as trimmed, not missing. Over UDP a record \
+            stored twice fails the check (the server dedupes resends).
             Exit status: 0 when all is well; 1 when no packet was ACKed, a wrong ACK was never put \
-            right, a corrupt packet was ACKed, or (--verify) an ACKed record is missing; 2 on usage errors.
+            right, a corrupt packet was ACKed, or (--verify) an ACKed record is missing or (UDP) a record \
+            is stored twice; 2 on usage errors.
             """
     )
 
-    @Option(help: "Devices, each with its own connection.")
+    @Option(help: "Devices, each with its own connection (UDP: its own socket).")
     var devices: Int
 
     @Option(help: "Seconds during which new packets are sent.")
     var duration: Double
+
+    @Option(help: "tcp or udp: how the devices reach the server (udp: --port is the server's UDP_PORT).")
+    var transport = SimulatorConfiguration.Transport.tcp
+
+    @Option(help: "Packets each device sends, then it stops (0: as many as --duration allows).")
+    var packetsPerDevice = 0
 
     @OptionGroup var server: ServerAddress
 
@@ -67,6 +84,9 @@ struct SimulateCommand: AsyncParsableCommand {
 
     @Option(help: "Send the keep-alive byte 0xFF after this many idle milliseconds (0: never).")
     var keepaliveMs = 0
+
+    @Option(help: "UDP: share (0-1) of right ACKs each device ignores, as if lost; it then sends the same datagram again.")
+    var dropAcks: Double = 0
 
     @Flag(help: "After the run, check every ACKed record is in the Redis stream.")
     var verify = false
@@ -100,6 +120,17 @@ struct SimulateCommand: AsyncParsableCommand {
         guard (0...1).contains(corruptRatio) else { throw ValidationError("--corrupt-ratio must be 0-1") }
         guard keepaliveMs >= 0 else { throw ValidationError("--keepalive-ms must be 0 or more") }
         guard threads >= 0 else { throw ValidationError("--threads must be 0 or more") }
+        guard packetsPerDevice >= 0 else { throw ValidationError("--packets-per-device must be 0 or more") }
+        guard (0...1).contains(dropAcks) else { throw ValidationError("--drop-acks must be 0-1") }
+        switch transport {
+        case .tcp:
+            guard dropAcks == 0 else { throw ValidationError("--drop-acks needs --transport udp") }
+        case .udp:
+            let tcpOnly =
+                [("--churn", churn > 0), ("--corrupt-ratio", corruptRatio > 0), ("--keepalive-ms", keepaliveMs > 0)]
+                + [("--slow-link-bytes-per-second", slowLinkBytesPerSecond > 0)]
+            if let (flag, _) = tcpOnly.first(where: { $0.1 }) { throw ValidationError("\(flag) is for --transport tcp only") }
+        }
         guard imeiBase.utf8.count == 15, let base = UInt64(imeiBase) else {
             throw ValidationError("--imei-base must be 15 digits, got '\(imeiBase)'")
         }
@@ -117,6 +148,9 @@ struct SimulateCommand: AsyncParsableCommand {
 
     func run() async throws {
         var configuration = SimulatorConfiguration(devices: devices, durationSeconds: duration)
+        configuration.transport = transport
+        configuration.packetsPerDevice = packetsPerDevice
+        configuration.dropAcksRatio = dropAcks
         configuration.host = server.host
         configuration.port = server.port
         configuration.recordsPerPacket = recordsPerPacket
@@ -174,10 +208,16 @@ struct SimulateCommand: AsyncParsableCommand {
                     + "(not counted as missing; raise REDIS_STREAM_MAXLEN or shorten the run to check them)\n"
             )
         }
+        if let outcome, outcome.duplicatesFail, outcome.duplicates > 0 {
+            StandardIO.writeStderr(
+                "teltonika-ingest simulate: \(outcome.duplicates) records stored more than once in \(stream): over UDP the server "
+                    + "must answer a resend without storing it again\n"
+            )
+        }
         if let outcome, outcome.unreadable > 0 {
             StandardIO.writeStderr("teltonika-ingest simulate: \(outcome.unreadable) stream entries without a readable timestamp_ms\n")
         }
-        if !result.isClean || verifyFailed || (outcome?.missing ?? 0) > 0 { terminate(.failure) }
+        if !result.isClean || verifyFailed || outcome?.failed == true { terminate(.failure) }
     }
 
     /// Reads the whole stream in pages of 10,000 (XRANGE with an exclusive start).

@@ -57,8 +57,14 @@ public func connectSocket(
 
 /// A port nothing listens on now: bind 127.0.0.1:0, read the port, close.
 public func freeLoopbackPort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
+    let (fd, port) = try bindLoopback(type: Int32(SOCK_STREAM.rawValue))
+    close(fd)
+    return port
+}
+
+/// A socket of `type` (stream or datagram) bound to 127.0.0.1 on a port the kernel picks, and that port.
+public func bindLoopback(type: Int32) throws(LoopbackConnectError) -> (fd: Int32, port: Int) {
+    let fd = socket(AF_INET, type, 0)
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -66,6 +72,10 @@ public func freeLoopbackPort() throws -> Int {
     let bound = withUnsafeMutablePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
     }
-    guard bound else { throw LoopbackConnectError(description: "cannot find a free port: errno \(errno)") }
-    return Int(UInt16(bigEndian: address.sin_port))
+    guard bound else {
+        let error = errno
+        close(fd)
+        throw LoopbackConnectError(description: "cannot bind 127.0.0.1:0: errno \(error)")
+    }
+    return (fd, Int(UInt16(bigEndian: address.sin_port)))
 }

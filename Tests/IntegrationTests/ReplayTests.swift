@@ -144,38 +144,59 @@ struct ReplayTests {
     }
 }
 
-/// Writes a capture: pcap (Ethernet, IPv4) or pcapng (raw IPv6), TCP segments between 10.0.0.1/fd00::1
-/// (device) and 10.0.0.2/fd00::2 (server).
+/// Writes a capture: pcap or pcapng, each packet Ethernet/IPv4 (pcap's default) or raw IPv6 (pcapng's
+/// default), TCP segments or UDP datagrams between 10.0.0.1/fd00::1 (device) and 10.0.0.2/fd00::2
+/// (server); a packet to port 5027 goes to the server.
 struct CaptureWriter {
+    enum Link {
+        case ethernetIPv4
+        case rawIPv6
+    }
+
     let format: String
+    let link: Link
     private var packets: [[UInt8]] = []
 
-    init(format: String) { self.format = format }
+    init(format: String, link: Link? = nil) {
+        self.format = format
+        self.link = link ?? (format == "pcap" ? .ethernetIPv4 : .rawIPv6)
+    }
 
     mutating func add(from: UInt16, to: UInt16, sequence: UInt32, payload: [UInt8]) {
-        var tcp = be16(from) + be16(to) + be32(sequence) + be32(0) + [0x50, 0x18] + be16(65535) + [0, 0, 0, 0]
-        tcp += payload
-        let towardServer = to == 5027
-        if format == "pcap" {
+        let tcp = be16(from) + be16(to) + be32(sequence) + be32(0) + [0x50, 0x18] + be16(65535) + [0, 0, 0, 0]
+        add(transport: 6, tcp + payload, towardServer: to == 5027)
+    }
+
+    /// One UDP packet carrying `payload` (checksum 0: none, as IPv4 allows and capture readers ignore).
+    mutating func addUDP(from: UInt16, to: UInt16, payload: [UInt8]) {
+        add(transport: 17, be16(from) + be16(to) + be16(UInt16(8 + payload.count)) + [0, 0] + payload, towardServer: to == 5027)
+    }
+
+    private mutating func add(transport: UInt8, _ segment: [UInt8], towardServer: Bool) {
+        switch link {
+        case .ethernetIPv4:
             let ip =
-                [0x45, 0] + be16(UInt16(20 + tcp.count)) + [0, 0, 0x40, 0, 64, 6, 0, 0]
+                [0x45, 0] + be16(UInt16(20 + segment.count)) + [0, 0, 0x40, 0, 64, transport, 0, 0]
                 + (towardServer ? [10, 0, 0, 1, 10, 0, 0, 2] : [10, 0, 0, 2, 10, 0, 0, 1])
-            packets.append([2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00] + ip + tcp)
-        } else {
+            packets.append([2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00] + ip + segment)
+        case .rawIPv6:
             let device: [UInt8] = [0xfd] + Array(repeating: 0, count: 14) + [1]
             let server: [UInt8] = [0xfd] + Array(repeating: 0, count: 14) + [2]
-            packets.append([0x60, 0, 0, 0] + be16(UInt16(tcp.count)) + [6, 64] + (towardServer ? device + server : server + device) + tcp)
+            packets.append(
+                [0x60, 0, 0, 0] + be16(UInt16(segment.count)) + [transport, 64] + (towardServer ? device + server : server + device)
+                    + segment
+            )
         }
     }
 
     var bytes: [UInt8] {
         var out: [UInt8] = []
         if format == "pcap" {
-            out = le32(0xa1b2_c3d4) + le16(2) + le16(4) + le32(0) + le32(0) + le32(65535) + le32(1)
+            out = le32(0xa1b2_c3d4) + le16(2) + le16(4) + le32(0) + le32(0) + le32(65535) + le32(link == .ethernetIPv4 ? 1 : 101)
             for p in packets { out += le32(1_700_000_000) + le32(0) + le32(UInt32(p.count)) + le32(UInt32(p.count)) + p }
         } else {
             out = block(0x0a0d_0d0a, le32(0x1a2b_3c4d) + le16(1) + le16(0) + le32(0xFFFF_FFFF) + le32(0xFFFF_FFFF))
-            out += block(1, le16(101) + le16(0) + le32(65535))
+            out += block(1, le16(link == .ethernetIPv4 ? 1 : 101) + le16(0) + le32(65535))
             for p in packets {
                 let padded = p + Array(repeating: 0, count: (4 - p.count % 4) % 4)
                 out += block(6, le32(0) + le32(0) + le32(0) + le32(UInt32(p.count)) + le32(UInt32(p.count)) + padded)
