@@ -44,6 +44,8 @@ public struct IngestConfiguration: Sendable, Equatable {
     public var udpWindowEntries = 100_000
     /// How long a stored UDP packet is remembered, so its resend is ACKed without being stored again.
     public var udpWindowTTLMs = 600_000
+    /// The UDP socket's kernel receive buffer (SO_RCVBUF), asked for; the kernel caps it at net.core.rmem_max.
+    public var udpReceiveBufferBytes = 4 * 1024 * 1024
 
     // MARK: Publisher
     public var redisURL: RedisURL = RedisURL(endpoint: .tcp(host: "127.0.0.1", port: 6379))
@@ -228,6 +230,13 @@ public struct IngestConfiguration: Sendable, Equatable {
             "How long a stored UDP packet is remembered for its resends.",
             1000...86_400_000,
             \.udpWindowTTLMs
+        ),
+        int(
+            "UDP_RECEIVE_BUFFER_BYTES",
+            "udp-receive-buffer-bytes",
+            "Kernel receive buffer asked for the UDP socket (capped by net.core.rmem_max).",
+            65_536...1_073_741_824,
+            \.udpReceiveBufferBytes
         ),
         Setting(
             env: "REDIS_URL",

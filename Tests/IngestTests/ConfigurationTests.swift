@@ -138,7 +138,7 @@ struct IngestConfigurationTests {
             "UDP_PORT": "5027", "UDP_HOST": "127.0.0.4", "UDP_WINDOW_ENTRIES": "10", "UDP_WINDOW_TTL_MS": "5000",
             "FRAME_TIMEOUT_MS": "5000", "MAX_CONNECTIONS_PER_IP": "3", "MAX_LOGIN_FAILURES_PER_IP": "0", "MAX_BUFFERED_BYTES": "100000",
             "DEVICE_AUTHORITY_MODE": "redis", "DEVICE_ALLOWLIST_FILE": "/a.txt", "REDIS_DEVICE_ALLOWLIST_KEY": "k",
-            "DEVICE_ALLOWLIST_REFRESH_MS": "5000",
+            "DEVICE_ALLOWLIST_REFRESH_MS": "5000", "UDP_RECEIVE_BUFFER_BYTES": "100000",
         ]
         #expect(Set(other.keys) == Set(IngestConfiguration.settings.map(\.env)))
         #expect(base.changedSettings(comparedTo: base).isEmpty)

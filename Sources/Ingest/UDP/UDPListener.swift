@@ -37,6 +37,8 @@ final class UDPListener: Sendable {
             // A bounded batch per loop tick: a datagram flood cannot keep the loop from TCP devices.
             .channelOption(.maxMessagesPerRead, value: 16)
             .channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: Self.receiveBytes))
+            // Room for bursts between reads; the kernel caps it at net.core.rmem_max (and doubles it).
+            .channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(environment.configuration.udpReceiveBufferBytes))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(UDPDatagramHandler(environment: environment))
@@ -45,9 +47,13 @@ final class UDPListener: Sendable {
         let bound = try await bootstrap.bind(host: host, port: port).get()
         channel.withLockedValue { $0 = bound }
         let address = bound.localAddress!
+        let granted = (try? await bound.getOption(.socketOption(.so_rcvbuf)).get()) ?? 0
         environment.logger.info(
             "listening for UDP datagrams",
-            metadata: ["event": "server.udp_listening", "address": "\(address)", "port": "\(address.port ?? 0)"]
+            metadata: [
+                "event": "server.udp_listening", "address": "\(address)", "port": "\(address.port ?? 0)",
+                "receive_buffer_bytes": "\(granted)",
+            ]
         )
         return address
     }
