@@ -23,4 +23,5 @@ swift package --disable-sandbox benchmark --target Codec8Benchmarks --no-progres
 if [ "${BENCH_E2E:-1}" != 0 ]; then
     "$root/scripts/bench-e2e.sh"
     "$root/scripts/bench-redis.sh"
+    "$root/scripts/bench-hostile.sh"
 fi
