@@ -12,7 +12,9 @@ ALERTS = ["TeltonikaUnknownCodec", "TeltonikaPublishOverflow", "TeltonikaCRCFail
           "TeltonikaPublishQueueFilling", "TeltonikaRedisDown", "TeltonikaNotReady",
           "TeltonikaAckLatencyHigh", "TeltonikaInstanceSilent", "TeltonikaCrashLoop",
           "TeltonikaRedisNotDurable", "TeltonikaRedisReplicasShort", "TeltonikaPacketsGivenUp",
-          "TeltonikaRedisRefusingWrites", "TeltonikaStreamUnreadNearTrim", "TeltonikaRedisMemoryNearLimit", "TeltonikaAllowlistStale"]
+          "TeltonikaRedisRefusingWrites", "TeltonikaStreamUnreadNearTrim", "TeltonikaRedisMemoryNearLimit", "TeltonikaAllowlistStale",
+          "TeltonikaInstanceDown", "TeltonikaAbsent", "TeltonikaFewReady", "TeltonikaPodCrashLooping", "TeltonikaAckRatioLow",
+          "TeltonikaFleetDropped", "TeltonikaFileDescriptorsNearLimit"]
 RUNBOOK_PREFIX = "https://github.com/teltonika-ingest/teltonika-ingest/blob/main/OPERATIONS.md#"
 
 problems = []
