@@ -82,7 +82,7 @@ public final class IngestServer: Sendable {
         let channel = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
         serverChannel.withLockedValue { $0 = channel }
         let address = channel.localAddress!
-        environment.logger.info(
+        environment.logger.lifecycle.info(
             "listening for devices",
             metadata: ["event": "server.listening", "address": "\(address)", "port": "\(address.port ?? 0)"]
         )

@@ -173,7 +173,7 @@ public final class IngestService: Service, Sendable {
     }
 
     public func run() async throws {
-        logger.info(
+        logger.lifecycle.info(
             "starting",
             metadata: [
                 "event": "server.starting", "redis": "\(redisDescription)",
@@ -251,7 +251,7 @@ public final class IngestService: Service, Sendable {
         beginShutdown()
         let started = NIODeadline.now()
         let deadline = state.withLockedValue { $0.deadline! }
-        logger.notice(
+        logger.lifecycle.notice(
             "draining",
             metadata: [
                 "event": "server.draining", "connections": "\(server.connectionCount)", "packets_in_flight": "\(server.packetsInFlight)",

@@ -5,6 +5,17 @@ import Logging
 import NIOConcurrencyHelpers
 import Synchronization
 
+extension Logger {
+    /// This logger at `info` whatever `LOG_LEVEL` says, for the few lines that tell the process' life
+    /// (starting, listening, draining, stopped, settings reloaded): an operator who sets `warning` to quiet
+    /// the server still sees when it started, where it listens and how it stopped.
+    public var lifecycle: Logger {
+        var logger = self
+        logger.logLevel = .info
+        return logger
+    }
+}
+
 /// A swift-log backend writing one line per event to standard error: a JSON object
 /// (`{"ts":…,"level":…,"event":…,"msg":…,"instance_id":…, <metadata>}`) or, for people, plain text.
 ///

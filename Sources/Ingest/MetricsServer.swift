@@ -78,7 +78,7 @@ public final class MetricsServer: Service, Sendable {
             throw error
         }
         let address = channel.localAddress!
-        logger.info(
+        logger.lifecycle.info(
             "serving metrics and health",
             metadata: ["event": "metrics.listening", "address": "\(address)", "port": "\(address.port ?? 0)"]
         )

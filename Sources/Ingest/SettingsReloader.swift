@@ -50,7 +50,7 @@ public final class SettingsReloader: Sendable {
             return changed
         }
         LineLogHandler.setLevel(Logger.Level(rawValue: next.logLevel) ?? .info)
-        logger.notice(
+        logger.lifecycle.notice(
             "settings reloaded",
             metadata: [
                 "event": "config.reloaded", "log_level": "\(next.logLevel)",

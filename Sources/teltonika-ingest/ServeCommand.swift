@@ -53,7 +53,8 @@ struct ServeCommand: AsyncParsableCommand {
             logger: logger
         )
         let settings = SettingsReloader(configuration, environment: environment, flags: flags, logger: logger)
-        let lifecycle = ProcessLifecycle(shutdownTimeout: .milliseconds(configuration.shutdownTimeoutMs), logger: logger)
+        // Its lines (shutdown and reload requested, forced exit) are the process' life: shown at any LOG_LEVEL.
+        let lifecycle = ProcessLifecycle(shutdownTimeout: .milliseconds(configuration.shutdownTimeoutMs), logger: logger.lifecycle)
         do {
             try await lifecycle.run(
                 services: [metrics, ingest],
@@ -77,7 +78,7 @@ struct ServeCommand: AsyncParsableCommand {
             "redis_thread_finished": "\(report.publisherFinished)", "seconds": "\(report.seconds)",
         ]
         if report.isClean {
-            logger.info("drained and stopped", metadata: fields.merging(["event": "server.stopped", "exit_code": "0"]) { $1 })
+            logger.lifecycle.info("drained and stopped", metadata: fields.merging(["event": "server.stopped", "exit_code": "0"]) { $1 })
             return
         }
         logger.critical(

@@ -279,6 +279,26 @@ struct LifecycleTests {
 
     /// SIGHUP re-reads CONFIG_FILE: the log level changes at once, connections stay, a setting that
     /// needs a restart is named, and a bad file changes nothing.
+    /// At LOG_LEVEL=warning the process' life still shows (start, listeners, reload, drain, stop) and no
+    /// other info line does.
+    @Test func testLifecycleLinesShowAtWarning() throws {
+        let server = try ServerProcess(environment: ["LOG_LEVEL": "warning"])
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login(DeviceServerTests.imei))
+        server.signal(SIGHUP)
+        try server.waitForLog(event: "config.reloaded", timeout: 5)
+        server.signal(SIGINT)
+        let exit = try #require(server.waitForExit(timeout: 10))
+        #expect(exit.status == 0)
+        let quiet = server.logs.filter { ["debug", "info", "notice"].contains($0["level"] as? String ?? "") }
+        let events = Set(quiet.compactMap { $0["event"] as? String })
+        let lifecycle: Set = [
+            "server.starting", "server.listening", "metrics.listening", "process.reload_requested", "config.reloaded",
+            "process.shutdown_requested", "server.draining", "server.stopped",
+        ]
+        #expect(events == lifecycle, "below warning: \(events.symmetricDifference(lifecycle))")
+    }
+
     @Test func testSighupReloadsTheLogLevelWithoutDroppingConnections() throws {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("ingest-\(UUID().uuidString).env")
         defer { try? FileManager.default.removeItem(at: file) }

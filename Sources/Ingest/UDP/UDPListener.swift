@@ -48,7 +48,7 @@ final class UDPListener: Sendable {
         channel.withLockedValue { $0 = bound }
         let address = bound.localAddress!
         let granted = (try? await bound.getOption(.socketOption(.so_rcvbuf)).get()) ?? 0
-        environment.logger.info(
+        environment.logger.lifecycle.info(
             "listening for UDP datagrams",
             metadata: [
                 "event": "server.udp_listening", "address": "\(address)", "port": "\(address.port ?? 0)",
