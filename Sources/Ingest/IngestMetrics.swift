@@ -200,6 +200,7 @@ public final class IngestMetrics: Sendable {
     let connectionsReplaced: Counter
     let bufferedBytes: Gauge
     private let allowlistRefreshesByResult: [String: Counter]
+    private let configReloadsByResult: [String: Counter]
     let allowlistSize: Gauge
     let allowlistLastSuccess: Gauge
     let bufferBudgetRefusals: Counter
@@ -414,6 +415,20 @@ public final class IngestMetrics: Sendable {
                 )
             }
         )
+        configReloadsByResult = Dictionary(
+            uniqueKeysWithValues: ["ok", "failed"].map {
+                (
+                    $0,
+                    r.makeCounter(
+                        descriptor: d(
+                            "teltonika_config_reloads_total",
+                            "SIGHUP re-reads of the settings by result (failed: the file was unreadable or invalid; nothing changed)."
+                        ),
+                        labels: [("result", $0)]
+                    )
+                )
+            }
+        )
         allowlistSize = r.makeGauge(descriptor: d("teltonika_allowlist_size", "IMEIs on the allowlist in force (0 in allow_all)."))
         allowlistLastSuccess = r.makeGauge(
             descriptor: d(
@@ -459,6 +474,7 @@ public final class IngestMetrics: Sendable {
     func handshakes(result: HandshakeResult) -> Counter { handshakesByResult[result]! }
     func refusals(_ reason: RefusalReason) -> Counter { refusalsByReason[reason]! }
     func allowlistRefreshes(ok: Bool) -> Counter { allowlistRefreshesByResult[ok ? "ok" : "failed"]! }
+    func configReloads(ok: Bool) -> Counter { configReloadsByResult[ok ? "ok" : "failed"]! }
     func frames(codec: FrameCodec, result: FrameResult) -> Counter { framesByCodecResult[codec]![result]! }
     func records(codec: AVLCodec) -> Counter { recordsByCodec[FrameCodec(codec)]! }
     func deviceMessages(codec: DeviceMessage.Codec) -> Counter { deviceMessagesByCodec[FrameCodec(codec)]! }

@@ -1,6 +1,7 @@
 /// SIGHUP: re-reads CONFIG_FILE and applies what can change without a restart.
 import Foundation
 import Logging
+import Prometheus
 import Synchronization
 
 extension IngestConfiguration {
@@ -25,12 +26,14 @@ public final class SettingsReloader: Sendable {
     private let environment: [String: String]
     private let flags: [String: String]
     private let logger: Logger
+    private let metrics: IngestMetrics
 
     public init(_ configuration: IngestConfiguration, environment: [String: String], flags: [String: String], logger: Logger) {
         current = Mutex(configuration)
         self.environment = environment
         self.flags = flags
         self.logger = logger
+        self.metrics = .shared
     }
 
     public func reload() {
@@ -38,6 +41,7 @@ public final class SettingsReloader: Sendable {
         do {
             next = try IngestConfiguration.resolve(environment: environment, flags: flags)
         } catch {
+            metrics.configReloads(ok: false).increment()
             logger.error(
                 "settings not reloaded: keeping the current ones",
                 metadata: ["event": "config.reload_failed", "error": "\(error)"]
@@ -50,6 +54,7 @@ public final class SettingsReloader: Sendable {
             return changed
         }
         LineLogHandler.setLevel(Logger.Level(rawValue: next.logLevel) ?? .info)
+        metrics.configReloads(ok: true).increment()
         logger.lifecycle.notice(
             "settings reloaded",
             metadata: [

@@ -317,6 +317,7 @@ struct LifecycleTests {
         let reloaded = try server.waitForLog(event: "config.reloaded", timeout: 5)
         #expect(reloaded["applied"] as? String == "LOG_LEVEL")
         #expect(reloaded["restart_required"] as? String == "MAX_CONNECTIONS")
+        #expect(try server.scrape().value(#"teltonika_config_reloads_total{result="failed"}"#) == 0)
         try device.send(Self.twoRecords)
         #expect(device.receive(4, timeout: 10) == .bytes([0, 0, 0, 2]))  // same connection
         try server.waitForLog(event: "device.packet", timeout: 5)
@@ -328,6 +329,9 @@ struct LifecycleTests {
         #expect(device.receive(4, timeout: 10) == .bytes([0, 0, 0, 2]))
         try server.waitForLog(event: "device.packet", timeout: 5, count: 2)  // still debug
         #expect(server.process.isRunning)
+        let scrape = try server.scrape()
+        #expect(try scrape.value(#"teltonika_config_reloads_total{result="ok"}"#) == 1)
+        #expect(try scrape.value(#"teltonika_config_reloads_total{result="failed"}"#) == 1)
     }
 
     /// The test-only crash trigger: one fatal log line, the Swift backtrace, death by the signal.
