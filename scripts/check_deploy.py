@@ -14,7 +14,8 @@ ALERTS = ["TeltonikaUnknownCodec", "TeltonikaPublishOverflow", "TeltonikaCRCFail
           "TeltonikaRedisNotDurable", "TeltonikaRedisReplicasShort", "TeltonikaPacketsGivenUp",
           "TeltonikaRedisRefusingWrites", "TeltonikaStreamUnreadNearTrim", "TeltonikaRedisMemoryNearLimit", "TeltonikaAllowlistStale",
           "TeltonikaInstanceDown", "TeltonikaAbsent", "TeltonikaFewReady", "TeltonikaPodCrashLooping", "TeltonikaAckRatioLow",
-          "TeltonikaFleetDropped", "TeltonikaFileDescriptorsNearLimit"]
+          "TeltonikaFleetDropped", "TeltonikaFileDescriptorsNearLimit",
+          "TeltonikaTLSCertificateExpiring"]
 RUNBOOK_PREFIX = "https://github.com/teltonika-ingest/teltonika-ingest/blob/main/OPERATIONS.md#"
 
 problems = []

@@ -324,6 +324,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             close(context, .revoked)
             return
         }
+        if event is SessionTLSFailed {
+            close(context, .tlsHandshakeFailed)
+            return
+        }
         if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
             logger.info("idle connection closed", metadata: ["event": "device.idle_timeout"])
             close(context, .idleTimeout)

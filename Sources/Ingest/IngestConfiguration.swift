@@ -47,6 +47,10 @@ public struct IngestConfiguration: Sendable, Equatable {
     /// The UDP socket's kernel receive buffer (SO_RCVBUF), asked for; the kernel caps it at net.core.rmem_max.
     public var udpReceiveBufferBytes = 4 * 1024 * 1024
 
+    // MARK: TLS listener
+    /// The TLS port for devices, its certificate, key, client CA and minimum version (port nil: no TLS listener).
+    public var deviceTLS = DeviceTLSOptions()
+
     // MARK: Publisher
     public var redisURL: RedisURL = RedisURL(endpoint: .tcp(host: "127.0.0.1", port: 6379))
     public var telemetryStream = "telemetry:teltonika"
@@ -203,18 +207,11 @@ public struct IngestConfiguration: Sendable, Equatable {
             1000...86_400_000,
             \.deviceAllowlistRefreshMs
         ),
-        Setting(
-            env: "UDP_PORT",
-            flag: "udp-port",
-            help: "UDP port for AVL datagrams (may equal TELTONIKA_PORT; 0: any free port; empty: no UDP).",
-            read: { $0.udpPort.map(String.init) ?? "" },
-            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
-                guard !v.isEmpty else { return c.udpPort = nil }
-                guard let n = Int(v), (0...65535).contains(n) else {
-                    throw ConfigurationError(key: "UDP_PORT", message: "expected a port in 0...65535 or empty, got '\(v)'")
-                }
-                c.udpPort = n
-            }
+        optionalPort(
+            "UDP_PORT",
+            "udp-port",
+            "UDP port for AVL datagrams (may equal TELTONIKA_PORT; 0: any free port; empty: no UDP).",
+            \.udpPort
         ),
         optional("UDP_HOST", "udp-host", "Address the UDP listener binds (empty: TELTONIKA_HOST).", \.udpHost),
         int(
@@ -237,6 +234,32 @@ public struct IngestConfiguration: Sendable, Equatable {
             "Kernel receive buffer asked for the UDP socket (capped by net.core.rmem_max).",
             65_536...1_073_741_824,
             \.udpReceiveBufferBytes
+        ),
+        optionalPort(
+            "TLS_PORT",
+            "tls-port",
+            "TLS port for devices, beside the TCP one (0: any free port; empty: no TLS). Needs TLS_CERT_FILE and TLS_KEY_FILE.",
+            \.deviceTLS.port
+        ),
+        optional("TLS_CERT_FILE", "tls-cert-file", "PEM certificate the TLS port serves, its chain after it.", \.deviceTLS.certFile),
+        optional("TLS_KEY_FILE", "tls-key-file", "PEM private key of TLS_CERT_FILE.", \.deviceTLS.keyFile),
+        optional(
+            "TLS_CLIENT_CA_FILE",
+            "tls-client-ca-file",
+            "PEM CA(s): set, devices must present a certificate signed by one (mutual TLS).",
+            \.deviceTLS.clientCAFile
+        ),
+        Setting(
+            env: "TLS_MIN_VERSION",
+            flag: "tls-min-version",
+            help: "Oldest TLS version the TLS port accepts: 1.2 or 1.3.",
+            read: { $0.deviceTLS.minimumVersion.rawValue },
+            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
+                guard let version = DeviceTLSOptions.Version(rawValue: v) else {
+                    throw ConfigurationError(key: "TLS_MIN_VERSION", message: "expected 1.2 or 1.3, got '\(v)'")
+                }
+                c.deviceTLS.minimumVersion = version
+            }
         ),
         Setting(
             env: "REDIS_URL",
@@ -459,6 +482,7 @@ public struct IngestConfiguration: Sendable, Equatable {
         if deviceAuthorityMode == .file, deviceAllowlistFile == nil {
             throw ConfigurationError(key: "DEVICE_ALLOWLIST_FILE", message: "must be set with DEVICE_AUTHORITY_MODE=file")
         }
+        try deviceTLS.validate(tcpPort: port)
         if !redisUsesTLS {
             let given = [
                 ("REDIS_TLS_CA_FILE", redisTLS.caFile), ("REDIS_TLS_CERT_FILE", redisTLS.certFile),
@@ -547,6 +571,28 @@ public struct IngestConfiguration: Sendable, Equatable {
             help: help,
             read: { $0[keyPath: field] ?? "" },
             apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in c[keyPath: field] = v.isEmpty ? nil : v }
+        )
+    }
+
+    /// A port setting whose empty value means "no such listener".
+    private static func optionalPort(
+        _ env: String,
+        _ flag: String,
+        _ help: String,
+        _ field: any WritableKeyPath<IngestConfiguration, Int?> & Sendable
+    ) -> Setting {
+        Setting(
+            env: env,
+            flag: flag,
+            help: help,
+            read: { $0[keyPath: field].map(String.init) ?? "" },
+            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
+                guard !v.isEmpty else { return c[keyPath: field] = nil }
+                guard let n = Int(v), (0...65535).contains(n) else {
+                    throw ConfigurationError(key: env, message: "expected a port in 0...65535 or empty, got '\(v)'")
+                }
+                c[keyPath: field] = n
+            }
         )
     }
 

@@ -104,6 +104,7 @@ enum DisconnectReason: String, CaseIterable, Sendable {
     case overflow
     case drain
     case error
+    case tlsHandshakeFailed = "tls_handshake_failed"
 }
 
 /// `reason` label of `teltonika_accept_errors_total`.
@@ -134,6 +135,16 @@ enum UDPResult: String, CaseIterable, Sendable {
     /// Arrived while the server drained: no ACK (the device resends to the next instance).
     case draining
 }
+
+/// `version` label of `teltonika_tls_handshakes_total{result="ok"}`: what a completed handshake negotiated
+/// (a failed one is `version="unknown"`).
+enum TLSVersionLabel: String, CaseIterable, Sendable {
+    case tls12 = "tls1.2"
+    case tls13 = "tls1.3"
+}
+
+/// `result` label of `teltonika_tls_reloads_total`.
+enum TLSReloadResult: String, CaseIterable, Sendable { case ok, failed }
 
 /// `kind` label of `teltonika_redis_errors_total`: what failed, as the wire module reports it.
 typealias RedisErrorKind = RedisConnection.Failure.Kind
@@ -206,6 +217,11 @@ public final class IngestMetrics: Sendable {
     let bufferBudgetRefusals: Counter
     private let udpDatagramsByResult: [UDPResult: Counter]
     let udpWindowEntries: Gauge
+    private let tlsHandshakesOKByVersion: [TLSVersionLabel: Counter]
+    let tlsHandshakesFailed: Counter
+    let tlsCertificateExpiry: Gauge
+    private let tlsReloadsByResult: [TLSReloadResult: Counter]
+    let tlsConnectionsActive: Gauge
     let ready: Gauge
     let buildInfo: Gauge
 
@@ -237,7 +253,7 @@ public final class IngestMetrics: Sendable {
         func gauges(_ name: String, _ label: String, _ values: [String], _ help: String) -> [String: Gauge] {
             Dictionary(uniqueKeysWithValues: values.map { ($0, r.makeGauge(descriptor: d(name, help), labels: [(label, $0)])) })
         }
-        connectionsActive = r.makeGauge(descriptor: d("teltonika_connections_active", "Device TCP connections open now."))
+        connectionsActive = r.makeGauge(descriptor: d("teltonika_connections_active", "Device connections open now (TCP and TLS ports)."))
         connectionsByResult = labelled(
             "teltonika_connections_total",
             "result",
@@ -350,7 +366,7 @@ public final class IngestMetrics: Sendable {
             "teltonika_disconnects_total",
             "reason",
             DisconnectReason.allCases,
-            "Device connections ended, by reason: peer_closed (the device), handshake_timeout, login_rejected, idle_timeout, replaced (a newer login), revoked (left the allowlist), frame_rejected, frame_timeout (FRAME_TIMEOUT_MS), buffer_budget (MAX_BUFFERED_BYTES), publish_failed, overflow, drain, error."
+            "Device connections ended, by reason: peer_closed (the device), handshake_timeout, login_rejected, idle_timeout, replaced (a newer login), revoked (left the allowlist), frame_rejected, frame_timeout (FRAME_TIMEOUT_MS), buffer_budget (MAX_BUFFERED_BYTES), publish_failed, overflow, drain, error, tls_handshake_failed."
         )
         acceptErrorsByReason = labelled(
             "teltonika_accept_errors_total",
@@ -460,6 +476,41 @@ public final class IngestMetrics: Sendable {
                 "AVL packets the UDP retransmit window remembers (bounded by UDP_WINDOW_ENTRIES, forgotten UDP_WINDOW_TTL_MS after they were stored)."
             )
         )
+        let handshakesHelp =
+            "TLS handshakes on TLS_PORT: ok (by negotiated version), failed (version unknown: refused, bad or no client certificate, closed or timed out before completing)."
+        tlsHandshakesOKByVersion = Dictionary(
+            uniqueKeysWithValues: TLSVersionLabel.allCases.map {
+                (
+                    $0,
+                    r.makeCounter(
+                        descriptor: d("teltonika_tls_handshakes_total", handshakesHelp),
+                        labels: [("result", "ok"), ("version", $0.rawValue)]
+                    )
+                )
+            }
+        )
+        tlsHandshakesFailed = r.makeCounter(
+            descriptor: d("teltonika_tls_handshakes_total", handshakesHelp),
+            labels: [("result", "failed"), ("version", "unknown")]
+        )
+        tlsCertificateExpiry = r.makeGauge(
+            descriptor: d(
+                "teltonika_tls_certificate_expiry_timestamp_seconds",
+                "notAfter of the certificate TLS_PORT serves (UNIX seconds), updated on reload; 0 without TLS_PORT."
+            )
+        )
+        tlsReloadsByResult = labelled(
+            "teltonika_tls_reloads_total",
+            "result",
+            TLSReloadResult.allCases,
+            "SIGHUP reloads of TLS_CERT_FILE, TLS_KEY_FILE and TLS_CLIENT_CA_FILE: ok, failed (the previous certificate stays)."
+        )
+        tlsConnectionsActive = r.makeGauge(
+            descriptor: d(
+                "teltonika_tls_connections_active",
+                "Device connections open now on TLS_PORT (counted in teltonika_connections_active too)."
+            )
+        )
         ready = r.makeGauge(descriptor: d("teltonika_ready", "1 when /readyz answers 200 (listening, Redis up, not draining), else 0."))
         buildInfo = r.makeGauge(
             descriptor: d("teltonika_build_info", "Always 1; the labels name the running build."),
@@ -501,6 +552,8 @@ public final class IngestMetrics: Sendable {
     }
     func disconnects(_ reason: DisconnectReason) -> Counter { disconnectsByReason[reason]! }
     func udpDatagrams(_ result: UDPResult) -> Counter { udpDatagramsByResult[result]! }
+    func tlsHandshakesOK(_ version: TLSVersionLabel) -> Counter { tlsHandshakesOKByVersion[version]! }
+    func tlsReloads(_ result: TLSReloadResult) -> Counter { tlsReloadsByResult[result]! }
     func publishFailed(_ thing: PublishedThing, reason: PublishFailure) -> Counter { publishFailedByKindReason[thing]![reason]! }
     func setRedisDurability(_ mode: RedisDurability) {
         for (name, gauge) in redisDurabilityByMode { gauge.set(Int64(name == mode.rawValue ? 1 : 0)) }

@@ -1,14 +1,19 @@
-/// The device listener: admission (MAX_CONNECTIONS), the session pipeline, and the device half of the drain.
+/// The device listeners (TCP, and TLS with TLS_PORT): one admission (MAX_CONNECTIONS), the session pipeline,
+/// and the device half of the drain.
 import Dispatch
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Prometheus
 import Synchronization
 
-/// The device listener: accepts connections up to `MAX_CONNECTIONS`, gives each an idle timeout and a
-/// ``DeviceSessionHandler``, and backs off accepting when the process runs out of file descriptors.
+/// The device listeners: the TCP port and, with `TLS_PORT`, the TLS port, which share one admission (at most
+/// `MAX_CONNECTIONS` connections over both), one set of open connections (the drain waits for all of them)
+/// and one session pipeline: an idle timeout and a ``DeviceSessionHandler``, behind ``NIOSSLServerHandler``
+/// and ``DeviceTLSHandler`` on the TLS port. Each backs off accepting when the process runs out of file
+/// descriptors.
 public final class IngestServer: Sendable {
     /// What every session shares (and the UDP listener, which publishes through the same parts).
     let environment: SessionEnvironment
@@ -21,7 +26,8 @@ public final class IngestServer: Sendable {
             refusalLog: LogLimiter()
         )
     )
-    private let serverChannel = NIOLockedValueBox<(any Channel)?>(nil)
+    /// The listeners: the TCP port, and the TLS port when there is one.
+    private let serverChannels = NIOLockedValueBox<[any Channel]>([])
 
     public convenience init(configuration: IngestConfiguration, publisher: RedisPublisher, logger: Logger, group: any EventLoopGroup) {
         self.init(configuration: configuration, publisher: publisher, logger: logger, group: group, metrics: .shared)
@@ -45,11 +51,41 @@ public final class IngestServer: Sendable {
         self.group = group
     }
 
-    /// Binds the listener; returns the bound address (the real port when `TELTONIKA_PORT` is 0).
+    /// Binds the TCP listener (`TELTONIKA_HOST:TELTONIKA_PORT`); returns the bound address (the real port when
+    /// `TELTONIKA_PORT` is 0).
     public func start() async throws -> SocketAddress {
+        let address = try await listen(port: environment.configuration.port, tls: nil)
+        environment.logger.lifecycle.info(
+            "listening for devices",
+            metadata: ["event": "server.listening", "address": "\(address)", "port": "\(address.port ?? 0)"]
+        )
+        return address
+    }
+
+    /// Binds the TLS listener (`TELTONIKA_HOST:TLS_PORT`): the same sessions, admission and drain as TCP, each
+    /// connection behind a TLS handler made from the context in force when it is accepted.
+    public func startTLS(_ tls: DeviceTLSContext) async throws -> SocketAddress {
+        let address = try await listen(port: tls.options.port ?? 0, tls: tls)
+        let options = tls.options
+        environment.logger.lifecycle.info(
+            "listening for devices over TLS",
+            metadata: [
+                "event": "server.tls_listening", "address": "\(address)", "port": "\(address.port ?? 0)",
+                "min_version": "\(options.minimumVersion.rawValue)",
+                "client_certificates": "\(options.clientCAFile == nil ? "off" : "required")",
+                "certificate_serial": "\(tls.current.serial)", "certificate_not_after": "\(tls.current.notAfter)",
+            ]
+        )
+        return address
+    }
+
+    /// One device listener on `port`; with `tls`, every connection's pipeline starts with TLS.
+    private func listen(port: Int, tls: DeviceTLSContext?) async throws -> SocketAddress {
         let configuration = environment.configuration
         let idle = TimeAmount.milliseconds(Int64(configuration.idleTimeoutMs))
         let (metrics, logger) = (environment.metrics, environment.logger)
+        // One limiter for the listener: a scanner opening many connections writes one line per 10 s.
+        let handshakeFailureLog = NIOLockedValueBox(LogLimiter())
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -73,20 +109,20 @@ public final class IngestServer: Sendable {
             .childChannelInitializer { [self] channel in
                 guard admit(channel) else { return channel.close() }
                 return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers(
-                        IdleStateHandler(readTimeout: idle),
-                        DeviceSessionHandler(environment: environment)
-                    )
+                    let pipeline = channel.pipeline.syncOperations
+                    if let tls {
+                        let handler = NIOSSLServerHandler(context: tls.current.context)
+                        try pipeline.addHandler(handler)
+                        try pipeline.addHandler(
+                            DeviceTLSHandler(tls: handler, metrics: metrics, logger: logger, failureLog: handshakeFailureLog)
+                        )
+                    }
+                    try pipeline.addHandlers(IdleStateHandler(readTimeout: idle), DeviceSessionHandler(environment: environment))
                 }
             }
-        let channel = try await bootstrap.bind(host: configuration.host, port: configuration.port).get()
-        serverChannel.withLockedValue { $0 = channel }
-        let address = channel.localAddress!
-        environment.logger.lifecycle.info(
-            "listening for devices",
-            metadata: ["event": "server.listening", "address": "\(address)", "port": "\(address.port ?? 0)"]
-        )
-        return address
+        let channel = try await bootstrap.bind(host: configuration.host, port: port).get()
+        serverChannels.withLockedValue { $0.append(channel) }
+        return channel.localAddress!
     }
 
     /// Counts the connection in, or refuses it (counted, logged at most once per 10 s): once draining, at
@@ -141,13 +177,13 @@ public final class IngestServer: Sendable {
         return false
     }
 
-    /// Stops accepting (the listener closes); open connections are left to the caller.
+    /// Stops accepting (every listener closes); open connections are left to the caller.
     public func stopAccepting() async {
-        let channel = serverChannel.withLockedValue { c -> (any Channel)? in
-            defer { c = nil }
+        let channels = serverChannels.withLockedValue { c -> [any Channel] in
+            defer { c = [] }
             return c
         }
-        try? await channel?.close()
+        for channel in channels { try? await channel.close() }
     }
 
     /// Open device connections.

@@ -4,6 +4,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import Prometheus
 import RedisWire
 import ServiceLifecycle
 import Synchronization
@@ -83,19 +84,29 @@ public final class IngestService: Service, Sendable {
     /// Where the allowlist comes from (nil in `allow_all`).
     private let allowlistSource: (any AllowlistSource)?
     private let refresher = NIOLockedValueBox<AllowlistRefresher?>(nil)
+    /// The TLS port's context (nil without `TLS_PORT`).
+    private let deviceTLS: DeviceTLSContext?
     private let state = NIOLockedValueBox<
-        (deadline: NIODeadline?, report: DrainReport?, address: SocketAddress?, udpAddress: SocketAddress?)
+        (deadline: NIODeadline?, report: DrainReport?, address: SocketAddress?, tlsAddress: SocketAddress?, udpAddress: SocketAddress?)
     >(
-        (nil, nil, nil, nil)
+        (nil, nil, nil, nil, nil)
     )
 
-    /// - Parameter tls: the context for `rediss://` (``IngestConfiguration/makeRedisTLSContext()``).
-    public convenience init(configuration: IngestConfiguration, logger: Logger, tls: RedisTLSContext? = nil) {
+    /// - Parameters:
+    ///   - tls: the context for `rediss://` (``IngestConfiguration/makeRedisTLSContext()``).
+    ///   - deviceTLS: the TLS port's context (``IngestConfiguration/makeDeviceTLSContext()``).
+    public convenience init(
+        configuration: IngestConfiguration,
+        logger: Logger,
+        tls: RedisTLSContext? = nil,
+        deviceTLS: DeviceTLSContext? = nil
+    ) {
         self.init(
             configuration: configuration,
             logger: logger,
             connector: IngestService.connector(for: configuration, tls: tls),
-            metrics: .shared
+            metrics: .shared,
+            deviceTLS: deviceTLS
         )
     }
 
@@ -115,10 +126,18 @@ public final class IngestService: Service, Sendable {
 
     /// With the Redis connector and the metrics registry given (in-process tests pass a fake Redis
     /// and a registry of their own).
-    init(configuration: IngestConfiguration, logger: Logger, connector: any RedisConnector, metrics: IngestMetrics) {
+    init(
+        configuration: IngestConfiguration,
+        logger: Logger,
+        connector: any RedisConnector,
+        metrics: IngestMetrics,
+        deviceTLS: DeviceTLSContext? = nil
+    ) {
         self.configuration = configuration
         self.logger = logger
         self.metrics = metrics
+        self.deviceTLS = deviceTLS
+        if let deviceTLS { metrics.tlsCertificateExpiry.set(deviceTLS.current.notAfter) }
         redisDescription = connector.description
         var publishing = PublisherConfiguration(
             redis: configuration.redisURL,
@@ -160,6 +179,9 @@ public final class IngestService: Service, Sendable {
     /// Where the device listener is bound, once it is (the real port when `TELTONIKA_PORT` is 0).
     public var listeningAddress: SocketAddress? { state.withLockedValue { $0.address } }
 
+    /// Where the TLS listener is bound, once it is (nil without `TLS_PORT`).
+    public var tlsAddress: SocketAddress? { state.withLockedValue { $0.tlsAddress } }
+
     /// Where the UDP listener is bound, once it is (nil without `UDP_PORT`).
     public var udpAddress: SocketAddress? { state.withLockedValue { $0.udpAddress } }
 
@@ -180,6 +202,7 @@ public final class IngestService: Service, Sendable {
                 "min_replicas": "\(configuration.redisMinReplicas)", "stream": "\(configuration.telemetryStream)",
                 "max_frame_bytes": "\(configuration.maxFrameBytes)", "max_connections": "\(configuration.maxConnections)",
                 "udp_port": "\(configuration.udpPort.map(String.init) ?? "off")",
+                "tls_port": "\(configuration.deviceTLS.port.map(String.init) ?? "off")",
                 "version": "\(IngestMetrics.version)", "revision": "\(IngestMetrics.revision)",
             ]
         )
@@ -207,44 +230,79 @@ public final class IngestService: Service, Sendable {
             refresher.start()
             self.refresher.withLockedValue { $0 = refresher }
         }
-        do {
-            let address = try await server.start()
-            state.withLockedValue { $0.address = address }
-        } catch {
-            logger.critical(
-                "cannot listen",
-                metadata: [
-                    "event": "server.listen_failed", "error": "\(error)", "address": "\(configuration.host):\(configuration.port)",
-                ]
-            )
-            _ = await publisher.stop(deadline: .now())
-            try await group.shutdownGracefully()
-            throw error
+        let udpListener = configuration.udpPort.map { _ in UDPListener(environment: server.environment, group: group) }
+        // Each listener in turn; one that cannot bind stops what already runs and ends the service.
+        let address = try await listening(server, "\(configuration.host):\(configuration.port)", transport: "tcp") {
+            try await server.start()
         }
-        var udp: UDPListener? = nil
-        if let udpPort = configuration.udpPort {
-            let listener = UDPListener(environment: server.environment, group: group)
-            let host = configuration.udpHost ?? configuration.host
-            do {
-                let address = try await listener.start(host: host, port: udpPort)
-                state.withLockedValue { $0.udpAddress = address }
-                udp = listener
-            } catch {
-                logger.critical(
-                    "cannot listen for UDP datagrams",
-                    metadata: ["event": "server.listen_failed", "error": "\(error)", "address": "\(host):\(udpPort)", "transport": "udp"]
-                )
-                await server.stopAccepting()
-                _ = await publisher.stop(deadline: .now())
-                try await group.shutdownGracefully()
-                throw error
+        state.withLockedValue { $0.address = address }
+        if let deviceTLS, let tlsPort = deviceTLS.options.port {
+            let address = try await listening(server, "\(configuration.host):\(tlsPort)", transport: "tls") {
+                try await server.startTLS(deviceTLS)
             }
+            state.withLockedValue { $0.tlsAddress = address }
+        }
+        if let udpListener, let udpPort = configuration.udpPort {
+            let host = configuration.udpHost ?? configuration.host
+            let address = try await listening(server, "\(host):\(udpPort)", transport: "udp") {
+                try await udpListener.start(host: host, port: udpPort)
+            }
+            state.withLockedValue { $0.udpAddress = address }
         }
         health.listening.store(true, ordering: .relaxed)
         // Until the service group asks for a graceful shutdown (or is cancelled: then drain all the same).
         try? await gracefulShutdown()
-        let report = await drain(server, udp: udp)
+        let report = await drain(server, udp: udpListener)
         state.withLockedValue { $0.report = report }
+    }
+
+    /// Binds one listener; when it cannot, logs `server.listen_failed` with its address, stops the listeners
+    /// already bound, the publisher and the event loops, and rethrows (exit 1).
+    private func listening(
+        _ server: IngestServer,
+        _ address: String,
+        transport: String,
+        _ bind: () async throws -> SocketAddress
+    ) async throws -> SocketAddress {
+        do {
+            return try await bind()
+        } catch {
+            logger.critical(
+                "cannot listen",
+                metadata: ["event": "server.listen_failed", "error": "\(error)", "address": "\(address)", "transport": "\(transport)"]
+            )
+            await server.stopAccepting()
+            _ = await publisher.stop(deadline: .now())
+            try await group.shutdownGracefully()
+            throw error
+        }
+    }
+
+    /// SIGHUP: the TLS port reads its certificate, key and client CA again; later handshakes use them, open
+    /// sessions keep theirs. A file that cannot be used keeps the previous ones (`tls.reload_failed`).
+    public func reloadDeviceTLS() {
+        guard let deviceTLS else { return }
+        switch deviceTLS.reload() {
+        case .success(let loaded):
+            metrics.tlsReloads(.ok).increment()
+            metrics.tlsCertificateExpiry.set(loaded.notAfter)
+            logger.lifecycle.notice(
+                "TLS certificate reloaded: new handshakes use it",
+                metadata: [
+                    "event": "tls.reloaded", "certificate_serial": "\(loaded.serial)", "certificate_not_after": "\(loaded.notAfter)",
+                ]
+            )
+        case .failure(let error):
+            metrics.tlsReloads(.failed).increment()
+            let kept = deviceTLS.current
+            logger.error(
+                "TLS certificate not reloaded: keeping the current one",
+                metadata: [
+                    "event": "tls.reload_failed", "error": "\(error)", "certificate_serial": "\(kept.serial)",
+                    "certificate_not_after": "\(kept.notAfter)",
+                ]
+            )
+        }
     }
 
     private func drain(_ server: IngestServer, udp: UDPListener?) async -> DrainReport {

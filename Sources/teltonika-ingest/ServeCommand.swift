@@ -16,7 +16,8 @@ struct ServeCommand: AsyncParsableCommand {
         discussion: "Every setting comes from a flag, the environment or CONFIG_FILE (in that order of precedence):\n\n"
             + IngestConfiguration.settings.map { "  --\($0.flag) VALUE  (\($0.env); default: \($0.defaultText))\n      \($0.help)" }
             .joined(separator: "\n")
-            + "\n\nSignals: SIGTERM/SIGINT drain and exit (a second one exits 1 at once); SIGHUP re-reads CONFIG_FILE."
+            + "\n\nSignals: SIGTERM/SIGINT drain and exit (a second one exits 1 at once); SIGHUP re-reads CONFIG_FILE"
+            + " and the TLS certificate, key and client CA."
             + "\nDefaults, signals, exit codes and guidance: OPERATIONS.md."
     )
 
@@ -28,9 +29,11 @@ struct ServeCommand: AsyncParsableCommand {
         let flags = try parseFlags()
         let configuration: IngestConfiguration
         let tls: RedisTLSContext?
+        let deviceTLS: DeviceTLSContext?
         do {
             configuration = try IngestConfiguration.resolve(environment: environment, flags: flags)
             tls = try configuration.makeRedisTLSContext()
+            deviceTLS = try configuration.makeDeviceTLSContext()
         } catch let error as ConfigurationError {
             throw ValidationError("invalid setting \(error)")
         }
@@ -44,7 +47,7 @@ struct ServeCommand: AsyncParsableCommand {
         if let kind = environment["TELTONIKA_CRASH_TEST"] { Self.scheduleTestCrash(kind, logger: logger) }
         Self.raiseFileDescriptorLimit(maxConnections: configuration.maxConnections, logger: logger)
 
-        let ingest = IngestService(configuration: configuration, logger: logger, tls: tls)
+        let ingest = IngestService(configuration: configuration, logger: logger, tls: tls, deviceTLS: deviceTLS)
         let metrics = MetricsServer(
             host: configuration.metricsHost,
             port: configuration.metricsPort,
@@ -62,6 +65,7 @@ struct ServeCommand: AsyncParsableCommand {
                 onReload: {
                     settings.reload()
                     ingest.refreshAllowlist()
+                    ingest.reloadDeviceTLS()
                 }
             )
         } catch {

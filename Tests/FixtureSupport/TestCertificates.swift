@@ -34,6 +34,17 @@ public struct TestCertificates: Sendable {
 
     private func path(_ name: String) -> String { directory + "/" + name }
 
+    /// One set for the whole test run, made on first use and deleted at exit: what the TLS suites share.
+    public static let shared: TestCertificates = {
+        do {
+            let certificates = try TestCertificates.make()
+            atexit { TestCertificates.shared.remove() }
+            return certificates
+        } catch {
+            fatalError("cannot make the test certificates: \(error)")
+        }
+    }()
+
     /// Makes every file in a new temporary folder (about 20 `openssl` runs).
     public static func make() throws -> TestCertificates {
         let directory = FileManager.default.temporaryDirectory
@@ -54,6 +65,23 @@ public struct TestCertificates: Sendable {
         try certificates.makeSigned(name: "wrong-name", subject: "/CN=wrong.example", extensions: "wrong_name", dates: today)
         try certificates.makeSigned(name: "client", subject: "/CN=redis-client", extensions: "client", dates: today)
         return certificates
+    }
+
+    /// What a further certificate is for: a server (the names of `serverCert`) or a client (clientAuth).
+    public enum Purpose: String, Sendable {
+        case server
+        case client
+    }
+
+    /// One more certificate with a key and a serial number of its own (`openssl ca` counts them up), signed by
+    /// the CA or, with `byOtherCA`, by the CA that signed nothing else; valid from now for `days` days.
+    public func makeCertificate(name: String, purpose: Purpose, days: Int = 2, byOtherCA: Bool = false) throws -> (
+        cert: String, key: String
+    ) {
+        let subject = purpose == .server ? "/CN=localhost" : "/CN=\(name)"
+        let ca = byOtherCA ? "other-ca" : "ca"
+        try makeSigned(name: name, subject: subject, extensions: purpose.rawValue, dates: ["-days", "\(days)"], ca: ca)
+        return (path("\(name).pem"), path("\(name).key"))
     }
 
     /// Deletes the folder.
@@ -100,11 +128,11 @@ public struct TestCertificates: Sendable {
         )
     }
 
-    private func makeSigned(name: String, subject: String, extensions: String, dates: [String]) throws {
+    private func makeSigned(name: String, subject: String, extensions: String, dates: [String], ca: String = "ca") throws {
         let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", path("\(name).key")]
         try TestCertificates.openssl(["req", "-new"] + key + ["-out", path("\(name).csr"), "-subj", subject])
         try TestCertificates.openssl(
-            ["ca", "-batch", "-notext", "-config", path("ca.cnf"), "-cert", caFile, "-keyfile", path("ca.key")]
+            ["ca", "-batch", "-notext", "-config", path("ca.cnf"), "-cert", path("\(ca).pem"), "-keyfile", path("\(ca).key")]
                 + ["-in", path("\(name).csr"), "-out", path("\(name).pem"), "-extensions", extensions] + dates
         )
     }

@@ -49,12 +49,13 @@ struct DeviceServerTests {
     }
 
     /// Sends every fixture frame after a login (`style`: whole, dribble or keepalive) and checks each
-    /// answer, then that `redis` holds exactly the records ACKed and the device messages.
-    static func expectEveryFixtureAnswered(by server: ServerProcess, style: String, redis: RedisClient) throws {
+    /// answer, then that `redis` holds exactly the records ACKed and the device messages. Each device
+    /// connects to `port` (default: the server's TCP port).
+    static func expectEveryFixtureAnswered(by server: ServerProcess, style: String, redis: RedisClient, port: Int? = nil) throws {
         let probe = TestEnvironment.fixtures.first { $0.id == "w-c8-2" }!.bytes
         var stored: [String] = []
         for fixture in TestEnvironment.fixtures where fixture.expect != "imei" {
-            let device = try DeviceClient(port: server.port)
+            let device = try DeviceClient(port: port ?? server.port)
             #expect(try device.login(DeviceServerTests.imei), "\(fixture.id)")
             // A keep-alive after a truncated frame would be read as its missing bytes, so only before it.
             let trailer: [UInt8] = fixture.expect == "error:truncated" ? [] : [0xFF]

@@ -56,13 +56,17 @@ struct MetricsTests {
             "teltonika_buffer_budget_refusals_total", "teltonika_allowlist_size", "teltonika_allowlist_last_success_timestamp_seconds",
             #"teltonika_allowlist_refreshes_total{result="ok"}"#, #"teltonika_allowlist_refreshes_total{result="failed"}"#,
             #"teltonika_config_reloads_total{result="ok"}"#, #"teltonika_config_reloads_total{result="failed"}"#,
+            "teltonika_tls_connections_active", "teltonika_tls_certificate_expiry_timestamp_seconds",
         ]
         expected += RefusalReason.allCases.map { #"teltonika_connections_refused_total{reason="\#($0.rawValue)"}"# }
         expected += AcceptError.allCases.map { #"teltonika_accept_errors_total{reason="\#($0.rawValue)"}"# }
         expected += DisconnectReason.allCases.map { #"teltonika_disconnects_total{reason="\#($0.rawValue)"}"# }
         expected += IngestMetrics.streamRoles.map { #"teltonika_stream_length{stream="\#($0)"}"# }
         expected += UDPResult.allCases.map { #"teltonika_udp_datagrams_total{result="\#($0.rawValue)"}"# }
-        #expect(expected.count == 40 + 2 + 5 + 3 + 4 + 8 + 6 + 2 + 13 + 2 + 27 + 8 + 4)
+        expected += TLSVersionLabel.allCases.map { #"teltonika_tls_handshakes_total{result="ok",version="\#($0.rawValue)"}"# }
+        expected.append(#"teltonika_tls_handshakes_total{result="failed",version="unknown"}"#)
+        expected += TLSReloadResult.allCases.map { #"teltonika_tls_reloads_total{result="\#($0.rawValue)"}"# }
+        #expect(expected.count == 40 + 2 + 5 + 3 + 4 + 8 + 6 + 2 + 14 + 2 + 29 + 8 + 4 + 3 + 2)
         for series in expected { #expect(scrape[series] == 0, "\(series): \(String(describing: scrape[series]))") }
         for mode in IngestMetrics.redisDurabilityModes {
             #expect(scrape[#"teltonika_redis_durability{mode="\#(mode)"}"#] != nil, "durability \(mode)")

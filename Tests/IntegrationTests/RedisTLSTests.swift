@@ -11,15 +11,7 @@ import Glibc
 /// The real binary to a TLS `redis-server` (`rediss://`), with a CA made by the test's own `openssl`.
 @Suite(.serialized, .timeLimit(.minutes(3)))
 struct RedisTLSTests {
-    static let certificates: TestCertificates = {
-        do {
-            let made = try TestCertificates.make()
-            atexit { RedisTLSTests.certificates.remove() }
-            return made
-        } catch {
-            fatalError("cannot make test certificates: \(error)")
-        }
-    }()
+    static var certificates: TestCertificates { .shared }
 
     static func redis(cert: String? = nil, key: String? = nil, authClients: Bool = false) throws -> TLSRedisServer {
         try TLSRedisServer(

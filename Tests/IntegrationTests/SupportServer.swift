@@ -38,6 +38,8 @@ final class ServerProcess {
     private(set) var metricsPort = 0
     /// The UDP port, when the environment sets `UDP_PORT` (0 in tests: the port the server logged).
     private(set) var udpPort = 0
+    /// The TLS port, when the environment sets `TLS_PORT` (0 in tests: the port the server logged).
+    private(set) var tlsPort = 0
     private let lines = NIOLockedValueBox<[String]>([])
     private let stderrEnded = NIOLockedValueBox(false)
     private let stderr = Pipe()
@@ -82,11 +84,15 @@ final class ServerProcess {
         let metrics = try waitForLog(event: "metrics.listening", timeout: 10)
         metricsPort = Int(metrics["port"] as? String ?? "") ?? 0
         guard metricsPort > 0 else { throw TestFailure("no metrics port in \(metrics)") }
-        if let udp = extra["UDP_PORT"], !udp.isEmpty {
-            let listening = try waitForLog(event: "server.udp_listening", timeout: 10)
-            udpPort = Int(listening["port"] as? String ?? "") ?? 0
-            guard udpPort > 0 else { throw TestFailure("no UDP port in \(listening)") }
-        }
+        if let udp = extra["UDP_PORT"], !udp.isEmpty { udpPort = try loggedPort(event: "server.udp_listening") }
+        if let tls = extra["TLS_PORT"], !tls.isEmpty { tlsPort = try loggedPort(event: "server.tls_listening") }
+    }
+
+    /// The port a listener's start line names.
+    private func loggedPort(event: String) throws -> Int {
+        let listening = try waitForLog(event: event, timeout: 10)
+        guard let port = Int(listening["port"] as? String ?? ""), port > 0 else { throw TestFailure("no port in \(listening)") }
+        return port
     }
 
     /// Every line the server wrote to stderr (log lines, and a crash's backtrace).

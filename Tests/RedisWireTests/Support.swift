@@ -6,15 +6,7 @@ import Glibc
 #endif
 
 /// One set of test certificates for the whole run (made on first use, deleted at exit).
-let sharedCertificates: TestCertificates = {
-    do {
-        let certificates = try TestCertificates.make()
-        atexit { sharedCertificates.remove() }
-        return certificates
-    } catch {
-        fatalError("cannot make the test certificates: \(error)")
-    }
-}()
+var sharedCertificates: TestCertificates { .shared }
 
 /// A TLS server for `certificates` (the valid server certificate unless told otherwise).
 func startServer(
