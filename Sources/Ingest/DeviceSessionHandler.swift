@@ -309,7 +309,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is SessionDrain {
             handshakeTimer?.cancel()
-            switch session.drain() {
+            let action = session.drain()
+            logger.debug("draining: nothing more is read", metadata: ["event": "device.draining", "in_flight": "\(action == .finishInFlight)"])
+            switch action {
             case .close: close(context, .drain)
             case .finishInFlight, .none: break
             }

@@ -96,6 +96,10 @@ struct LifecycleTests {
         kill(server.process.processIdentifier, SIGTERM)
         let draining = try server.waitForLog(event: "server.draining", timeout: 5)
         #expect(draining["packets_in_flight"] as? String == "1")
+        // The session has been told (before that, an ACK could let it read the second packet: no loss, but
+        // not what this test pins).
+        let told = try server.waitForLog(event: "device.draining", timeout: 5)
+        #expect(told["in_flight"] as? String == "true")
         redis.resume()
         #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 2)), "the packet in flight is ACKed")
         #expect(device.receive(4, timeout: 10) == .closed([]), "then the connection closes: the second packet is never ACKed")
