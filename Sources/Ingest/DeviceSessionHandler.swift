@@ -310,7 +310,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         if event is SessionDrain {
             handshakeTimer?.cancel()
             let action = session.drain()
-            logger.debug("draining: nothing more is read", metadata: ["event": "device.draining", "in_flight": "\(action == .finishInFlight)"])
+            logger.debug(
+                "draining: nothing more is read",
+                metadata: ["event": "device.draining", "in_flight": "\(action == .finishInFlight)"]
+            )
             switch action {
             case .close: close(context, .drain)
             case .finishInFlight, .none: break
