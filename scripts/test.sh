@@ -19,8 +19,14 @@ dir=$(mktemp -d)
 redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" \
     --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log"
 cleanup() {
-    [ -f "$dir/redis.pid" ] && kill "$(cat "$dir/redis.pid")" 2>/dev/null || true
-    rm -rf "$dir"
+    # Wait for Redis to be gone before removing its directory: it writes its log while it shuts down, and
+    # an rm racing that write failed a passing run ("Directory not empty").
+    if [ -f "$dir/redis.pid" ]; then
+        redis_pid="$(cat "$dir/redis.pid")"
+        kill "$redis_pid" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$redis_pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -rf "$dir" || true
 }
 trap cleanup EXIT
 for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
