@@ -134,7 +134,7 @@ let package = Package(
         .testTarget(
             name: "CLITests",
             dependencies: [
-                "Codec8", "Lifecycle", "FixtureSupport",
+                "Codec8", "Lifecycle", "FixtureSupport", "IngestTools",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

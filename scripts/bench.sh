@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: the Codec8 micro benchmarks (ordo-one/benchmark), then the end-to-end benchmark
 # (scripts/bench-e2e.sh: Redis ceiling, server under the simulator, latency, CPU, idle RSS), then the
-# same per Redis topology (scripts/bench-redis.sh: plain, a replica with REDIS_MIN_REPLICAS=1, TLS).
+# same per Redis topology (scripts/bench-redis.sh: plain, a replica with REDIS_MIN_REPLICAS=1, TLS), then
+# `decode` and `replay` on a 50 MB hex capture (scripts/bench-decode.sh; BENCH_DECODE=0 skips it).
 #
 # The benchmarks are their own SwiftPM package in Benchmarks/, so the server's build never needs the
 # harness. The plugin builds them in release mode first (2 to 4 minutes the first time on 2 cores).
@@ -24,4 +25,7 @@ if [ "${BENCH_E2E:-1}" != 0 ]; then
     "$root/scripts/bench-e2e.sh"
     "$root/scripts/bench-redis.sh"
     "$root/scripts/bench-hostile.sh"
+fi
+if [ "${BENCH_DECODE:-1}" != 0 ]; then
+    "$root/scripts/bench-decode.sh"
 fi

@@ -50,28 +50,63 @@ public struct FrameDecodeReport {
         case error
     }
 
+    /// Appends the JSON line (with its newline) for `line`, as ``HexLineReader`` read it, to `out`.
+    ///
+    /// The same output as ``process(line:number:to:)`` for every input, which reads the line as
+    /// `Character`s: the two can differ only where a `#` is part of a larger `Character` (a combining mark
+    /// after it, say), so such a line, and a line with other than ASCII that is not hex, goes that way.
+    public mutating func process(_ line: HexLine, to out: inout [UInt8]) -> Outcome {
+        if line.mayReadDifferentlyAsCharacters {
+            return process(line: String(decoding: line.bytes, as: UTF8.self), number: line.number, to: &out)
+        }
+        switch line.content {
+        case .blank:
+            return .skipped
+        case .notHex:
+            appendNotHex(number: line.number, to: &out)
+            return .error
+        case .bytes(let bytes):
+            return appendFrame(bytes, number: line.number, to: &out)
+        }
+    }
+
     /// Appends the JSON line (with its newline) for input line `number` to `out`.
     public mutating func process(line: some StringProtocol, number: Int, to out: inout [UInt8]) -> Outcome {
         let content = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
         guard content.utf8.contains(where: { !isSpace($0) }) else { return .skipped }
-        JSONText.appendRaw("{\"line\":", to: &out)
-        JSONText.appendDecimal(UInt64(number), to: &out)
-        defer { JSONText.appendRaw("}\n", to: &out) }
         guard let bytes = Hex.decode(content), !bytes.isEmpty else {
-            appendError(category: "bad_hex", message: "not an even number of hex digits", to: &out)
+            appendNotHex(number: number, to: &out)
             return .error
         }
+        return bytes.withUnsafeBytes { appendFrame($0, number: number, to: &out) }
+    }
+
+    /// The line of a frame: decoded (TCP or UDP), or the error the codec gives for it.
+    private mutating func appendFrame(_ bytes: UnsafeRawBufferPointer, number: Int, to out: inout [UInt8]) -> Outcome {
+        appendLineStart(number, to: &out)
+        defer { JSONText.appendRaw("}\n", to: &out) }
         do throws(Codec8Error) {
-            if forceUDP || bytes.withUnsafeBytes({ UDPDatagramView.looksLikeDatagram($0) }) {
-                try UDPDatagramView.withDecoded(bytes, maxDataLength: maxDataLength) { appendDatagram($0, to: &out) }
+            if forceUDP || UDPDatagramView.looksLikeDatagram(bytes) {
+                appendDatagram(try UDPDatagramView(datagram: bytes, maxDataLength: maxDataLength), to: &out)
             } else {
-                try StandaloneFrame.withDecoded(bytes, maxDataLength: maxDataLength) { appendDecoded($0, to: &out) }
+                appendDecoded(try StandaloneFrame.decode(bytes, maxDataLength: maxDataLength), to: &out)
             }
             return .decoded
         } catch {
             appendError(category: error.category, message: error.description, to: &out)
             return .error
         }
+    }
+
+    private func appendNotHex(number: Int, to out: inout [UInt8]) {
+        appendLineStart(number, to: &out)
+        appendError(category: "bad_hex", message: "not an even number of hex digits", to: &out)
+        JSONText.appendRaw("}\n", to: &out)
+    }
+
+    private func appendLineStart(_ number: Int, to out: inout [UInt8]) {
+        JSONText.appendRaw("{\"line\":", to: &out)
+        JSONText.appendDecimal(UInt64(number), to: &out)
     }
 
     private mutating func appendDecoded(_ frame: StandaloneFrame, to out: inout [UInt8]) {
@@ -133,3 +168,19 @@ public struct FrameDecodeReport {
 }
 
 private func isSpace(_ c: UInt8) -> Bool { c == 0x20 || c == 0x09 || c == 0x0A || c == 0x0D }
+
+extension HexLine {
+    /// Whether reading the line as `Character`s could give another result than reading its bytes. The
+    /// comment starts at the first `#` byte for both unless that `#` belongs to a larger `Character`,
+    /// which takes a byte above ASCII right before it (a prepended mark) or right after it (a combining
+    /// mark, a variation selector); bytes above ASCII before the `#` make the line not hex both ways, but
+    /// such a line is handed over too, since it is an error line and costs nothing to be sure of.
+    fileprivate var mayReadDifferentlyAsCharacters: Bool {
+        if let hash = commentOffset {
+            if hash > 0 && bytes[hash - 1] >= 0x80 { return true }
+            if hash + 1 < bytes.count && bytes[hash + 1] >= 0x80 { return true }
+        }
+        guard case .notHex = content else { return false }
+        return bytes.contains { $0 >= 0x80 }
+    }
+}

@@ -53,14 +53,16 @@ public struct ReplaySession: Sendable, Equatable {
         }
     }
 
-    /// A hex file: one frame per line, `#` comments, blank lines ignored.
-    public static func fromHex(_ text: String, name: String, maxDataLength: Int) throws(ReplayInputError) -> ReplaySession {
+    /// A hex file: one frame per line, `#` comments, blank lines ignored, read as `decode` reads it.
+    public static func fromHex(_ bytes: [UInt8], name: String, maxDataLength: Int) throws(ReplayInputError) -> ReplaySession {
         var units: [ReplayUnit] = []
-        for (number, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let line = raw.prefix { $0 != "#" }.filter { !$0.isWhitespace }
-            guard !line.isEmpty else { continue }
-            guard let bytes = Hex.decode(line) else { throw ReplayInputError("\(name):\(number + 1): not hex") }
-            units.append(classify(bytes, maxDataLength: maxDataLength))
+        var lines = HexLineReader(bytes: bytes)
+        try lines.forEachLine { (line) throws(ReplayInputError) in
+            switch line.content {
+            case .blank: break
+            case .notHex: throw ReplayInputError("\(name):\(line.number): not hex")
+            case .bytes(let frame): units.append(classify(Array(frame), maxDataLength: maxDataLength))
+            }
         }
         return ReplaySession(name: name, units: units)
     }

@@ -63,15 +63,13 @@ struct DecodeCommand: ParsableCommand {
         out.reserveCapacity(1 << 16)
         for path in files.isEmpty ? ["-"] : files {
             report.startInput()
-            guard let input = LineInput(path: path) else {
+            guard var input = HexLineReader(path: path) else {
                 flush(&out)
                 StandardIO.writeStderr("teltonika-ingest decode: cannot read '\(path)': \(String(cString: strerror(errno)))\n")
                 terminate(.usage)
             }
-            var number = 0
-            while let line = input.nextLine() {
-                number += 1
-                if report.process(line: line, number: number, to: &out) == .error { anyError = true }
+            input.forEachLine { line in
+                if report.process(line, to: &out) == .error { anyError = true }
                 if out.count >= 1 << 16 { flush(&out) }
             }
         }

@@ -93,11 +93,7 @@ struct ReplayCommand: ParsableCommand {
                     sessions += found
                     datagramFlows += udp
                 } else {
-                    let session = try ReplaySession.fromHex(
-                        String(decoding: bytes, as: UTF8.self),
-                        name: path,
-                        maxDataLength: maxFrameBytes
-                    )
+                    let session = try ReplaySession.fromHex(bytes, name: path, maxDataLength: maxFrameBytes)
                     guard session.imei != nil || imei != nil else {
                         throw ValidationError("\(path) has no IMEI line: give --imei")
                     }
