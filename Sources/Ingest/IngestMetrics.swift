@@ -184,6 +184,7 @@ public final class IngestMetrics: Sendable {
     let bytesReceived: Counter
     let publishQueueDepth: Gauge
     let publishQueueCapacity: Gauge
+    let publishOldestAge: Gauge
     let publishOverflow: Counter
     let publishBatchSize: ValueHistogram
     let publishDuration: DurationHistogram
@@ -312,6 +313,12 @@ public final class IngestMetrics: Sendable {
         publishQueueDepth = r.makeGauge(descriptor: d("teltonika_publish_queue_depth", "Records queued for Redis or in flight."))
         publishQueueCapacity = r.makeGauge(
             descriptor: d("teltonika_publish_queue_capacity", "Records the publish queue holds (PUBLISH_QUEUE_CAPACITY).")
+        )
+        publishOldestAge = r.makeGauge(
+            descriptor: d(
+                "teltonika_publish_oldest_age_seconds",
+                "Age of the oldest packet or device message not yet confirmed by Redis (0: none waiting), updated each time the publisher wakes (at least every 5 s with the default settings)."
+            )
         )
         publishOverflow = r.makeCounter(
             descriptor: d(

@@ -283,6 +283,18 @@ struct LifecycleTests {
 
     /// SIGHUP re-reads CONFIG_FILE: the log level changes at once, connections stay, a setting that
     /// needs a restart is named, and a bad file changes nothing.
+    /// Redis stalled with a packet waiting: the age of the oldest unconfirmed packet grows past a second;
+    /// once Redis answers (and the packet is ACKed) it is 0 again.
+    @Test func testTheOldestUnconfirmedAgeGrowsWhileRedisStallsAndResets() throws {
+        let (redis, server, device) = try Self.twoPipelinedPacketsWithRedisPaused()
+        defer { redis.resume() }
+        try waitFor(timeout: 10, "the age passes 1 s") { try server.scrape().value("teltonika_publish_oldest_age_seconds") >= 1 }
+        redis.resume()
+        #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 2)))
+        #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 3)))
+        try waitFor(timeout: 10, "the age is 0 again") { try server.scrape().value("teltonika_publish_oldest_age_seconds") == 0 }
+    }
+
     /// At LOG_LEVEL=warning the process' life still shows (start, listeners, reload, drain, stop) and no
     /// other info line does.
     @Test func testLifecycleLinesShowAtWarning() throws {

@@ -53,7 +53,8 @@ struct MetricsTests {
             "teltonika_redis_replicas_acknowledged", "teltonika_redis_replica_waits_short_total",
             "teltonika_publish_jobs_held_for_replicas_total", "teltonika_devices_online", "teltonika_redis_memory_used_bytes",
             "teltonika_redis_maxmemory_bytes", "teltonika_udp_window_entries", "teltonika_buffered_bytes",
-            "teltonika_buffer_budget_refusals_total", "teltonika_allowlist_size", "teltonika_allowlist_last_success_timestamp_seconds",
+            "teltonika_publish_oldest_age_seconds", "teltonika_buffer_budget_refusals_total", "teltonika_allowlist_size",
+            "teltonika_allowlist_last_success_timestamp_seconds",
             #"teltonika_allowlist_refreshes_total{result="ok"}"#, #"teltonika_allowlist_refreshes_total{result="failed"}"#,
             #"teltonika_config_reloads_total{result="ok"}"#, #"teltonika_config_reloads_total{result="failed"}"#,
             "teltonika_tls_connections_active", "teltonika_tls_certificate_expiry_timestamp_seconds",
@@ -66,7 +67,7 @@ struct MetricsTests {
         expected += TLSVersionLabel.allCases.map { #"teltonika_tls_handshakes_total{result="ok",version="\#($0.rawValue)"}"# }
         expected.append(#"teltonika_tls_handshakes_total{result="failed",version="unknown"}"#)
         expected += TLSReloadResult.allCases.map { #"teltonika_tls_reloads_total{result="\#($0.rawValue)"}"# }
-        #expect(expected.count == 40 + 2 + 5 + 3 + 4 + 8 + 6 + 2 + 14 + 2 + 29 + 8 + 4 + 3 + 2)
+        #expect(expected.count == 40 + 2 + 5 + 3 + 4 + 8 + 6 + 2 + 14 + 2 + 30 + 8 + 4 + 3 + 2)
         for series in expected { #expect(scrape[series] == 0, "\(series): \(String(describing: scrape[series]))") }
         for mode in IngestMetrics.redisDurabilityModes {
             #expect(scrape[#"teltonika_redis_durability{mode="\#(mode)"}"#] != nil, "durability \(mode)")

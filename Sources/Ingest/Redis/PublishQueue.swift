@@ -81,6 +81,8 @@ final class PublishQueue: @unchecked Sendable {
         var queued: Bool
         /// The deadline of the first live job waiting (the earliest: every job gets the same timeout).
         var firstDeadline: NIODeadline?
+        /// When the first live job waiting was made (the oldest waiting).
+        var firstEnqueued: NIODeadline? = nil
         /// The stop deadline, once a stop was requested.
         var stopDeadline: NIODeadline?
     }
@@ -97,7 +99,13 @@ final class PublishQueue: @unchecked Sendable {
         }
         compact()
         let first = head < jobs.count ? jobs[head] : nil
-        return Front(dead: dead, queued: first != nil, firstDeadline: first?.deadline, stopDeadline: stopDeadline)
+        return Front(
+            dead: dead,
+            queued: first != nil,
+            firstDeadline: first?.deadline,
+            firstEnqueued: first?.enqueued,
+            stopDeadline: stopDeadline
+        )
     }
 
     /// Completes a taken job: its records leave the queue's count, then its owner is told.

@@ -234,6 +234,9 @@ public final class RedisPublisher: Sendable {
                 let front = queue.front(at: now)
                 if let deadline = front.stopDeadline { machine.stop(deadline: deadline) }
                 expireDead(front.dead, at: now)
+                // The oldest job not yet confirmed: held for replicas, waiting for a retry, or queued.
+                let oldest = [awaitingReplicas.first?.enqueued, retry.first?.enqueued, front.firstEnqueued].compactMap { $0 }.min()
+                metrics.publishOldestAge.set(oldest.map { Double((now - $0).nanoseconds) / 1e9 } ?? 0)
                 // Retried jobs are older than queued ones: the first of them has the earliest deadline.
                 let work = PublisherStateMachine.Work(
                     retrying: !retry.isEmpty || !awaitingReplicas.isEmpty,
