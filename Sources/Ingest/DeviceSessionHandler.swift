@@ -56,6 +56,23 @@ final class SessionEnvironment: Sendable {
         loginFailures = budget > 0 ? NIOLockedValueBox(LoginFailureLimiter(budgetPerMinute: budget)) : nil
     }
 
+    /// A publish job for `writer`'s commands (`PUBLISH_TIMEOUT_MS` from now) whose outcome is given to
+    /// `answer`, with the value `bound` holds, on `bound`'s event loop.
+    func makeJob<Owner>(
+        writer: RESPWriter,
+        records: Int,
+        bound: NIOLoopBound<Owner>,
+        answer: @escaping @Sendable (Owner, PublishOutcome) -> Void
+    ) -> PublishJob {
+        PublishJob(
+            commands: writer.bytes,
+            commandCount: writer.commandCount,
+            recordCount: records,
+            deadline: .now() + .milliseconds(Int64(configuration.publishTimeoutMs)),
+            completion: { outcome in bound.eventLoop.execute { answer(bound.value, outcome) } }
+        )
+    }
+
     /// Counts and (at most once per 10 s across connections) logs a device the authority refused.
     func unknownDevice(_ imei: IMEI, peer: SocketAddress?, transport: String) {
         let verdict = authority.verdict(imei)
@@ -552,18 +569,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// A publish job whose outcome comes back to this handler on its event loop.
     private func makeJob(_ context: ChannelHandlerContext, writer: RESPWriter, records: Int) -> PublishJob {
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        return PublishJob(
-            commands: writer.bytes,
-            commandCount: writer.commandCount,
-            recordCount: records,
-            deadline: .now() + .milliseconds(Int64(environment.configuration.publishTimeoutMs)),
-            completion: { outcome in
-                bound.eventLoop.execute {
-                    let (handler, context) = bound.value
-                    handler.published(context, outcome: outcome)
-                }
-            }
-        )
+        return environment.makeJob(writer: writer, records: records, bound: bound) { handler, outcome in
+            handler.0.published(handler.1, outcome: outcome)
+        }
     }
 
     /// Queues the packet's job; while the queue is full the session machine says when to try again,

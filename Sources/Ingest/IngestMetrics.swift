@@ -143,8 +143,8 @@ enum TLSVersionLabel: String, CaseIterable, Sendable {
     case tls13 = "tls1.3"
 }
 
-/// `result` label of `teltonika_tls_reloads_total`.
-enum TLSReloadResult: String, CaseIterable, Sendable { case ok, failed }
+/// `result` label of `teltonika_tls_reloads_total`, `teltonika_allowlist_refreshes_total` and `teltonika_config_reloads_total`.
+enum ReloadResult: String, CaseIterable, Sendable { case ok, failed }
 
 /// `kind` label of `teltonika_redis_errors_total`: what failed, as the wire module reports it.
 typealias RedisErrorKind = RedisConnection.Failure.Kind
@@ -211,8 +211,8 @@ public final class IngestMetrics: Sendable {
     private let redisDurabilityByMode: [String: Gauge]
     let connectionsReplaced: Counter
     let bufferedBytes: Gauge
-    private let allowlistRefreshesByResult: [String: Counter]
-    private let configReloadsByResult: [String: Counter]
+    private let allowlistRefreshesByResult: [ReloadResult: Counter]
+    private let configReloadsByResult: [ReloadResult: Counter]
     let allowlistSize: Gauge
     let allowlistLastSuccess: Gauge
     let bufferBudgetRefusals: Counter
@@ -221,7 +221,7 @@ public final class IngestMetrics: Sendable {
     private let tlsHandshakesOKByVersion: [TLSVersionLabel: Counter]
     let tlsHandshakesFailed: Counter
     let tlsCertificateExpiry: Gauge
-    private let tlsReloadsByResult: [TLSReloadResult: Counter]
+    private let tlsReloadsByResult: [ReloadResult: Counter]
     let tlsConnectionsActive: Gauge
     let ready: Gauge
     let buildInfo: Gauge
@@ -251,6 +251,22 @@ public final class IngestMetrics: Sendable {
         ) -> [Value: Counter] {
             Dictionary(uniqueKeysWithValues: values.map { ($0, r.makeCounter(descriptor: d(name, help), labels: [(label, $0.rawValue)])) })
         }
+        /// One counter per pair of label values.
+        func labelled<First: RawRepresentable<String> & Hashable, Second: RawRepresentable<String> & Hashable>(
+            _ name: String,
+            _ first: (label: String, values: [First]),
+            _ second: (label: String, values: [Second]),
+            _ help: String
+        ) -> [First: [Second: Counter]] {
+            var out: [First: [Second: Counter]] = [:]
+            for a in first.values {
+                for b in second.values {
+                    let labels = [(first.label, a.rawValue), (second.label, b.rawValue)]
+                    out[a, default: [:]][b] = r.makeCounter(descriptor: d(name, help), labels: labels)
+                }
+            }
+            return out
+        }
         func gauges(_ name: String, _ label: String, _ values: [String], _ help: String) -> [String: Gauge] {
             Dictionary(uniqueKeysWithValues: values.map { ($0, r.makeGauge(descriptor: d(name, help), labels: [(label, $0)])) })
         }
@@ -273,19 +289,12 @@ public final class IngestMetrics: Sendable {
             HandshakeResult.allCases,
             "IMEI logins: accepted, rejected (bad digits), malformed (bad length), timeout (none in HANDSHAKE_TIMEOUT_MS), unknown_device (not on the allowlist)."
         )
-        var frames: [FrameCodec: [FrameResult: Counter]] = [:]
-        for codec in FrameCodec.allCases {
-            for result in FrameResult.allCases {
-                frames[codec, default: [:]][result] = r.makeCounter(
-                    descriptor: d(
-                        "teltonika_frames_total",
-                        "Frames after login, by codec and result (ok, crc_fail, too_large, malformed, unknown_codec)."
-                    ),
-                    labels: [("codec", codec.rawValue), ("result", result.rawValue)]
-                )
-            }
-        }
-        framesByCodecResult = frames
+        framesByCodecResult = labelled(
+            "teltonika_frames_total",
+            ("codec", FrameCodec.allCases),
+            ("result", FrameResult.allCases),
+            "Frames after login, by codec and result (ok, crc_fail, too_large, malformed, unknown_codec)."
+        )
         unknownCodec = r.makeCounter(descriptor: d("teltonika_unknown_codec_total", "Frames with a codec id the server does not know."))
         recordsByCodec = labelled("teltonika_records_total", "codec", Self.avlCodecs, "AVL records decoded from valid packets.")
         recordsPublished = r.makeCounter(descriptor: d("teltonika_records_published_total", "Records Redis confirmed (XADD answered)."))
@@ -381,19 +390,12 @@ public final class IngestMetrics: Sendable {
             AcceptError.allCases,
             "Device connections the listener could not accept: fd_limit (out of file descriptors: devices wait or time out; raise the limit), other."
         )
-        var failed: [PublishedThing: [PublishFailure: Counter]] = [:]
-        for thing in PublishedThing.allCases {
-            for reason in PublishFailure.allCases {
-                failed[thing, default: [:]][reason] = r.makeCounter(
-                    descriptor: d(
-                        "teltonika_publish_failed_total",
-                        "Packets (no ACK, connection closed; the device resends), UDP datagrams (no ACK; the device resends) and device messages (lost) that Redis did not confirm in time (timeout: PUBLISH_TIMEOUT_MS; shutdown: the drain's deadline)."
-                    ),
-                    labels: [("kind", thing.rawValue), ("reason", reason.rawValue)]
-                )
-            }
-        }
-        publishFailedByKindReason = failed
+        publishFailedByKindReason = labelled(
+            "teltonika_publish_failed_total",
+            ("kind", PublishedThing.allCases),
+            ("reason", PublishFailure.allCases),
+            "Packets (no ACK, connection closed; the device resends), UDP datagrams (no ACK; the device resends) and device messages (lost) that Redis did not confirm in time (timeout: PUBLISH_TIMEOUT_MS; shutdown: the drain's deadline)."
+        )
         redisPrimaryChanges = r.makeCounter(
             descriptor: d(
                 "teltonika_redis_primary_changes_total",
@@ -424,33 +426,17 @@ public final class IngestMetrics: Sendable {
         connectionsReplaced = r.makeCounter(
             descriptor: d("teltonika_connections_replaced_total", "Older connections closed because the same IMEI logged in again.")
         )
-        allowlistRefreshesByResult = Dictionary(
-            uniqueKeysWithValues: ["ok", "failed"].map {
-                (
-                    $0,
-                    r.makeCounter(
-                        descriptor: d(
-                            "teltonika_allowlist_refreshes_total",
-                            "Allowlist loads (DEVICE_AUTHORITY_MODE file or redis) by result; a failed one keeps the last good list."
-                        ),
-                        labels: [("result", $0)]
-                    )
-                )
-            }
+        allowlistRefreshesByResult = labelled(
+            "teltonika_allowlist_refreshes_total",
+            "result",
+            ReloadResult.allCases,
+            "Allowlist loads (DEVICE_AUTHORITY_MODE file or redis) by result; a failed one keeps the last good list."
         )
-        configReloadsByResult = Dictionary(
-            uniqueKeysWithValues: ["ok", "failed"].map {
-                (
-                    $0,
-                    r.makeCounter(
-                        descriptor: d(
-                            "teltonika_config_reloads_total",
-                            "SIGHUP re-reads of the settings by result (failed: the file was unreadable or invalid; nothing changed)."
-                        ),
-                        labels: [("result", $0)]
-                    )
-                )
-            }
+        configReloadsByResult = labelled(
+            "teltonika_config_reloads_total",
+            "result",
+            ReloadResult.allCases,
+            "SIGHUP re-reads of the settings by result (failed: the file was unreadable or invalid; nothing changed)."
         )
         allowlistSize = r.makeGauge(descriptor: d("teltonika_allowlist_size", "IMEIs on the allowlist in force (0 in allow_all)."))
         allowlistLastSuccess = r.makeGauge(
@@ -509,7 +495,7 @@ public final class IngestMetrics: Sendable {
         tlsReloadsByResult = labelled(
             "teltonika_tls_reloads_total",
             "result",
-            TLSReloadResult.allCases,
+            ReloadResult.allCases,
             "SIGHUP reloads of TLS_CERT_FILE, TLS_KEY_FILE and TLS_CLIENT_CA_FILE: ok, failed (the previous certificate stays)."
         )
         tlsConnectionsActive = r.makeGauge(
@@ -531,8 +517,8 @@ public final class IngestMetrics: Sendable {
     func connections(result: ConnectionResult) -> Counter { connectionsByResult[result]! }
     func handshakes(result: HandshakeResult) -> Counter { handshakesByResult[result]! }
     func refusals(_ reason: RefusalReason) -> Counter { refusalsByReason[reason]! }
-    func allowlistRefreshes(ok: Bool) -> Counter { allowlistRefreshesByResult[ok ? "ok" : "failed"]! }
-    func configReloads(ok: Bool) -> Counter { configReloadsByResult[ok ? "ok" : "failed"]! }
+    func allowlistRefreshes(_ result: ReloadResult) -> Counter { allowlistRefreshesByResult[result]! }
+    func configReloads(_ result: ReloadResult) -> Counter { configReloadsByResult[result]! }
     func frames(codec: FrameCodec, result: FrameResult) -> Counter { framesByCodecResult[codec]![result]! }
     func records(codec: AVLCodec) -> Counter { recordsByCodec[FrameCodec(codec)]! }
     func deviceMessages(codec: DeviceMessage.Codec) -> Counter { deviceMessagesByCodec[FrameCodec(codec)]! }
@@ -560,7 +546,7 @@ public final class IngestMetrics: Sendable {
     func disconnects(_ reason: DisconnectReason) -> Counter { disconnectsByReason[reason]! }
     func udpDatagrams(_ result: UDPResult) -> Counter { udpDatagramsByResult[result]! }
     func tlsHandshakesOK(_ version: TLSVersionLabel) -> Counter { tlsHandshakesOKByVersion[version]! }
-    func tlsReloads(_ result: TLSReloadResult) -> Counter { tlsReloadsByResult[result]! }
+    func tlsReloads(_ result: ReloadResult) -> Counter { tlsReloadsByResult[result]! }
     func publishFailed(_ thing: PublishedThing, reason: PublishFailure) -> Counter { publishFailedByKindReason[thing]![reason]! }
     func setRedisDurability(_ mode: RedisDurability) {
         for (name, gauge) in redisDurabilityByMode { gauge.set(Int64(name == mode.rawValue ? 1 : 0)) }

@@ -41,7 +41,7 @@ public final class SettingsReloader: Sendable {
         do {
             next = try IngestConfiguration.resolve(environment: environment, flags: flags)
         } catch {
-            metrics.configReloads(ok: false).increment()
+            metrics.configReloads(.failed).increment()
             logger.error(
                 "settings not reloaded: keeping the current ones",
                 metadata: ["event": "config.reload_failed", "error": "\(error)"]
@@ -54,7 +54,7 @@ public final class SettingsReloader: Sendable {
             return changed
         }
         LineLogHandler.setLevel(Logger.Level(rawValue: next.logLevel) ?? .info)
-        metrics.configReloads(ok: true).increment()
+        metrics.configReloads(.ok).increment()
         logger.lifecycle.notice(
             "settings reloaded",
             metadata: [

@@ -66,7 +66,7 @@ struct MetricsTests {
         expected += UDPResult.allCases.map { #"teltonika_udp_datagrams_total{result="\#($0.rawValue)"}"# }
         expected += TLSVersionLabel.allCases.map { #"teltonika_tls_handshakes_total{result="ok",version="\#($0.rawValue)"}"# }
         expected.append(#"teltonika_tls_handshakes_total{result="failed",version="unknown"}"#)
-        expected += TLSReloadResult.allCases.map { #"teltonika_tls_reloads_total{result="\#($0.rawValue)"}"# }
+        expected += ReloadResult.allCases.map { #"teltonika_tls_reloads_total{result="\#($0.rawValue)"}"# }
         #expect(expected.count == 40 + 2 + 5 + 3 + 4 + 8 + 6 + 2 + 14 + 2 + 30 + 8 + 4 + 3 + 2)
         for series in expected { #expect(scrape[series] == 0, "\(series): \(String(describing: scrape[series]))") }
         for mode in IngestMetrics.redisDurabilityModes {

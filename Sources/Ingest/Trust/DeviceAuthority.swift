@@ -178,7 +178,7 @@ final class AllowlistRefresher: Sendable {
             do throws(AllowlistError) {
                 list = try source.load()
             } catch {
-                metrics.allowlistRefreshes(ok: false).increment()
+                metrics.allowlistRefreshes(.failed).increment()
                 logger.error(
                     "allowlist not refreshed: keeping the last one",
                     metadata: [
@@ -189,7 +189,7 @@ final class AllowlistRefresher: Sendable {
                 return false
             }
             let change = authority.replace(with: list)
-            metrics.allowlistRefreshes(ok: true).increment()
+            metrics.allowlistRefreshes(.ok).increment()
             metrics.allowlistSize.set(Int64(list.count))
             metrics.allowlistLastSuccess.set(Int64(wallClockMilliseconds() / 1000))
             let revoked = registry.connections { !list.contains($0) }

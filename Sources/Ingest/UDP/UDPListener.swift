@@ -193,18 +193,9 @@ final class UDPDatagramHandler: ChannelInboundHandler {
         received: NIODeadline
     ) {
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        let job = PublishJob(
-            commands: writer.bytes,
-            commandCount: writer.commandCount,
-            recordCount: records,
-            deadline: .now() + .milliseconds(Int64(environment.configuration.publishTimeoutMs)),
-            completion: { outcome in
-                bound.eventLoop.execute {
-                    let (handler, context) = bound.value
-                    handler.answered(context, ticket: ticket, reply: reply, records: records, received: received, outcome: outcome)
-                }
-            }
-        )
+        let job = environment.makeJob(writer: writer, records: records, bound: bound) { handler, outcome in
+            handler.0.answered(handler.1, ticket: ticket, reply: reply, records: records, received: received, outcome: outcome)
+        }
         guard environment.publisher.submit(job) else {
             window.failed(ticket)
             environment.metrics.udpDatagrams(.overflow).increment()
