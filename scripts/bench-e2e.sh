@@ -18,39 +18,11 @@ seconds="${BENCH_SECONDS:-15}"
 records="${BENCH_RECORDS:-10}"
 idle="${BENCH_IDLE:-10000}"
 
-bin="$(scripts/release.sh | tail -1)"
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+source scripts/bench-common.sh
 json_field() { python3 -c 'import json, sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"; }
 cpu_seconds() { awk -v t="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); split($0, f, " "); printf "%.3f", (f[12] + f[13]) / t }' "/proc/$1/stat"; }
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'; }
-
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    [ -f "$work/redis.pid" ] && kill "$(cat "$work/redis.pid")" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-redis_port="$(free_port)"
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
-    --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log"
-for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-
-start_server() {  # start_server NAME [ENV=VALUE ...]: sets server_pid, device_port, metrics_port
-    device_port="$(free_port)"
-    metrics_port="$(free_port)"
-    env TELTONIKA_HOST=127.0.0.1 TELTONIKA_PORT="$device_port" METRICS_HOST=127.0.0.1 METRICS_PORT="$metrics_port" \
-        REDIS_URL="redis://127.0.0.1:$redis_port" REDIS_TELEMETRY_STREAM="bench:$1" LOG_LEVEL=warning "${@:2}" \
-        "$bin" serve 2>"$work/$1.log" &
-    server_pid=$!
-    pids+=("$server_pid")
-    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
-    echo "bench: server did not become ready" >&2
-    cat "$work/$1.log" >&2
-    exit 1
-}
+start_redis
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "run: devices=$devices seconds=$seconds records_per_packet=$records"

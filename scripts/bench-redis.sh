@@ -14,17 +14,7 @@ devices="${BENCH_DEVICES:-200}"
 seconds="${BENCH_SECONDS:-10}"
 records="${BENCH_RECORDS:-10}"
 
-bin="$(scripts/release.sh | tail -1)"
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+source scripts/bench-common.sh
 
 redis() {  # redis NAME ARGS...: a throwaway redis-server; sets port
     port="$(free_port)"

@@ -1,0 +1,44 @@
+# Shared by the end-to-end bench scripts (source it after `cd` to the repository root): the release
+# binary, a work directory removed at exit with every process started here, one throwaway redis-server,
+# and the release server on fresh ports.
+#   bin            the release binary (built by scripts/release.sh)
+#   work           a temporary directory; `pids` and every daemon whose pid file is in it are killed, and it
+#                  is removed, at exit
+#   free_port      prints a free TCP port on 127.0.0.1
+#   start_redis    a redis-server without persistence on a free port: sets redis_port
+#   start_server NAME [ENV=VALUE ...]
+#                  the server against that Redis (stream bench:NAME, LOG_LEVEL warning, its log in
+#                  $work/NAME.log), once /readyz answers: sets server_pid, device_port, metrics_port
+
+bin="$(scripts/release.sh | tail -1)"
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+work="$(mktemp -d)"
+pids=()
+bench_cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for f in "$work"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null || true; done
+    rm -rf "$work" || true
+}
+trap bench_cleanup EXIT
+
+start_redis() {
+    redis_port="$(free_port)"
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+        --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log"
+    for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+}
+
+start_server() {
+    device_port="$(free_port)"
+    metrics_port="$(free_port)"
+    env TELTONIKA_HOST=127.0.0.1 TELTONIKA_PORT="$device_port" METRICS_HOST=127.0.0.1 METRICS_PORT="$metrics_port" \
+        REDIS_URL="redis://127.0.0.1:$redis_port" REDIS_TELEMETRY_STREAM="bench:$1" LOG_LEVEL=warning "${@:2}" \
+        "$bin" serve 2>"$work/$1.log" &
+    server_pid=$!
+    pids+=("$server_pid")
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
+    echo "bench: server did not become ready" >&2
+    cat "$work/$1.log" >&2
+    exit 1
+}
