@@ -15,7 +15,7 @@ ALERTS = ["TeltonikaUnknownCodec", "TeltonikaPublishOverflow", "TeltonikaCRCFail
           "TeltonikaRedisRefusingWrites", "TeltonikaStreamUnreadNearTrim", "TeltonikaRedisMemoryNearLimit", "TeltonikaAllowlistStale",
           "TeltonikaInstanceDown", "TeltonikaAbsent", "TeltonikaFewReady", "TeltonikaPodCrashLooping", "TeltonikaAckRatioLow",
           "TeltonikaFleetDropped", "TeltonikaFileDescriptorsNearLimit",
-          "TeltonikaTLSCertificateExpiring"]
+          "TeltonikaTLSCertificateExpiring", "TeltonikaCommandTimeoutsRising"]
 RUNBOOK_PREFIX = "https://github.com/teltonika-ingest/teltonika-ingest/blob/main/OPERATIONS.md#"
 
 problems = []

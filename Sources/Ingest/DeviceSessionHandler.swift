@@ -35,6 +35,8 @@ final class SessionEnvironment: Sendable {
 
     /// Which IMEIs may log in (and send datagrams).
     let authority: DeviceAuthority
+    /// Downlink commands (nil with `COMMANDS=off`).
+    let commands: CommandDelivery?
     /// One `device.unknown` line per 10 s across connections (a scanner cannot flood the log).
     private let unknownDeviceLog = NIOLockedValueBox(LogLimiter())
 
@@ -43,10 +45,12 @@ final class SessionEnvironment: Sendable {
         publisher: any PublishSink,
         logger: Logger,
         metrics: IngestMetrics = .shared,
-        authority: DeviceAuthority = DeviceAuthority(mode: .allowAll)
+        authority: DeviceAuthority = DeviceAuthority(mode: .allowAll),
+        commands: CommandDelivery? = nil
     ) {
         self.configuration = configuration
         self.authority = authority
+        self.commands = commands
         self.publisher = publisher
         self.metrics = metrics
         self.logger = logger
@@ -183,6 +187,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// Why this side closed the connection (nil: the device did), counted when it is gone.
     private var closeReason: DisconnectReason? = nil
     private var logger: Logger
+    /// The downlink command slot, from login on (nil with `COMMANDS=off` or before login).
+    private var commands: CommandSlot? = nil
+    /// The login grace, the answer's deadline, the grace window, or a retry of a take.
+    private var commandTimer: Scheduled<Void>? = nil
 
     init(environment: SessionEnvironment) {
         self.environment = environment
@@ -226,7 +234,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             packet.job.cancel()
             if ended.abandonedPacket { environment.packetsInFlight.subtract(1, ordering: .relaxed) }
         }
-        if let imei = ended.imei { environment.registry.remove(imei, channel: context.channel) }
+        if let imei = ended.imei {
+            environment.registry.remove(imei, channel: context.channel)
+            commandsClosed(imei: imei)
+        }
         if let rest = pending, rest.readableBytes > 0, ended.bufferedBytesAreTruncatedFrame {
             environment.metrics.frames(codec: .unknown, result: .malformed).increment()
             logger.warning(
@@ -316,6 +327,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             readHeld = false
             context.read()
         }
+        commandOpportunity(context)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -344,6 +356,11 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         if event is SessionRevoked {
             logger.notice("device left the allowlist: closing", metadata: ["event": "device.revoked"])
             close(context, .revoked)
+            return
+        }
+        if event is CommandWake {
+            commands?.wake()
+            commandOpportunity(context)
             return
         }
         if event is SessionTLSFailed {
@@ -435,6 +452,13 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             environment.metrics.handshakes(result: .accepted).increment()
             logger.debug("device logged in", metadata: ["event": "device.login"])
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(1))), promise: nil)
+            if let delivery = environment.commands {
+                commands = delivery.makeSlot()
+                scheduleCommandTimer(context, in: delivery.loginGrace) { handler, context in
+                    handler.commands?.loginGraceEnded()
+                    handler.commandOpportunity(context)
+                }
+            }
         case .refuse(let result, let error):
             refuseLogin(context, error: error, result: result)
         case .deny(let imei):
@@ -473,6 +497,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         let completed = NIODeadline.now()
         let encoderBox = environment.encoder
         var writer = RESPWriter()
+        var answered: (CommandSlot.Correlation?, DeviceMessage)? = nil
         let outcome: Result<Parsed, Codec8Error> = frame.withUnsafeReadableBytes { raw in
             do throws(Codec8Error) {
                 switch try TeltonikaFrame.parse(raw, maxDataLength: maxFrameBytes) {
@@ -480,10 +505,19 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                     encoderBox.encoder.appendRecords(of: packet, imei: imei, to: &writer)
                     return .success(.avl(codec: packet.codec, records: packet.recordCount))
                 case .message(let message):
+                    // A response answers the command in flight (if any), whether or not it is stored.
+                    if CommandDelivery.isResponse(message) { answered = (commandAnswered(message, imei: imei, at: completed), message) }
+                    let commandID = answered?.0?.command.id
                     // The budget is checked before any work is spent on the message.
                     let codec = message.codec
                     let action = session.messageDecoded(nowNanoseconds: completed.uptimeNanoseconds) {
-                        encoderBox.encoder.appendMessage(message, imei: imei, receivedMs: wallClockMilliseconds(), to: &writer)
+                        encoderBox.encoder.appendMessage(
+                            message,
+                            imei: imei,
+                            receivedMs: wallClockMilliseconds(),
+                            commandID: commandID,
+                            to: &writer
+                        )
                         return PacketInFlight(
                             job: makeJob(context, writer: writer, records: 1),
                             frameCompleted: completed,
@@ -510,6 +544,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         case .failure(let error):
             reject(context, error: error, codec: frame.getInteger(at: frame.readerIndex + 8, as: UInt8.self))
         case .success(.message(let codec, let action)):
+            if let (correlation, message) = answered { commandAnswerHandled(context, correlation, message: message, imei: imei) }
             environment.metrics.frames(codec: FrameCodec(codec), result: .ok).increment()
             environment.metrics.deviceMessages(codec: codec).increment()
             deviceMessage(context, codec: codec, action: action, completed: completed)
@@ -686,6 +721,171 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         session.inFlight?.job.cancel()
         pending = nil
         context.close(promise: nil)
+    }
+}
+
+// MARK: - Downlink commands
+
+extension DeviceSessionHandler {
+    /// The session is idle for a command: logged in, no packet or message in flight, nothing buffered,
+    /// not draining, and the device reads what it is sent.
+    private func isIdleForCommand(_ context: ChannelHandlerContext) -> Bool {
+        guard case .ready = session.state, !session.isDraining, context.channel.isWritable else { return false }
+        return (pending?.readableBytes ?? 0) == 0
+    }
+
+    /// A moment to take or write a command (after the login grace, a wake-up notice, an answered frame,
+    /// a take's answer).
+    fileprivate func commandOpportunity(_ context: ChannelHandlerContext) {
+        guard commands != nil, !session.isDraining, let imei = session.imei, let delivery = environment.commands else { return }
+        switch commands!.opportunity(sessionIdle: isIdleForCommand(context), now: .now()) {
+        case .none:
+            return
+        case .take:
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            delivery.store.take(imei) { result in
+                bound.eventLoop.execute {
+                    let (handler, context) = bound.value
+                    handler.commandTaken(context, result, imei: imei)
+                }
+            }
+        case .write(let command):
+            delivery.metrics.inFlight.increment()
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: command.frame(for: imei))), promise: nil)
+            delivery.store.sent(command, imei: imei)
+            logger.info(
+                "command sent",
+                metadata: [
+                    "event": "command.sent", "cmd_id": "\(command.id)", "codec": "\(command.codec.name)", "attempt": "\(command.attempt)",
+                ]
+            )
+            armCommandDeadline(context)
+        }
+    }
+
+    private func commandTaken(_ context: ChannelHandlerContext, _ result: TakeResult, imei: IMEI) {
+        guard commands != nil, let delivery = environment.commands else { return }
+        switch commands!.takeAnswered(result) {
+        case .none:
+            commandOpportunity(context)
+        case .retry(let delay):
+            scheduleCommandTimer(context, in: delay) { handler, context in
+                handler.commands?.wake()
+                handler.commandOpportunity(context)
+            }
+        case .giveBack(let command):
+            delivery.store.giveBack(command, imei: imei, unsent: true)
+        }
+    }
+
+    /// Runs `body` after `delay` on this session's loop (replacing the timer pending, if any).
+    private func scheduleCommandTimer(
+        _ context: ChannelHandlerContext,
+        in delay: TimeAmount,
+        _ body: @escaping (DeviceSessionHandler, ChannelHandlerContext) -> Void
+    ) {
+        commandTimer?.cancel()
+        let bound = NIOLoopBound((self, context, body), eventLoop: context.eventLoop)
+        commandTimer = context.eventLoop.scheduleTask(in: delay) {
+            let (handler, context, body) = bound.value
+            handler.commandTimer = nil
+            body(handler, context)
+        }
+    }
+
+    /// The timer for the sent command's answer or the end of its grace window.
+    private func armCommandDeadline(_ context: ChannelHandlerContext) {
+        guard let deadline = commands?.deadline else {
+            commandTimer?.cancel()
+            commandTimer = nil
+            return
+        }
+        scheduleCommandTimer(context, in: deadline - .now()) { handler, context in handler.commandDeadlinePassed(context) }
+    }
+
+    private func commandDeadlinePassed(_ context: ChannelHandlerContext) {
+        guard commands != nil, let imei = session.imei, let delivery = environment.commands else { return }
+        switch commands!.timerFired(now: .now()) {
+        case .none:
+            armCommandDeadline(context)
+        case .timedOut(let command, let hold):
+            delivery.metrics.inFlight.decrement()
+            delivery.store.finish(command, imei: imei, outcome: .timeout, response: nil, latency: nil, holdLease: hold + .seconds(2))
+            logger.warning(
+                "command not answered in time: not sent again",
+                metadata: [
+                    "event": "command.timeout", "cmd_id": "\(command.id)", "timeout_ms": "\(delivery.timeout.nanoseconds / 1_000_000)",
+                ]
+            )
+            armCommandDeadline(context)
+        case .graceOver(let command):
+            delivery.store.giveBack(command, imei: imei, unsent: false)
+            commandOpportunity(context)
+        }
+    }
+
+    /// A Codec 12/14 response: which command it answers (nil: none in flight, counted).
+    fileprivate func commandAnswered(_ message: DeviceMessage, imei: IMEI, at now: NIODeadline) -> CommandSlot.Correlation? {
+        guard commands != nil, let answer = CommandDelivery.answer(message, from: imei) else {
+            environment.commands?.metrics.uncorrelated.increment()
+            return nil
+        }
+        guard let correlation = commands!.answerReceived(answer, now: now) else {
+            environment.commands?.metrics.uncorrelated.increment()
+            return nil
+        }
+        return correlation
+    }
+
+    /// Records the outcome of an answered command, then looks for the next one.
+    fileprivate func commandAnswerHandled(
+        _ context: ChannelHandlerContext,
+        _ correlation: CommandSlot.Correlation?,
+        message: DeviceMessage,
+        imei: IMEI
+    ) {
+        guard let correlation, let delivery = environment.commands else { return }
+        if correlation.outcome != .late { delivery.metrics.inFlight.decrement() }
+        delivery.store.finish(
+            correlation.command,
+            imei: imei,
+            outcome: correlation.outcome,
+            response: message,
+            latency: correlation.latency,
+            holdLease: nil
+        )
+        logger.info(
+            "command answered",
+            metadata: [
+                "event": "command.answered", "cmd_id": "\(correlation.command.id)", "outcome": "\(correlation.outcome.rawValue)",
+                "latency_ms": "\(correlation.latency.nanoseconds / 1_000_000)",
+            ]
+        )
+        commandTimer?.cancel()
+        commandTimer = nil
+        commandOpportunity(context)
+    }
+
+    /// The connection is gone: a command taken is given back; one written and unanswered is `unknown`.
+    fileprivate func commandsClosed(imei: IMEI) {
+        commandTimer?.cancel()
+        commandTimer = nil
+        guard commands != nil, let delivery = environment.commands else { return }
+        switch commands!.connectionClosed() {
+        case .none:
+            break
+        case .giveBack(let command):
+            delivery.store.giveBack(command, imei: imei, unsent: true)
+        case .release(let command):
+            delivery.store.giveBack(command, imei: imei, unsent: false)
+        case .unknown(let command):
+            delivery.metrics.inFlight.decrement()
+            delivery.store.finish(command, imei: imei, outcome: .unknown, response: nil, latency: nil, holdLease: nil)
+            logger.warning(
+                "connection lost with a command unanswered: outcome unknown",
+                metadata: ["event": "command.unknown", "cmd_id": "\(command.id)"]
+            )
+        }
     }
 }
 

@@ -225,6 +225,8 @@ public final class IngestMetrics: Sendable {
     let tlsConnectionsActive: Gauge
     let ready: Gauge
     let buildInfo: Gauge
+    /// Downlink commands.
+    let commands: CommandMetrics
 
     /// Label values each labelled metric is created with.
     static let avlCodecs: [FrameCodec] = [.codec8, .codec8Extended, .codec16]
@@ -240,6 +242,7 @@ public final class IngestMetrics: Sendable {
 
     init() {
         let r = registry
+        commands = CommandMetrics(registry: r)
         func d(_ name: String, _ help: String) -> MetricNameDescriptor {
             MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
         }

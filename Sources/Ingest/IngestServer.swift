@@ -39,14 +39,16 @@ public final class IngestServer: Sendable {
         logger: Logger,
         group: any EventLoopGroup,
         metrics: IngestMetrics,
-        authority: DeviceAuthority = DeviceAuthority(mode: .allowAll)
+        authority: DeviceAuthority = DeviceAuthority(mode: .allowAll),
+        commands: CommandDelivery? = nil
     ) {
         self.environment = SessionEnvironment(
             configuration: configuration,
             publisher: publisher,
             logger: logger,
             metrics: metrics,
-            authority: authority
+            authority: authority,
+            commands: commands
         )
         self.group = group
     }

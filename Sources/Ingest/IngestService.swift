@@ -86,6 +86,10 @@ public final class IngestService: Service, Sendable {
     private let refresher = NIOLockedValueBox<AllowlistRefresher?>(nil)
     /// The TLS port's context (nil without `TLS_PORT`).
     private let deviceTLS: DeviceTLSContext?
+    /// Downlink commands in Redis (nil with `COMMANDS=off`), and the reader of their wake-up notices.
+    private let commandStore: RedisCommandStore?
+    private let connector: any RedisConnector
+    private let wakeReader = NIOLockedValueBox<CommandWakeReader?>(nil)
     private let state = NIOLockedValueBox<
         (deadline: NIODeadline?, report: DrainReport?, address: SocketAddress?, tlsAddress: SocketAddress?, udpAddress: SocketAddress?)
     >(
@@ -139,6 +143,25 @@ public final class IngestService: Service, Sendable {
         self.deviceTLS = deviceTLS
         if let deviceTLS { metrics.tlsCertificateExpiry.set(deviceTLS.current.notAfter) }
         redisDescription = connector.description
+        self.connector = connector
+        if configuration.commandsEnabled {
+            let instance = configuration.instanceID.isEmpty ? ProcessInfo.processInfo.hostName : configuration.instanceID
+            commandStore = RedisCommandStore(
+                settings: CommandStoreSettings(
+                    keys: CommandKeys(prefix: configuration.commandPrefix),
+                    eventsStream: configuration.commandEventsStream,
+                    eventsMaxLength: configuration.commandEventsMaxLength,
+                    instance: instance,
+                    leaseMs: configuration.commandTimeoutMs + configuration.commandLateGraceMs + 2_000,
+                    retentionMs: 86_400_000
+                ),
+                connector: connector,
+                metrics: metrics.commands,
+                logger: logger
+            )
+        } else {
+            commandStore = nil
+        }
         var publishing = PublisherConfiguration(
             redis: configuration.redisURL,
             queueCapacity: configuration.publishQueueCapacity,
@@ -207,14 +230,39 @@ public final class IngestService: Service, Sendable {
             ]
         )
         publisher.start()
+        let commands = commandStore.map { store in
+            store.start()
+            return CommandDelivery(
+                store: store,
+                metrics: metrics.commands,
+                timeout: .milliseconds(Int64(configuration.commandTimeoutMs)),
+                lateGrace: .milliseconds(Int64(configuration.commandLateGraceMs)),
+                loginGrace: .milliseconds(Int64(configuration.commandLoginGraceMs))
+            )
+        }
         let server = IngestServer(
             configuration: configuration,
             publisher: publisher,
             logger: logger,
             group: group,
             metrics: metrics,
-            authority: authority
+            authority: authority,
+            commands: commands
         )
+        if commandStore != nil {
+            let registry = server.environment.registry
+            let reader = CommandWakeReader(
+                key: CommandKeys(prefix: configuration.commandPrefix).wake,
+                connector: connector,
+                timeoutMs: configuration.redisTimeoutMs,
+                metrics: metrics.commands,
+                logger: logger,
+                onWake: { imei in registry.connection(of: imei)?.pipeline.fireUserInboundEventTriggered(CommandWake()) },
+                onResync: { for channel in registry.allConnections { channel.pipeline.fireUserInboundEventTriggered(CommandWake()) } }
+            )
+            reader.start()
+            wakeReader.withLockedValue { $0 = reader }
+        }
         if let allowlistSource {
             // Loaded before the listener accepts; if it cannot be, every login is refused and /readyz
             // says why until a refresh succeeds.
@@ -324,6 +372,9 @@ public final class IngestService: Service, Sendable {
         async let udpDrained = udp?.drain(until: deadline) ?? 0
         let drained = await server.drainSessions(until: deadline)
         let udpUnanswered = await udpDrained
+        // Sessions closed: what they gave back or ended is written before Redis is let go.
+        wakeReader.withLockedValue { $0 }?.stop()
+        await commandStore?.stop(deadline: deadline)
         let stopped = await publisher.stop(deadline: deadline)
         if stopped.threadFinished {
             do {

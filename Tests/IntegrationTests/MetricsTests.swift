@@ -67,13 +67,19 @@ struct MetricsTests {
         expected += TLSVersionLabel.allCases.map { #"teltonika_tls_handshakes_total{result="ok",version="\#($0.rawValue)"}"# }
         expected.append(#"teltonika_tls_handshakes_total{result="failed",version="unknown"}"#)
         expected += ReloadResult.allCases.map { #"teltonika_tls_reloads_total{result="\#($0.rawValue)"}"# }
-        #expect(expected.count == 40 + 2 + 5 + 3 + 4 + 8 + 6 + 2 + 14 + 2 + 30 + 8 + 4 + 3 + 2)
+        expected += CommandOutcome.allCases.map { #"teltonika_commands_total{outcome="\#($0.rawValue)"}"# }
+        expected += [
+            #"teltonika_commands_sent_total{codec="12"}"#, #"teltonika_commands_sent_total{codec="14"}"#, "teltonika_commands_in_flight",
+            "teltonika_command_responses_uncorrelated_total", "teltonika_command_wakeups_total", "teltonika_command_latency_seconds_count",
+        ]
+        #expect(expected.count == 40 + 2 + 5 + 3 + 4 + 8 + 6 + 2 + 14 + 2 + 30 + 8 + 4 + 3 + 2 + 7 + 6)
         for series in expected { #expect(scrape[series] == 0, "\(series): \(String(describing: scrape[series]))") }
         for mode in IngestMetrics.redisDurabilityModes {
             #expect(scrape[#"teltonika_redis_durability{mode="\#(mode)"}"#] != nil, "durability \(mode)")
         }
         // Redis is unreachable here: the connect errors are the one series that may have moved already.
         #expect(scrape[#"teltonika_redis_errors_total{kind="connect"}"#] != nil)
+        #expect(scrape["teltonika_command_store_errors_total"] != nil)
     }
 
     /// The streams' health, read every REDIS_CHECK_INTERVAL_MS: length, cap, and each consumer group's lag.

@@ -17,6 +17,8 @@ struct StreamEntryEncoder {
     private let telemetryUDPPrefix: [UInt8]
     /// `*16 XADD <responses stream> MAXLEN ~ <maxlen> *`.
     private let responsesPrefix: [UInt8]
+    /// `*18 XADD <responses stream> MAXLEN ~ <maxlen> *`: a response that answers a command (`cmd_id`).
+    private let responsesCorrelatedPrefix: [UInt8]
     private var json = RecordJSONEncoder()
     private var payload: [UInt8] = []
     private var time: [UInt8] = []
@@ -34,6 +36,7 @@ struct StreamEntryEncoder {
         telemetryPrefix = prefix(telemetryStream, fields: 4, maxLength: maxLength)
         telemetryUDPPrefix = prefix(telemetryStream, fields: 5, maxLength: maxLength)
         responsesPrefix = prefix(responsesStream, fields: 5, maxLength: responsesMaxLength)
+        responsesCorrelatedPrefix = prefix(responsesStream, fields: 6, maxLength: responsesMaxLength)
     }
 
     /// One `XADD` per record of the packet; `udp` adds the `transport udp` field.
@@ -70,7 +73,14 @@ struct StreamEntryEncoder {
     /// One `XADD` for a Codec 12/13/14/15 frame from a device, to the responses stream:
     /// `ts <receive time> device_id <IMEI> codec <12..15> type <n> payload <JSON>`, where the JSON holds
     /// `type`, `imei`/`timestamp` where present, `text` when printable and `payload_hex`.
-    mutating func appendMessage(_ message: DeviceMessage, imei: IMEI, receivedMs: UInt64, to writer: inout RESPWriter) {
+    /// `commandID`: the downlink command this response answers (the entry gets a `cmd_id` field).
+    mutating func appendMessage(
+        _ message: DeviceMessage,
+        imei: IMEI,
+        receivedMs: UInt64,
+        commandID: String? = nil,
+        to writer: inout RESPWriter
+    ) {
         payload.removeAll(keepingCapacity: true)
         JSONText.appendRaw("{\"device_id\":", to: &payload)
         JSONText.appendString(imei.description, to: &payload)
@@ -79,7 +89,7 @@ struct StreamEntryEncoder {
         payload.append(UInt8(ascii: "}"))
         time.removeAll(keepingCapacity: true)
         JSONText.appendISO8601(milliseconds: receivedMs, to: &time)
-        writer.beginCommand(prefix: responsesPrefix)
+        writer.beginCommand(prefix: commandID == nil ? responsesPrefix : responsesCorrelatedPrefix)
         writer.bulk("ts")
         writer.bulk(time.dropFirst().dropLast())
         writer.bulk("device_id")
@@ -90,5 +100,9 @@ struct StreamEntryEncoder {
         writer.bulk(string: String(message.type))
         writer.bulk("payload")
         writer.bulk(payload)
+        if let commandID {
+            writer.bulk("cmd_id")
+            writer.bulk(string: commandID)
+        }
     }
 }
