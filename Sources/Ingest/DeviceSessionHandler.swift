@@ -37,6 +37,8 @@ final class SessionEnvironment: Sendable {
     let authority: DeviceAuthority
     /// Downlink commands (nil with `COMMANDS=off`).
     let commands: CommandDelivery?
+    /// The device registry in Redis (nil with `DEVICE_REGISTRY=off`).
+    let directory: DeviceRegistration?
     /// One `device.unknown` line per 10 s across connections (a scanner cannot flood the log).
     private let unknownDeviceLog = NIOLockedValueBox(LogLimiter())
 
@@ -46,11 +48,13 @@ final class SessionEnvironment: Sendable {
         logger: Logger,
         metrics: IngestMetrics = .shared,
         authority: DeviceAuthority = DeviceAuthority(mode: .allowAll),
-        commands: CommandDelivery? = nil
+        commands: CommandDelivery? = nil,
+        directory: DeviceRegistration? = nil
     ) {
         self.configuration = configuration
         self.authority = authority
         self.commands = commands
+        self.directory = directory
         self.publisher = publisher
         self.metrics = metrics
         self.logger = logger
@@ -189,6 +193,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private var logger: Logger
     /// The downlink command slot, from login on (nil with `COMMANDS=off` or before login).
     private var commands: CommandSlot? = nil
+    /// This session in the device registry, from login on (nil with `DEVICE_REGISTRY=off` or before login).
+    private var registered: RegisteredSession? = nil
     /// The login grace, the answer's deadline, the grace window, or a retry of a take.
     private var commandTimer: Scheduled<Void>? = nil
 
@@ -238,6 +244,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             environment.registry.remove(imei, channel: context.channel)
             commandsClosed(imei: imei)
         }
+        if let registered { environment.directory?.directory.loggedOut(registered.imei, session: registered.session) }
         if let rest = pending, rest.readableBytes > 0, ended.bufferedBytesAreTruncatedFrame {
             environment.metrics.frames(codec: .unknown, result: .malformed).increment()
             logger.warning(
@@ -363,6 +370,16 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             commandOpportunity(context)
             return
         }
+        if let elsewhere = event as? SessionLoggedInElsewhere {
+            guard let registered, registered.session != elsewhere.session else { return }
+            environment.metrics.connectionsReplaced.increment()
+            logger.notice(
+                "device logged in on another connection: closing this one",
+                metadata: ["event": "device.replaced_elsewhere", "session": "\(elsewhere.session)"]
+            )
+            close(context, .replaced)
+            return
+        }
         if event is SessionTLSFailed {
             close(context, .tlsHandshakeFailed)
             return
@@ -402,6 +419,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 return
             case .keepAlive:
                 environment.metrics.keepAlives.increment()
+                deviceSeen(record: false)
             case .login(let login):
                 self.login(context, frame: login)
             case .packet(let packet):
@@ -452,6 +470,11 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             environment.metrics.handshakes(result: .accepted).increment()
             logger.debug("device logged in", metadata: ["event": "device.login"])
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(1))), promise: nil)
+            if let registration = environment.directory {
+                let session = registration.directory.newSession()
+                registered = RegisteredSession(imei: imei, session: session, at: .now())
+                registration.directory.loggedIn(imei, session: session, peer: peerString(context.remoteAddress))
+            }
             if let delivery = environment.commands {
                 commands = delivery.makeSlot()
                 scheduleCommandTimer(context, in: delivery.loginGrace) { handler, context in
@@ -650,6 +673,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             acknowledge(context, records: records, frameCompleted: packet.frameCompleted, promise: written)
             environment.packetsInFlight.subtract(1, ordering: .relaxed)
         case .messageStored(let next):
+            deviceSeen(record: false)
             carryOn(context, next)
         case .messageNotStored(let reason, let next):
             environment.metrics.publishFailed(.message, reason: reason).increment()
@@ -686,6 +710,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         frameCompleted: NIODeadline,
         promise: EventLoopPromise<Void>? = nil
     ) {
+        deviceSeen(record: records > 0)
         var ack = context.channel.allocator.buffer(capacity: 4)
         ack.writeInteger(UInt32(records))
         // Counted first, so that whoever sees the ACK also sees it counted.
@@ -724,9 +749,18 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 }
 
-// MARK: - Downlink commands
+// MARK: - Device registry and downlink commands
 
 extension DeviceSessionHandler {
+    /// The device was seen (a packet ACKed with `record`, a keep-alive, a message): its last-seen time is
+    /// written at most once per `DEVICE_SEEN_INTERVAL_MS`.
+    fileprivate func deviceSeen(record: Bool) {
+        guard registered != nil, let registration = environment.directory else { return }
+        guard let write = registered!.seen(at: .now(), wallMs: wallClockMilliseconds(), record: record, interval: registration.seenInterval)
+        else { return }
+        registration.directory.seen(registered!.imei, session: registered!.session, recordAt: write.recordAt)
+    }
+
     /// The session is idle for a command: logged in, no packet or message in flight, nothing buffered,
     /// not draining, and the device reads what it is sent.
     private func isIdleForCommand(_ context: ChannelHandlerContext) -> Bool {

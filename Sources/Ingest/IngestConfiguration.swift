@@ -86,6 +86,16 @@ public struct IngestConfiguration: Sendable, Equatable {
     /// certificate (each nil: the system trust store, no client certificate, the URL's host).
     public var redisTLS = RedisTLSOptions()
 
+    // MARK: Device registry and notices
+    /// Whether the device registry is kept in Redis (`DEVICE_REGISTRY`).
+    public var deviceRegistryEnabled = true
+    /// Prefix of the registry's keys (``DeviceKeys``).
+    public var devicePrefix = "telemetry:teltonika:devices"
+    /// The stream every instance reads: command wake-ups and logins elsewhere.
+    public var noticesStream = "telemetry:teltonika:notices"
+    /// At most one last-seen write per session per this long.
+    public var deviceSeenIntervalMs = 60_000
+
     // MARK: Downlink commands
     /// Whether logged-in devices get the commands queued for them in Redis (`COMMANDS`).
     public var commandsEnabled = true
@@ -426,15 +436,26 @@ public struct IngestConfiguration: Sendable, Equatable {
             }
             c.logFormat = v
         },
-        Setting(
-            env: "COMMANDS",
-            flag: "commands",
-            help: "on: deliver the downlink commands queued in Redis; off: never.",
-            read: { $0.commandsEnabled ? "on" : "off" },
-            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
-                guard v == "on" || v == "off" else { throw ConfigurationError(key: "COMMANDS", message: "expected on or off, got '\(v)'") }
-                c.commandsEnabled = v == "on"
-            }
+        onOff("COMMANDS", "commands", "on: deliver the downlink commands queued in Redis; off: never.", \.commandsEnabled),
+        onOff(
+            "DEVICE_REGISTRY",
+            "device-registry",
+            "on: keep each device's instance, peer and last-seen time in Redis; off: never.",
+            \.deviceRegistryEnabled
+        ),
+        string("REDIS_DEVICE_PREFIX", "device-prefix", "Prefix of the device registry's keys.", \.devicePrefix),
+        string(
+            "REDIS_NOTICES_STREAM",
+            "notices-stream",
+            "Stream every instance reads: command wake-ups, logins elsewhere.",
+            \.noticesStream
+        ),
+        int(
+            "DEVICE_SEEN_INTERVAL_MS",
+            "device-seen-interval-ms",
+            "At most one last-seen write to the registry per session per this long.",
+            1_000...3_600_000,
+            \.deviceSeenIntervalMs
         ),
         string(
             "REDIS_COMMAND_PREFIX",
@@ -614,6 +635,25 @@ public struct IngestConfiguration: Sendable, Equatable {
             apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
                 guard !v.isEmpty else { throw ConfigurationError(key: env, message: "must not be empty") }
                 c[keyPath: field] = v
+            }
+        )
+    }
+
+    /// A switch: `on` or `off`.
+    private static func onOff(
+        _ env: String,
+        _ flag: String,
+        _ help: String,
+        _ field: any WritableKeyPath<IngestConfiguration, Bool> & Sendable
+    ) -> Setting {
+        Setting(
+            env: env,
+            flag: flag,
+            help: help,
+            read: { $0[keyPath: field] ? "on" : "off" },
+            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
+                guard v == "on" || v == "off" else { throw ConfigurationError(key: env, message: "expected on or off, got '\(v)'") }
+                c[keyPath: field] = v == "on"
             }
         )
     }

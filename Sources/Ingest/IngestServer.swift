@@ -40,7 +40,8 @@ public final class IngestServer: Sendable {
         group: any EventLoopGroup,
         metrics: IngestMetrics,
         authority: DeviceAuthority = DeviceAuthority(mode: .allowAll),
-        commands: CommandDelivery? = nil
+        commands: CommandDelivery? = nil,
+        directory: DeviceRegistration? = nil
     ) {
         self.environment = SessionEnvironment(
             configuration: configuration,
@@ -48,7 +49,8 @@ public final class IngestServer: Sendable {
             logger: logger,
             metrics: metrics,
             authority: authority,
-            commands: commands
+            commands: commands,
+            directory: directory
         )
         self.group = group
     }

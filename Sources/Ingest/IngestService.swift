@@ -86,10 +86,14 @@ public final class IngestService: Service, Sendable {
     private let refresher = NIOLockedValueBox<AllowlistRefresher?>(nil)
     /// The TLS port's context (nil without `TLS_PORT`).
     private let deviceTLS: DeviceTLSContext?
-    /// Downlink commands in Redis (nil with `COMMANDS=off`), and the reader of their wake-up notices.
+    /// The second Redis connection (device registry, downlink commands); nil when both are off.
+    private let side: RedisSideChannel?
+    /// Downlink commands in Redis (nil with `COMMANDS=off`).
     private let commandStore: RedisCommandStore?
+    /// The device registry (nil with `DEVICE_REGISTRY=off`).
+    private let directory: RedisDeviceDirectory?
     private let connector: any RedisConnector
-    private let wakeReader = NIOLockedValueBox<CommandWakeReader?>(nil)
+    private let noticeReader = NIOLockedValueBox<NoticeReader?>(nil)
     private let state = NIOLockedValueBox<
         (deadline: NIODeadline?, report: DrainReport?, address: SocketAddress?, tlsAddress: SocketAddress?, udpAddress: SocketAddress?)
     >(
@@ -144,23 +148,35 @@ public final class IngestService: Service, Sendable {
         if let deviceTLS { metrics.tlsCertificateExpiry.set(deviceTLS.current.notAfter) }
         redisDescription = connector.description
         self.connector = connector
-        if configuration.commandsEnabled {
+        if configuration.commandsEnabled || configuration.deviceRegistryEnabled {
             let instance = configuration.instanceID.isEmpty ? ProcessInfo.processInfo.hostName : configuration.instanceID
-            commandStore = RedisCommandStore(
+            side = RedisSideChannel(instance: instance, connector: connector, errors: metrics.commands.storeErrors, logger: logger)
+        } else {
+            side = nil
+        }
+        commandStore = side.flatMap { side in
+            guard configuration.commandsEnabled else { return nil }
+            return RedisCommandStore(
                 settings: CommandStoreSettings(
                     keys: CommandKeys(prefix: configuration.commandPrefix),
                     eventsStream: configuration.commandEventsStream,
                     eventsMaxLength: configuration.commandEventsMaxLength,
-                    instance: instance,
+                    noticesStream: configuration.noticesStream,
                     leaseMs: configuration.commandTimeoutMs + configuration.commandLateGraceMs + 2_000,
                     retentionMs: 86_400_000
                 ),
-                connector: connector,
+                side: side,
                 metrics: metrics.commands,
                 logger: logger
             )
-        } else {
-            commandStore = nil
+        }
+        directory = side.flatMap { side in
+            guard configuration.deviceRegistryEnabled else { return nil }
+            return RedisDeviceDirectory(
+                keys: DeviceKeys(prefix: configuration.devicePrefix),
+                noticesStream: configuration.noticesStream,
+                side: side
+            )
         }
         var publishing = PublisherConfiguration(
             redis: configuration.redisURL,
@@ -230,9 +246,9 @@ public final class IngestService: Service, Sendable {
             ]
         )
         publisher.start()
+        side?.start()
         let commands = commandStore.map { store in
-            store.start()
-            return CommandDelivery(
+            CommandDelivery(
                 store: store,
                 metrics: metrics.commands,
                 timeout: .milliseconds(Int64(configuration.commandTimeoutMs)),
@@ -247,21 +263,32 @@ public final class IngestService: Service, Sendable {
             group: group,
             metrics: metrics,
             authority: authority,
-            commands: commands
+            commands: commands,
+            directory: directory.map {
+                DeviceRegistration(directory: $0, seenInterval: .milliseconds(Int64(configuration.deviceSeenIntervalMs)))
+            }
         )
-        if commandStore != nil {
+        if side != nil {
             let registry = server.environment.registry
-            let reader = CommandWakeReader(
-                key: CommandKeys(prefix: configuration.commandPrefix).wake,
+            let reader = NoticeReader(
+                key: configuration.noticesStream,
                 connector: connector,
                 timeoutMs: configuration.redisTimeoutMs,
-                metrics: metrics.commands,
+                read: metrics.commands.wakeUps,
+                errors: metrics.commands.storeErrors,
                 logger: logger,
-                onWake: { imei in registry.connection(of: imei)?.pipeline.fireUserInboundEventTriggered(CommandWake()) },
+                onNotice: { notice in
+                    guard let channel = registry.connection(of: notice.imei) else { return }
+                    if let session = notice.session {
+                        channel.pipeline.fireUserInboundEventTriggered(SessionLoggedInElsewhere(session: session))
+                    } else {
+                        channel.pipeline.fireUserInboundEventTriggered(CommandWake())
+                    }
+                },
                 onResync: { for channel in registry.allConnections { channel.pipeline.fireUserInboundEventTriggered(CommandWake()) } }
             )
             reader.start()
-            wakeReader.withLockedValue { $0 = reader }
+            noticeReader.withLockedValue { $0 = reader }
         }
         if let allowlistSource {
             // Loaded before the listener accepts; if it cannot be, every login is refused and /readyz
@@ -373,8 +400,8 @@ public final class IngestService: Service, Sendable {
         let drained = await server.drainSessions(until: deadline)
         let udpUnanswered = await udpDrained
         // Sessions closed: what they gave back or ended is written before Redis is let go.
-        wakeReader.withLockedValue { $0 }?.stop()
-        await commandStore?.stop(deadline: deadline)
+        noticeReader.withLockedValue { $0 }?.stop()
+        await side?.stop(deadline: deadline)
         let stopped = await publisher.stop(deadline: deadline)
         if stopped.threadFinished {
             do {

@@ -70,7 +70,7 @@ struct MetricsTests {
         expected += CommandOutcome.allCases.map { #"teltonika_commands_total{outcome="\#($0.rawValue)"}"# }
         expected += [
             #"teltonika_commands_sent_total{codec="12"}"#, #"teltonika_commands_sent_total{codec="14"}"#, "teltonika_commands_in_flight",
-            "teltonika_command_responses_uncorrelated_total", "teltonika_command_wakeups_total", "teltonika_command_latency_seconds_count",
+            "teltonika_command_responses_uncorrelated_total", "teltonika_notices_total", "teltonika_command_latency_seconds_count",
         ]
         #expect(expected.count == 40 + 2 + 5 + 3 + 4 + 8 + 6 + 2 + 14 + 2 + 30 + 8 + 4 + 3 + 2 + 7 + 6)
         for series in expected { #expect(scrape[series] == 0, "\(series): \(String(describing: scrape[series]))") }
@@ -79,7 +79,7 @@ struct MetricsTests {
         }
         // Redis is unreachable here: the connect errors are the one series that may have moved already.
         #expect(scrape[#"teltonika_redis_errors_total{kind="connect"}"#] != nil)
-        #expect(scrape["teltonika_command_store_errors_total"] != nil)
+        #expect(scrape["teltonika_device_store_errors_total"] != nil)
     }
 
     /// The streams' health, read every REDIS_CHECK_INTERVAL_MS: length, cap, and each consumer group's lag.
