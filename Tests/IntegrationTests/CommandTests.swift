@@ -18,6 +18,7 @@ struct CommandTests {
     struct Commands {
         let prefix = "test-cmd:\(UUID().uuidString)"
         var events: String { prefix + ":events" }
+        var notices: String { prefix + ":notices" }
         let redis: RedisClient
 
         init() throws { redis = try RedisClient(url: TestEnvironment.redisURL) }
@@ -25,7 +26,8 @@ struct CommandTests {
         /// The server's settings for these keys (no login grace unless `loginGraceMs`).
         func environment(_ extra: [String: String] = [:], loginGraceMs: Int = 0) -> [String: String] {
             [
-                "REDIS_COMMAND_PREFIX": prefix, "REDIS_COMMAND_EVENTS_STREAM": events, "COMMAND_LOGIN_GRACE_MS": String(loginGraceMs),
+                "REDIS_COMMAND_PREFIX": prefix, "REDIS_COMMAND_EVENTS_STREAM": events, "REDIS_NOTICES_STREAM": notices,
+                "REDIS_DEVICE_PREFIX": prefix + ":devices", "COMMAND_LOGIN_GRACE_MS": String(loginGraceMs),
             ].merging(extra) { $1 }
         }
 
@@ -36,7 +38,7 @@ struct CommandTests {
             process.executableURL = URL(fileURLWithPath: TestEnvironment.binary)
             process.arguments =
                 ["command", "send", imei, text, "--redis-url", TestEnvironment.redisURL, "--prefix", prefix, "--events-stream", events]
-                + flags
+                + ["--notices-stream", notices] + flags
             process.standardOutput = out
             process.standardError = FileHandle.nullDevice
             try process.run()

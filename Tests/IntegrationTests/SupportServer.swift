@@ -68,6 +68,13 @@ final class ServerProcess {
         env["METRICS_HOST"] = "127.0.0.1"
         env["METRICS_PORT"] = "0"
         env["SWIFT_BACKTRACE"] = "interactive=no"
+        // Each server its own registry, notices and command keys: tests share one Redis and many reuse an
+        // IMEI, and servers sharing these keys act as one deployment (a login on one closes the other's
+        // connection). Tests of several instances pass the same values in `extra`.
+        env["REDIS_DEVICE_PREFIX"] = stream + ":devices"
+        env["REDIS_NOTICES_STREAM"] = stream + ":notices"
+        env["REDIS_COMMAND_PREFIX"] = stream + ":commands"
+        env["REDIS_COMMAND_EVENTS_STREAM"] = stream + ":command-events"
         for (k, v) in extra { env[k] = v.isEmpty ? nil : v }  // "" unsets
         let command = launcher + [TestEnvironment.binary, "serve"] + arguments
         process.executableURL = URL(fileURLWithPath: command[0])
