@@ -82,7 +82,7 @@ final class SessionEnvironment: Sendable {
             "unknown device refused",
             metadata: [
                 "event": "device.unknown", "imei": "\(imei)", "peer": "\(peerString(peer))", "transport": "\(transport)",
-                "allowlist": "\(verdict == .notLoaded ? "not_loaded" : "loaded")", "suppressed": "\(heldBack)",
+                "allowlist": "\(verdict == .notLoaded ? "not_loaded" : "loaded")", "suppressed": .stringConvertible(heldBack),
             ]
         )
     }
@@ -231,7 +231,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             environment.metrics.frames(codec: .unknown, result: .malformed).increment()
             logger.warning(
                 "connection closed inside a frame: no ACK",
-                metadata: ["event": "frame.truncated", "error": "truncated", "buffered_bytes": "\(rest.readableBytes)"]
+                metadata: ["event": "frame.truncated", "error": "truncated", "buffered_bytes": .stringConvertible(rest.readableBytes)]
             )
         }
         let reason = closeReason ?? .peerClosed
@@ -287,8 +287,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             logger.warning(
                 "receive buffers across connections at MAX_BUFFERED_BYTES: closing",
                 metadata: [
-                    "event": "connection.buffer_budget", "buffer_bytes": "\(want + BufferBudget.allowance)",
-                    "limit": "\(environment.bufferBudget.limit)", "suppressed": "\(heldBack)",
+                    "event": "connection.buffer_budget", "buffer_bytes": .stringConvertible(want + BufferBudget.allowance),
+                    "limit": .stringConvertible(environment.bufferBudget.limit), "suppressed": .stringConvertible(heldBack),
                 ]
             )
         }
@@ -329,7 +329,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             let action = session.drain()
             logger.debug(
                 "draining: nothing more is read",
-                metadata: ["event": "device.draining", "in_flight": "\(action == .finishInFlight)"]
+                metadata: ["event": "device.draining", "in_flight": .stringConvertible(action == .finishInFlight)]
             )
             switch action {
             case .close: close(context, .drain)
@@ -409,8 +409,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             handler.logger.warning(
                 "frame not completed in time: closing",
                 metadata: [
-                    "event": "frame.timeout", "timeout_ms": "\(handler.environment.configuration.frameTimeoutMs)",
-                    "buffered_bytes": "\(handler.pending?.readableBytes ?? buffered)",
+                    "event": "frame.timeout", "timeout_ms": .stringConvertible(handler.environment.configuration.frameTimeoutMs),
+                    "buffered_bytes": .stringConvertible(handler.pending?.readableBytes ?? buffered),
                 ]
             )
             handler.close(context, .frameTimeout)
@@ -496,7 +496,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                             "device message",
                             metadata: [
                                 "event": "device.message", "codec": "\(codec.name)", "type": "\(message.type)",
-                                "suppressed": "\(heldBack)",
+                                "suppressed": .stringConvertible(heldBack),
                             ]
                         )
                     }
@@ -516,7 +516,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         case .success(.avl(let codec, let records)):
             environment.metrics.frames(codec: FrameCodec(codec), result: .ok).increment()
             environment.metrics.records(codec: codec).increment(by: Int64(records))
-            logger.debug("packet", metadata: ["event": "device.packet", "codec": "\(codec.name)", "records": "\(records)"])
+            logger.debug("packet", metadata: ["event": "device.packet", "codec": "\(codec.name)", "records": .stringConvertible(records)])
             let action = session.packetDecoded(records: records) {
                 PacketInFlight(job: makeJob(context, writer: writer, records: records), frameCompleted: completed)
             }
@@ -548,7 +548,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             if let heldBack = session.admitLog(.messageOverflow, nowNanoseconds: completed.uptimeNanoseconds) {
                 logger.warning(
                     "device message dropped: publish queue full",
-                    metadata: ["event": "publish.overflow", "records": "1", "waited_ms": "0", "suppressed": "\(heldBack)"]
+                    metadata: [
+                        "event": "publish.overflow", "records": .stringConvertible(1), "waited_ms": .stringConvertible(0),
+                        "suppressed": .stringConvertible(heldBack),
+                    ]
                 )
             }
         case .rateLimited:
@@ -558,8 +561,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                     "device messages over the connection's budget: dropped",
                     metadata: [
                         "event": "device.message_rate_limited", "codec": "\(codec.name)",
-                        "limit_per_second": "\(environment.configuration.deviceMessageRate)",
-                        "burst": "\(environment.configuration.deviceMessageBurst)", "suppressed": "\(heldBack)",
+                        "limit_per_second": .stringConvertible(environment.configuration.deviceMessageRate),
+                        "burst": .stringConvertible(environment.configuration.deviceMessageBurst),
+                        "suppressed": .stringConvertible(heldBack),
                     ]
                 )
             }
@@ -585,7 +589,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             environment.metrics.publishOverflow.increment()
             logger.warning(
                 "publish queue full: packet not acknowledged",
-                metadata: ["event": "publish.overflow", "records": "\(job.recordCount)", "waited_ms": "\(waited.nanoseconds / 1_000_000)"]
+                metadata: [
+                    "event": "publish.overflow", "records": .stringConvertible(job.recordCount),
+                    "waited_ms": .stringConvertible(waited.nanoseconds / 1_000_000),
+                ]
             )
             close(context, .overflow)
         case .retry(let delay):
@@ -627,7 +634,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             environment.metrics.publishFailed(.packet, reason: reason).increment()
             logger.error(
                 "records not confirmed by Redis: no ACK, closing",
-                metadata: ["event": "publish.failed", "records": "\(packet.job.recordCount)", "reason": "\(reason)"]
+                metadata: ["event": "publish.failed", "records": .stringConvertible(packet.job.recordCount), "reason": "\(reason)"]
             )
             close(context, .publishFailed)
         case .close:

@@ -69,7 +69,10 @@ struct ServeCommand: AsyncParsableCommand {
                 }
             )
         } catch {
-            logger.critical("stopped by an error", metadata: ["event": "server.failed", "error": "\(error)", "exit_code": "1"])
+            logger.critical(
+                "stopped by an error",
+                metadata: ["event": "server.failed", "error": "\(error)", "exit_code": .stringConvertible(1)]
+            )
             terminate(.failure)
         }
         guard let report = ingest.drainReport else {
@@ -77,17 +80,21 @@ struct ServeCommand: AsyncParsableCommand {
             fatalError("the device server returned without draining")
         }
         let fields: Logger.Metadata = [
-            "packets_in_flight": "\(report.packetsInFlight)", "abandoned_records": "\(report.abandonedRecords)",
-            "connections_cut": "\(report.connectionsCut)",
-            "redis_thread_finished": "\(report.publisherFinished)", "seconds": "\(report.seconds)",
+            "packets_in_flight": .stringConvertible(report.packetsInFlight),
+            "abandoned_records": .stringConvertible(report.abandonedRecords),
+            "connections_cut": .stringConvertible(report.connectionsCut),
+            "redis_thread_finished": .stringConvertible(report.publisherFinished), "seconds": .stringConvertible(report.seconds),
         ]
         if report.isClean {
-            logger.lifecycle.info("drained and stopped", metadata: fields.merging(["event": "server.stopped", "exit_code": "0"]) { $1 })
+            logger.lifecycle.info(
+                "drained and stopped",
+                metadata: fields.merging(["event": "server.stopped", "exit_code": .stringConvertible(0)]) { $1 }
+            )
             return
         }
         logger.critical(
             "drain timed out: records abandoned unacknowledged (devices resend them)",
-            metadata: fields.merging(["event": "server.drain_timeout", "exit_code": "1"]) { $1 }
+            metadata: fields.merging(["event": "server.drain_timeout", "exit_code": .stringConvertible(1)]) { $1 }
         )
         terminate(.failure)
     }
@@ -98,8 +105,9 @@ struct ServeCommand: AsyncParsableCommand {
     private static func raiseFileDescriptorLimit(maxConnections: Int, logger: Logger) {
         guard let limit = FileDescriptorLimit.raiseSoftToHard() else { return }
         var metadata: Logger.Metadata = [
-            "event": "process.fd_limit", "soft": "\(limit.soft)", "hard": "\(limit.hard)", "soft_before": "\(limit.softBefore)",
-            "max_connections": "\(maxConnections)",
+            "event": "process.fd_limit", "soft": .stringConvertible(limit.soft), "hard": .stringConvertible(limit.hard),
+            "soft_before": .stringConvertible(limit.softBefore),
+            "max_connections": .stringConvertible(maxConnections),
         ]
         guard limit.soft < maxConnections + 100 else {
             logger.info("file-descriptor limit", metadata: metadata)

@@ -274,7 +274,7 @@ struct MetricsTests {
         #expect(risky["level"] as? String == "warning")
         #expect(risky["mode"] as? String == "none")
         #expect(risky["maxmemory_policy"] as? String == "allkeys-lru")
-        #expect(risky["evicts_streams"] as? String == "true")
+        #expect(risky["evicts_streams"] as? Bool == true)
         #expect(modes(try server.scrape()) == ["none"])
 
         let client = try RedisClient(url: redis.url)

@@ -172,7 +172,7 @@ struct PublisherFaultTests {
                 .encoded()
         )
         let overflow = try server.waitForLog(event: "publish.overflow", timeout: 5)
-        #expect(overflow["records"] as? String == "1")
+        #expect(overflow["records"] as? Int == 1)
         #expect(b.receive(1, timeout: 0.5) == .timeout([]), "the connection stays open")
         let scrape = try server.scrape()
         #expect(try scrape.value("teltonika_publish_overflow_total") == 1)
@@ -236,7 +236,7 @@ struct PublisherFaultTests {
         let waited = Date().timeIntervalSince(sent)
         #expect(waited >= 0.25 && waited < 3, "closed \(waited) s after the packet, OVERFLOW_WAIT_MS 300")
         let overflow = try server.waitForLog(event: "publish.overflow", timeout: 2)
-        #expect(overflow["records"] as? String == "100")
+        #expect(overflow["records"] as? Int == 100)
         #expect(try server.scrape().value("teltonika_publish_overflow_total") == 1)
         redis.resume()
         #expect(a.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 200)))
@@ -253,7 +253,7 @@ struct DescriptorExhaustionTests {
     @Test func testServerSurvivesRunningOutOfFileDescriptors() throws {
         let server = try ServerProcess(launcher: ["/usr/bin/prlimit", "--nofile=64:64", "--"])
         let low = try server.waitForLog(event: "process.fd_limit_low", timeout: 1)
-        #expect(low["soft"] as? String == "64" && low["max_connections"] as? String == "10000", "\(low)")
+        #expect(low["soft"] as? Int == 64 && low["max_connections"] as? Int == 10000, "\(low)")
         let pid = server.process.processIdentifier
         // Descriptors numbered below the limit (0-63): when all 64 are taken, no new one can be made. (The
         // process may also hold higher ones inherited from the test runner; they do not count.)
@@ -306,7 +306,7 @@ struct DescriptorExhaustionTests {
     @Test func testTheSoftLimitIsRaisedToTheHardOne() throws {
         let server = try ServerProcess(environment: ["MAX_CONNECTIONS": "100"], launcher: ["/usr/bin/prlimit", "--nofile=64:512", "--"])
         let limit = try server.waitForLog(event: "process.fd_limit", timeout: 1)
-        #expect(limit["soft_before"] as? String == "64" && limit["soft"] as? String == "512" && limit["hard"] as? String == "512")
+        #expect(limit["soft_before"] as? Int == 64 && limit["soft"] as? Int == 512 && limit["hard"] as? Int == 512)
         #expect(server.logCount(event: "process.fd_limit_low") == 0, "512 is enough for 100 connections")
         #expect(try server.scrape().value("process_max_fds") == 512)
     }
