@@ -14,12 +14,35 @@ struct ServeCommand: AsyncParsableCommand {
         commandName: "serve",
         abstract: "Serve Teltonika devices on TCP and publish their records to Redis Streams.",
         discussion: "Every setting comes from a flag, the environment or CONFIG_FILE (in that order of precedence):\n\n"
-            + IngestConfiguration.settings.map { "  --\($0.flag) VALUE  (\($0.env); default: \($0.defaultText))\n      \($0.help)" }
-            .joined(separator: "\n")
+            + IngestConfiguration.settings.map(settingHelp).joined(separator: "\n")
             + "\n\nSignals: SIGTERM/SIGINT drain and exit (a second one exits 1 at once); SIGHUP re-reads CONFIG_FILE"
             + " and the TLS certificate, key and client CA."
             + "\nDefaults, signals, exit codes and guidance: OPERATIONS.md."
     )
+
+    /// One setting in `serve --help`: the flag, then its variable and default, then what it does, each
+    /// line under 80 columns and indented, so the parser's own wrapping (to the terminal, or 80 columns
+    /// when not a terminal, continuing at column 0) never breaks one.
+    static func settingHelp(_ setting: IngestConfiguration.Setting) -> String {
+        let indent = "      "
+        let lines = ["  --\(setting.flag) VALUE", indent + "\(setting.env), default: \(setting.defaultText)"]
+        return (lines + wrap(setting.help, width: 79 - indent.count).map { indent + $0 }).joined(separator: "\n")
+    }
+
+    /// Words of `text` in lines of at most `width` characters (a longer word gets a line of its own).
+    static func wrap(_ text: String, width: Int) -> [String] {
+        var lines: [String] = []
+        var line = ""
+        for word in text.split(separator: " ") {
+            if !line.isEmpty && line.count + 1 + word.count > width {
+                lines.append(line)
+                line = ""
+            }
+            line += line.isEmpty ? String(word) : " " + word
+        }
+        if !line.isEmpty { lines.append(line) }
+        return lines
+    }
 
     @Argument(parsing: .allUnrecognized, help: .hidden)
     var options: [String] = []
