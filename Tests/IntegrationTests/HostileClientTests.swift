@@ -206,7 +206,7 @@ struct HostileClientTests {
         }
         try device.send(stream)
         try waitFor(timeout: 30) { try server.scrape()["teltonika_device_messages_total{codec=\"12\"}"] == 5000 }
-        try waitFor(timeout: 10) { try server.scrape()["teltonika_publish_queue_depth"] == 0 }
+        try waitFor(timeout: 10) { try server.scrape()["teltonika_publish_queue_depth_records"] == 0 }
         let length = try RedisClient(url: TestEnvironment.redisURL).xlen(server.responses)
         // MAXLEN ~ trims whole stream nodes (100 entries by default), so a little over the cap.
         #expect(length >= 1000 && length <= 1100, "responses stream length \(length) with REDIS_RESPONSES_MAXLEN=1000")

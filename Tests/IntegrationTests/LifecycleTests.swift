@@ -121,7 +121,7 @@ struct LifecycleTests {
         #expect(try device.login(DeviceServerTests.imei))
         redis.pause()
         try device.send(try packet(records: 2, at: 1_700_000_000_000) + packet(records: 3, at: 1_700_000_001_000))
-        try waitFor(timeout: 5, "the first packet queued") { try server.scrape().value("teltonika_publish_queue_depth") == 2 }
+        try waitFor(timeout: 5, "the first packet queued") { try server.scrape().value("teltonika_publish_queue_depth_records") == 2 }
         return (redis, server, device)
     }
 

@@ -166,7 +166,7 @@ struct PublisherFaultTests {
         redis.pause()
         defer { redis.resume() }
         try a.send(try AVLPacketEncoder.encode(full, codec: .codec8))
-        try waitFor(timeout: 10, "the queue is full") { try server.scrape()["teltonika_publish_queue_depth"] == 255 }
+        try waitFor(timeout: 10, "the queue is full") { try server.scrape()["teltonika_publish_queue_depth_records"] == 255 }
         try b.send(
             DeviceMessage(codec: .codec13, type: DeviceMessage.typeResponse, timestampSeconds: 1_700_000_000, payload: Array("ok".utf8))
                 .encoded()
@@ -197,14 +197,14 @@ struct PublisherFaultTests {
         redis.pause()
         defer { redis.resume() }
         try a.send(PublisherFaultTests.frame)
-        try waitFor(timeout: 10, "A's packet queued") { try server.scrape()["teltonika_publish_queue_depth"] == 2 }
+        try waitFor(timeout: 10, "A's packet queued") { try server.scrape()["teltonika_publish_queue_depth_records"] == 2 }
         try b!.send(PublisherFaultTests.frame)
-        try waitFor(timeout: 10, "B's packet queued") { try server.scrape()["teltonika_publish_queue_depth"] == 4 }
+        try waitFor(timeout: 10, "B's packet queued") { try server.scrape()["teltonika_publish_queue_depth_records"] == 4 }
         b = nil  // B closes with its packet queued
         try waitFor(timeout: 5, "B's session ended") { try server.scrape().value("teltonika_connections_active") == 1 }
         redis.resume()
         #expect(a.receive(4, timeout: 10) == .bytes([0, 0, 0, 2]))
-        try waitFor(timeout: 10, "the queue drained") { try server.scrape()["teltonika_publish_queue_depth"] == 0 }
+        try waitFor(timeout: 10, "the queue drained") { try server.scrape()["teltonika_publish_queue_depth_records"] == 0 }
         let stored = try RedisClient(url: redis.url).xlen(server.stream)
         #expect(stored == 2 || stored == 4, "A's records, and B's if they were sent before it left: \(stored)")
         #expect(try server.scrape().value("teltonika_acks_total") == 1, "only A was ACKed")
@@ -227,7 +227,7 @@ struct PublisherFaultTests {
         #expect(try b.login("356307042441014"))
         redis.pause()
         try a.send(try AVLPacketEncoder.encode(big, codec: .codec8))
-        try waitFor(timeout: 10, "A's 200 records held") { try server.scrape()["teltonika_publish_queue_depth"] == 200 }
+        try waitFor(timeout: 10, "A's 200 records held") { try server.scrape()["teltonika_publish_queue_depth_records"] == 200 }
         #expect(a.receive(4, timeout: 0.2) == .timeout([]))
         // 200 of 255 records are held: 100 more do not fit. B waits 300 ms, then is closed unACKed.
         try b.send(try AVLPacketEncoder.encode(small, codec: .codec8))
