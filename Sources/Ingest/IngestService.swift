@@ -50,8 +50,12 @@ public final class ServerHealth: Sendable {
         return (true, "ok")
     }
 
-    /// Succeeds when every device event loop ran a no-op task within `timeout`.
-    func eventLoopsRespond(on loop: any EventLoop, timeout: TimeAmount) -> EventLoopFuture<Bool> {
+    /// True once every device listener is bound (systemd's `READY=1` waits for it).
+    public var isListening: Bool { listening.load(ordering: .relaxed) }
+
+    /// Succeeds when every device event loop ran a no-op task within `timeout` (`/healthz`, and the
+    /// systemd watchdog's pings).
+    public func eventLoopsRespond(on loop: any EventLoop, timeout: TimeAmount) -> EventLoopFuture<Bool> {
         let pings = eventLoops.makeIterator().map { $0.submit {} }
         let all = EventLoopFuture.andAllSucceed(pings, on: loop).map { true }
         let promise = loop.makePromise(of: Bool.self)

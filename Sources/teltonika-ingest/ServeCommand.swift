@@ -5,8 +5,11 @@ import Ingest
 import Lifecycle
 import Logging
 import Metrics
+import NIOCore
+import NIOPosix
 import Prometheus
 import RedisWire
+import ServiceLifecycle
 
 /// `teltonika-ingest serve`: the device server (the default subcommand).
 struct ServeCommand: AsyncParsableCommand {
@@ -81,10 +84,14 @@ struct ServeCommand: AsyncParsableCommand {
         let settings = SettingsReloader(configuration, environment: environment, flags: flags, logger: logger)
         // Its lines (shutdown and reload requested, forced exit) are the process' life: shown at any LOG_LEVEL.
         let lifecycle = ProcessLifecycle(shutdownTimeout: .milliseconds(configuration.shutdownTimeoutMs), logger: logger.lifecycle)
+        let systemd = SystemdNotifier(environment: environment)
         do {
             try await lifecycle.run(
-                services: [metrics, ingest],
-                onShutdown: { ingest.beginShutdown() },
+                services: Self.systemdService(systemd, ingest: ingest, logger: logger.lifecycle) + [metrics, ingest],
+                onShutdown: {
+                    systemd?.notify("STOPPING=1\nSTATUS=draining")
+                    ingest.beginShutdown()
+                },
                 onReload: {
                     settings.reload()
                     ingest.refreshAllowlist()
@@ -120,6 +127,27 @@ struct ServeCommand: AsyncParsableCommand {
             metadata: fields.merging(["event": "server.drain_timeout", "exit_code": .stringConvertible(1)]) { $1 }
         )
         terminate(.failure)
+    }
+
+    /// Under systemd (`NOTIFY_SOCKET`, a `Type=notify` unit): `READY=1` once the listeners are bound, and
+    /// with `WatchdogSec=` a `WATCHDOG=1` every half interval while the device event loops answer (as
+    /// `/healthz` checks them, from a loop of its own so a hung device loop cannot fake it). First in the
+    /// list, so it stops last and keeps pinging through the drain.
+    private static func systemdService(_ systemd: SystemdNotifier?, ingest: IngestService, logger: Logger) -> [any Service] {
+        guard let systemd else { return [] }
+        let probeLoop = MultiThreadedEventLoopGroup(numberOfThreads: 1).next()
+        return [
+            SystemdNotifyService(
+                notifier: systemd,
+                isReady: { ingest.health.isListening },
+                // Once drained, the device loops are gone by design and the process is about to exit.
+                isAlive: {
+                    if ingest.drainReport != nil { return true }
+                    return (try? await ingest.health.eventLoopsRespond(on: probeLoop, timeout: .seconds(1)).get()) ?? false
+                },
+                logger: logger
+            )
+        ]
     }
 
     /// Test-only (TELTONIKA_CRASH_TEST, documented in OPERATIONS.md): crash 300 ms after start.
