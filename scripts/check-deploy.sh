@@ -119,9 +119,12 @@ else
 fi
 check "systemd unit keys $unit" "$py" scripts/check_deploy.py systemd "$unit"
 
-# Grafana. That dashboard and alerts name only metrics the server exposes is checked against a real
-# scrape of the real binary (Tests/IntegrationTests/MetricsTests.swift, with scripts/metric-names.py).
+# Grafana. That dashboard and alerts name only metrics the server defines: here against the sources, and
+# against a real scrape of the real binary in Tests/IntegrationTests/MetricsTests.swift (both with
+# scripts/metric-names.py).
 check "dashboard deploy/grafana/teltonika-ingest.json" "$py" scripts/check_deploy.py dashboard deploy/grafana/teltonika-ingest.json
+check "every metric the dashboard and alerts use is defined by the server" \
+    "$py" scripts/check_deploy.py series deploy/grafana/teltonika-ingest.json deploy/prometheus/alerts.yml
 
 if [[ ${#failed[@]} -gt 0 ]]; then
     log "${#failed[@]} of $((passed + ${#failed[@]})) checks FAILED: ${failed[*]}"

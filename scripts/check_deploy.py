@@ -263,7 +263,8 @@ def dashboard(path):
     variables = {v.get("name"): v for v in d.get("templating", {}).get("list", [])}
     ds_vars = [n for n, v in variables.items() if v.get("type") == "datasource" and v.get("query") == "prometheus"]
     need(ds_vars == ["DS_PROMETHEUS"], f"want one Prometheus datasource variable DS_PROMETHEUS, have {ds_vars}")
-    need("instance" in variables, "no instance variable")
+    for name in ("job", "namespace", "instance"):
+        need(name in variables and variables[name].get("type") == "query", f"no {name} variable")
     def walk(panels):
         for p in panels:
             yield p
@@ -281,9 +282,49 @@ def dashboard(path):
         need(targets and all(isinstance(x.get("expr"), str) and x["expr"].strip() for x in targets), f"panel {t!r}: needs targets with expr")
         need(p.get("datasource", {}).get("uid") == "${DS_PROMETHEUS}", f"panel {t!r}: datasource must be ${{DS_PROMETHEUS}}")
         for x in targets:
-            if re.search(r"\b(teltonika|process)_", x.get("expr", "")):
-                need('instance=~"$instance"' in x["expr"], f"panel {t!r}: {x.get('expr')!r} does not filter by $instance")
-    finish(f"{n} panels, every one with PromQL targets")
+            for selector in re.findall(r"\b(?:teltonika|process)_[a-z0-9_]+(\{[^}]*\})?", x.get("expr", "")):
+                need(all(f'{v}=~"${v}"' in selector for v in ("job", "namespace", "instance")),
+                     f"panel {t!r}: {x.get('expr')!r} does not filter every series by $job, $namespace and $instance")
+        # One unit per panel, so never two units on one axis (an override may move a series, not change its unit).
+        need(bool(p.get("fieldConfig", {}).get("defaults", {}).get("unit")), f"panel {t!r}: no unit")
+        for o in p.get("fieldConfig", {}).get("overrides", []):
+            need(all(prop.get("id") != "unit" for prop in o.get("properties", [])), f"panel {t!r}: an override changes the unit")
+    # The top row answers the 3 a.m. questions; then ACK latency per instance and Redis' own state.
+    first_row = []
+    for p in d.get("panels", []):
+        if p.get("type") == "row" and first_row:
+            break
+        first_row.append(p)
+    top = " ".join(x.get("expr", "") for p in first_row for x in p.get("targets", []))
+    for metric, question in (("teltonika_devices_online", "devices online"), ("teltonika_records_published_total", "records stored/s"),
+                             ("teltonika_acks_total", "ACK ratio"), ("teltonika_ready", "ready instances"),
+                             ("teltonika_ack_latency_seconds_bucket", "ACK latency per instance")):
+        need(metric in top, f"the first row does not show {question} ({metric})")
+    need(re.search(r"by \(instance, le\) \(rate\(teltonika_ack_latency_seconds_bucket", top) is not None, "ACK latency is not per instance")
+    every = " ".join(x.get("expr", "") for p in panels for x in p.get("targets", []))
+    for metric in ("teltonika_stream_length", "teltonika_stream_group_lag", "teltonika_redis_memory_used_bytes"):
+        need(metric in every, f"no Redis panel shows {metric}")
+    finish(f"{n} panels, every one with PromQL targets filtered by job, namespace and instance, one unit each")
+
+def series(*paths):
+    """Every metric the dashboard and the alert rules name (scripts/metric-names.py) must be one the server
+    defines: a name in quotes in Sources/ (metrics are named once, in IngestMetrics.swift and
+    ProcessMetrics.swift). MetricsTests checks the same names against a live scrape."""
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/metric-names.py"), *paths], capture_output=True, text=True)
+    if not need(out.returncode == 0, f"metric-names.py: {out.stderr.strip()}"):
+        return finish("")
+    names = out.stdout.split()
+    sources = ""
+    for folder, _, files in os.walk(os.path.join(ROOT, "Sources")):
+        for f in files:
+            if f.endswith(".swift"):
+                sources += open(os.path.join(folder, f), encoding="utf-8").read()
+    defined = set(re.findall(r'"((?:teltonika|process)_[a-z0-9_]+)"', sources))
+    for name in names:
+        need(name in defined, f"{name} is used but the server defines no such metric")
+    need(len(names) >= 15, f"only {len(names)} metric names found: {names}")
+    finish(f"{len(names)} metrics used by {len(paths)} files, all defined by the server")
 
 check, args = sys.argv[1], sys.argv[2:]
-{"k8s": k8s, "systemd": systemd_unit, "alerts": alerts, "dashboard": dashboard, "dockerfile": dockerfile}[check](*args)
+{"k8s": k8s, "systemd": systemd_unit, "alerts": alerts, "dashboard": dashboard, "dockerfile": dockerfile,
+ "series": series}[check](*args)
