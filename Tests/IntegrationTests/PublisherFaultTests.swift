@@ -151,6 +151,48 @@ struct PublisherFaultTests {
         #expect(try RedisClient(url: primary.url).xlen(server.stream) == 0)
     }
 
+    /// The Redis the server writes to turns into a read-only replica under traffic (REPLICAOF, as a stale
+    /// failover leaves the old primary): from then on no packet is ACKed, and /metrics shows it, where before
+    /// only the reply errors moved. Made primary again, the same devices are ACKed without a restart.
+    @Test func testRedisTurnedReadOnlyUnderTrafficMovesTheCountersOnMetrics() throws {
+        let redis = try OwnRedis()
+        let elsewhere = try OwnRedis()
+        let server = try ServerProcess(redisURL: redis.url, environment: ["PUBLISH_TIMEOUT_MS": "2000"])
+        let devices = try (0..<4).map { i in
+            let device = try DeviceClient(port: server.port)
+            #expect(try device.login(String(356_307_042_441_020 + i)))
+            try device.send(PublisherFaultTests.frame)
+            #expect(device.receive(4, timeout: 10) == .bytes([0, 0, 0, 2]))
+            return device
+        }
+        let before = try server.scrape()
+        #expect(try before.value("teltonika_acks_total") == 4)
+
+        #expect(try RedisClient(url: redis.url).command(["REPLICAOF", "127.0.0.1", "\(elsewhere.port)"]) == .string("OK"))
+        try waitFor(timeout: 10, "a replica now") {
+            guard case .array(let role) = try RedisClient(url: redis.url).command(["ROLE"]) else { return false }
+            return role.first == .string("slave")
+        }
+        for device in devices { try device.send(PublisherFaultTests.frame) }
+        for device in devices { #expect(device.receive(4, timeout: 10) == .closed([]), "no ACK from a replica") }
+        let during = try server.scrape()
+        #expect(try during.value("teltonika_acks_total") == 4)
+        #expect(try during.value(#"teltonika_publish_failed_total{kind="packet",reason="timeout"}"#) == 4)
+        #expect(
+            try during.value(#"teltonika_redis_errors_total{kind="reply"}"#) > before.value(#"teltonika_redis_errors_total{kind="reply"}"#)
+        )
+        #expect(try during.value(#"teltonika_disconnects_total{reason="publish_failed"}"#) == 4)
+        #expect(server.logCount(event: "publish.failed") == 4)
+        #expect(server.logs.contains { ($0["error"] as? String)?.hasPrefix("READONLY") == true }, "READONLY named in the log")
+
+        #expect(try RedisClient(url: redis.url).command(["REPLICAOF", "NO", "ONE"]) == .string("OK"))
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login("356307042441030"))
+        try device.send(PublisherFaultTests.frame)
+        #expect(device.receive(4, timeout: 15) == .bytes([0, 0, 0, 2]), "ACKed again once it is a primary")
+        #expect(try server.scrape().value("teltonika_acks_total") == 5)
+    }
+
     /// A device message finding the queue full is dropped at once and counted; its connection goes on.
     @Test func testADeviceMessageOnAFullQueueIsDroppedAndTheConnectionStays() throws {
         let redis = try OwnRedis()
