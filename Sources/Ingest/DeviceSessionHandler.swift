@@ -90,7 +90,7 @@ final class SessionEnvironment: Sendable {
             "unknown device refused",
             metadata: [
                 "event": "device.unknown", "imei": "\(imei)", "peer": "\(peerString(peer))", "transport": "\(transport)",
-                "allowlist": "\(verdict == .notLoaded ? "not_loaded" : "loaded")", "suppressed": "\(heldBack)",
+                "allowlist": "\(verdict == .notLoaded ? "not_loaded" : "loaded")", "suppressed": .stringConvertible(heldBack),
             ]
         )
     }
@@ -249,7 +249,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             environment.metrics.frames(codec: .unknown, result: .malformed).increment()
             logger.warning(
                 "connection closed inside a frame: no ACK",
-                metadata: ["event": "frame.truncated", "error": "truncated", "buffered_bytes": "\(rest.readableBytes)"]
+                metadata: ["event": "frame.truncated", "error": "truncated", "buffered_bytes": .stringConvertible(rest.readableBytes)]
             )
         }
         let reason = closeReason ?? .peerClosed
@@ -305,8 +305,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             logger.warning(
                 "receive buffers across connections at MAX_BUFFERED_BYTES: closing",
                 metadata: [
-                    "event": "connection.buffer_budget", "buffer_bytes": "\(want + BufferBudget.allowance)",
-                    "limit": "\(environment.bufferBudget.limit)", "suppressed": "\(heldBack)",
+                    "event": "connection.buffer_budget", "buffer_bytes": .stringConvertible(want + BufferBudget.allowance),
+                    "limit": .stringConvertible(environment.bufferBudget.limit), "suppressed": .stringConvertible(heldBack),
                 ]
             )
         }
@@ -348,7 +348,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             let action = session.drain()
             logger.debug(
                 "draining: nothing more is read",
-                metadata: ["event": "device.draining", "in_flight": "\(action == .finishInFlight)"]
+                metadata: ["event": "device.draining", "in_flight": .stringConvertible(action == .finishInFlight)]
             )
             switch action {
             case .close: close(context, .drain)
@@ -444,8 +444,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             handler.logger.warning(
                 "frame not completed in time: closing",
                 metadata: [
-                    "event": "frame.timeout", "timeout_ms": "\(handler.environment.configuration.frameTimeoutMs)",
-                    "buffered_bytes": "\(handler.pending?.readableBytes ?? buffered)",
+                    "event": "frame.timeout", "timeout_ms": .stringConvertible(handler.environment.configuration.frameTimeoutMs),
+                    "buffered_bytes": .stringConvertible(handler.pending?.readableBytes ?? buffered),
                 ]
             )
             handler.close(context, .frameTimeout)
@@ -553,7 +553,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                             "device message",
                             metadata: [
                                 "event": "device.message", "codec": "\(codec.name)", "type": "\(message.type)",
-                                "suppressed": "\(heldBack)",
+                                "suppressed": .stringConvertible(heldBack),
                             ]
                         )
                     }
@@ -574,7 +574,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         case .success(.avl(let codec, let records)):
             environment.metrics.frames(codec: FrameCodec(codec), result: .ok).increment()
             environment.metrics.records(codec: codec).increment(by: Int64(records))
-            logger.debug("packet", metadata: ["event": "device.packet", "codec": "\(codec.name)", "records": "\(records)"])
+            logger.debug("packet", metadata: ["event": "device.packet", "codec": "\(codec.name)", "records": .stringConvertible(records)])
             let action = session.packetDecoded(records: records) {
                 PacketInFlight(job: makeJob(context, writer: writer, records: records), frameCompleted: completed)
             }
@@ -606,7 +606,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             if let heldBack = session.admitLog(.messageOverflow, nowNanoseconds: completed.uptimeNanoseconds) {
                 logger.warning(
                     "device message dropped: publish queue full",
-                    metadata: ["event": "publish.overflow", "records": "1", "waited_ms": "0", "suppressed": "\(heldBack)"]
+                    metadata: [
+                        "event": "publish.overflow", "records": .stringConvertible(1), "waited_ms": .stringConvertible(0),
+                        "suppressed": .stringConvertible(heldBack),
+                    ]
                 )
             }
         case .rateLimited:
@@ -616,8 +619,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                     "device messages over the connection's budget: dropped",
                     metadata: [
                         "event": "device.message_rate_limited", "codec": "\(codec.name)",
-                        "limit_per_second": "\(environment.configuration.deviceMessageRate)",
-                        "burst": "\(environment.configuration.deviceMessageBurst)", "suppressed": "\(heldBack)",
+                        "limit_per_second": .stringConvertible(environment.configuration.deviceMessageRate),
+                        "burst": .stringConvertible(environment.configuration.deviceMessageBurst),
+                        "suppressed": .stringConvertible(heldBack),
                     ]
                 )
             }
@@ -643,7 +647,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             environment.metrics.publishOverflow.increment()
             logger.warning(
                 "publish queue full: packet not acknowledged",
-                metadata: ["event": "publish.overflow", "records": "\(job.recordCount)", "waited_ms": "\(waited.nanoseconds / 1_000_000)"]
+                metadata: [
+                    "event": "publish.overflow", "records": .stringConvertible(job.recordCount),
+                    "waited_ms": .stringConvertible(waited.nanoseconds / 1_000_000),
+                ]
             )
             close(context, .overflow)
         case .retry(let delay):
@@ -686,7 +693,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             environment.metrics.publishFailed(.packet, reason: reason).increment()
             logger.error(
                 "records not confirmed by Redis: no ACK, closing",
-                metadata: ["event": "publish.failed", "records": "\(packet.job.recordCount)", "reason": "\(reason)"]
+                metadata: ["event": "publish.failed", "records": .stringConvertible(packet.job.recordCount), "reason": "\(reason)"]
             )
             close(context, .publishFailed)
         case .close:
@@ -790,7 +797,7 @@ extension DeviceSessionHandler {
             logger.info(
                 "command sent",
                 metadata: [
-                    "event": "command.sent", "cmd_id": "\(command.id)", "codec": "\(command.codec.name)", "attempt": "\(command.attempt)",
+                    "event": "command.sent", "cmd_id": "\(command.id)", "codec": "\(command.codec.name)", "attempt": .stringConvertible(command.attempt),
                 ]
             )
             armCommandDeadline(context)
@@ -848,7 +855,7 @@ extension DeviceSessionHandler {
             logger.warning(
                 "command not answered in time: not sent again",
                 metadata: [
-                    "event": "command.timeout", "cmd_id": "\(command.id)", "timeout_ms": "\(delivery.timeout.nanoseconds / 1_000_000)",
+                    "event": "command.timeout", "cmd_id": "\(command.id)", "timeout_ms": .stringConvertible(delivery.timeout.nanoseconds / 1_000_000),
                 ]
             )
             armCommandDeadline(context)
@@ -892,7 +899,7 @@ extension DeviceSessionHandler {
             "command answered",
             metadata: [
                 "event": "command.answered", "cmd_id": "\(correlation.command.id)", "outcome": "\(correlation.outcome.rawValue)",
-                "latency_ms": "\(correlation.latency.nanoseconds / 1_000_000)",
+                "latency_ms": .stringConvertible(correlation.latency.nanoseconds / 1_000_000),
             ]
         )
         commandTimer?.cancel()

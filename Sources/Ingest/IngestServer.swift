@@ -61,7 +61,7 @@ public final class IngestServer: Sendable {
         let address = try await listen(port: environment.configuration.port, tls: nil)
         environment.logger.lifecycle.info(
             "listening for devices",
-            metadata: ["event": "server.listening", "address": "\(address)", "port": "\(address.port ?? 0)"]
+            metadata: ["event": "server.listening", "address": "\(address)", "port": .stringConvertible(address.port ?? 0)]
         )
         return address
     }
@@ -74,10 +74,10 @@ public final class IngestServer: Sendable {
         environment.logger.lifecycle.info(
             "listening for devices over TLS",
             metadata: [
-                "event": "server.tls_listening", "address": "\(address)", "port": "\(address.port ?? 0)",
+                "event": "server.tls_listening", "address": "\(address)", "port": .stringConvertible(address.port ?? 0),
                 "min_version": "\(options.minimumVersion.rawValue)",
                 "client_certificates": "\(options.clientCAFile == nil ? "off" : "required")",
-                "certificate_serial": "\(tls.current.serial)", "certificate_not_after": "\(tls.current.notAfter)",
+                "certificate_serial": "\(tls.current.serial)", "certificate_not_after": .stringConvertible(tls.current.notAfter),
             ]
         )
         return address
@@ -174,7 +174,7 @@ public final class IngestServer: Sendable {
                 "connection refused",
                 metadata: [
                     "event": "server.connection_refused", "reason": "\(refusal.rawValue)", "peer": "\(peerString(channel.remoteAddress))",
-                    "suppressed": "\(suppressed)",
+                    "suppressed": .stringConvertible(suppressed),
                 ]
             )
         }
@@ -253,7 +253,7 @@ final class AcceptErrorHandler: ChannelInboundHandler {
                 "cannot accept device connections",
                 metadata: [
                     "event": "server.accept_failed", "error": "\(error)", "reason": "\(fdLimit ? "fd_limit" : "other")",
-                    "suppressed": "\(suppressed)",
+                    "suppressed": .stringConvertible(suppressed),
                 ]
             )
         }

@@ -50,8 +50,12 @@ public final class ServerHealth: Sendable {
         return (true, "ok")
     }
 
-    /// Succeeds when every device event loop ran a no-op task within `timeout`.
-    func eventLoopsRespond(on loop: any EventLoop, timeout: TimeAmount) -> EventLoopFuture<Bool> {
+    /// True once every device listener is bound (systemd's `READY=1` waits for it).
+    public var isListening: Bool { listening.load(ordering: .relaxed) }
+
+    /// Succeeds when every device event loop ran a no-op task within `timeout` (`/healthz`, and the
+    /// systemd watchdog's pings).
+    public func eventLoopsRespond(on loop: any EventLoop, timeout: TimeAmount) -> EventLoopFuture<Bool> {
         let pings = eventLoops.makeIterator().map { $0.submit {} }
         let all = EventLoopFuture.andAllSucceed(pings, on: loop).map { true }
         let promise = loop.makePromise(of: Bool.self)
@@ -234,17 +238,17 @@ public final class IngestService: Service, Sendable {
     }
 
     public func run() async throws {
-        logger.lifecycle.info(
-            "starting",
-            metadata: [
-                "event": "server.starting", "redis": "\(redisDescription)",
-                "min_replicas": "\(configuration.redisMinReplicas)", "stream": "\(configuration.telemetryStream)",
-                "max_frame_bytes": "\(configuration.maxFrameBytes)", "max_connections": "\(configuration.maxConnections)",
-                "udp_port": "\(configuration.udpPort.map(String.init) ?? "off")",
-                "tls_port": "\(configuration.deviceTLS.port.map(String.init) ?? "off")",
-                "version": "\(IngestMetrics.version)", "revision": "\(IngestMetrics.revision)",
-            ]
-        )
+        var starting: Logger.Metadata = [
+            "event": "server.starting", "redis": "\(redisDescription)",
+            "min_replicas": .stringConvertible(configuration.redisMinReplicas), "stream": "\(configuration.telemetryStream)",
+            "max_frame_bytes": .stringConvertible(configuration.maxFrameBytes),
+            "max_connections": .stringConvertible(configuration.maxConnections),
+            "version": "\(IngestMetrics.version)", "revision": "\(IngestMetrics.revision)",
+        ]
+        // A number when the listener is on, absent when it is off (one type per field, for log pipelines).
+        starting["udp_port"] = configuration.udpPort.map { .stringConvertible($0) }
+        starting["tls_port"] = configuration.deviceTLS.port.map { .stringConvertible($0) }
+        logger.lifecycle.info("starting", metadata: starting)
         publisher.start()
         side?.start()
         let commands = commandStore.map { store in
@@ -364,7 +368,8 @@ public final class IngestService: Service, Sendable {
             logger.lifecycle.notice(
                 "TLS certificate reloaded: new handshakes use it",
                 metadata: [
-                    "event": "tls.reloaded", "certificate_serial": "\(loaded.serial)", "certificate_not_after": "\(loaded.notAfter)",
+                    "event": "tls.reloaded", "certificate_serial": "\(loaded.serial)",
+                    "certificate_not_after": .stringConvertible(loaded.notAfter),
                 ]
             )
         case .failure(let error):
@@ -374,7 +379,7 @@ public final class IngestService: Service, Sendable {
                 "TLS certificate not reloaded: keeping the current one",
                 metadata: [
                     "event": "tls.reload_failed", "error": "\(error)", "certificate_serial": "\(kept.serial)",
-                    "certificate_not_after": "\(kept.notAfter)",
+                    "certificate_not_after": .stringConvertible(kept.notAfter),
                 ]
             )
         }
@@ -387,8 +392,10 @@ public final class IngestService: Service, Sendable {
         logger.lifecycle.notice(
             "draining",
             metadata: [
-                "event": "server.draining", "connections": "\(server.connectionCount)", "packets_in_flight": "\(server.packetsInFlight)",
-                "queued_records": "\(publisher.queuedRecords)", "timeout_ms": "\(configuration.shutdownTimeoutMs)",
+                "event": "server.draining", "connections": .stringConvertible(server.connectionCount),
+                "packets_in_flight": .stringConvertible(server.packetsInFlight),
+                "queued_records": .stringConvertible(publisher.queuedRecords),
+                "timeout_ms": .stringConvertible(configuration.shutdownTimeoutMs),
             ]
         )
         await server.stopAccepting()

@@ -86,7 +86,7 @@ public final class MetricsServer: Service, Sendable {
         let address = channel.localAddress!
         logger.lifecycle.info(
             "serving metrics and health",
-            metadata: ["event": "metrics.listening", "address": "\(address)", "port": "\(address.port ?? 0)"]
+            metadata: ["event": "metrics.listening", "address": "\(address)", "port": .stringConvertible(address.port ?? 0)]
         )
         try? await gracefulShutdown()
         try? await channel.close()
@@ -336,7 +336,10 @@ final class MetricsConnectionLimiter: Sendable {
             if let heldBack {
                 logger.warning(
                     "metrics connection refused: at METRICS_MAX_CONNECTIONS",
-                    metadata: ["event": "metrics.connection_refused", "limit": "\(limit)", "suppressed": "\(heldBack)"]
+                    metadata: [
+                        "event": "metrics.connection_refused", "limit": .stringConvertible(limit),
+                        "suppressed": .stringConvertible(heldBack),
+                    ]
                 )
             }
             return false

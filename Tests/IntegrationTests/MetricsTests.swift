@@ -58,6 +58,7 @@ struct MetricsTests {
             #"teltonika_allowlist_refreshes_total{result="ok"}"#, #"teltonika_allowlist_refreshes_total{result="failed"}"#,
             #"teltonika_config_reloads_total{result="ok"}"#, #"teltonika_config_reloads_total{result="failed"}"#,
             "teltonika_tls_connections_active", "teltonika_tls_certificate_expiry_timestamp_seconds",
+            "teltonika_publish_queue_depth_records",
         ]
         expected += RefusalReason.allCases.map { #"teltonika_connections_refused_total{reason="\#($0.rawValue)"}"# }
         expected += AcceptError.allCases.map { #"teltonika_accept_errors_total{reason="\#($0.rawValue)"}"# }
@@ -72,7 +73,7 @@ struct MetricsTests {
             #"teltonika_commands_sent_total{codec="12"}"#, #"teltonika_commands_sent_total{codec="14"}"#, "teltonika_commands_in_flight",
             "teltonika_command_responses_uncorrelated_total", "teltonika_notices_total", "teltonika_command_latency_seconds_count",
         ]
-        #expect(expected.count == 40 + 2 + 5 + 3 + 4 + 8 + 6 + 2 + 14 + 2 + 30 + 8 + 4 + 3 + 2 + 7 + 6)
+        #expect(expected.count == 40 + 2 + 5 + 3 + 4 + 8 + 6 + 2 + 14 + 2 + 31 + 8 + 4 + 3 + 2 + 7 + 6)
         for series in expected { #expect(scrape[series] == 0, "\(series): \(String(describing: scrape[series]))") }
         for mode in IngestMetrics.redisDurabilityModes {
             #expect(scrape[#"teltonika_redis_durability{mode="\#(mode)"}"#] != nil, "durability \(mode)")
@@ -120,7 +121,7 @@ struct MetricsTests {
             ]
         )
         let before = try server.scrape()
-        #expect(before["teltonika_publish_queue_capacity"] == 255)
+        #expect(before["teltonika_publish_queue_capacity_records"] == 255)
         #expect(before["teltonika_connections_active"] == 0)
 
         // Good frames and a keep-alive: ACKed, counted.
@@ -164,7 +165,7 @@ struct MetricsTests {
         #expect(mid["teltonika_keepalive_total"] == 1)
         #expect(mid["teltonika_ack_latency_seconds_count"] == 2)
         #expect(mid["teltonika_publish_duration_seconds_count"] == 2)
-        #expect(mid["teltonika_publish_batch_size_sum"] == 4)
+        #expect(mid["teltonika_publish_batch_size_records_sum"] == 4)
         let sent = 3 * 17 + 2 * Self.twoRecords.count + 1 + bad.count + Self.unknownCodecFrame.count + 17
         #expect(mid["teltonika_bytes_received_total"] == Double(sent))
         #expect(mid["teltonika_publish_overflow_total"] == 0)
@@ -177,7 +178,7 @@ struct MetricsTests {
         #expect(try second.login("356307042441016"))
         redis.pause()
         try good.send(try AVLPacketEncoder.encode(big, codec: .codec8))
-        try waitFor(timeout: 10, "200 records held") { try server.scrape()["teltonika_publish_queue_depth"] == 200 }
+        try waitFor(timeout: 10, "200 records held") { try server.scrape()["teltonika_publish_queue_depth_records"] == 200 }
         #expect(good.receive(4, timeout: 0.2) == .timeout([]))
         try second.send(try AVLPacketEncoder.encode(Array(big.prefix(100)), codec: .codec8))
         #expect(second.receive(4, timeout: 5) == .closed([]))
@@ -189,8 +190,23 @@ struct MetricsTests {
         #expect(after["teltonika_records_total{codec=\"8\"}"] == 304)
         #expect(after["teltonika_records_published_total"] == 204)
         #expect(after["teltonika_acks_total"] == 3)
-        #expect(after["teltonika_publish_queue_depth"] == 0)
+        #expect(after["teltonika_publish_queue_depth_records"] == 0)
         #expect(try RedisClient(url: redis.url).xlen(server.stream) == 204)
+        // The names without a unit stay one release (OPERATIONS.md, "Deprecated metric names"), with the same values.
+        for (old, new) in [
+            ("teltonika_publish_queue_depth", "teltonika_publish_queue_depth_records"),
+            ("teltonika_publish_queue_capacity", "teltonika_publish_queue_capacity_records"),
+            ("teltonika_publish_batch_size_sum", "teltonika_publish_batch_size_records_sum"),
+            ("teltonika_publish_batch_size_count", "teltonika_publish_batch_size_records_count"),
+            (#"teltonika_publish_batch_size_bucket{le="250.0"}"#, #"teltonika_publish_batch_size_records_bucket{le="250.0"}"#),
+        ] {
+            #expect(
+                after[old] != nil && after[old] == after[new],
+                "\(old) \(String(describing: after[old])), \(new) \(String(describing: after[new]))"
+            )
+        }
+        #expect(try after.value("teltonika_publish_batch_size_records_sum") == 204)
+        #expect(try after.value("teltonika_publish_queue_capacity_records") == 255)
     }
 
     @Test func testScrapePassesPromtoolAndNamesEveryDashboardAndAlertMetric() throws {
@@ -204,8 +220,9 @@ struct MetricsTests {
             "teltonika_connections_active", "teltonika_connections_total", "teltonika_handshake_total", "teltonika_frames_total",
             "teltonika_unknown_codec_total", "teltonika_records_total", "teltonika_records_published_total", "teltonika_acks_total",
             "teltonika_keepalive_total", "teltonika_device_messages_total", "teltonika_bytes_received_total",
-            "teltonika_publish_queue_depth", "teltonika_publish_queue_capacity", "teltonika_publish_overflow_total",
-            "teltonika_publish_batch_size", "teltonika_publish_duration_seconds", "teltonika_ack_latency_seconds", "teltonika_redis_up",
+            "teltonika_publish_queue_depth_records", "teltonika_publish_queue_capacity_records", "teltonika_publish_overflow_total",
+            "teltonika_publish_batch_size_records", "teltonika_publish_duration_seconds", "teltonika_ack_latency_seconds",
+            "teltonika_redis_up",
             "teltonika_redis_errors_total", "teltonika_redis_reconnects_total", "teltonika_ready", "teltonika_build_info",
             "process_resident_memory_bytes", "process_open_fds", "process_max_fds", "process_cpu_seconds_total",
             "process_start_time_seconds",
@@ -281,7 +298,7 @@ struct MetricsTests {
         #expect(risky["level"] as? String == "warning")
         #expect(risky["mode"] as? String == "none")
         #expect(risky["maxmemory_policy"] as? String == "allkeys-lru")
-        #expect(risky["evicts_streams"] as? String == "true")
+        #expect(risky["evicts_streams"] as? Bool == true)
         #expect(modes(try server.scrape()) == ["none"])
 
         let client = try RedisClient(url: redis.url)

@@ -91,7 +91,7 @@ final class NoticeReader: @unchecked Sendable {
                 if let heldBack = errorLog.admit(nowNanoseconds: NIODeadline.now().uptimeNanoseconds) {
                     logger.warning(
                         "notices stream unreadable: retrying",
-                        metadata: ["event": "redis.notices_failed", "error": "\(error)", "suppressed": "\(heldBack)"]
+                        metadata: ["event": "redis.notices_failed", "error": "\(error)", "suppressed": .stringConvertible(heldBack)]
                     )
                 }
                 // A pause before reconnecting, in steps so that a stop is not held up.

@@ -101,7 +101,7 @@ final class RedisSideChannel: @unchecked Sendable {
                     "device registry or command operation failed in Redis",
                     metadata: [
                         "event": "redis.side_failed", "error": "\(error)", "operation": "\(arguments.first ?? "")",
-                        "suppressed": "\(heldBack)",
+                        "suppressed": .stringConvertible(heldBack),
                     ]
                 )
             }
