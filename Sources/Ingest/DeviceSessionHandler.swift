@@ -797,7 +797,8 @@ extension DeviceSessionHandler {
             logger.info(
                 "command sent",
                 metadata: [
-                    "event": "command.sent", "cmd_id": "\(command.id)", "codec": "\(command.codec.name)", "attempt": .stringConvertible(command.attempt),
+                    "event": "command.sent", "cmd_id": "\(command.id)", "codec": "\(command.codec.name)",
+                    "attempt": .stringConvertible(command.attempt),
                 ]
             )
             armCommandDeadline(context)
@@ -855,7 +856,8 @@ extension DeviceSessionHandler {
             logger.warning(
                 "command not answered in time: not sent again",
                 metadata: [
-                    "event": "command.timeout", "cmd_id": "\(command.id)", "timeout_ms": .stringConvertible(delivery.timeout.nanoseconds / 1_000_000),
+                    "event": "command.timeout", "cmd_id": "\(command.id)",
+                    "timeout_ms": .stringConvertible(delivery.timeout.nanoseconds / 1_000_000),
                 ]
             )
             armCommandDeadline(context)
