@@ -371,13 +371,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             return
         }
         if let elsewhere = event as? SessionLoggedInElsewhere {
-            guard let registered, registered.session != elsewhere.session else { return }
-            environment.metrics.connectionsReplaced.increment()
-            logger.notice(
-                "device logged in on another connection: closing this one",
-                metadata: ["event": "device.replaced_elsewhere", "session": "\(elsewhere.session)"]
-            )
-            close(context, .replaced)
+            loggedInElsewhere(context, as: elsewhere.session)
             return
         }
         if event is SessionTLSFailed {
@@ -759,6 +753,25 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
 // MARK: - Device registry and downlink commands
 
 extension DeviceSessionHandler {
+    /// A notice says the device logged in as `session`: this connection closes if the registry now names
+    /// another session than this one (so a notice older than this login, or about it, changes nothing).
+    fileprivate func loggedInElsewhere(_ context: ChannelHandlerContext, as session: String) {
+        guard let mine = registered?.session, mine != session, let registration = environment.directory else { return }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        registration.directory.currentSession(registered!.imei) { current in
+            bound.eventLoop.execute {
+                let (handler, context) = bound.value
+                guard let current, current != mine, handler.registered?.session == mine, context.channel.isActive else { return }
+                handler.environment.metrics.connectionsReplaced.increment()
+                handler.logger.notice(
+                    "device logged in on another connection: closing this one",
+                    metadata: ["event": "device.replaced_elsewhere", "session": "\(current)"]
+                )
+                handler.close(context, .replaced)
+            }
+        }
+    }
+
     /// The device was seen (a packet ACKed with `record`, a keep-alive, a message): its last-seen time is
     /// written at most once per `DEVICE_SEEN_INTERVAL_MS`.
     fileprivate func deviceSeen(record: Bool) {

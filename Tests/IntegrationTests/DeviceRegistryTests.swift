@@ -1,6 +1,7 @@
 import Codec8
 import FixtureSupport
 import Foundation
+import RedisWire
 import Testing
 
 #if canImport(Glibc)
@@ -58,6 +59,30 @@ struct DeviceRegistryTests {
         #expect(fields["instance"] == "inst-b")
         #expect(fields["online"] == "yes")
         #expect(fields["peer"]?.hasPrefix("127.0.0.2:") == true)
+    }
+
+    /// A notice closes a connection only when the registry names another session than the connection's: a
+    /// notice about an older login (it was read after a newer one) changes nothing; one whose session is
+    /// the registry's current one (a newer login elsewhere) closes it.
+    @Test func testANoticeClosesAConnectionOnlyWhenTheRegistryNamesAnotherSession() throws {
+        let settings = Self.registry()
+        let server = try ServerProcess(environment: settings)
+        let redis = try RedisClient(url: TestEnvironment.redisURL)
+        let key = "\(settings["REDIS_DEVICE_PREFIX"]!):{\(Self.imei)}"
+        let notices = settings["REDIS_NOTICES_STREAM"]!
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login(Self.imei))
+        try waitFor(timeout: 10) { try redis.command(["HGET", key, "session"]) != .null }
+        // A notice of an older login: read, checked against the registry, nothing closed.
+        _ = try redis.command(["XADD", notices, "*", "imei", Self.imei, "session", "gone/1#1"])
+        try waitFor(timeout: 10) { try server.scrape().value("teltonika_notices_total") == 1 }
+        // A newer login elsewhere: the registry names it, and its notice closes this connection.
+        _ = try redis.command(["HSET", key, "session", "other/2#1"])
+        _ = try redis.command(["XADD", notices, "*", "imei", Self.imei, "session", "other/2#1"])
+        #expect(device.receive(1, timeout: 10) == .closed([]))
+        let closed = try server.waitForLog(event: "device.replaced_elsewhere", timeout: 5)
+        #expect(closed["session"] as? String == "other/2#1", "closed by the newer login's notice, not the older one's")
+        #expect(server.logCount(event: "device.replaced_elsewhere") == 1)
     }
 
     @Test func testTheRegistryShowsLastSeenLastRecordAndTheLogout() throws {

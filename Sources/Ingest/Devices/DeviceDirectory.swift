@@ -14,6 +14,9 @@ protocol DeviceDirectory: Sendable {
     func seen(_ imei: IMEI, session: String, recordAt: UInt64?)
     /// The session ended.
     func loggedOut(_ imei: IMEI, session: String)
+    /// The session the registry names for `imei` now (nil when none, or Redis did not answer), answered
+    /// on any thread after every write queued before it.
+    func currentSession(_ imei: IMEI, completion: @escaping @Sendable (String?) -> Void)
 }
 
 /// The device registry's keys: `<REDIS_DEVICE_PREFIX>:{IMEI}`, a hash (OPERATIONS.md, "Device registry").
@@ -100,6 +103,17 @@ final class RedisDeviceDirectory: DeviceDirectory {
         }
     }
 
+    func currentSession(_ imei: IMEI, completion: @escaping @Sendable (String?) -> Void) {
+        let queued = side.run(droppable: true) { [keys] side in
+            if case .string(let session) = side.call(["HGET", keys.device(imei.description), "session"]) {
+                completion(session)
+            } else {
+                completion(nil)
+            }
+        }
+        if !queued { completion(nil) }
+    }
+
     func loggedOut(_ imei: IMEI, session: String) {
         side.run { [keys] side in
             _ = side.eval(
@@ -111,8 +125,9 @@ final class RedisDeviceDirectory: DeviceDirectory {
     }
 }
 
-/// Sent to a session whose device logged in again elsewhere (another instance): close unless `session`
-/// is this one.
+/// Sent to a session whose device logged in as `session` (a notice): unless that is this session, the
+/// registry is asked which session is current, and this one closes if it is not (a notice about an
+/// older login than this one's changes nothing).
 struct SessionLoggedInElsewhere: Sendable {
     let session: String
 }
