@@ -313,16 +313,17 @@ struct CommandTests {
         let commands = try Commands()
         let server = try ServerProcess(environment: commands.environment(loginGraceMs: 100))
         let base: UInt64 = 351_000_000_000_000
-        // Queued first: each device gets its three right after login, while its packets flow.
+        // Queued first: each device gets its two right after login, while its packets flow (8 s leaves room on a
+        // loaded machine).
         var ids: [String] = []
         for device in 0..<10 {
-            for k in 1...3 { ids.append(try commands.send(String(base + UInt64(device)), "getio \(k)", ["--ttl", "1m"])) }
+            for k in 1...2 { ids.append(try commands.send(String(base + UInt64(device)), "getio \(k)", ["--ttl", "1m"])) }
         }
         let simulator = Process()
         let out = Pipe()
         simulator.executableURL = URL(fileURLWithPath: TestEnvironment.binary)
         simulator.arguments = [
-            "simulate", "--devices", "20", "--duration", "4", "--port", String(server.port), "--rate", "20", "--records-per-packet", "2",
+            "simulate", "--devices", "20", "--duration", "8", "--port", String(server.port), "--rate", "20", "--records-per-packet", "2",
             "--imei-base", String(base), "--seed", "7", "--verify", "--redis-url", TestEnvironment.redisURL, "--stream", server.stream,
             "--json",
         ]
@@ -333,13 +334,13 @@ struct CommandTests {
         let report = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(simulator.terminationStatus == 0, "\(report)")
         let summary = try JSONSerialization.jsonObject(with: Data(report.utf8)) as? [String: Any] ?? [:]
-        #expect(summary["commands_received"] as? Int == 30, "\(report)")
-        #expect(summary["commands_answered"] as? Int == 30)
+        #expect(summary["commands_received"] as? Int == 20, "\(report)")
+        #expect(summary["commands_answered"] as? Int == 20)
         #expect(summary["commands_overlapping"] as? Int == 0)
         #expect(summary["protocol_errors"] as? Int == 0)
         #expect(summary["wrong_acks"] as? Int == 0)
         #expect((summary["verify"] as? [String: Any])?["missing"] as? Int == 0)
         for id in ids { try commands.waitForEvent(id, "answered") }
-        #expect(try server.scrape().value(#"teltonika_commands_total{outcome="answered"}"#) == 30)
+        #expect(try server.scrape().value(#"teltonika_commands_total{outcome="answered"}"#) == 20)
     }
 }
