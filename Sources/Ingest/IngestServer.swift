@@ -106,9 +106,12 @@ public final class IngestServer: Sendable {
             // The bounded reader (see DeviceSessionHandler): one read of at most 16 KiB per loop tick, so
             // a connection whose frame is in flight receives at most one read more before it stops.
             .childChannelOption(.maxMessagesPerRead, value: 1)
+            // NIO keeps each connection's last receive buffer for the next read: starting at 256 bytes (a
+            // login, a one-record packet) instead of 2 KiB, an idle connection holds 256; a device sending
+            // larger packets grows its own (doubling per full read, up to 16 KiB).
             .childChannelOption(
                 .recvAllocator,
-                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: DeviceSessionHandler.readChunkBytes)
+                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: DeviceSessionHandler.readChunkBytes)
             )
             .childChannelInitializer { [self] channel in
                 guard admit(channel) else { return channel.close() }
