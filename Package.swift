@@ -97,7 +97,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // The fixture corpus, JSON comparison, test certificates and a TLS redis-server, shared by the test targets.
-        .target(name: "FixtureSupport", path: "Tests/FixtureSupport", swiftSettings: swiftSettings),
+        .target(name: "FixtureSupport", dependencies: ["Codec8"], path: "Tests/FixtureSupport", swiftSettings: swiftSettings),
         .testTarget(
             name: "Codec8Tests",
             dependencies: ["Codec8", "FixtureSupport"],

@@ -324,6 +324,22 @@ let benchmarks: @Sendable () -> Void = {
         recordMegabytesPerSecond(benchmark, bytes: written, since: start)
     }
 
+    // 4. record_id (issue 12): XXH64 of IMEI, codec byte and the record's wire bytes, as the stream entry
+    // encoder computes it beside the JSON above. Must stay a small fraction of the JSON's time, with no malloc.
+    Benchmark("record_id AVLRecordView.recordID (1 iteration = 1 record)") { benchmark in
+        precondition(benchmark.scaledIterations.count == recordsPerPass)
+        benchmark.startMeasurement()
+        let start = ContinuousClock.now
+        var acc: UInt64 = 0
+        var hashed = 0
+        for record in mix.records {
+            acc ^= record.recordID(imei: imei)
+            hashed &+= record.wireBytes.count
+        }
+        blackHole(acc)
+        recordMegabytesPerSecond(benchmark, bytes: hashed, since: start)
+    }
+
     // Control: materialize() copies each record into an owned AVLRecord (an array of IO elements, plus
     // one array per variable-length value). It must allocate; it shows the malloc counter is live.
     Benchmark(

@@ -5,21 +5,23 @@ import RedisWire
 /// Writes the `XADD` commands for records and device messages, in the entry shape the consumers of
 /// the replaced TypeScript service read:
 ///
-/// `XADD <stream> MAXLEN ~ <maxlen> * ts <ISO-8601 record time> device_id <IMEI> codec <8|8E|16> payload <record JSON>`
+/// `XADD <stream> MAXLEN ~ <maxlen> * ts <ISO-8601 record time> device_id <IMEI> codec <8|8E|16> payload <record JSON> record_id <16 hex digits>`
 ///
-/// `ts` is empty when the record time cannot be written in ISO-8601 (see docs/record-schema.md).
+/// `ts` is empty when the record time cannot be written in ISO-8601 (see docs/record-schema.md). `record_id`
+/// is ``AVLRecordView/recordID(imei:)``: the same for every copy of a record a device resends.
 /// Records that arrived over UDP carry two more fields, `transport udp`; TCP entries keep the shape above.
 /// Device messages go to the responses stream with its own, smaller cap (`REDIS_RESPONSES_MAXLEN`).
 struct StreamEntryEncoder {
-    /// `*14 XADD <telemetry stream> MAXLEN ~ <maxlen> *`, formatted once: a record's command starts with it.
+    /// `*16 XADD <telemetry stream> MAXLEN ~ <maxlen> *`, formatted once: a record's command starts with it.
     private let telemetryPrefix: [UInt8]
-    /// `*16 XADD <telemetry stream> MAXLEN ~ <maxlen> *`: a UDP record's command starts with it.
+    /// `*18 XADD <telemetry stream> MAXLEN ~ <maxlen> *`: a UDP record's command starts with it.
     private let telemetryUDPPrefix: [UInt8]
     /// `*16 XADD <responses stream> MAXLEN ~ <maxlen> *`.
     private let responsesPrefix: [UInt8]
     private var json = RecordJSONEncoder()
     private var payload: [UInt8] = []
     private var time: [UInt8] = []
+    private var recordID: [UInt8] = []
 
     init(telemetryStream: String, responsesStream: String, maxLength: Int, responsesMaxLength: Int) {
         func prefix(_ stream: String, fields: Int, maxLength: Int) -> [UInt8] {
@@ -31,12 +33,12 @@ struct StreamEntryEncoder {
                 ]
             )
         }
-        telemetryPrefix = prefix(telemetryStream, fields: 4, maxLength: maxLength)
-        telemetryUDPPrefix = prefix(telemetryStream, fields: 5, maxLength: maxLength)
+        telemetryPrefix = prefix(telemetryStream, fields: 5, maxLength: maxLength)
+        telemetryUDPPrefix = prefix(telemetryStream, fields: 6, maxLength: maxLength)
         responsesPrefix = prefix(responsesStream, fields: 5, maxLength: responsesMaxLength)
     }
 
-    /// One `XADD` per record of the packet; `udp` adds the `transport udp` field.
+    /// One `XADD` per record of the packet, with its `record_id`; `udp` adds the `transport udp` field.
     mutating func appendRecords(of packet: AVLPacketView, imei: IMEI, udp: Bool = false, to writer: inout RESPWriter) {
         var digits: [UInt8] = []
         imei.appendDigits(to: &digits)
@@ -60,6 +62,10 @@ struct StreamEntryEncoder {
             }
             writer.bulk("payload")
             writer.bulk(payload)
+            recordID.removeAll(keepingCapacity: true)
+            XXH64.appendHex(record.recordID(imei: imei), to: &recordID)
+            writer.bulk("record_id")
+            writer.bulk(recordID)
             if udp {
                 writer.bulk("transport")
                 writer.bulk("udp")
