@@ -32,6 +32,8 @@ final class SessionEnvironment: Sendable {
     let bufferBudget: BufferBudget
     /// Failed logins by source address (`MAX_LOGIN_FAILURES_PER_IP`), shared by every event loop.
     let loginFailures: NIOLockedValueBox<LoginFailureLimiter>?
+    /// The devices' addresses that PROXY headers named (see ``deviceAddress(of:)``).
+    let deviceAddresses = DeviceAddresses()
 
     /// Which IMEIs may log in (and send datagrams).
     let authority: DeviceAuthority
@@ -202,7 +204,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     // MARK: - Channel events
 
     func channelActive(context: ChannelHandlerContext) {
-        logger[metadataKey: "peer"] = "\(peerString(context.remoteAddress))"
+        logger[metadataKey: "peer"] = "\(peerString(environment.deviceAddress(of: context.channel)))"
         environment.metrics.connectionsActive.increment()
         let timeout = TimeAmount.milliseconds(Int64(environment.configuration.handshakeTimeoutMs))
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -210,7 +212,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             let (handler, context) = bound.value
             guard handler.session.handshakeTimedOut() else { return }
             handler.environment.metrics.handshakes(result: .timeout).increment()
-            handler.environment.loginFailed(from: context.remoteAddress)
+            handler.environment.loginFailed(from: handler.environment.deviceAddress(of: context.channel))
             handler.logger.warning("no login in time", metadata: ["event": "device.handshake_timeout"])
             handler.close(context, .handshakeTimeout)
         }
@@ -427,7 +429,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 environment.metrics.connectionsReplaced.increment()
                 logger.info(
                     "newer login replaces the older connection",
-                    metadata: ["event": "device.replaced", "old_peer": "\(peerString(old.remoteAddress))"]
+                    metadata: ["event": "device.replaced", "old_peer": "\(peerString(environment.deviceAddress(of: old)))"]
                 )
                 // Its own handler closes it, on its own event loop, and counts why.
                 old.pipeline.fireUserInboundEventTriggered(SessionReplaced())
@@ -439,8 +441,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             refuseLogin(context, error: error, result: result)
         case .deny(let imei):
             environment.metrics.handshakes(result: .unknownDevice).increment()
-            environment.loginFailed(from: context.remoteAddress)
-            environment.unknownDevice(imei, peer: context.remoteAddress, transport: "tcp")
+            environment.loginFailed(from: environment.deviceAddress(of: context.channel))
+            environment.unknownDevice(imei, peer: environment.deviceAddress(of: context.channel), transport: "tcp")
             answerZeroAndClose(context, reason: .loginRejected)
         }
     }
@@ -455,7 +457,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// Answers 0x00, closes once it is written. `result`: `rejected` (bad digits) or `malformed` (bad length).
     private func refuseLogin(_ context: ChannelHandlerContext, error: Codec8Error, result: HandshakeResult) {
         environment.metrics.handshakes(result: result).increment()
-        environment.loginFailed(from: context.remoteAddress)
+        environment.loginFailed(from: environment.deviceAddress(of: context.channel))
         logger.warning("login rejected", metadata: ["event": "device.login_rejected", "error": "\(error.category)", "detail": "\(error)"])
         answerZeroAndClose(context, reason: .loginRejected)
     }

@@ -223,6 +223,8 @@ public final class IngestMetrics: Sendable {
     let tlsCertificateExpiry: Gauge
     private let tlsReloadsByResult: [ReloadResult: Counter]
     let tlsConnectionsActive: Gauge
+    private let proxyHeadersByCommand: [ProxyCommandLabel: Counter]
+    private let proxyRefusalsByReason: [ProxyRefusal: Counter]
     let ready: Gauge
     let buildInfo: Gauge
 
@@ -504,6 +506,18 @@ public final class IngestMetrics: Sendable {
                 "Device connections open now on TLS_PORT (counted in teltonika_connections_active too)."
             )
         )
+        proxyHeadersByCommand = labelled(
+            "teltonika_proxy_headers_total",
+            "command",
+            ProxyCommandLabel.allCases,
+            "PROXY v2 headers accepted from PROXY_TRUSTED_CIDRS: proxy (the device's address is used), local (the load balancer's own connection, e.g. a health check)."
+        )
+        proxyRefusalsByReason = labelled(
+            "teltonika_proxy_header_refusals_total",
+            "reason",
+            ProxyRefusal.allCases,
+            "Device connections closed at their PROXY v2 header: untrusted (a header, or with PROXY_PROTOCOL=v2 any connection, from outside PROXY_TRUSTED_CIDRS), missing (v2: no header), malformed, too_large, truncated (closed inside it), timeout (not complete within HANDSHAKE_TIMEOUT_MS)."
+        )
         ready = r.makeGauge(descriptor: d("teltonika_ready", "1 when /readyz answers 200 (listening, Redis up, not draining), else 0."))
         buildInfo = r.makeGauge(
             descriptor: d("teltonika_build_info", "Always 1; the labels name the running build."),
@@ -547,6 +561,8 @@ public final class IngestMetrics: Sendable {
     func udpDatagrams(_ result: UDPResult) -> Counter { udpDatagramsByResult[result]! }
     func tlsHandshakesOK(_ version: TLSVersionLabel) -> Counter { tlsHandshakesOKByVersion[version]! }
     func tlsReloads(_ result: ReloadResult) -> Counter { tlsReloadsByResult[result]! }
+    func proxyHeaders(_ command: ProxyCommandLabel) -> Counter { proxyHeadersByCommand[command]! }
+    func proxyRefusals(_ reason: ProxyRefusal) -> Counter { proxyRefusalsByReason[reason]! }
     func publishFailed(_ thing: PublishedThing, reason: PublishFailure) -> Counter { publishFailedByKindReason[thing]![reason]! }
     func setRedisDurability(_ mode: RedisDurability) {
         for (name, gauge) in redisDurabilityByMode { gauge.set(Int64(name == mode.rawValue ? 1 : 0)) }

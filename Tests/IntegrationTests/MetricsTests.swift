@@ -67,7 +67,9 @@ struct MetricsTests {
         expected += TLSVersionLabel.allCases.map { #"teltonika_tls_handshakes_total{result="ok",version="\#($0.rawValue)"}"# }
         expected.append(#"teltonika_tls_handshakes_total{result="failed",version="unknown"}"#)
         expected += ReloadResult.allCases.map { #"teltonika_tls_reloads_total{result="\#($0.rawValue)"}"# }
-        #expect(expected.count == 40 + 2 + 5 + 3 + 4 + 8 + 6 + 2 + 14 + 2 + 30 + 8 + 4 + 3 + 2)
+        expected += ProxyCommandLabel.allCases.map { #"teltonika_proxy_headers_total{command="\#($0.rawValue)"}"# }
+        expected += ProxyRefusal.allCases.map { #"teltonika_proxy_header_refusals_total{reason="\#($0.rawValue)"}"# }
+        #expect(expected.count == 40 + 2 + 5 + 3 + 4 + 8 + 6 + 2 + 14 + 2 + 30 + 8 + 4 + 3 + 2 + 2 + 6)
         for series in expected { #expect(scrape[series] == 0, "\(series): \(String(describing: scrape[series]))") }
         for mode in IngestMetrics.redisDurabilityModes {
             #expect(scrape[#"teltonika_redis_durability{mode="\#(mode)"}"#] != nil, "durability \(mode)")
