@@ -167,10 +167,21 @@ extension AVLRecordView {
     /// `(device_id, record_id)` (docs/record-schema.md).
     public func recordID(imei: IMEI) -> UInt64 {
         var hasher = XXH64()
+        imei.withDigits { hasher.update($0) }
+        hasher.update(byte: codec.rawValue)
+        hasher.update(wireBytes)
+        return hasher.finalize()
+    }
+}
+
+extension IMEI {
+    /// Runs `body` over the ASCII digits, written on the stack (no allocation).
+    @inlinable
+    public func withDigits<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
         var digits: (UInt64, UInt64) = (0, 0)
-        let count = imei.digitCount
+        let count = digitCount
         withUnsafeMutableBytes(of: &digits) { out in
-            var v = imei.value
+            var v = value
             var i = count - 1
             while i >= 0 {
                 out[i] = 0x30 + UInt8(v % 10)
@@ -178,10 +189,7 @@ extension AVLRecordView {
                 i -= 1
             }
         }
-        withUnsafeBytes(of: digits) { hasher.update(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
-        hasher.update(byte: codec.rawValue)
-        hasher.update(wireBytes)
-        return hasher.finalize()
+        return withUnsafeBytes(of: digits) { body(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
     }
 }
 

@@ -118,7 +118,8 @@ final class SessionEnvironment: Sendable {
                 telemetryStream: configuration.telemetryStream,
                 responsesStream: configuration.responsesStream,
                 maxLength: configuration.streamMaxLength,
-                responsesMaxLength: configuration.responsesMaxLength
+                responsesMaxLength: configuration.responsesMaxLength,
+                shards: configuration.streamShards
             )
         )
         encoders.currentValue = box

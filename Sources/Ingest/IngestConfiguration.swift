@@ -64,6 +64,8 @@ public struct IngestConfiguration: Sendable, Equatable {
     public var streamMaxLength = 1_000_000
     /// Cap of the responses stream (device messages): sized for command answers, not telemetry.
     public var responsesMaxLength = 10_000
+    /// Keys each stream is split into, by device (1: the stream's own name; N: `<stream>:{0}` ... `{N-1}`).
+    public var streamShards = 1
     /// Device messages (Codec 12-15) one connection may have stored per second, and at once.
     public var deviceMessageRate = 10
     public var deviceMessageBurst = 50
@@ -308,6 +310,13 @@ public struct IngestConfiguration: Sendable, Equatable {
             "Approximate cap of the responses stream (device messages).",
             1...Int(Int32.max),
             \.responsesMaxLength
+        ),
+        int(
+            "REDIS_STREAM_SHARDS",
+            "stream-shards",
+            "Keys each stream is split into by device: 1 the stream itself; N: <stream>:{0}..{N-1}, each capped at its share of the MAXLEN.",
+            1...1024,
+            \.streamShards
         ),
         int(
             "DEVICE_MESSAGE_RATE",

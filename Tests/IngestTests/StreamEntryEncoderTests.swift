@@ -68,4 +68,21 @@ struct StreamEntryEncoderTests {
         let two = try Self.encode("w-c16-1", encoder: &encoder)
         #expect(two.map { $0[15] } == ["5ed47f18a86ebb6a", "024400a09fe276c3"])
     }
+
+    /// Four shards: the device's records and messages go to its key (356307042441013: shard 3, pinned in
+    /// `StreamShardsTests`), each key capped at a quarter of the cap, rounded up.
+    @Test func testShardedEntriesGoToTheDevicesKey() throws {
+        var encoder = StreamEntryEncoder(telemetryStream: "t", responsesStream: "r", maxLength: 1000, responsesMaxLength: 10, shards: 4)
+        #expect(Array(try Self.encode("w-c8-1", encoder: &encoder)[0][0..<6]) == ["XADD", "t:{3}", "MAXLEN", "~", "250", "*"])
+        #expect(Array(try Self.encode("w-c8-1", udp: true, encoder: &encoder)[0][0..<6]) == ["XADD", "t:{3}", "MAXLEN", "~", "250", "*"])
+        var writer = RESPWriter()
+        let message = DeviceMessage(codec: .codec12, type: 6, payload: Array("OK".utf8))
+        encoder.appendMessage(message, imei: Self.imei, receivedMs: 0, to: &writer)
+        encoder.appendMessage(message, imei: IMEI("350000000000000")!, receivedMs: 0, to: &writer)
+        #expect(
+            Self.commands(writer.bytes).map { Array($0[0..<6]) } == [
+                ["XADD", "r:{3}", "MAXLEN", "~", "3", "*"], ["XADD", "r:{0}", "MAXLEN", "~", "3", "*"],
+            ]
+        )
+    }
 }
