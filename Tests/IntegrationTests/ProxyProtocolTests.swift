@@ -159,4 +159,22 @@ struct ProxyProtocolTests {
         #expect(try Self.refusals(server, .untrusted) == 1)
         #expect(try server.scrape()[#"teltonika_proxy_headers_total{command="proxy"}"#] == 4)
     }
+
+    /// The TLS port behind HAProxy: the header comes before the ClientHello. HAProxy reaches the server from
+    /// 127.0.0.4 (the trusted address); the device (the TLS relay, from 127.0.0.1) logs in over TLS, is ACKed
+    /// and is seen as 127.0.0.1.
+    @Test func testTLSPortBehindHAProxy() throws {
+        let server = try DeviceTLSTests.server(environment: ["PROXY_PROTOCOL": "v2", "PROXY_TRUSTED_CIDRS": "127.0.0.4/32"])
+        let haproxy = try HAProxyProcess(backendPort: server.tlsPort, backendSource: "127.0.0.4")
+        let relay = try TLSRelay(tlsPort: haproxy.port, options: ["--ca", DeviceTLSTests.certificates.caFile])
+        let device = try DeviceClient(port: relay.port)
+        #expect(try device.login(Self.imei))
+        try device.send(Self.packet)
+        #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 1)))
+        #expect(Self.loginPeers(server).map { $0.hasPrefix("127.0.0.1:") } == [true], "\(Self.loginPeers(server))")
+        let scrape = try server.scrape()
+        #expect(scrape[#"teltonika_proxy_headers_total{command="proxy"}"#] == 1)
+        #expect(scrape[#"teltonika_tls_handshakes_total{result="ok",version="tls1.3"}"#] == 1)
+        #expect(try RedisClient(url: TestEnvironment.redisURL).entries(server.stream).count == 1)
+    }
 }

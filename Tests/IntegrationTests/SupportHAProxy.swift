@@ -6,13 +6,13 @@ import Glibc
 #endif
 
 /// One haproxy process listening on a free loopback port and relaying every connection to `backendPort`
-/// (from 127.0.0.1), each preceded by a PROXY v2 header naming the client.
+/// (from `backendSource`, 127.0.0.1 by default), each preceded by a PROXY v2 header naming the client.
 final class HAProxyProcess {
     let process = Process()
     let port: Int
     private let directory: String
 
-    init(backendPort: Int) throws {
+    init(backendPort: Int, backendSource: String? = nil) throws {
         port = TestEnvironment.freePort()
         directory = NSTemporaryDirectory() + "haproxy-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -28,7 +28,7 @@ final class HAProxyProcess {
                 bind 127.0.0.1:\(port)
                 default_backend ingest
             backend ingest
-                server ingest 127.0.0.1:\(backendPort) send-proxy-v2
+                server ingest 127.0.0.1:\(backendPort) send-proxy-v2\(backendSource.map { " source \($0)" } ?? "")
 
             """
         let path = directory + "/haproxy.cfg"
