@@ -56,6 +56,7 @@ struct ProxyProtocolTests {
         #expect(scrape[#"teltonika_proxy_headers_total{command="proxy"}"#] == 4)
         #expect(scrape[#"teltonika_connections_refused_total{reason="per_ip"}"#] == 1)
         #expect(scrape[#"teltonika_connections_total{result="accepted"}"#] == 3)
+        #expect(scrape["teltonika_connections_active"] == 3, "the refused connection never was a session")
         #expect(try RedisClient(url: TestEnvironment.redisURL).entries(server.stream).map { $0["device_id"] } == [Self.imei])
     }
 
@@ -110,7 +111,13 @@ struct ProxyProtocolTests {
         for reason in ProxyRefusal.allCases {
             try waitFor(timeout: 5, "\(reason)") { try Self.refusals(server, reason) == 1 }
         }
+        // Only the two LOCAL connections became sessions: one ended by its health check, one still open.
+        try waitFor(timeout: 5, "the health check's session ended") {
+            try server.scrape()[#"teltonika_disconnects_total{reason="peer_closed"}"#] == 1
+        }
         let scrape = try server.scrape()
+        #expect(scrape["teltonika_connections_active"] == 1)
+        #expect(scrape[#"teltonika_connections_total{result="accepted"}"#] == 2)
         #expect(scrape[#"teltonika_proxy_headers_total{command="local"}"#] == 2)
         #expect(scrape[#"teltonika_proxy_headers_total{command="proxy"}"#] == 0)
         #expect(scrape[#"teltonika_disconnects_total{reason="error"}"#] == 0)

@@ -58,7 +58,11 @@ final class ProxyHeaderHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let required: Bool
     private var held: ByteBuffer? = nil
     private var timer: Scheduled<Void>? = nil
+    /// The header is dealt with (read, absent, or refused).
     private var done = false
+    /// `channelActive` went on: the rest of the pipeline (the session) sees this connection, and so must see
+    /// its end and its errors. A connection refused before that never was a session.
+    private var sessionStarted = false
 
     init(listener: ProxyListener, trusted: Bool, required: Bool) {
         self.listener = listener
@@ -67,7 +71,10 @@ final class ProxyHeaderHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        guard trusted else { return context.fireChannelActive() }
+        guard trusted else {
+            sessionStarted = true
+            return context.fireChannelActive()
+        }
         let timeout = TimeAmount.milliseconds(Int64(listener.environment.configuration.handshakeTimeoutMs))
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         timer = context.eventLoop.scheduleTask(in: timeout) {
@@ -79,22 +86,22 @@ final class ProxyHeaderHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         timer?.cancel()
-        guard trusted, !done else { return context.fireChannelInactive() }
+        if sessionStarted { return context.fireChannelInactive() }
         // The session never saw the connection start: it must not see it end either.
-        done = true
-        if let held, held.readableBytes > 0 {
+        if !done, let held, held.readableBytes > 0 {
             count(context, .truncated, detail: "closed after \(held.readableBytes) bytes of the header")
         }
+        done = true
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        guard trusted, !done else { return context.fireErrorCaught(error) }
+        if sessionStarted { return context.fireErrorCaught(error) }
         context.close(promise: nil)
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         // A drain while the header is awaited: nothing of the device is in flight, close.
-        if trusted, !done, event is SessionDrain { return context.close(promise: nil) }
+        if !sessionStarted, event is SessionDrain { return context.close(promise: nil) }
         context.fireUserInboundEventTriggered(event)
     }
 
@@ -143,6 +150,7 @@ final class ProxyHeaderHandler: ChannelInboundHandler, RemovableChannelHandler {
             guard listener.admitDevice(context.channel, address ?? context.remoteAddress) else {
                 return context.close(promise: nil)
             }
+            sessionStarted = true
             context.fireChannelActive()
         }
         if let rest, rest.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(rest)) }
