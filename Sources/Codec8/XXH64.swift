@@ -3,9 +3,9 @@
 ///
 /// Why XXH64 for ``AVLRecordView/recordID(imei:)`` and the stream shards: it is specified byte for byte, has
 /// implementations in every language consumers use (Python `xxhash`, Go `cespare/xxhash`, Node, the `xxhsum`
-/// tool), passes SMHasher, and reads 32 bytes per round in four independent lanes, so hashing a record costs a
-/// few percent of writing its JSON (FNV-1a, the other candidate, takes one dependent multiply per byte: about
-/// 20 % of the JSON's time on a 100-byte record). Not a cryptographic hash: `record_id` tells copies of a
+/// tool), passes SMHasher, and reads 32 bytes per round in four independent lanes (FNV-1a, the other
+/// candidate, chains one multiply per byte). Measured with the micro benchmarks (load 5): 35 ns per record of
+/// the mix, 0 mallocs, against 212 ns for the record's JSON in the same run. Not a cryptographic hash: `record_id` tells copies of a
 /// record apart from other records of the same device, it does not defend against a device forging collisions
 /// with its own records.
 ///
@@ -166,11 +166,26 @@ extension AVLRecordView {
     /// ASCII digit, so it also ends the 15- or 16-digit IMEI unambiguously. Consumers dedupe on
     /// `(device_id, record_id)` (docs/record-schema.md).
     public func recordID(imei: IMEI) -> UInt64 {
+        recordID(prefix: XXH64.recordIDPrefix(imei: imei, codec: codec))
+    }
+
+    /// ``recordID(imei:)`` from the hasher already fed with the IMEI and this record's codec
+    /// (``XXH64/recordIDPrefix(imei:codec:)``): what a packet's records share is hashed once per packet.
+    @inlinable
+    public func recordID(prefix: XXH64) -> UInt64 {
+        var hasher = prefix
+        hasher.update(wireBytes)
+        return hasher.finalize()
+    }
+}
+
+extension XXH64 {
+    /// The start every `record_id` of `imei`'s `codec` records shares: the IMEI digits and the codec byte.
+    public static func recordIDPrefix(imei: IMEI, codec: AVLCodec) -> XXH64 {
         var hasher = XXH64()
         imei.withDigits { hasher.update($0) }
         hasher.update(byte: codec.rawValue)
-        hasher.update(wireBytes)
-        return hasher.finalize()
+        return hasher
     }
 }
 

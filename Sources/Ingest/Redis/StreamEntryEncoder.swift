@@ -50,6 +50,7 @@ struct StreamEntryEncoder {
         imei.appendDigits(to: &digits)
         let shard = StreamShards.shard(of: imei, count: shards)
         let prefix = udp ? telemetryUDPPrefixes[shard] : telemetryPrefixes[shard]
+        let recordIDPrefix = XXH64.recordIDPrefix(imei: imei, codec: packet.codec)
         writer.bytes.reserveCapacity(writer.bytes.count + packet.recordCount * (prefix.count + 512))
         for record in packet.records {
             payload.removeAll(keepingCapacity: true)
@@ -71,7 +72,7 @@ struct StreamEntryEncoder {
             writer.bulk("payload")
             writer.bulk(payload)
             recordID.removeAll(keepingCapacity: true)
-            XXH64.appendHex(record.recordID(imei: imei), to: &recordID)
+            XXH64.appendHex(record.recordID(prefix: recordIDPrefix), to: &recordID)
             writer.bulk("record_id")
             writer.bulk(recordID)
             if udp {
