@@ -36,6 +36,12 @@ final class DeviceRegistry: Sendable {
 
     var count: Int { channels.withLockedValue { $0.count } }
 
+    /// `imei`'s connection, if it is logged in here.
+    func connection(of imei: IMEI) -> (any Channel)? { channels.withLockedValue { $0[imei] } }
+
+    /// Every logged-in connection.
+    var allConnections: [any Channel] { channels.withLockedValue { Array($0.values) } }
+
     /// The connections of the logged-in IMEIs for which `matches` holds.
     func connections(where matches: (IMEI) -> Bool) -> [any Channel] {
         channels.withLockedValue { map in map.compactMap { matches($0.key) ? $0.value : nil } }

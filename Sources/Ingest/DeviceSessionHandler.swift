@@ -37,6 +37,10 @@ final class SessionEnvironment: Sendable {
 
     /// Which IMEIs may log in (and send datagrams).
     let authority: DeviceAuthority
+    /// Downlink commands (nil with `COMMANDS=off`).
+    let commands: CommandDelivery?
+    /// The device registry in Redis (nil with `DEVICE_REGISTRY=off`).
+    let directory: DeviceRegistration?
     /// One `device.unknown` line per 10 s across connections (a scanner cannot flood the log).
     private let unknownDeviceLog = NIOLockedValueBox(LogLimiter())
 
@@ -45,10 +49,14 @@ final class SessionEnvironment: Sendable {
         publisher: any PublishSink,
         logger: Logger,
         metrics: IngestMetrics = .shared,
-        authority: DeviceAuthority = DeviceAuthority(mode: .allowAll)
+        authority: DeviceAuthority = DeviceAuthority(mode: .allowAll),
+        commands: CommandDelivery? = nil,
+        directory: DeviceRegistration? = nil
     ) {
         self.configuration = configuration
         self.authority = authority
+        self.commands = commands
+        self.directory = directory
         self.publisher = publisher
         self.metrics = metrics
         self.logger = logger
@@ -84,7 +92,7 @@ final class SessionEnvironment: Sendable {
             "unknown device refused",
             metadata: [
                 "event": "device.unknown", "imei": "\(imei)", "peer": "\(peerString(peer))", "transport": "\(transport)",
-                "allowlist": "\(verdict == .notLoaded ? "not_loaded" : "loaded")", "suppressed": "\(heldBack)",
+                "allowlist": "\(verdict == .notLoaded ? "not_loaded" : "loaded")", "suppressed": .stringConvertible(heldBack),
             ]
         )
     }
@@ -186,6 +194,12 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// Why this side closed the connection (nil: the device did), counted when it is gone.
     private var closeReason: DisconnectReason? = nil
     private var logger: Logger
+    /// The downlink command slot, from login on (nil with `COMMANDS=off` or before login).
+    private var commands: CommandSlot? = nil
+    /// This session in the device registry, from login on (nil with `DEVICE_REGISTRY=off` or before login).
+    private var registered: RegisteredSession? = nil
+    /// The login grace, the answer's deadline, the grace window, or a retry of a take.
+    private var commandTimer: Scheduled<Void>? = nil
 
     init(environment: SessionEnvironment) {
         self.environment = environment
@@ -229,12 +243,16 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             packet.job.cancel()
             if ended.abandonedPacket { environment.packetsInFlight.subtract(1, ordering: .relaxed) }
         }
-        if let imei = ended.imei { environment.registry.remove(imei, channel: context.channel) }
+        if let imei = ended.imei {
+            environment.registry.remove(imei, channel: context.channel)
+            commandsClosed(imei: imei)
+        }
+        if let registered { environment.directory?.directory.loggedOut(registered.imei, session: registered.session) }
         if let rest = pending, rest.readableBytes > 0, ended.bufferedBytesAreTruncatedFrame {
             environment.metrics.frames(codec: .unknown, result: .malformed).increment()
             logger.warning(
                 "connection closed inside a frame: no ACK",
-                metadata: ["event": "frame.truncated", "error": "truncated", "buffered_bytes": "\(rest.readableBytes)"]
+                metadata: ["event": "frame.truncated", "error": "truncated", "buffered_bytes": .stringConvertible(rest.readableBytes)]
             )
         }
         let reason = closeReason ?? .peerClosed
@@ -290,8 +308,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             logger.warning(
                 "receive buffers across connections at MAX_BUFFERED_BYTES: closing",
                 metadata: [
-                    "event": "connection.buffer_budget", "buffer_bytes": "\(want + BufferBudget.allowance)",
-                    "limit": "\(environment.bufferBudget.limit)", "suppressed": "\(heldBack)",
+                    "event": "connection.buffer_budget", "buffer_bytes": .stringConvertible(want + BufferBudget.allowance),
+                    "limit": .stringConvertible(environment.bufferBudget.limit), "suppressed": .stringConvertible(heldBack),
                 ]
             )
         }
@@ -319,6 +337,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             readHeld = false
             context.read()
         }
+        commandOpportunity(context)
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -332,7 +351,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             let action = session.drain()
             logger.debug(
                 "draining: nothing more is read",
-                metadata: ["event": "device.draining", "in_flight": "\(action == .finishInFlight)"]
+                metadata: ["event": "device.draining", "in_flight": .stringConvertible(action == .finishInFlight)]
             )
             switch action {
             case .close: close(context, .drain)
@@ -347,6 +366,15 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         if event is SessionRevoked {
             logger.notice("device left the allowlist: closing", metadata: ["event": "device.revoked"])
             close(context, .revoked)
+            return
+        }
+        if event is CommandWake {
+            commands?.wake()
+            commandOpportunity(context)
+            return
+        }
+        if let elsewhere = event as? SessionLoggedInElsewhere {
+            loggedInElsewhere(context, as: elsewhere.session)
             return
         }
         if event is SessionTLSFailed {
@@ -388,6 +416,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 return
             case .keepAlive:
                 environment.metrics.keepAlives.increment()
+                deviceSeen(record: false)
             case .login(let login):
                 self.login(context, frame: login)
             case .packet(let packet):
@@ -412,8 +441,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             handler.logger.warning(
                 "frame not completed in time: closing",
                 metadata: [
-                    "event": "frame.timeout", "timeout_ms": "\(handler.environment.configuration.frameTimeoutMs)",
-                    "buffered_bytes": "\(handler.pending?.readableBytes ?? buffered)",
+                    "event": "frame.timeout", "timeout_ms": .stringConvertible(handler.environment.configuration.frameTimeoutMs),
+                    "buffered_bytes": .stringConvertible(handler.pending?.readableBytes ?? buffered),
                 ]
             )
             handler.close(context, .frameTimeout)
@@ -438,6 +467,18 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             environment.metrics.handshakes(result: .accepted).increment()
             logger.debug("device logged in", metadata: ["event": "device.login"])
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(1))), promise: nil)
+            if let registration = environment.directory {
+                let session = registration.directory.newSession()
+                registered = RegisteredSession(imei: imei, session: session, at: .now())
+                registration.directory.loggedIn(imei, session: session, peer: peerString(context.remoteAddress))
+            }
+            if let delivery = environment.commands {
+                commands = delivery.makeSlot()
+                scheduleCommandTimer(context, in: delivery.loginGrace) { handler, context in
+                    handler.commands?.loginGraceEnded()
+                    handler.commandOpportunity(context)
+                }
+            }
         case .refuse(let result, let error):
             refuseLogin(context, error: error, result: result)
         case .deny(let imei):
@@ -476,6 +517,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         let completed = NIODeadline.now()
         let encoderBox = environment.encoder
         var writer = RESPWriter()
+        var answered: (CommandSlot.Correlation?, DeviceMessage)? = nil
         let outcome: Result<Parsed, Codec8Error> = frame.withUnsafeReadableBytes { raw in
             do throws(Codec8Error) {
                 switch try TeltonikaFrame.parse(raw, maxDataLength: maxFrameBytes) {
@@ -483,10 +525,19 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                     encoderBox.encoder.appendRecords(of: packet, imei: imei, to: &writer)
                     return .success(.avl(codec: packet.codec, records: packet.recordCount))
                 case .message(let message):
+                    // A response answers the command in flight (if any), whether or not it is stored.
+                    if CommandDelivery.isResponse(message) { answered = (commandAnswered(message, imei: imei, at: completed), message) }
+                    let commandID = answered?.0?.command.id
                     // The budget is checked before any work is spent on the message.
                     let codec = message.codec
                     let action = session.messageDecoded(nowNanoseconds: completed.uptimeNanoseconds) {
-                        encoderBox.encoder.appendMessage(message, imei: imei, receivedMs: wallClockMilliseconds(), to: &writer)
+                        encoderBox.encoder.appendMessage(
+                            message,
+                            imei: imei,
+                            receivedMs: wallClockMilliseconds(),
+                            commandID: commandID,
+                            to: &writer
+                        )
                         return PacketInFlight(
                             job: makeJob(context, writer: writer, records: 1),
                             frameCompleted: completed,
@@ -499,7 +550,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                             "device message",
                             metadata: [
                                 "event": "device.message", "codec": "\(codec.name)", "type": "\(message.type)",
-                                "suppressed": "\(heldBack)",
+                                "suppressed": .stringConvertible(heldBack),
                             ]
                         )
                     }
@@ -513,13 +564,14 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         case .failure(let error):
             reject(context, error: error, codec: frame.getInteger(at: frame.readerIndex + 8, as: UInt8.self))
         case .success(.message(let codec, let action)):
+            if let (correlation, message) = answered { commandAnswerHandled(context, correlation, message: message, imei: imei) }
             environment.metrics.frames(codec: FrameCodec(codec), result: .ok).increment()
             environment.metrics.deviceMessages(codec: codec).increment()
             deviceMessage(context, codec: codec, action: action, completed: completed)
         case .success(.avl(let codec, let records)):
             environment.metrics.frames(codec: FrameCodec(codec), result: .ok).increment()
             environment.metrics.records(codec: codec).increment(by: Int64(records))
-            logger.debug("packet", metadata: ["event": "device.packet", "codec": "\(codec.name)", "records": "\(records)"])
+            logger.debug("packet", metadata: ["event": "device.packet", "codec": "\(codec.name)", "records": .stringConvertible(records)])
             let action = session.packetDecoded(records: records) {
                 PacketInFlight(job: makeJob(context, writer: writer, records: records), frameCompleted: completed)
             }
@@ -551,7 +603,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             if let heldBack = session.admitLog(.messageOverflow, nowNanoseconds: completed.uptimeNanoseconds) {
                 logger.warning(
                     "device message dropped: publish queue full",
-                    metadata: ["event": "publish.overflow", "records": "1", "waited_ms": "0", "suppressed": "\(heldBack)"]
+                    metadata: [
+                        "event": "publish.overflow", "records": .stringConvertible(1), "waited_ms": .stringConvertible(0),
+                        "suppressed": .stringConvertible(heldBack),
+                    ]
                 )
             }
         case .rateLimited:
@@ -561,8 +616,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                     "device messages over the connection's budget: dropped",
                     metadata: [
                         "event": "device.message_rate_limited", "codec": "\(codec.name)",
-                        "limit_per_second": "\(environment.configuration.deviceMessageRate)",
-                        "burst": "\(environment.configuration.deviceMessageBurst)", "suppressed": "\(heldBack)",
+                        "limit_per_second": .stringConvertible(environment.configuration.deviceMessageRate),
+                        "burst": .stringConvertible(environment.configuration.deviceMessageBurst),
+                        "suppressed": .stringConvertible(heldBack),
                     ]
                 )
             }
@@ -588,7 +644,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             environment.metrics.publishOverflow.increment()
             logger.warning(
                 "publish queue full: packet not acknowledged",
-                metadata: ["event": "publish.overflow", "records": "\(job.recordCount)", "waited_ms": "\(waited.nanoseconds / 1_000_000)"]
+                metadata: [
+                    "event": "publish.overflow", "records": .stringConvertible(job.recordCount),
+                    "waited_ms": .stringConvertible(waited.nanoseconds / 1_000_000),
+                ]
             )
             close(context, .overflow)
         case .retry(let delay):
@@ -618,6 +677,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             acknowledge(context, records: records, frameCompleted: packet.frameCompleted, promise: written)
             environment.packetsInFlight.subtract(1, ordering: .relaxed)
         case .messageStored(let next):
+            deviceSeen(record: false)
             carryOn(context, next)
         case .messageNotStored(let reason, let next):
             environment.metrics.publishFailed(.message, reason: reason).increment()
@@ -630,7 +690,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             environment.metrics.publishFailed(.packet, reason: reason).increment()
             logger.error(
                 "records not confirmed by Redis: no ACK, closing",
-                metadata: ["event": "publish.failed", "records": "\(packet.job.recordCount)", "reason": "\(reason)"]
+                metadata: ["event": "publish.failed", "records": .stringConvertible(packet.job.recordCount), "reason": "\(reason)"]
             )
             close(context, .publishFailed)
         case .close:
@@ -654,6 +714,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         frameCompleted: NIODeadline,
         promise: EventLoopPromise<Void>? = nil
     ) {
+        deviceSeen(record: records > 0)
         var ack = context.channel.allocator.buffer(capacity: 4)
         ack.writeInteger(UInt32(records))
         // Counted first, so that whoever sees the ACK also sees it counted.
@@ -689,6 +750,201 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         session.inFlight?.job.cancel()
         pending = nil
         context.close(promise: nil)
+    }
+}
+
+// MARK: - Device registry and downlink commands
+
+extension DeviceSessionHandler {
+    /// A notice says the device logged in as `session`: this connection closes if the registry now names
+    /// another session than this one (so a notice older than this login, or about it, changes nothing).
+    fileprivate func loggedInElsewhere(_ context: ChannelHandlerContext, as session: String) {
+        guard let mine = registered?.session, mine != session, let registration = environment.directory else { return }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        registration.directory.currentSession(registered!.imei) { current in
+            bound.eventLoop.execute {
+                let (handler, context) = bound.value
+                guard let current, current != mine, handler.registered?.session == mine, context.channel.isActive else { return }
+                handler.environment.metrics.connectionsReplaced.increment()
+                handler.logger.notice(
+                    "device logged in on another connection: closing this one",
+                    metadata: ["event": "device.replaced_elsewhere", "session": "\(current)"]
+                )
+                handler.close(context, .replaced)
+            }
+        }
+    }
+
+    /// The device was seen (a packet ACKed with `record`, a keep-alive, a message): its last-seen time is
+    /// written at most once per `DEVICE_SEEN_INTERVAL_MS`.
+    fileprivate func deviceSeen(record: Bool) {
+        guard registered != nil, let registration = environment.directory else { return }
+        guard let write = registered!.seen(at: .now(), wallMs: wallClockMilliseconds(), record: record, interval: registration.seenInterval)
+        else { return }
+        registration.directory.seen(registered!.imei, session: registered!.session, recordAt: write.recordAt)
+    }
+
+    /// The session is idle for a command: logged in, no packet or message in flight, nothing buffered,
+    /// not draining, and the device reads what it is sent.
+    private func isIdleForCommand(_ context: ChannelHandlerContext) -> Bool {
+        guard case .ready = session.state, !session.isDraining, context.channel.isWritable else { return false }
+        return (pending?.readableBytes ?? 0) == 0
+    }
+
+    /// A moment to take or write a command (after the login grace, a wake-up notice, an answered frame,
+    /// a take's answer).
+    fileprivate func commandOpportunity(_ context: ChannelHandlerContext) {
+        guard commands != nil, !session.isDraining, let imei = session.imei, let delivery = environment.commands else { return }
+        switch commands!.opportunity(sessionIdle: isIdleForCommand(context), now: .now()) {
+        case .none:
+            return
+        case .take:
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            delivery.store.take(imei) { result in
+                bound.eventLoop.execute {
+                    let (handler, context) = bound.value
+                    handler.commandTaken(context, result, imei: imei)
+                }
+            }
+        case .write(let command):
+            delivery.metrics.inFlight.increment()
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: command.frame(for: imei))), promise: nil)
+            delivery.store.sent(command, imei: imei)
+            logger.info(
+                "command sent",
+                metadata: [
+                    "event": "command.sent", "cmd_id": "\(command.id)", "codec": "\(command.codec.name)",
+                    "attempt": .stringConvertible(command.attempt),
+                ]
+            )
+            armCommandDeadline(context)
+        }
+    }
+
+    private func commandTaken(_ context: ChannelHandlerContext, _ result: TakeResult, imei: IMEI) {
+        guard commands != nil, let delivery = environment.commands else { return }
+        switch commands!.takeAnswered(result) {
+        case .none:
+            commandOpportunity(context)
+        case .retry(let delay):
+            scheduleCommandTimer(context, in: delay) { handler, context in
+                handler.commands?.wake()
+                handler.commandOpportunity(context)
+            }
+        case .giveBack(let command):
+            delivery.store.giveBack(command, imei: imei, unsent: true)
+        }
+    }
+
+    /// Runs `body` after `delay` on this session's loop (replacing the timer pending, if any).
+    private func scheduleCommandTimer(
+        _ context: ChannelHandlerContext,
+        in delay: TimeAmount,
+        _ body: @escaping (DeviceSessionHandler, ChannelHandlerContext) -> Void
+    ) {
+        commandTimer?.cancel()
+        let bound = NIOLoopBound((self, context, body), eventLoop: context.eventLoop)
+        commandTimer = context.eventLoop.scheduleTask(in: delay) {
+            let (handler, context, body) = bound.value
+            handler.commandTimer = nil
+            body(handler, context)
+        }
+    }
+
+    /// The timer for the sent command's answer or the end of its grace window.
+    private func armCommandDeadline(_ context: ChannelHandlerContext) {
+        guard let deadline = commands?.deadline else {
+            commandTimer?.cancel()
+            commandTimer = nil
+            return
+        }
+        scheduleCommandTimer(context, in: deadline - .now()) { handler, context in handler.commandDeadlinePassed(context) }
+    }
+
+    private func commandDeadlinePassed(_ context: ChannelHandlerContext) {
+        guard commands != nil, let imei = session.imei, let delivery = environment.commands else { return }
+        switch commands!.timerFired(now: .now()) {
+        case .none:
+            armCommandDeadline(context)
+        case .timedOut(let command, let hold):
+            delivery.metrics.inFlight.decrement()
+            delivery.store.finish(command, imei: imei, outcome: .timeout, response: nil, latency: nil, holdLease: hold + .seconds(2))
+            logger.warning(
+                "command not answered in time: not sent again",
+                metadata: [
+                    "event": "command.timeout", "cmd_id": "\(command.id)",
+                    "timeout_ms": .stringConvertible(delivery.timeout.nanoseconds / 1_000_000),
+                ]
+            )
+            armCommandDeadline(context)
+        case .graceOver(let command):
+            delivery.store.giveBack(command, imei: imei, unsent: false)
+            commandOpportunity(context)
+        }
+    }
+
+    /// A Codec 12/14 response: which command it answers (nil: none in flight, counted).
+    fileprivate func commandAnswered(_ message: DeviceMessage, imei: IMEI, at now: NIODeadline) -> CommandSlot.Correlation? {
+        guard commands != nil, let answer = CommandDelivery.answer(message, from: imei) else {
+            environment.commands?.metrics.uncorrelated.increment()
+            return nil
+        }
+        guard let correlation = commands!.answerReceived(answer, now: now) else {
+            environment.commands?.metrics.uncorrelated.increment()
+            return nil
+        }
+        return correlation
+    }
+
+    /// Records the outcome of an answered command, then looks for the next one.
+    fileprivate func commandAnswerHandled(
+        _ context: ChannelHandlerContext,
+        _ correlation: CommandSlot.Correlation?,
+        message: DeviceMessage,
+        imei: IMEI
+    ) {
+        guard let correlation, let delivery = environment.commands else { return }
+        if correlation.outcome != .late { delivery.metrics.inFlight.decrement() }
+        delivery.store.finish(
+            correlation.command,
+            imei: imei,
+            outcome: correlation.outcome,
+            response: message,
+            latency: correlation.latency,
+            holdLease: nil
+        )
+        logger.info(
+            "command answered",
+            metadata: [
+                "event": "command.answered", "cmd_id": "\(correlation.command.id)", "outcome": "\(correlation.outcome.rawValue)",
+                "latency_ms": .stringConvertible(correlation.latency.nanoseconds / 1_000_000),
+            ]
+        )
+        commandTimer?.cancel()
+        commandTimer = nil
+        commandOpportunity(context)
+    }
+
+    /// The connection is gone: a command taken is given back; one written and unanswered is `unknown`.
+    fileprivate func commandsClosed(imei: IMEI) {
+        commandTimer?.cancel()
+        commandTimer = nil
+        guard commands != nil, let delivery = environment.commands else { return }
+        switch commands!.connectionClosed() {
+        case .none:
+            break
+        case .giveBack(let command):
+            delivery.store.giveBack(command, imei: imei, unsent: true)
+        case .release(let command):
+            delivery.store.giveBack(command, imei: imei, unsent: false)
+        case .unknown(let command):
+            delivery.metrics.inFlight.decrement()
+            delivery.store.finish(command, imei: imei, outcome: .unknown, response: nil, latency: nil, holdLease: nil)
+            logger.warning(
+                "connection lost with a command unanswered: outcome unknown",
+                metadata: ["event": "command.unknown", "cmd_id": "\(command.id)"]
+            )
+        }
     }
 }
 

@@ -94,6 +94,31 @@ public struct IngestConfiguration: Sendable, Equatable {
     /// certificate (each nil: the system trust store, no client certificate, the URL's host).
     public var redisTLS = RedisTLSOptions()
 
+    // MARK: Device registry and notices
+    /// Whether the device registry is kept in Redis (`DEVICE_REGISTRY`).
+    public var deviceRegistryEnabled = true
+    /// Prefix of the registry's keys (``DeviceKeys``).
+    public var devicePrefix = "telemetry:teltonika:devices"
+    /// The stream every instance reads: command wake-ups and logins elsewhere.
+    public var noticesStream = "telemetry:teltonika:notices"
+    /// At most one last-seen write per session per this long.
+    public var deviceSeenIntervalMs = 60_000
+
+    // MARK: Downlink commands
+    /// Whether logged-in devices get the commands queued for them in Redis (`COMMANDS`).
+    public var commandsEnabled = true
+    /// Prefix of the command keys (``CommandKeys``).
+    public var commandPrefix = "telemetry:teltonika:commands"
+    /// Stream of command outcomes (`queued`, `sent`, `answered`, ...).
+    public var commandEventsStream = "telemetry:teltonika:command-events"
+    public var commandEventsMaxLength = 100_000
+    /// How long a sent command waits for its answer before it is `timeout`.
+    public var commandTimeoutMs = 30_000
+    /// After a timeout, how long an answer still counts (`late`) and nothing else is sent.
+    public var commandLateGraceMs = 30_000
+    /// After login, how long before the device's queue is looked at (its first packets go first).
+    public var commandLoginGraceMs = 1_000
+
     // MARK: Logs
     public var logLevel = "info"
     public var logFormat = "json"
@@ -439,6 +464,62 @@ public struct IngestConfiguration: Sendable, Equatable {
             }
             c.logFormat = v
         },
+        onOff("COMMANDS", "commands", "on: deliver the downlink commands queued in Redis; off: never.", \.commandsEnabled),
+        onOff(
+            "DEVICE_REGISTRY",
+            "device-registry",
+            "on: keep each device's instance, peer and last-seen time in Redis; off: never.",
+            \.deviceRegistryEnabled
+        ),
+        string("REDIS_DEVICE_PREFIX", "device-prefix", "Prefix of the device registry's keys.", \.devicePrefix),
+        string(
+            "REDIS_NOTICES_STREAM",
+            "notices-stream",
+            "Stream every instance reads: command wake-ups, logins elsewhere.",
+            \.noticesStream
+        ),
+        int(
+            "DEVICE_SEEN_INTERVAL_MS",
+            "device-seen-interval-ms",
+            "At most one last-seen write to the registry per session per this long.",
+            1_000...3_600_000,
+            \.deviceSeenIntervalMs
+        ),
+        string(
+            "REDIS_COMMAND_PREFIX",
+            "command-prefix",
+            "Prefix of the downlink command keys (queue, commands, lease, wake stream).",
+            \.commandPrefix
+        ),
+        string("REDIS_COMMAND_EVENTS_STREAM", "command-events-stream", "Stream of downlink command outcomes.", \.commandEventsStream),
+        int(
+            "REDIS_COMMAND_EVENTS_MAXLEN",
+            "command-events-maxlen",
+            "Approximate cap of the command-events stream.",
+            1...Int(Int32.max),
+            \.commandEventsMaxLength
+        ),
+        int(
+            "COMMAND_TIMEOUT_MS",
+            "command-timeout-ms",
+            "How long a sent command waits for its answer (then timeout).",
+            100...3_600_000,
+            \.commandTimeoutMs
+        ),
+        int(
+            "COMMAND_LATE_GRACE_MS",
+            "command-late-grace-ms",
+            "After a timeout, how long an answer is still attributed (late) while nothing else is sent.",
+            0...3_600_000,
+            \.commandLateGraceMs
+        ),
+        int(
+            "COMMAND_LOGIN_GRACE_MS",
+            "command-login-grace-ms",
+            "After login, how long before queued commands are looked at.",
+            0...600_000,
+            \.commandLoginGraceMs
+        ),
         string("INSTANCE_ID", "instance-id", "Name of this instance in logs (default: host name).", \.instanceID),
         string("METRICS_HOST", "metrics-host", "Address of the metrics and health listener.", \.metricsHost),
         int(
@@ -640,6 +721,25 @@ public struct IngestConfiguration: Sendable, Equatable {
                     items.append(item)
                 }
                 c[keyPath: field] = items
+            }
+        )
+    }
+
+    /// A switch: `on` or `off`.
+    private static func onOff(
+        _ env: String,
+        _ flag: String,
+        _ help: String,
+        _ field: any WritableKeyPath<IngestConfiguration, Bool> & Sendable
+    ) -> Setting {
+        Setting(
+            env: env,
+            flag: flag,
+            help: help,
+            read: { $0[keyPath: field] ? "on" : "off" },
+            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
+                guard v == "on" || v == "off" else { throw ConfigurationError(key: env, message: "expected on or off, got '\(v)'") }
+                c[keyPath: field] = v == "on"
             }
         )
     }

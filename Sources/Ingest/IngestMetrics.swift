@@ -146,6 +146,27 @@ enum TLSVersionLabel: String, CaseIterable, Sendable {
 /// `result` label of `teltonika_tls_reloads_total`, `teltonika_allowlist_refreshes_total` and `teltonika_config_reloads_total`.
 enum ReloadResult: String, CaseIterable, Sendable { case ok, failed }
 
+/// A metric under its name with a unit, and for one release also under the name it had before (OPERATIONS.md,
+/// "Deprecated metric names"): both always hold the same value.
+struct Renamed<Metric: Sendable>: Sendable {
+    let metric: Metric
+    let deprecated: Metric
+}
+
+extension Renamed where Metric == Gauge {
+    func set(_ value: Int64) {
+        metric.set(value)
+        deprecated.set(value)
+    }
+}
+
+extension Renamed where Metric == ValueHistogram {
+    func record(_ value: Int64) {
+        metric.record(value)
+        deprecated.record(value)
+    }
+}
+
 /// `kind` label of `teltonika_redis_errors_total`: what failed, as the wire module reports it.
 typealias RedisErrorKind = RedisConnection.Failure.Kind
 
@@ -182,11 +203,11 @@ public final class IngestMetrics: Sendable {
     let deviceMessagesRateLimited: Counter
     let metricsConnectionsRefused: Counter
     let bytesReceived: Counter
-    let publishQueueDepth: Gauge
-    let publishQueueCapacity: Gauge
+    let publishQueueDepth: Renamed<Gauge>
+    let publishQueueCapacity: Renamed<Gauge>
     let publishOldestAge: Gauge
     let publishOverflow: Counter
-    let publishBatchSize: ValueHistogram
+    let publishBatchSize: Renamed<ValueHistogram>
     let publishDuration: DurationHistogram
     let ackLatency: DurationHistogram
     let redisUp: Gauge
@@ -226,6 +247,8 @@ public final class IngestMetrics: Sendable {
     private let proxyRefusalsByReason: [ProxyRefusal: Counter]
     let ready: Gauge
     let buildInfo: Gauge
+    /// Downlink commands.
+    let commands: CommandMetrics
 
     /// Label values each labelled metric is created with.
     static let avlCodecs: [FrameCodec] = [.codec8, .codec8Extended, .codec16]
@@ -241,6 +264,7 @@ public final class IngestMetrics: Sendable {
 
     init() {
         let r = registry
+        commands = CommandMetrics(registry: r)
         func d(_ name: String, _ help: String) -> MetricNameDescriptor {
             MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
         }
@@ -320,9 +344,25 @@ public final class IngestMetrics: Sendable {
             )
         )
         bytesReceived = r.makeCounter(descriptor: d("teltonika_bytes_received_total", "Bytes read from device connections."))
-        publishQueueDepth = r.makeGauge(descriptor: d("teltonika_publish_queue_depth", "Records queued for Redis or in flight."))
-        publishQueueCapacity = r.makeGauge(
-            descriptor: d("teltonika_publish_queue_capacity", "Records the publish queue holds (PUBLISH_QUEUE_CAPACITY).")
+        publishQueueDepth = Renamed(
+            metric: r.makeGauge(descriptor: d("teltonika_publish_queue_depth_records", "Records queued for Redis or in flight.")),
+            deprecated: r.makeGauge(
+                descriptor: d(
+                    "teltonika_publish_queue_depth",
+                    "Deprecated, kept for one release: the same value as teltonika_publish_queue_depth_records."
+                )
+            )
+        )
+        publishQueueCapacity = Renamed(
+            metric: r.makeGauge(
+                descriptor: d("teltonika_publish_queue_capacity_records", "Records the publish queue holds (PUBLISH_QUEUE_CAPACITY).")
+            ),
+            deprecated: r.makeGauge(
+                descriptor: d(
+                    "teltonika_publish_queue_capacity",
+                    "Deprecated, kept for one release: the same value as teltonika_publish_queue_capacity_records."
+                )
+            )
         )
         publishOldestAge = r.makeGauge(
             descriptor: d(
@@ -336,9 +376,19 @@ public final class IngestMetrics: Sendable {
                 "Packets or device messages refused because the publish queue stayed full (no ACK, connection closed)."
             )
         )
-        publishBatchSize = r.makeValueHistogram(
-            descriptor: d("teltonika_publish_batch_size", "Records per pipelined batch sent to Redis."),
-            buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 4096]
+        let batchBuckets: [Double] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 4096]
+        publishBatchSize = Renamed(
+            metric: r.makeValueHistogram(
+                descriptor: d("teltonika_publish_batch_size_records", "Records per pipelined batch sent to Redis."),
+                buckets: batchBuckets
+            ),
+            deprecated: r.makeValueHistogram(
+                descriptor: d(
+                    "teltonika_publish_batch_size",
+                    "Deprecated, kept for one release: the same values as teltonika_publish_batch_size_records."
+                ),
+                buckets: batchBuckets
+            )
         )
         publishDuration = r.makeDurationHistogram(
             descriptor: d("teltonika_publish_duration_seconds", "Time from a packet's enqueue to Redis confirming all its records."),

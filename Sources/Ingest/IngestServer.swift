@@ -41,14 +41,18 @@ public final class IngestServer: Sendable {
         logger: Logger,
         group: any EventLoopGroup,
         metrics: IngestMetrics,
-        authority: DeviceAuthority = DeviceAuthority(mode: .allowAll)
+        authority: DeviceAuthority = DeviceAuthority(mode: .allowAll),
+        commands: CommandDelivery? = nil,
+        directory: DeviceRegistration? = nil
     ) {
         self.environment = SessionEnvironment(
             configuration: configuration,
             publisher: publisher,
             logger: logger,
             metrics: metrics,
-            authority: authority
+            authority: authority,
+            commands: commands,
+            directory: directory
         )
         self.group = group
     }
@@ -59,7 +63,7 @@ public final class IngestServer: Sendable {
         let address = try await listen(port: environment.configuration.port, tls: nil)
         environment.logger.lifecycle.info(
             "listening for devices",
-            metadata: ["event": "server.listening", "address": "\(address)", "port": "\(address.port ?? 0)"]
+            metadata: ["event": "server.listening", "address": "\(address)", "port": .stringConvertible(address.port ?? 0)]
         )
         return address
     }
@@ -72,10 +76,10 @@ public final class IngestServer: Sendable {
         environment.logger.lifecycle.info(
             "listening for devices over TLS",
             metadata: [
-                "event": "server.tls_listening", "address": "\(address)", "port": "\(address.port ?? 0)",
+                "event": "server.tls_listening", "address": "\(address)", "port": .stringConvertible(address.port ?? 0),
                 "min_version": "\(options.minimumVersion.rawValue)",
                 "client_certificates": "\(options.clientCAFile == nil ? "off" : "required")",
-                "certificate_serial": "\(tls.current.serial)", "certificate_not_after": "\(tls.current.notAfter)",
+                "certificate_serial": "\(tls.current.serial)", "certificate_not_after": .stringConvertible(tls.current.notAfter),
             ]
         )
         return address
@@ -209,7 +213,7 @@ public final class IngestServer: Sendable {
                 "connection refused",
                 metadata: [
                     "event": "server.connection_refused", "reason": "\(refusal.rawValue)", "peer": "\(peerString(peer))",
-                    "suppressed": "\(suppressed)",
+                    "suppressed": .stringConvertible(suppressed),
                 ]
             )
         }
@@ -288,7 +292,7 @@ final class AcceptErrorHandler: ChannelInboundHandler {
                 "cannot accept device connections",
                 metadata: [
                     "event": "server.accept_failed", "error": "\(error)", "reason": "\(fdLimit ? "fd_limit" : "other")",
-                    "suppressed": "\(suppressed)",
+                    "suppressed": .stringConvertible(suppressed),
                 ]
             )
         }

@@ -39,6 +39,9 @@ extension SimulationResult {
             ("churn_drops", "\(c.churnDrops)"),
             ("keepalives", "\(c.keepalives)"),
             ("unacked_at_end", "\(c.unackedAtEnd)"),
+            ("commands_received", "\(c.commandsReceived)"),
+            ("commands_answered", "\(c.commandsAnswered)"),
+            ("commands_overlapping", "\(c.commandsOverlapping)"),
         ]
         return fields + udp + [
             ("ack_p50_ms", ms(50)),

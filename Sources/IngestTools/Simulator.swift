@@ -27,7 +27,7 @@ public struct SimulationResult: Sendable {
     /// Whether the run itself went right: something was ACKed, every wrong ACK was recovered, and no
     /// corrupt packet was ACKed.
     public var isClean: Bool {
-        counters.packetsAcked > 0 && counters.unrecoveredWrongAcks == 0 && counters.corruptAcked == 0
+        counters.packetsAcked > 0 && counters.unrecoveredWrongAcks == 0 && counters.corruptAcked == 0 && counters.commandsOverlapping == 0
     }
 }
 

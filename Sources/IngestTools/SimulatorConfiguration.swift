@@ -57,6 +57,21 @@ public struct SimulatorConfiguration: Sendable {
     /// Keep every ACKed record key for a later check against the stream.
     public var keepAckLog = false
 
+    /// How a device answers the Codec 12/14 commands it receives (TCP).
+    public enum CommandAnswer: String, Sendable, CaseIterable {
+        /// A response (type 0x06) `ok: <command>` after ``commandAnswerDelayMs``.
+        case answer
+        /// No answer at all.
+        case never
+        /// Codec 14: a nACK (type 0x11) after the delay; Codec 12 (which has none): no answer.
+        case nack
+    }
+
+    public var commandAnswer = CommandAnswer.answer
+    /// Milliseconds between a command received and its answer written (longer than the server's
+    /// `COMMAND_TIMEOUT_MS` makes the answer late).
+    public var commandAnswerDelayMs = 50
+
     // MARK: Reconnect backoff
 
     /// First reconnect delay; doubles per failed attempt up to ``backoffCapMs``, half of it jittered.

@@ -55,6 +55,10 @@ final class SimulatedDevice: SimulatorFleetDevice {
     // most; on firing it looks at `lastWriteAt` and re-arms.
     private var keepaliveTimerPending = false
     private var churnTimer: Scheduled<Void>?
+    /// A command's answer due or waiting to be written (written when no packet is on the wire), and
+    /// whether one is owed (received, not yet written).
+    private var answerDue: ByteBuffer? = nil
+    private var answerOwed = false
 
     init(index: Int, shard: SimulatorShard, track: SimulatorTrack, seed: UInt64) {
         self.index = index
@@ -117,6 +121,9 @@ final class SimulatedDevice: SimulatorFleetDevice {
             reconnectLater()
         case .success(let channel):
             shard.counters.connections += 1
+            // An answer owed on the previous connection is lost with it (the server records `unknown`).
+            answerDue = nil
+            answerOwed = false
             self.channel = channel
             state = .loggingIn
             pending.removeAll(keepingCapacity: true)
@@ -132,8 +139,56 @@ final class SimulatedDevice: SimulatorFleetDevice {
         sendNext()
     }
 
+    // MARK: Downlink commands
+
+    /// A Codec 12/14 frame from the server: answered (or not) as `--command-answer` says, after the delay.
+    private func commandReceived(_ frame: [UInt8]) {
+        let parsed = frame.withUnsafeBytes { raw in try? TeltonikaFrame.parse(raw, maxDataLength: 4096) }
+        guard case .message(let message)? = parsed, message.type == DeviceMessage.typeCommand else {
+            shard.counters.protocolErrors += 1
+            return fail()
+        }
+        shard.counters.commandsReceived += 1
+        if answerOwed { shard.counters.commandsOverlapping += 1 }
+        let imei = configuration.imei(of: index)
+        let answer: DeviceMessage
+        switch (configuration.commandAnswer, message.codec) {
+        case (.never, _), (.nack, .codec12):
+            return
+        case (.nack, _):
+            answer = DeviceMessage(codec: .codec14, type: DeviceMessage.typeNotAcknowledged, imei: imei.description, payload: [])
+        case (.answer, .codec14):
+            answer = DeviceMessage(
+                codec: .codec14,
+                type: DeviceMessage.typeResponse,
+                imei: imei.description,
+                payload: Array("ok: ".utf8) + message.payload
+            )
+        case (.answer, _):
+            answer = DeviceMessage(codec: .codec12, type: DeviceMessage.typeResponse, payload: Array("ok: ".utf8) + message.payload)
+        }
+        answerOwed = true
+        let g = generation
+        let bytes = ByteBuffer(bytes: answer.encoded())
+        schedule(in: .milliseconds(Int64(configuration.commandAnswerDelayMs))) { device in
+            guard g == device.generation else { return }
+            device.answerDue = bytes
+            device.writeAnswerIfIdle()
+        }
+    }
+
+    /// Writes the due answer unless a packet is on the wire (then it follows the packet's ACK).
+    private func writeAnswerIfIdle() {
+        guard let bytes = answerDue, state == .ready else { return }
+        answerDue = nil
+        answerOwed = false
+        shard.counters.commandsAnswered += 1
+        write(bytes) {}
+    }
+
     /// Resends the pending packet, or builds the next one when its time has come.
     private func sendNext() {
+        writeAnswerIfIdle()
         guard !stopping, !outbox.exhausted else { return finish() }
         if outbox.packet != nil {
             shard.counters.resends += 1
@@ -196,16 +251,35 @@ final class SimulatedDevice: SimulatorFleetDevice {
                 shard.counters.protocolErrors += 1
                 fail()
             }
-        case .sending, .awaitingAck:
+        case .ready, .sending, .awaitingAck:
             pending.append(contentsOf: buffer.readableBytesView)
-            guard pending.count >= 4 else { return }
-            guard pending.count == 4 else {
-                shard.counters.protocolErrors += 1
-                return fail()
+            // A command frame starts with four zero bytes (an ACK never does: every packet has records).
+            while pending.count >= 4 {
+                if pending[0] | pending[1] | pending[2] | pending[3] == 0 {
+                    guard pending.count >= 8 else { return }
+                    let length = Int(UInt32(pending[4]) << 24 | UInt32(pending[5]) << 16 | UInt32(pending[6]) << 8 | UInt32(pending[7]))
+                    guard length <= 4096 else {
+                        shard.counters.protocolErrors += 1
+                        return fail()
+                    }
+                    guard pending.count >= 12 + length else { return }
+                    let frame = Array(pending[0..<(12 + length)])
+                    pending.removeFirst(12 + length)
+                    commandReceived(frame)
+                    continue
+                }
+                guard state != .ready else {
+                    shard.counters.protocolErrors += 1
+                    return fail()
+                }
+                let value = UInt32(pending[0]) << 24 | UInt32(pending[1]) << 16 | UInt32(pending[2]) << 8 | UInt32(pending[3])
+                // What follows the ACK (a command) survives the next packet's send, which resets `pending`.
+                let rest = pending.dropFirst(4)
+                pending.removeAll(keepingCapacity: true)
+                ackReceived(value)
+                guard state == .ready || state == .sending || state == .awaitingAck else { return }
+                pending.append(contentsOf: rest)
             }
-            let value = UInt32(pending[0]) << 24 | UInt32(pending[1]) << 16 | UInt32(pending[2]) << 8 | UInt32(pending[3])
-            pending.removeAll(keepingCapacity: true)
-            ackReceived(value)
         default:
             shard.counters.protocolErrors += 1
             fail()

@@ -45,6 +45,14 @@ public struct SimulatorCounters: Sendable, Equatable {
     /// Second ACKs of a datagram already ACKed (the answer to a resend that crossed the first ACK).
     public var staleAcks = 0
 
+    // Downlink commands (TCP).
+    /// Codec 12/14 commands received from the server, and those answered (a response or a nACK written).
+    public var commandsReceived = 0
+    public var commandsAnswered = 0
+    /// Commands received while the device still owed the answer to an earlier one (the server must
+    /// never have two outstanding).
+    public var commandsOverlapping = 0
+
     // At the end.
     /// Devices whose last wrong ACK was never followed by the right one for the same packet.
     public var unrecoveredWrongAcks = 0
@@ -80,6 +88,9 @@ public struct SimulatorCounters: Sendable, Equatable {
         s.socketErrors += b.socketErrors
         s.acksDropped += b.acksDropped
         s.staleAcks += b.staleAcks
+        s.commandsReceived += b.commandsReceived
+        s.commandsAnswered += b.commandsAnswered
+        s.commandsOverlapping += b.commandsOverlapping
         s.unrecoveredWrongAcks += b.unrecoveredWrongAcks
         s.unackedAtEnd += b.unackedAtEnd
         return s

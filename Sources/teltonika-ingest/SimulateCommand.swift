@@ -43,8 +43,11 @@ struct SimulateCommand: AsyncParsableCommand {
             (device_id, timestamp_ms) is there; duplicates (TCP resends) are counted, not failures; records \
             MAXLEN trimmed away before the check are counted as trimmed, not missing. Over UDP a record \
             stored twice fails the check (the server dedupes resends).
+            Devices answer the Codec 12/14 commands they receive (--command-answer, after \
+            --command-answer-delay-ms) and count commands_received, commands_answered and \
+            commands_overlapping (a command while an answer was still owed: the server must never do that).
             Exit status: 0 when all is well; 1 when no packet was ACKed, a wrong ACK was never put \
-            right, a corrupt packet was ACKed, or (--verify) an ACKed record is missing or (UDP) a record \
+            right, a corrupt packet was ACKed, a command overlapped another, or (--verify) an ACKed record is missing or (UDP) a record \
             is stored twice; 2 on usage errors.
             """
     )
@@ -87,6 +90,12 @@ struct SimulateCommand: AsyncParsableCommand {
     @Option(help: "Send the keep-alive byte 0xFF after this many idle milliseconds (0: never).")
     var keepaliveMs = 0
 
+    @Option(help: "How devices answer Codec 12/14 commands: answer ('ok: <command>'), never, or nack (Codec 14 nACK).")
+    var commandAnswer = "answer"
+
+    @Option(help: "Milliseconds between a command received and its answer.")
+    var commandAnswerDelayMs = 50
+
     @Option(help: "UDP: share (0-1) of right ACKs each device ignores, as if lost; it then sends the same datagram again.")
     var dropAcks: Double = 0
 
@@ -124,6 +133,10 @@ struct SimulateCommand: AsyncParsableCommand {
         guard churn >= 0, churn.isFinite else { throw ValidationError("--churn must be 0 or more") }
         guard (0...1).contains(corruptRatio) else { throw ValidationError("--corrupt-ratio must be 0-1") }
         guard keepaliveMs >= 0 else { throw ValidationError("--keepalive-ms must be 0 or more") }
+        guard SimulatorConfiguration.CommandAnswer(rawValue: commandAnswer) != nil else {
+            throw ValidationError("--command-answer must be answer, never or nack")
+        }
+        guard commandAnswerDelayMs >= 0 else { throw ValidationError("--command-answer-delay-ms must be 0 or more") }
         guard threads >= 0 else { throw ValidationError("--threads must be 0 or more") }
         guard packetsPerDevice >= 0 else { throw ValidationError("--packets-per-device must be 0 or more") }
         guard (1...1024).contains(streamShards) else { throw ValidationError("--stream-shards must be 1-1024") }
@@ -167,6 +180,8 @@ struct SimulateCommand: AsyncParsableCommand {
         configuration.churnSeconds = churn
         configuration.corruptRatio = corruptRatio
         configuration.keepaliveMs = keepaliveMs
+        configuration.commandAnswer = SimulatorConfiguration.CommandAnswer(rawValue: commandAnswer)!
+        configuration.commandAnswerDelayMs = commandAnswerDelayMs
         configuration.imeiBase = UInt64(imeiBase)!
         configuration.seed = seed ?? UInt64(truncatingIfNeeded: time(nil)) &* 2_654_435_761
         configuration.threads = threads

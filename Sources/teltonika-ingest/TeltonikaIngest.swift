@@ -14,7 +14,10 @@ struct TeltonikaIngest: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "teltonika-ingest",
         abstract: "Ingestion server for Teltonika GPS trackers, and its tools.",
-        subcommands: [ServeCommand.self, DecodeCommand.self, ReplayCommand.self, SimulateCommand.self, AckServerCommand.self],
+        subcommands: [
+            ServeCommand.self, DecodeCommand.self, ReplayCommand.self, SimulateCommand.self, CommandCommand.self, DeviceCommand.self,
+            AckServerCommand.self,
+        ],
         defaultSubcommand: ServeCommand.self
     )
 

@@ -20,9 +20,10 @@ struct ProxyProtocolTests {
         try server.scrape()[#"teltonika_proxy_header_refusals_total{reason="\#(reason.rawValue)"}"#]
     }
 
-    /// Peers of the `device.login` lines so far.
-    static func loginPeers(_ server: ServerProcess) -> [String] {
-        server.logs.filter { $0["event"] as? String == "device.login" }.compactMap { $0["peer"] as? String }
+    /// Peers of the `device.login` lines, once there are `count` (log lines may trail the answers).
+    static func loginPeers(_ server: ServerProcess, count: Int) throws -> [String] {
+        try server.waitForLog(event: "device.login", timeout: 5, count: count)
+        return server.logs.filter { $0["event"] as? String == "device.login" }.compactMap { $0["peer"] as? String }
     }
 
     /// Devices from 127.0.0.2 and 127.0.0.3 through HAProxy: logged in and ACKed under their own addresses, and
@@ -46,7 +47,7 @@ struct ProxyProtocolTests {
         let other = try DeviceClient(port: haproxy.port, source: "127.0.0.3")
         #expect(try other.login("356307042441015"), "127.0.0.3 has its own budget")
 
-        let peers = Self.loginPeers(server)
+        let peers = try Self.loginPeers(server, count: 3)
         #expect(peers.count == 3)
         #expect(
             peers.filter { $0.hasPrefix("127.0.0.2:") }.count == 2 && peers.filter { $0.hasPrefix("127.0.0.3:") }.count == 1,
@@ -121,7 +122,10 @@ struct ProxyProtocolTests {
         #expect(scrape[#"teltonika_proxy_headers_total{command="local"}"#] == 2)
         #expect(scrape[#"teltonika_proxy_headers_total{command="proxy"}"#] == 0)
         #expect(scrape[#"teltonika_disconnects_total{reason="error"}"#] == 0)
-        #expect(Self.loginPeers(server).map { $0.hasPrefix("127.0.0.1:") } == [true], "LOCAL: the load balancer's own address")
+        #expect(
+            try Self.loginPeers(server, count: 1).map { $0.hasPrefix("127.0.0.1:") } == [true],
+            "LOCAL: the load balancer's own address"
+        )
         let lines = server.logs.filter { $0["event"] as? String == "proxy.header_refused" }
         #expect(lines.first?["reason"] as? String == "untrusted")
         #expect((lines.first?["peer"] as? String)?.hasPrefix("127.0.0.5:") == true)
@@ -158,7 +162,7 @@ struct ProxyProtocolTests {
         try neighbour.send(proxyHeaderV4(source: "127.0.0.10") + IMEI("356307042441016")!.loginFrame)
         #expect(neighbour.receive(1, timeout: 5) == .bytes([1]))
 
-        let peers = Self.loginPeers(server).map { String($0.prefix { $0 != ":" }) }
+        let peers = try Self.loginPeers(server, count: 4).map { String($0.prefix { $0 != ":" }) }
         #expect(peers == ["127.0.0.5", "127.0.0.1", "127.0.0.8", "127.0.0.10"])
         let refused = try server.waitForLog(event: "server.connection_refused", timeout: 5)
         #expect(refused["reason"] as? String == "login_failures")
@@ -178,7 +182,8 @@ struct ProxyProtocolTests {
         #expect(try device.login(Self.imei))
         try device.send(Self.packet)
         #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 1)))
-        #expect(Self.loginPeers(server).map { $0.hasPrefix("127.0.0.1:") } == [true], "\(Self.loginPeers(server))")
+        let peers = try Self.loginPeers(server, count: 1)
+        #expect(peers.map { $0.hasPrefix("127.0.0.1:") } == [true], "\(peers)")
         let scrape = try server.scrape()
         #expect(scrape[#"teltonika_proxy_headers_total{command="proxy"}"#] == 1)
         #expect(scrape[#"teltonika_tls_handshakes_total{result="ok",version="tls1.3"}"#] == 1)

@@ -178,7 +178,7 @@ final class ProxyHeaderHandler: ChannelInboundHandler, RemovableChannelHandler {
             "PROXY header refused: closing",
             metadata: [
                 "event": "proxy.header_refused", "reason": "\(reason.rawValue)", "detail": "\(detail)", "peer": "\(peerString(peer))",
-                "suppressed": "\(suppressed)",
+                "suppressed": .stringConvertible(suppressed),
             ]
         )
     }

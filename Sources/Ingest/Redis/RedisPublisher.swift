@@ -332,7 +332,7 @@ public final class RedisPublisher: Sendable {
                         "redis primary changed",
                         metadata: [
                             "event": "redis.primary_changed", "old": "\(old)", "new": "\(opened.endpoint)",
-                            "seconds_without_primary": "\((seconds * 1000).rounded() / 1000)",
+                            "seconds_without_primary": .stringConvertible((seconds * 1000).rounded() / 1000),
                         ]
                     )
                 }
@@ -347,8 +347,9 @@ public final class RedisPublisher: Sendable {
                 logger.error(
                     "redis unreachable",
                     metadata: [
-                        "event": "redis.connect_failed", "error": "\(error)", "retry_in_ms": "\(delay.nanoseconds / 1_000_000)",
-                        "attempt": "\(attempt)", "redis": "\(publisher.connector.description)",
+                        "event": "redis.connect_failed", "error": "\(error)",
+                        "retry_in_ms": .stringConvertible(delay.nanoseconds / 1_000_000),
+                        "attempt": .stringConvertible(attempt), "redis": "\(publisher.connector.description)",
                     ]
                 )
             }
@@ -366,7 +367,7 @@ public final class RedisPublisher: Sendable {
                 metrics.redisErrors(kind: error.kind).increment()
                 logger.error(
                     "redis health check failed",
-                    metadata: ["event": "redis.connection_lost", "error": "\(error)", "unconfirmed_jobs": "0"]
+                    metadata: ["event": "redis.connection_lost", "error": "\(error)", "unconfirmed_jobs": .stringConvertible(0)]
                 )
             }
         }
@@ -397,7 +398,7 @@ public final class RedisPublisher: Sendable {
             if let firstRefusal {
                 logger.error(
                     "redis refused writes",
-                    metadata: ["event": "redis.error_reply", "error": "\(firstRefusal)", "jobs": "\(refused.count)"]
+                    metadata: ["event": "redis.error_reply", "error": "\(firstRefusal)", "jobs": .stringConvertible(refused.count)]
                 )
             }
             if let wait {
@@ -431,7 +432,9 @@ public final class RedisPublisher: Sendable {
                 _ = machine.connectionLost(at: .now(), jitter: Driver.jitter(), inARow: max(1, readOnlyInARow))
                 logger.error(
                     "redis connection lost",
-                    metadata: ["event": "redis.connection_lost", "error": "\(failure)", "unconfirmed_jobs": "\(retry.count)"]
+                    metadata: [
+                        "event": "redis.connection_lost", "error": "\(failure)", "unconfirmed_jobs": .stringConvertible(retry.count),
+                    ]
                 )
             } else {
                 readOnlyInARow = 0
@@ -460,7 +463,10 @@ public final class RedisPublisher: Sendable {
                 loggedNoWaitaof = true
                 logger.warning(
                     "redis has no WAITAOF; REDIS_MIN_LOCAL_FSYNC is not applied",
-                    metadata: ["event": "redis.waitaof_unavailable", "redis_version": "\(version)", "min_replicas": "\(wait.replicas)"]
+                    metadata: [
+                        "event": "redis.waitaof_unavailable", "redis_version": "\(version)",
+                        "min_replicas": .stringConvertible(wait.replicas),
+                    ]
                 )
             }
             return wait.replicas > 0 ? wait : nil
@@ -483,8 +489,8 @@ public final class RedisPublisher: Sendable {
             guard short != replicasShort else { return }
             replicasShort = short
             let metadata: Logger.Metadata = [
-                "event": short ? "redis.replicas_short" : "redis.replicas_ok", "replicas": "\(replicas)",
-                "min_replicas": "\(configuration.minReplicas)", "held_jobs": "\(awaitingReplicas.count)",
+                "event": short ? "redis.replicas_short" : "redis.replicas_ok", "replicas": .stringConvertible(replicas),
+                "min_replicas": .stringConvertible(configuration.minReplicas), "held_jobs": .stringConvertible(awaitingReplicas.count),
             ]
             if short {
                 logger.warning("too few replicas confirmed writes; holding ACKs", metadata: metadata)
@@ -553,7 +559,7 @@ public final class RedisPublisher: Sendable {
             let evicts = RedisDurability.policyEvictsStreams(policy)
             let metadata: Logger.Metadata = [
                 "event": "redis.durability", "mode": "\(mode.rawValue)", "maxmemory_policy": "\(policy ?? "unknown")",
-                "evicts_streams": "\(evicts)", "meaning": "\(mode.meaning)",
+                "evicts_streams": .stringConvertible(evicts), "meaning": "\(mode.meaning)",
             ]
             if mode == .none || evicts {
                 logger.warning("redis may lose ACKed records", metadata: metadata)

@@ -22,6 +22,8 @@ struct StreamEntryEncoder {
     private let telemetryUDPPrefixes: [[UInt8]]
     /// `*16 XADD <responses stream> MAXLEN ~ <maxlen> *` for each shard.
     private let responsesPrefixes: [[UInt8]]
+    /// `*18 XADD <responses stream> MAXLEN ~ <maxlen> *` for each shard: a response that answers a command (`cmd_id`).
+    private let responsesCorrelatedPrefixes: [[UInt8]]
     private let shards: Int
     private var json = RecordJSONEncoder()
     private var payload: [UInt8] = []
@@ -42,6 +44,7 @@ struct StreamEntryEncoder {
         telemetryPrefixes = prefixes(telemetryStream, fields: 5, maxLength: maxLength)
         telemetryUDPPrefixes = prefixes(telemetryStream, fields: 6, maxLength: maxLength)
         responsesPrefixes = prefixes(responsesStream, fields: 5, maxLength: responsesMaxLength)
+        responsesCorrelatedPrefixes = prefixes(responsesStream, fields: 6, maxLength: responsesMaxLength)
     }
 
     /// One `XADD` per record of the packet, with its `record_id`; `udp` adds the `transport udp` field.
@@ -85,7 +88,14 @@ struct StreamEntryEncoder {
     /// One `XADD` for a Codec 12/13/14/15 frame from a device, to the responses stream:
     /// `ts <receive time> device_id <IMEI> codec <12..15> type <n> payload <JSON>`, where the JSON holds
     /// `type`, `imei`/`timestamp` where present, `text` when printable and `payload_hex`.
-    mutating func appendMessage(_ message: DeviceMessage, imei: IMEI, receivedMs: UInt64, to writer: inout RESPWriter) {
+    /// `commandID`: the downlink command this response answers (the entry gets a `cmd_id` field).
+    mutating func appendMessage(
+        _ message: DeviceMessage,
+        imei: IMEI,
+        receivedMs: UInt64,
+        commandID: String? = nil,
+        to writer: inout RESPWriter
+    ) {
         payload.removeAll(keepingCapacity: true)
         JSONText.appendRaw("{\"device_id\":", to: &payload)
         JSONText.appendString(imei.description, to: &payload)
@@ -94,7 +104,8 @@ struct StreamEntryEncoder {
         payload.append(UInt8(ascii: "}"))
         time.removeAll(keepingCapacity: true)
         JSONText.appendISO8601(milliseconds: receivedMs, to: &time)
-        writer.beginCommand(prefix: responsesPrefixes[StreamShards.shard(of: imei, count: shards)])
+        let shard = StreamShards.shard(of: imei, count: shards)
+        writer.beginCommand(prefix: commandID == nil ? responsesPrefixes[shard] : responsesCorrelatedPrefixes[shard])
         writer.bulk("ts")
         writer.bulk(time.dropFirst().dropLast())
         writer.bulk("device_id")
@@ -105,5 +116,9 @@ struct StreamEntryEncoder {
         writer.bulk(string: String(message.type))
         writer.bulk("payload")
         writer.bulk(payload)
+        if let commandID {
+            writer.bulk("cmd_id")
+            writer.bulk(string: commandID)
+        }
     }
 }
