@@ -470,7 +470,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             if let registration = environment.directory {
                 let session = registration.directory.newSession()
                 registered = RegisteredSession(imei: imei, session: session, at: .now())
-                registration.directory.loggedIn(imei, session: session, peer: peerString(context.remoteAddress))
+                registration.directory.loggedIn(imei, session: session, peer: peerString(environment.deviceAddress(of: context.channel)))
             }
             if let delivery = environment.commands {
                 commands = delivery.makeSlot()

@@ -1,6 +1,7 @@
 import Codec8
 import FixtureSupport
 import Foundation
+import RedisWire
 import Testing
 
 @testable import Ingest
@@ -26,11 +27,13 @@ struct ProxyProtocolTests {
         return server.logs.filter { $0["event"] as? String == "device.login" }.compactMap { $0["peer"] as? String }
     }
 
-    /// Devices from 127.0.0.2 and 127.0.0.3 through HAProxy: logged in and ACKed under their own addresses, and
-    /// `MAX_CONNECTIONS_PER_IP` (2) counts 127.0.0.2, not HAProxy's 127.0.0.1, which holds 4 connections.
+    /// Devices from 127.0.0.2 and 127.0.0.3 through HAProxy: logged in and ACKed under their own addresses (in
+    /// the logs and the device registry), and `MAX_CONNECTIONS_PER_IP` (2) counts 127.0.0.2, not HAProxy's
+    /// 127.0.0.1, which holds 4 connections.
     @Test func testDevicesThroughHAProxyAreSeenAndLimitedByTheirOwnAddress() throws {
+        let registry = "test:devices:\(UUID().uuidString)"
         let server = try ServerProcess(environment: [
-            "PROXY_PROTOCOL": "v2", "PROXY_TRUSTED_CIDRS": "127.0.0.1/32", "MAX_CONNECTIONS_PER_IP": "2",
+            "PROXY_PROTOCOL": "v2", "PROXY_TRUSTED_CIDRS": "127.0.0.1/32", "MAX_CONNECTIONS_PER_IP": "2", "REDIS_DEVICE_PREFIX": registry,
         ])
         let haproxy = try HAProxyProcess(backendPort: server.port)
         let first = try DeviceClient(port: haproxy.port, source: "127.0.0.2")
@@ -58,7 +61,12 @@ struct ProxyProtocolTests {
         #expect(scrape[#"teltonika_connections_refused_total{reason="per_ip"}"#] == 1)
         #expect(scrape[#"teltonika_connections_total{result="accepted"}"#] == 3)
         #expect(scrape["teltonika_connections_active"] == 3, "the refused connection never was a session")
-        #expect(try RedisClient(url: TestEnvironment.redisURL).entries(server.stream).map { $0["device_id"] } == [Self.imei])
+        let redis = try RedisClient(url: TestEnvironment.redisURL)
+        #expect(try redis.entries(server.stream).map { $0["device_id"] } == [Self.imei])
+        try waitFor(timeout: 5, "the device registry names the device's own address") {
+            guard case .string(let peer) = try redis.command(["HGET", "\(registry):{\(Self.imei)}", "peer"]) else { return false }
+            return peer.hasPrefix("127.0.0.2:")
+        }
     }
 
     /// `v2`: each kind of bad header, from one client each, is closed and counted once under its reason: a
