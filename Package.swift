@@ -113,6 +113,7 @@ let package = Package(
         .target(
             name: "FixtureSupport",
             dependencies: [
+                "Codec8",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "Numerics", package: "swift-numerics"),
                 .product(name: "SystemPackage", package: "swift-system"),

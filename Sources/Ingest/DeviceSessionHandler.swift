@@ -32,6 +32,8 @@ final class SessionEnvironment: Sendable {
     let bufferBudget: BufferBudget
     /// Failed logins by source address (`MAX_LOGIN_FAILURES_PER_IP`), shared by every event loop.
     let loginFailures: NIOLockedValueBox<LoginFailureLimiter>?
+    /// The devices' addresses that PROXY headers named (see ``deviceAddress(of:)``).
+    let deviceAddresses = DeviceAddresses()
 
     /// Which IMEIs may log in (and send datagrams).
     let authority: DeviceAuthority
@@ -124,7 +126,8 @@ final class SessionEnvironment: Sendable {
                 telemetryStream: configuration.telemetryStream,
                 responsesStream: configuration.responsesStream,
                 maxLength: configuration.streamMaxLength,
-                responsesMaxLength: configuration.responsesMaxLength
+                responsesMaxLength: configuration.responsesMaxLength,
+                shards: configuration.streamShards
             )
         )
         encoders.currentValue = box
@@ -226,7 +229,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     // MARK: - Channel events
 
     func channelActive(context: ChannelHandlerContext) {
-        peer = peerString(context.remoteAddress)
+        peer = peerString(environment.deviceAddress(of: context.channel))
         environment.metrics.connectionsActive.increment()
         let timeout = TimeAmount.milliseconds(Int64(environment.configuration.handshakeTimeoutMs))
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -234,7 +237,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             let (handler, context) = bound.value
             guard handler.session.handshakeTimedOut() else { return }
             handler.environment.metrics.handshakes(result: .timeout).increment()
-            handler.environment.loginFailed(from: context.remoteAddress)
+            handler.environment.loginFailed(from: handler.environment.deviceAddress(of: context.channel))
             handler.logger.warning("no login in time", metadata: ["event": "device.handshake_timeout"])
             handler.close(context, .handshakeTimeout)
         }
@@ -468,7 +471,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 environment.metrics.connectionsReplaced.increment()
                 logger.info(
                     "newer login replaces the older connection",
-                    metadata: ["event": "device.replaced", "old_peer": "\(peerString(old.remoteAddress))"]
+                    metadata: ["event": "device.replaced", "old_peer": "\(peerString(environment.deviceAddress(of: old)))"]
                 )
                 // Its own handler closes it, on its own event loop, and counts why.
                 old.pipeline.fireUserInboundEventTriggered(SessionReplaced())
@@ -479,7 +482,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             if let registration = environment.directory {
                 let session = registration.directory.newSession()
                 registered = RegisteredSession(imei: imei, session: session, at: .now())
-                registration.directory.loggedIn(imei, session: session, peer: peerString(context.remoteAddress))
+                registration.directory.loggedIn(imei, session: session, peer: peer)
             }
             if let delivery = environment.commands {
                 commands = delivery.makeSlot()
@@ -492,8 +495,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             refuseLogin(context, error: error, result: result)
         case .deny(let imei):
             environment.metrics.handshakes(result: .unknownDevice).increment()
-            environment.loginFailed(from: context.remoteAddress)
-            environment.unknownDevice(imei, peer: context.remoteAddress, transport: "tcp")
+            environment.loginFailed(from: environment.deviceAddress(of: context.channel))
+            environment.unknownDevice(imei, peer: environment.deviceAddress(of: context.channel), transport: "tcp")
             answerZeroAndClose(context, reason: .loginRejected)
         }
     }
@@ -508,7 +511,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// Answers 0x00, closes once it is written. `result`: `rejected` (bad digits) or `malformed` (bad length).
     private func refuseLogin(_ context: ChannelHandlerContext, error: Codec8Error, result: HandshakeResult) {
         environment.metrics.handshakes(result: result).increment()
-        environment.loginFailed(from: context.remoteAddress)
+        environment.loginFailed(from: environment.deviceAddress(of: context.channel))
         logger.warning("login rejected", metadata: ["event": "device.login_rejected", "error": "\(error.category)", "detail": "\(error)"])
         answerZeroAndClose(context, reason: .loginRejected)
     }

@@ -51,6 +51,12 @@ public struct IngestConfiguration: Sendable, Equatable {
     /// The TLS port for devices, its certificate, key, client CA and minimum version (port nil: no TLS listener).
     public var deviceTLS = DeviceTLSOptions()
 
+    // MARK: PROXY protocol (load balancers)
+    /// Whether the device ports read a PROXY v2 header before the login (`off`, `v2`, `optional`).
+    public var proxyProtocol = ProxyProtocolMode.off
+    /// The load balancers allowed to send one.
+    public var proxyTrustedCIDRs: [CIDR] = []
+
     // MARK: Publisher
     public var redisURL: RedisURL = RedisURL(endpoint: .tcp(host: "127.0.0.1", port: 6379))
     public var telemetryStream = "telemetry:teltonika"
@@ -58,6 +64,8 @@ public struct IngestConfiguration: Sendable, Equatable {
     public var streamMaxLength = 1_000_000
     /// Cap of the responses stream (device messages): sized for command answers, not telemetry.
     public var responsesMaxLength = 10_000
+    /// Keys each stream is split into, by device (1: the stream's own name; N: `<stream>:{0}` ... `{N-1}`).
+    public var streamShards = 1
     /// Device messages (Codec 12-15) one connection may have stored per second, and at once.
     public var deviceMessageRate = 10
     public var deviceMessageBurst = 50
@@ -286,6 +294,19 @@ public struct IngestConfiguration: Sendable, Equatable {
                 c.deviceTLS.minimumVersion = version
             }
         ),
+        choice(
+            "PROXY_PROTOCOL",
+            "proxy-protocol",
+            "off, v2 (every connection from PROXY_TRUSTED_CIDRS, starting with a PROXY v2 header) or optional.",
+            \.proxyProtocol
+        ),
+        list(
+            "PROXY_TRUSTED_CIDRS",
+            "proxy-trusted-cidrs",
+            "Comma-separated IPv4/IPv6 networks (10.0.0.0/8, fd00::/8, 192.0.2.7) of the load balancers that send PROXY headers.",
+            \.proxyTrustedCIDRs,
+            expected: "an IPv4 or IPv6 address/prefix"
+        ) { text in CIDR(text) },
         Setting(
             env: "REDIS_URL",
             flag: "redis-url",
@@ -314,6 +335,13 @@ public struct IngestConfiguration: Sendable, Equatable {
             "Approximate cap of the responses stream (device messages).",
             1...Int(Int32.max),
             \.responsesMaxLength
+        ),
+        int(
+            "REDIS_STREAM_SHARDS",
+            "stream-shards",
+            "Keys each stream is split into by device: 1 the stream itself; N: <stream>:{0}..{N-1}, each capped at its share of the MAXLEN.",
+            1...1024,
+            \.streamShards
         ),
         int(
             "DEVICE_MESSAGE_RATE",
@@ -564,6 +592,15 @@ public struct IngestConfiguration: Sendable, Equatable {
             throw ConfigurationError(key: "DEVICE_ALLOWLIST_FILE", message: "must be set with DEVICE_AUTHORITY_MODE=file")
         }
         try deviceTLS.validate(tcpPort: port)
+        if proxyProtocol != .off, proxyTrustedCIDRs.isEmpty {
+            throw ConfigurationError(
+                key: "PROXY_TRUSTED_CIDRS",
+                message: "must name the load balancers with PROXY_PROTOCOL=\(proxyProtocol.rawValue)"
+            )
+        }
+        if proxyProtocol == .off, !proxyTrustedCIDRs.isEmpty {
+            throw ConfigurationError(key: "PROXY_TRUSTED_CIDRS", message: "is set, but PROXY_PROTOCOL is off: no header would be read")
+        }
         if !redisUsesTLS {
             let given = [
                 ("REDIS_TLS_CA_FILE", redisTLS.caFile), ("REDIS_TLS_CERT_FILE", redisTLS.certFile),
@@ -635,6 +672,55 @@ public struct IngestConfiguration: Sendable, Equatable {
             apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
                 guard !v.isEmpty else { throw ConfigurationError(key: env, message: "must not be empty") }
                 c[keyPath: field] = v
+            }
+        )
+    }
+
+    /// A setting that takes one of an enumeration's raw values.
+    private static func choice<Value: RawRepresentable<String> & CaseIterable & Sendable>(
+        _ env: String,
+        _ flag: String,
+        _ help: String,
+        _ field: any WritableKeyPath<IngestConfiguration, Value> & Sendable
+    ) -> Setting {
+        Setting(
+            env: env,
+            flag: flag,
+            help: help,
+            read: { $0[keyPath: field].rawValue },
+            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
+                guard let value = Value(rawValue: v) else {
+                    let names = Value.allCases.map(\.rawValue)
+                    let expected = names.dropLast().joined(separator: ", ") + " or " + names.last!
+                    throw ConfigurationError(key: env, message: "expected \(expected), got '\(v)'")
+                }
+                c[keyPath: field] = value
+            }
+        )
+    }
+
+    /// A comma-separated list (blanks around items and empty items ignored; empty: none), each item parsed
+    /// by `parse` (nil: not `expected`).
+    private static func list<Item: CustomStringConvertible & Sendable>(
+        _ env: String,
+        _ flag: String,
+        _ help: String,
+        _ field: any WritableKeyPath<IngestConfiguration, [Item]> & Sendable,
+        expected: String,
+        parse: @escaping @Sendable (String) -> Item?
+    ) -> Setting {
+        Setting(
+            env: env,
+            flag: flag,
+            help: help,
+            read: { $0[keyPath: field].map(\.description).joined(separator: ",") },
+            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
+                var items: [Item] = []
+                for text in v.split(separator: ",").map({ $0.trimmingWhitespace() }) where !text.isEmpty {
+                    guard let item = parse(text) else { throw ConfigurationError(key: env, message: "'\(text)' is not \(expected)") }
+                    items.append(item)
+                }
+                c[keyPath: field] = items
             }
         )
     }

@@ -20,10 +20,12 @@ public final class IngestServer: Sendable {
     private let group: any EventLoopGroup
     /// Open device connections, by identity (their count is what MAX_CONNECTIONS bounds); whether the
     /// server drains (no more are admitted); who waits for the last one to close.
+    /// `counted`: the address each connection counts against in `perAddress` (a connection behind a PROXY
+    /// header is counted once its header named the device).
     private let connections = NIOLockedValueBox(
         (
-            open: [ObjectIdentifier: any Channel](), perAddress: [String: Int](), draining: false, waiters: [ResumeOnce<Bool>](),
-            refusalLog: LogLimiter()
+            open: [ObjectIdentifier: any Channel](), perAddress: [String: Int](), counted: [ObjectIdentifier: String](),
+            draining: false, waiters: [ResumeOnce<Bool>](), refusalLog: LogLimiter()
         )
     )
     /// The listeners: the TCP port, and the TLS port when there is one.
@@ -90,6 +92,11 @@ public final class IngestServer: Sendable {
         let (metrics, logger) = (environment.metrics, environment.logger)
         // One limiter for the listener: a scanner opening many connections writes one line per 10 s.
         let handshakeFailureLog = NIOLockedValueBox(LogLimiter())
+        let proxy = ProxyListener(
+            environment: environment,
+            refusalLog: NIOLockedValueBox(LogLimiter()),
+            admitDevice: { [self] channel, address in admitAddress(channel, address: address) }
+        )
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -114,9 +121,24 @@ public final class IngestServer: Sendable {
                 value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: DeviceSessionHandler.readChunkBytes)
             )
             .childChannelInitializer { [self] channel in
-                guard admit(channel) else { return channel.close() }
+                let mode = configuration.proxyProtocol
+                let trusted = mode != .off && configuration.proxyTrustedCIDRs.contains(channel.remoteAddress)
+                if mode == .v2, !trusted {
+                    metrics.proxyRefusals(.untrusted).increment()
+                    ProxyHeaderHandler.log(
+                        proxy,
+                        .untrusted,
+                        detail: "connection from outside PROXY_TRUSTED_CIDRS",
+                        peer: channel.remoteAddress
+                    )
+                    return channel.close()
+                }
+                // Behind a trusted load balancer the device's address is known only after its header.
+                guard admit(channel, countAddress: !trusted) else { return channel.close() }
+                let proxyHandler = mode == .off ? nil : ProxyHeaderHandler(listener: proxy, trusted: trusted, required: mode == .v2)
                 return channel.eventLoop.makeCompletedFuture {
                     let pipeline = channel.pipeline.syncOperations
+                    if let proxyHandler { try pipeline.addHandler(proxyHandler) }
                     if let tls {
                         let handler = NIOSSLServerHandler(context: tls.current.context)
                         try pipeline.addHandler(handler)
@@ -133,50 +155,67 @@ public final class IngestServer: Sendable {
     }
 
     /// Counts the connection in, or refuses it (counted, logged at most once per 10 s): once draining, at
-    /// `MAX_CONNECTIONS`, at `MAX_CONNECTIONS_PER_IP` from its address, or while its address' failed
-    /// logins are over `MAX_LOGIN_FAILURES_PER_IP`. Releases the slot when it closes.
-    private func admit(_ channel: any Channel) -> Bool {
+    /// `MAX_CONNECTIONS`, and (with `countAddress`) as ``admitAddress(_:address:)`` does for its peer address.
+    /// Releases the slot when it closes. Without `countAddress` (a trusted load balancer's connection, whose
+    /// PROXY header is still to come) the device's address is admitted later, by the proxy handler.
+    private func admit(_ channel: any Channel, countAddress: Bool) -> Bool {
         let id = ObjectIdentifier(channel)
-        let address = channel.remoteAddress?.ipAddress ?? ""
         let configuration = environment.configuration
-        let loginsAllowed = environment.admitsLogins(from: channel.remoteAddress)
-        let now = NIODeadline.now().uptimeNanoseconds
-        let (refusal, logLine) = connections.withLockedValue { c -> (RefusalReason?, Int?) in
-            let refusal: RefusalReason? =
-                if c.draining { .draining } else if c.open.count >= configuration.maxConnections {
-                    .maxConnections
-                } else if c.perAddress[address, default: 0] >= configuration.maxConnectionsPerIP {
-                    .perAddress
-                } else if !loginsAllowed { .loginFailures } else { nil }
-            guard let refusal else {
-                c.open[id] = channel
-                c.perAddress[address, default: 0] += 1
-                return (nil, nil)
-            }
-            return (refusal, c.refusalLog.admit(nowNanoseconds: now))
+        let refusal = connections.withLockedValue { c -> RefusalReason? in
+            if c.draining { return .draining }
+            if c.open.count >= configuration.maxConnections { return .maxConnections }
+            c.open[id] = channel
+            return nil
         }
-        guard let refusal else {
-            environment.metrics.connections(result: .accepted).increment()
-            channel.closeFuture.whenComplete { [connections] _ in
-                let waiters = connections.withLockedValue { c -> [ResumeOnce<Bool>] in
-                    c.open.removeValue(forKey: id)
+        if let refusal { return refused(channel, refusal, peer: channel.remoteAddress) }
+        channel.closeFuture.whenComplete { [connections] _ in
+            let waiters = connections.withLockedValue { c -> [ResumeOnce<Bool>] in
+                c.open.removeValue(forKey: id)
+                if let address = c.counted.removeValue(forKey: id) {
                     let left = c.perAddress[address, default: 1] - 1
                     c.perAddress[address] = left > 0 ? left : nil
-                    guard c.open.isEmpty else { return [] }
-                    defer { c.waiters = [] }
-                    return c.waiters
                 }
-                for waiter in waiters { waiter.resume(true) }
+                guard c.open.isEmpty else { return [] }
+                defer { c.waiters = [] }
+                return c.waiters
             }
-            return true
+            for waiter in waiters { waiter.resume(true) }
         }
+        return countAddress ? admitAddress(channel, address: channel.remoteAddress) : true
+    }
+
+    /// Counts an open connection against the device address `address`, or refuses it (counted, logged): at
+    /// `MAX_CONNECTIONS_PER_IP` from that address, or while its failed logins are over
+    /// `MAX_LOGIN_FAILURES_PER_IP`. The caller closes a refused connection.
+    private func admitAddress(_ channel: any Channel, address: SocketAddress?) -> Bool {
+        let id = ObjectIdentifier(channel)
+        let ip = address?.ipAddress ?? ""
+        let configuration = environment.configuration
+        let loginsAllowed = environment.admitsLogins(from: address)
+        let refusal = connections.withLockedValue { c -> RefusalReason? in
+            guard c.open[id] != nil else { return nil }  // closed meanwhile: nothing to count
+            if c.perAddress[ip, default: 0] >= configuration.maxConnectionsPerIP { return .perAddress }
+            if !loginsAllowed { return .loginFailures }
+            c.perAddress[ip, default: 0] += 1
+            c.counted[id] = ip
+            return nil
+        }
+        if let refusal { return refused(channel, refusal, peer: address) }
+        environment.metrics.connections(result: .accepted).increment()
+        return true
+    }
+
+    /// Counts and (at most once per 10 s) logs a refused connection; returns false.
+    private func refused(_ channel: any Channel, _ refusal: RefusalReason, peer: SocketAddress?) -> Bool {
+        let now = NIODeadline.now().uptimeNanoseconds
+        let logLine = connections.withLockedValue { $0.refusalLog.admit(nowNanoseconds: now) }
         environment.metrics.connections(result: .refused).increment()
         environment.metrics.refusals(refusal).increment()
         if let suppressed = logLine {
             environment.logger.warning(
                 "connection refused",
                 metadata: [
-                    "event": "server.connection_refused", "reason": "\(refusal.rawValue)", "peer": "\(peerString(channel.remoteAddress))",
+                    "event": "server.connection_refused", "reason": "\(refusal.rawValue)", "peer": "\(peerString(peer))",
                     "suppressed": .stringConvertible(suppressed),
                 ]
             )

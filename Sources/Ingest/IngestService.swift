@@ -191,10 +191,7 @@ public final class IngestService: Service, Sendable {
             replicaTimeoutMs: configuration.redisReplicaTimeoutMs,
             minLocalFsync: configuration.redisMinLocalFsync == 1
         )
-        publishing.watchedStreams = [
-            WatchedStream(role: "telemetry", key: configuration.telemetryStream, maxLength: configuration.streamMaxLength),
-            WatchedStream(role: "responses", key: configuration.responsesStream, maxLength: configuration.responsesMaxLength),
-        ]
+        publishing.watchedStreams = configuration.watchedStreams
         self.publisher = RedisPublisher(
             configuration: publishing,
             connector: connector,

@@ -73,7 +73,9 @@ struct MetricsTests {
             #"teltonika_commands_sent_total{codec="12"}"#, #"teltonika_commands_sent_total{codec="14"}"#, "teltonika_commands_in_flight",
             "teltonika_command_responses_uncorrelated_total", "teltonika_notices_total", "teltonika_command_latency_seconds_count",
         ]
-        #expect(expected.count == 40 + 2 + 5 + 3 + 4 + 8 + 6 + 2 + 14 + 2 + 31 + 8 + 4 + 3 + 2 + 7 + 6)
+        expected += ProxyCommandLabel.allCases.map { #"teltonika_proxy_headers_total{command="\#($0.rawValue)"}"# }
+        expected += ProxyRefusal.allCases.map { #"teltonika_proxy_header_refusals_total{reason="\#($0.rawValue)"}"# }
+        #expect(expected.count == 40 + 2 + 5 + 3 + 4 + 8 + 6 + 2 + 14 + 2 + 31 + 8 + 4 + 3 + 2 + 7 + 6 + 2 + 6)
         for series in expected { #expect(scrape[series] == 0, "\(series): \(String(describing: scrape[series]))") }
         for mode in IngestMetrics.redisDurabilityModes {
             #expect(scrape[#"teltonika_redis_durability{mode="\#(mode)"}"#] != nil, "durability \(mode)")

@@ -14,11 +14,14 @@ public struct WatchedStream: Sendable, Equatable {
     public var key: String
     /// Its `MAXLEN ~` cap (`teltonika_stream_maxlen`).
     public var maxLength: Int
+    /// With `REDIS_STREAM_SHARDS` > 1, which shard of the stream this key is: the `shard` label.
+    public var shard: Int?
 
-    public init(role: String, key: String, maxLength: Int) {
+    public init(role: String, key: String, maxLength: Int, shard: Int? = nil) {
         self.role = role
         self.key = key
         self.maxLength = maxLength
+        self.shard = shard
     }
 }
 
@@ -115,7 +118,10 @@ public final class RedisPublisher: Sendable {
         queue = PublishQueue(capacity: configuration.queueCapacity, metrics: metrics)
         metrics.publishQueueCapacity.set(Int64(configuration.queueCapacity))
         metrics.redisUp.set(Int64(0))
-        for stream in configuration.watchedStreams { metrics.streamMaxLength(stream.role).set(Int64(stream.maxLength)) }
+        for stream in configuration.watchedStreams {
+            metrics.streamMaxLength(stream).set(Int64(stream.maxLength))
+            metrics.streamLength(stream).set(Int64(0))
+        }
     }
 
     /// Starts the publisher thread.
@@ -516,7 +522,7 @@ public final class RedisPublisher: Sendable {
             }
             for stream in configuration.watchedStreams {
                 if case .integer(let length) = try transport.command(["XLEN", stream.key]) {
-                    metrics.streamLength(stream.role).set(length)
+                    metrics.streamLength(stream).set(length)
                 }
                 guard case .array(let groups) = try transport.command(["XINFO", "GROUPS", stream.key]) else { continue }
                 for case .array(let fields) in groups {
@@ -529,7 +535,7 @@ public final class RedisPublisher: Sendable {
                         default: break
                         }
                     }
-                    if let name, let lag { metrics.streamGroupLag(stream.role, group: name).set(lag) }
+                    if let name, let lag { metrics.streamGroupLag(stream, group: name).set(lag) }
                 }
             }
         }
