@@ -71,6 +71,7 @@ final class SessionEnvironment: Sendable {
     func makeJob<Owner>(
         writer: RESPWriter,
         records: Int,
+        message: Bool = false,
         bound: NIOLoopBound<Owner>,
         answer: @escaping @Sendable (Owner, PublishOutcome) -> Void
     ) -> PublishJob {
@@ -79,6 +80,7 @@ final class SessionEnvironment: Sendable {
             commandCount: writer.commandCount,
             recordCount: records,
             deadline: .now() + .milliseconds(Int64(configuration.publishTimeoutMs)),
+            isMessage: message,
             completion: { outcome in bound.eventLoop.execute { answer(bound.value, outcome) } }
         )
     }
@@ -551,7 +553,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                             to: &writer
                         )
                         return PacketInFlight(
-                            job: makeJob(context, writer: writer, records: 1),
+                            job: makeJob(context, writer: writer, records: 1, message: true),
                             frameCompleted: completed,
                             codec: codec.name
                         )
@@ -643,9 +645,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     /// A publish job whose outcome comes back to this handler on its event loop.
-    private func makeJob(_ context: ChannelHandlerContext, writer: RESPWriter, records: Int) -> PublishJob {
+    private func makeJob(_ context: ChannelHandlerContext, writer: RESPWriter, records: Int, message: Bool = false) -> PublishJob {
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        return environment.makeJob(writer: writer, records: records, bound: bound) { handler, outcome in
+        return environment.makeJob(writer: writer, records: records, message: message, bound: bound) { handler, outcome in
             handler.0.published(handler.1, outcome: outcome)
         }
     }

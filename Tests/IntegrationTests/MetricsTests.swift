@@ -85,6 +85,23 @@ struct MetricsTests {
         #expect(scrape["teltonika_device_store_errors_total"] != nil)
     }
 
+    /// Device messages go to the responses stream and are not telemetry records: records_published_total
+    /// counts only the records, so it can be compared with records_total.
+    @Test func testRecordsPublishedCountsTelemetryRecordsOnly() throws {
+        let server = try ServerProcess()
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login("356307042441013"))
+        try device.send(Self.twoRecords)
+        #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 2)))
+        try device.send(DeviceMessage(codec: .codec12, type: DeviceMessage.typeResponse, payload: Array("ok".utf8)).encoded())
+        try waitFor(timeout: 10) { try RedisClient(url: TestEnvironment.redisURL).xlen(server.responses) == 1 }
+        try waitFor(timeout: 10) { try server.scrape().value("teltonika_publish_duration_seconds_count") == 2 }
+        let scrape = try server.scrape()
+        #expect(scrape[#"teltonika_device_messages_total{codec="12"}"#] == 1)
+        #expect(scrape[#"teltonika_records_total{codec="8"}"#] == 2)
+        #expect(scrape["teltonika_records_published_total"] == 2, "the message is not a record")
+    }
+
     /// The streams' health, read every REDIS_CHECK_INTERVAL_MS: length, cap, and each consumer group's lag.
     @Test func testStreamLengthAndConsumerLag() throws {
         let server = try ServerProcess(environment: ["REDIS_CHECK_INTERVAL_MS": "1000", "REDIS_STREAM_MAXLEN": "5000"])

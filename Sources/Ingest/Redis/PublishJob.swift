@@ -36,6 +36,9 @@ public final class PublishJob: Sendable {
     let commandCount: Int
     /// Records the job holds: what it costs in queue capacity.
     public let recordCount: Int
+    /// A device message (Codec 12-15) for the responses stream, not telemetry records: not counted in
+    /// `teltonika_records_published_total`.
+    let isMessage: Bool
     /// After this instant an unconfirmed job completes `.expired`.
     let deadline: NIODeadline
     /// When the job was made (for the publish-duration histogram).
@@ -48,11 +51,13 @@ public final class PublishJob: Sendable {
         commandCount: Int,
         recordCount: Int,
         deadline: NIODeadline,
+        isMessage: Bool = false,
         completion: @escaping @Sendable (PublishOutcome) -> Void
     ) {
         self.commands = commands
         self.commandCount = commandCount
         self.recordCount = recordCount
+        self.isMessage = isMessage
         self.deadline = deadline
         self.completion = completion
     }

@@ -476,7 +476,7 @@ public final class RedisPublisher: Sendable {
         private func store(_ jobs: [PublishJob]) {
             let now = NIODeadline.now()
             for job in jobs {
-                metrics.recordsPublished.increment(by: Int64(job.recordCount))
+                if !job.isMessage { metrics.recordsPublished.increment(by: Int64(job.recordCount)) }
                 metrics.publishDuration.recordNanoseconds((now - job.enqueued).nanoseconds)
                 queue.complete(job, .stored)
             }
