@@ -142,12 +142,16 @@ struct IngestConfigurationTests {
             "TLS_PORT": "5444", "TLS_CERT_FILE": "/other.pem", "TLS_KEY_FILE": "/other.key", "TLS_CLIENT_CA_FILE": "/devices-ca.pem",
             "TLS_MIN_VERSION": "1.3", "COMMANDS": "off", "REDIS_COMMAND_PREFIX": "c", "REDIS_COMMAND_EVENTS_STREAM": "e",
             "REDIS_COMMAND_EVENTS_MAXLEN": "10", "COMMAND_TIMEOUT_MS": "1000", "COMMAND_LATE_GRACE_MS": "0", "COMMAND_LOGIN_GRACE_MS": "0",
+            "REDIS_MODE": "cluster", "REDIS_CLUSTER_NODES": "10.0.0.5:7000",
         ]
         #expect(Set(other.keys) == Set(IngestConfiguration.settings.map(\.env)))
         #expect(base.changedSettings(comparedTo: base).isEmpty)
+        // REDIS_CLUSTER_NODES goes only with REDIS_MODE=cluster: changed together, both named.
+        let companions = ["REDIS_CLUSTER_NODES": ["REDIS_MODE": "cluster"]]
         for (env, value) in other {
-            let changed = try IngestConfiguration.load(environment: tls.merging([env: value]) { $1 }, flags: [:])
-            #expect(changed.changedSettings(comparedTo: base) == [env], "\(env)")
+            let extra = companions[env] ?? [:]
+            let changed = try IngestConfiguration.load(environment: tls.merging([env: value]) { $1 }.merging(extra) { $1 }, flags: [:])
+            #expect(Set(changed.changedSettings(comparedTo: base)) == Set([env] + extra.keys), "\(env)")
         }
     }
 }

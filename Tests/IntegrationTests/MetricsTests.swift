@@ -72,7 +72,13 @@ struct MetricsTests {
             #"teltonika_commands_sent_total{codec="12"}"#, #"teltonika_commands_sent_total{codec="14"}"#, "teltonika_commands_in_flight",
             "teltonika_command_responses_uncorrelated_total", "teltonika_command_wakeups_total", "teltonika_command_latency_seconds_count",
         ]
-        #expect(expected.count == 40 + 2 + 5 + 3 + 4 + 8 + 6 + 2 + 14 + 2 + 30 + 8 + 4 + 3 + 2 + 7 + 6)
+        expected += [
+            #"teltonika_redis_cluster_redirects_total{kind="moved"}"#, #"teltonika_redis_cluster_redirects_total{kind="ask"}"#,
+            #"teltonika_redis_cluster_slot_refreshes_total{result="ok"}"#,
+            #"teltonika_redis_cluster_slot_refreshes_total{result="failed"}"#,
+            "teltonika_redis_cluster_node_failures_total",
+        ]
+        #expect(expected.count == 40 + 2 + 5 + 3 + 4 + 8 + 6 + 2 + 14 + 2 + 30 + 8 + 4 + 3 + 2 + 7 + 6 + 5)
         for series in expected { #expect(scrape[series] == 0, "\(series): \(String(describing: scrape[series]))") }
         for mode in IngestMetrics.redisDurabilityModes {
             #expect(scrape[#"teltonika_redis_durability{mode="\#(mode)"}"#] != nil, "durability \(mode)")

@@ -50,7 +50,7 @@ enum ClusterReplies {
         let name = arguments.first?.uppercased() ?? ""
         switch name {
         case "PING":
-            return replies.first { $0 == .string("PONG") } ?? replies[0]
+            return replies.first(where: isAnswer) ?? replies[0]
         case "CONFIG" where arguments.count >= 3:
             return replies.min { configRank(arguments[2], $0) < configRank(arguments[2], $1) }!
         case "INFO" where arguments.count >= 2 && arguments[1].lowercased() == "memory":
@@ -60,10 +60,15 @@ enum ClusterReplies {
             let answered = replies.filter { if case .string = $0 { true } else { false } }
             return answered.min { version($0).lexicographicallyPrecedes(version($1)) } ?? replies[0]
         case "CLIENT":
-            return replies.first { $0 == .string("OK") } ?? replies[0]
+            return replies.first(where: isAnswer) ?? replies[0]
         default:
             return replies[0]
         }
+    }
+
+    /// Anything but an error reply (`PONG`, `OK`).
+    static func isAnswer(_ reply: RedisConnection.Reply) -> Bool {
+        if case .error = reply { false } else { true }
     }
 
     /// How weak a `CONFIG GET <parameter>` answer is for the promise (lower: weaker; a refusal, which
