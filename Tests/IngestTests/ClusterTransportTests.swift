@@ -247,6 +247,16 @@ struct ClusterTransportTests {
         #expect(transport.send([ClusterFixtures.job(key, ["2"])], replicaWait: nil).answers == [nil])
         #expect(promoted.keys[key] == ["2"])
         #expect(!transport.map.primaries.contains(cluster.node(7001).address))
+        // The old primary comes back (as a replica) just as a redial of it succeeds: not kept as a primary's.
+        let old = cluster.node(7001).address
+        cluster.lock.withLock { cluster.node(7001).isDown = false }
+        transport.dialer.wait(for: [old], until: .now() + .seconds(5))
+        _ = transport.dialer.takeFinished()
+        transport.dialer.start(old, clientName: "teltonika-ingest")
+        transport.dialer.wait(for: [old], until: .now() + .seconds(5))
+        #expect(transport.send([ClusterFixtures.job(key, ["3"])], replicaWait: nil).answers == [nil])
+        #expect(transport.links[cluster.node(7001).address] == nil)
+        #expect(promoted.keys[key] == ["2", "3"])
     }
 }
 

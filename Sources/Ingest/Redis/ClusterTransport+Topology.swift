@@ -6,11 +6,13 @@ import Prometheus
 import RedisWire
 
 extension ClusterTransport {
-    /// Before each batch or command: connections dialed meanwhile are taken up, and while a primary is
-    /// down the slot map is read again (at most every ``Settings/refreshInterval``), so a failover's
-    /// new primary is found without waiting for a `MOVED`.
+    /// Before each batch or command: connections dialed meanwhile are taken up (but not to nodes that
+    /// serve no slot any more: a failed primary back as a replica), and while a primary is down the slot
+    /// map is read again (at most every ``Settings/refreshInterval``), so a failover's new primary is
+    /// found without waiting for a `MOVED`.
     func maintain() {
         adoptDials()
+        for node in links.keys where !map.primaries.contains(node) { links.removeValue(forKey: node) }
         if !down.isEmpty, NIODeadline.now() - lastRefresh >= settings.refreshInterval {
             refresh(reason: "primary_down")
         }
