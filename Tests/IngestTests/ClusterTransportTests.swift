@@ -293,7 +293,7 @@ struct ClusterPublisherTests {
         )
     }
 
-    static func job(_ key: String, _ value: String, into outcomes: NIOLockedValueBox<[String: PublishOutcome]>, timeoutMs: Int64 = 5000)
+    static func job(_ key: String, _ value: String, into outcomes: NIOLockedValueBox<[String: PublishOutcome]>, timeoutMs: Int64 = 30_000)
         -> PublishJob
     {
         var writer = RESPWriter()
@@ -301,6 +301,15 @@ struct ClusterPublisherTests {
         for argument in ["XADD", key, "*", "v", value] { writer.bulk(string: argument) }
         return PublishJob(commands: writer.bytes, commandCount: 1, recordCount: 1, deadline: .now() + .milliseconds(timeoutMs)) { outcome in
             outcomes.withLockedValue { $0[value] = outcome }
+        }
+    }
+
+    /// Waits for a condition without blocking the task pool: up to 30 s (the whole suite runs beside it on 2 cores).
+    static func waitUntil(_ condition: () -> Bool) async throws {
+        let end = Date().addingTimeInterval(30)
+        while !condition() {
+            guard Date() < end else { throw RedisPublisherTests.TestFailure("condition not met in 30 s") }
+            try await Task.sleep(for: .milliseconds(1))
         }
     }
 
@@ -316,13 +325,13 @@ struct ClusterPublisherTests {
         #expect(publisher.submit(Self.job(slow, "slow", into: outcomes)))
         #expect(publisher.submit(Self.job(fast, "fast", into: outcomes)))
         publisher.start()
-        try await RedisPublisherTests.waitUntil { outcomes.withLockedValue { $0["fast"] } == .stored }
+        try await Self.waitUntil { outcomes.withLockedValue { $0["fast"] } == .stored }
         #expect(outcomes.withLockedValue { $0["slow"] } == nil, "held: its primary's WAIT fell short")
-        try await RedisPublisherTests.waitUntil { cluster.lock.withLock { cluster.node(7001).received.filter { $0 == "WAIT" }.count } >= 3 }
+        try await Self.waitUntil { cluster.lock.withLock { cluster.node(7001).received.filter { $0 == "WAIT" }.count } >= 3 }
         #expect(outcomes.withLockedValue { $0["slow"] } == nil)
         #expect(try RedisPublisherTests.value(metrics, "teltonika_publish_jobs_held_for_replicas_total") == 1)
         cluster.lock.withLock { cluster.node(7001).replicas = 1 }
-        try await RedisPublisherTests.waitUntil { outcomes.withLockedValue { $0["slow"] } == .stored }
+        try await Self.waitUntil { outcomes.withLockedValue { $0["slow"] } == .stored }
         #expect(cluster.lock.withLock { cluster.node(7001).keys[slow] } == ["slow"], "written once")
         #expect(try RedisPublisherTests.value(metrics, "teltonika_records_published_total") == 2)
         _ = await publisher.stop(deadline: .now() + .seconds(1))
@@ -336,17 +345,17 @@ struct ClusterPublisherTests {
         let publisher = Self.publisher(cluster, metrics: metrics)
         let outcomes = NIOLockedValueBox<[String: PublishOutcome]>([:])
         publisher.start()
-        try await RedisPublisherTests.waitUntil { publisher.isConnected }
+        try await Self.waitUntil { publisher.isConnected }
         cluster.lock.withLock { cluster.node(7001).isDown = true }
         #expect(publisher.submit(Self.job(cluster.key(on: 7001), "down", into: outcomes, timeoutMs: 20_000)))
         for (index, port) in [7000, 7002, 7000].enumerated() {
             #expect(publisher.submit(Self.job(cluster.key(on: port, prefix: "p\(index)"), "up\(index)", into: outcomes)))
         }
-        try await RedisPublisherTests.waitUntil { outcomes.withLockedValue { $0.count } == 3 }
+        try await Self.waitUntil { outcomes.withLockedValue { $0.count } == 3 }
         #expect(outcomes.withLockedValue { $0 } == ["up0": .stored, "up1": .stored, "up2": .stored])
         #expect(publisher.isConnected)
         cluster.lock.withLock { cluster.node(7001).isDown = false }
-        try await RedisPublisherTests.waitUntil { outcomes.withLockedValue { $0["down"] } == .stored }
+        try await Self.waitUntil { outcomes.withLockedValue { $0["down"] } == .stored }
         #expect(try RedisPublisherTests.value(metrics, #"teltonika_redis_errors_total{kind="reply"}"#) >= 1)
         _ = await publisher.stop(deadline: .now() + .seconds(1))
     }

@@ -162,6 +162,12 @@ final class FakeCluster: @unchecked Sendable {
                 throw RedisConnection.Failure(kind: .eof, message: "Server closed the connection")
             }
             let arguments = queued.removeFirst()
+            // A short WAIT blocks for its timeout, as Redis does (so a publisher asking again is paced).
+            if arguments[0] == "WAIT", let wanted = Int(arguments[1]), let timeoutMs = UInt32(arguments[2]),
+                cluster.lock.withLock({ node.replicas }) < wanted
+            {
+                usleep(timeoutMs * 1000)
+            }
             let (reply, stored) = cluster.lock.withLock { () -> (RedisConnection.Reply, Int?) in
                 node.received.append(arguments[0])
                 return execute(arguments)
