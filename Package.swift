@@ -17,15 +17,26 @@ let package = Package(
         .executable(name: "teltonika-ingest", targets: ["teltonika-ingest"]),
         .library(name: "Codec8", targets: ["Codec8"]),
     ],
+    // Exact versions, so a release and an image build resolve what was tested, wherever they run. Not
+    // Package.resolved: the development machines resolve github.com URLs from a local mirror whose commit
+    // ids are not GitHub's, so a resolved file from one place does not resolve in the other; versions do.
+    // The packages these depend on are pinned the same way below (their own manifests take ranges). Move a pin: change the version here, `swift package update`,
+    // `make test`, and say why in the commit.
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
-        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.0"),
-        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
-        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
-        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.0"),
-        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
-        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-nio", exact: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", exact: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-log", exact: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", exact: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", exact: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", exact: "2.13.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", exact: "0.2.0"),
+        // Dependencies of the above.
+        .package(url: "https://github.com/apple/swift-async-algorithms.git", exact: "1.1.4"),
+        .package(url: "https://github.com/apple/swift-atomics.git", exact: "1.3.0"),
+        .package(url: "https://github.com/apple/swift-collections.git", exact: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-numerics.git", exact: "1.1.1"),
+        .package(url: "https://github.com/apple/swift-system.git", exact: "1.8.1"),
     ],
     targets: [
         // Pure protocol: bytes in, values out. No NIO, no Foundation I/O, no Redis.
@@ -97,7 +108,19 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // The fixture corpus, JSON comparison, test certificates and a TLS redis-server, shared by the test targets.
-        .target(name: "FixtureSupport", path: "Tests/FixtureSupport", swiftSettings: swiftSettings),
+        // It names the pinned packages no other target names (all are built anyway, for swift-nio and
+        // hdrhistogram-swift), only so that SwiftPM does not warn that their pins are unused.
+        .target(
+            name: "FixtureSupport",
+            dependencies: [
+                "Codec8",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "Numerics", package: "swift-numerics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            path: "Tests/FixtureSupport",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "Codec8Tests",
             dependencies: ["Codec8", "FixtureSupport"],

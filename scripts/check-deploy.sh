@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # make check-deploy (and make test): static checks of the packaging and deployment files.
 #
-#   Dockerfile                            hadolint (strictest threshold); release.sh --print quoting
+#   Dockerfile                            hadolint (strictest threshold); release.sh --print quoting; base images
+#                                         fully qualified (and pinned by digest with REQUIRE_DIGEST_PINS=1),
+#                                         HEALTHCHECK on /healthz, a docker run --stop-timeout above the drain
 #   deploy/prometheus/alerts.yml          promtool check rules; labels/annotations; runbook anchors exist
 #   deploy/prometheus/alerts.test.yml     promtool test rules; every alert tested firing and not firing
-#   deploy/k8s/teltonika-ingest.yaml      PyYAML + structure (kinds, probes, grace period, resources, ...)
-#   deploy/systemd/*.service              systemd-analyze verify (when available) + required keys
-#   deploy/grafana/teltonika-ingest.json  valid JSON, variables, every panel has PromQL targets
+#   deploy/k8s/teltonika-ingest.yaml      PyYAML + structure (Deployment, PodDisruptionBudget, PodMonitor, device
+#                                         Service; image pinned to the server's version, preStop, topology spread,
+#                                         probes, grace period, resources, ...)
+#   deploy/systemd/*.service              systemd-analyze verify (when available) + required keys (Type=notify,
+#                                         WatchdogSec, LimitNOFILE, MemoryMax, SystemCallFilter, backtracer)
+#   deploy/grafana/teltonika-ingest.json  valid JSON, variables, every panel has PromQL targets, one unit per axis
 #
 # The tools (hadolint, promtool, PyYAML, systemd-analyze) come from scripts/deps.sh; this script installs
 # nothing. Without systemd-analyze the unit gets the key checks alone.
@@ -94,6 +99,7 @@ systemd_verify() {
 check "hadolint Dockerfile" "$hadolint" --failure-threshold style Dockerfile
 check "release.sh --print makes REVISION a C string literal" release_print_quotes_revision
 check "Dockerfile builds with scripts/release.sh, runs as 10001 under tini" dockerfile_facts
+check "Dockerfile base images, HEALTHCHECK, stop timeout" "$py" scripts/check_deploy.py dockerfile Dockerfile
 
 # Prometheus
 check "promtool check rules deploy/prometheus/alerts.yml" quiet promtool check rules deploy/prometheus/alerts.yml
@@ -113,9 +119,12 @@ else
 fi
 check "systemd unit keys $unit" "$py" scripts/check_deploy.py systemd "$unit"
 
-# Grafana. That dashboard and alerts name only metrics the server exposes is checked against a real
-# scrape of the real binary (Tests/IntegrationTests/MetricsTests.swift, with scripts/metric-names.py).
+# Grafana. That dashboard and alerts name only metrics the server defines: here against the sources, and
+# against a real scrape of the real binary in Tests/IntegrationTests/MetricsTests.swift (both with
+# scripts/metric-names.py).
 check "dashboard deploy/grafana/teltonika-ingest.json" "$py" scripts/check_deploy.py dashboard deploy/grafana/teltonika-ingest.json
+check "every metric the dashboard and alerts use is defined by the server" \
+    "$py" scripts/check_deploy.py series deploy/grafana/teltonika-ingest.json deploy/prometheus/alerts.yml
 
 if [[ ${#failed[@]} -gt 0 ]]; then
     log "${#failed[@]} of $((passed + ${#failed[@]})) checks FAILED: ${failed[*]}"

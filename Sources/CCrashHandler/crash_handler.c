@@ -117,13 +117,13 @@ static void write_fatal_line(int sig, siginfo_t *info) {
         put(&l, instance);
         put(&l, "\",\"fault_address\":\"");
         put_hex(&l, info ? (uintptr_t)info->si_addr : 0);
-        put(&l, "\",\"pid\":\"");
+        put(&l, "\",\"pid\":");
         put_unsigned(&l, (uint64_t)getpid(), 1);
-        put(&l, "\",\"signal\":\"");
+        put(&l, ",\"signal\":\"");
         put(&l, signal_name(sig));
-        put(&l, "\",\"signal_number\":\"");
+        put(&l, "\",\"signal_number\":");
         put_unsigned(&l, (uint64_t)sig, 1);
-        put(&l, "\"}");
+        put(&l, "}");
     } else {
         put_timestamp(&l);
         put(&l, " CRITICAL process.crashed: ");

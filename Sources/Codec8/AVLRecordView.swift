@@ -32,6 +32,8 @@ public struct AVLRecordView {
     public let ioTotal: Int
 
     @usableFromInline let bytes: UnsafeRawBufferPointer
+    /// Offset of the record's first byte (its timestamp).
+    @usableFromInline let start: Int
     /// Offset of the first group count (N1).
     @usableFromInline let ioStart: Int
     /// Offset just past the record.
@@ -41,6 +43,7 @@ public struct AVLRecordView {
     init(codec: AVLCodec, bytes b: UnsafeRawBufferPointer, offset o: Int) {
         self.codec = codec
         self.bytes = b
+        start = o
         timestampMs = b.u64(o)
         priority = b.u8(o + 8)
         longitudeE7 = Int32(bitPattern: b.u32(o + 9))
@@ -83,6 +86,9 @@ public struct AVLRecordView {
 
     /// The IO elements in wire order: the 1-, 2-, 4- and 8-byte groups, then (Codec 8E) variable-length.
     @inlinable public var ioElements: IOElements { IOElements(codec: codec, bytes: bytes, start: ioStart) }
+
+    /// The record's bytes as on the wire, timestamp through its last IO element (in place, not a copy).
+    @inlinable public var wireBytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: bytes[start..<ioEnd]) }
 }
 
 /// A value of an IO element, by its width on the wire.

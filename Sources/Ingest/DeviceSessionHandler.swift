@@ -32,11 +32,15 @@ final class SessionEnvironment: Sendable {
     let bufferBudget: BufferBudget
     /// Failed logins by source address (`MAX_LOGIN_FAILURES_PER_IP`), shared by every event loop.
     let loginFailures: NIOLockedValueBox<LoginFailureLimiter>?
+    /// The devices' addresses that PROXY headers named (see ``deviceAddress(of:)``).
+    let deviceAddresses = DeviceAddresses()
 
     /// Which IMEIs may log in (and send datagrams).
     let authority: DeviceAuthority
     /// Downlink commands (nil with `COMMANDS=off`).
     let commands: CommandDelivery?
+    /// The device registry in Redis (nil with `DEVICE_REGISTRY=off`).
+    let directory: DeviceRegistration?
     /// One `device.unknown` line per 10 s across connections (a scanner cannot flood the log).
     private let unknownDeviceLog = NIOLockedValueBox(LogLimiter())
 
@@ -46,11 +50,13 @@ final class SessionEnvironment: Sendable {
         logger: Logger,
         metrics: IngestMetrics = .shared,
         authority: DeviceAuthority = DeviceAuthority(mode: .allowAll),
-        commands: CommandDelivery? = nil
+        commands: CommandDelivery? = nil,
+        directory: DeviceRegistration? = nil
     ) {
         self.configuration = configuration
         self.authority = authority
         self.commands = commands
+        self.directory = directory
         self.publisher = publisher
         self.metrics = metrics
         self.logger = logger
@@ -86,7 +92,7 @@ final class SessionEnvironment: Sendable {
             "unknown device refused",
             metadata: [
                 "event": "device.unknown", "imei": "\(imei)", "peer": "\(peerString(peer))", "transport": "\(transport)",
-                "allowlist": "\(verdict == .notLoaded ? "not_loaded" : "loaded")", "suppressed": "\(heldBack)",
+                "allowlist": "\(verdict == .notLoaded ? "not_loaded" : "loaded")", "suppressed": .stringConvertible(heldBack),
             ]
         )
     }
@@ -120,7 +126,8 @@ final class SessionEnvironment: Sendable {
                 telemetryStream: configuration.telemetryStream,
                 responsesStream: configuration.responsesStream,
                 maxLength: configuration.streamMaxLength,
-                responsesMaxLength: configuration.responsesMaxLength
+                responsesMaxLength: configuration.responsesMaxLength,
+                shards: configuration.streamShards
             )
         )
         encoders.currentValue = box
@@ -186,9 +193,22 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private var charged = 0
     /// Why this side closed the connection (nil: the device did), counted when it is gone.
     private var closeReason: DisconnectReason? = nil
-    private var logger: Logger
+    /// The peer's `ip:port`, for log lines.
+    private var peer = ""
+    /// This connection's logger: the server's with `peer` and, after login, `imei`. Made when a line is
+    /// written rather than kept per connection (its metadata was about 330 bytes of every idle connection).
+    private var logger: Logger {
+        var logger = environment.logger
+        logger[metadataKey: "peer"] = "\(peer)"
+        if let imei = session.imei { logger[metadataKey: "imei"] = "\(imei)" }
+        return logger
+    }
+    /// Whether debug lines are written (checked before a per-packet line is made).
+    private var debugLogging: Bool { environment.logger.logLevel <= .debug }
     /// The downlink command slot, from login on (nil with `COMMANDS=off` or before login).
     private var commands: CommandSlot? = nil
+    /// This session in the device registry, from login on (nil with `DEVICE_REGISTRY=off` or before login).
+    private var registered: RegisteredSession? = nil
     /// The login grace, the answer's deadline, the grace window, or a retry of a take.
     private var commandTimer: Scheduled<Void>? = nil
 
@@ -201,7 +221,6 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             messageLimiter: MessageRateLimiter(perSecond: configuration.deviceMessageRate, burst: configuration.deviceMessageBurst),
             overflowWait: .milliseconds(Int64(configuration.overflowWaitMs))
         )
-        self.logger = environment.logger
     }
 
     /// Capacity of the receive buffer now (tests check it against ``bufferBound(maxFrameBytes:readBytes:)``).
@@ -210,7 +229,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     // MARK: - Channel events
 
     func channelActive(context: ChannelHandlerContext) {
-        logger[metadataKey: "peer"] = "\(peerString(context.remoteAddress))"
+        peer = peerString(environment.deviceAddress(of: context.channel))
         environment.metrics.connectionsActive.increment()
         let timeout = TimeAmount.milliseconds(Int64(environment.configuration.handshakeTimeoutMs))
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -218,7 +237,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             let (handler, context) = bound.value
             guard handler.session.handshakeTimedOut() else { return }
             handler.environment.metrics.handshakes(result: .timeout).increment()
-            handler.environment.loginFailed(from: context.remoteAddress)
+            handler.environment.loginFailed(from: handler.environment.deviceAddress(of: context.channel))
             handler.logger.warning("no login in time", metadata: ["event": "device.handshake_timeout"])
             handler.close(context, .handshakeTimeout)
         }
@@ -238,11 +257,12 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             environment.registry.remove(imei, channel: context.channel)
             commandsClosed(imei: imei)
         }
+        if let registered { environment.directory?.directory.loggedOut(registered.imei, session: registered.session) }
         if let rest = pending, rest.readableBytes > 0, ended.bufferedBytesAreTruncatedFrame {
             environment.metrics.frames(codec: .unknown, result: .malformed).increment()
             logger.warning(
                 "connection closed inside a frame: no ACK",
-                metadata: ["event": "frame.truncated", "error": "truncated", "buffered_bytes": "\(rest.readableBytes)"]
+                metadata: ["event": "frame.truncated", "error": "truncated", "buffered_bytes": .stringConvertible(rest.readableBytes)]
             )
         }
         let reason = closeReason ?? .peerClosed
@@ -298,8 +318,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             logger.warning(
                 "receive buffers across connections at MAX_BUFFERED_BYTES: closing",
                 metadata: [
-                    "event": "connection.buffer_budget", "buffer_bytes": "\(want + BufferBudget.allowance)",
-                    "limit": "\(environment.bufferBudget.limit)", "suppressed": "\(heldBack)",
+                    "event": "connection.buffer_budget", "buffer_bytes": .stringConvertible(want + BufferBudget.allowance),
+                    "limit": .stringConvertible(environment.bufferBudget.limit), "suppressed": .stringConvertible(heldBack),
                 ]
             )
         }
@@ -341,7 +361,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             let action = session.drain()
             logger.debug(
                 "draining: nothing more is read",
-                metadata: ["event": "device.draining", "in_flight": "\(action == .finishInFlight)"]
+                metadata: ["event": "device.draining", "in_flight": .stringConvertible(action == .finishInFlight)]
             )
             switch action {
             case .close: close(context, .drain)
@@ -361,6 +381,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         if event is CommandWake {
             commands?.wake()
             commandOpportunity(context)
+            return
+        }
+        if let elsewhere = event as? SessionLoggedInElsewhere {
+            loggedInElsewhere(context, as: elsewhere.session)
             return
         }
         if event is SessionTLSFailed {
@@ -402,6 +426,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 return
             case .keepAlive:
                 environment.metrics.keepAlives.increment()
+                deviceSeen(record: false)
             case .login(let login):
                 self.login(context, frame: login)
             case .packet(let packet):
@@ -426,8 +451,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             handler.logger.warning(
                 "frame not completed in time: closing",
                 metadata: [
-                    "event": "frame.timeout", "timeout_ms": "\(handler.environment.configuration.frameTimeoutMs)",
-                    "buffered_bytes": "\(handler.pending?.readableBytes ?? buffered)",
+                    "event": "frame.timeout", "timeout_ms": .stringConvertible(handler.environment.configuration.frameTimeoutMs),
+                    "buffered_bytes": .stringConvertible(handler.pending?.readableBytes ?? buffered),
                 ]
             )
             handler.close(context, .frameTimeout)
@@ -435,16 +460,18 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     private func login(_ context: ChannelHandlerContext, frame: ByteBuffer) {
+        // Released, not only cancelled: a kept `Scheduled` holds its promise and closure (about 250 bytes
+        // of every idle connection).
         handshakeTimer?.cancel()
+        handshakeTimer = nil
         let parsed = frame.withUnsafeReadableBytes { raw in Result { () throws(Codec8Error) in try IMEI.parseLogin(raw) } }
         switch session.loginReceived(parsed, isAllowed: { environment.authority.verdict($0) == .allowed }) {
         case .accept(let imei):
-            logger[metadataKey: "imei"] = "\(imei)"
             if let old = environment.registry.register(imei, channel: context.channel) {
                 environment.metrics.connectionsReplaced.increment()
                 logger.info(
                     "newer login replaces the older connection",
-                    metadata: ["event": "device.replaced", "old_peer": "\(peerString(old.remoteAddress))"]
+                    metadata: ["event": "device.replaced", "old_peer": "\(peerString(environment.deviceAddress(of: old)))"]
                 )
                 // Its own handler closes it, on its own event loop, and counts why.
                 old.pipeline.fireUserInboundEventTriggered(SessionReplaced())
@@ -452,6 +479,11 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             environment.metrics.handshakes(result: .accepted).increment()
             logger.debug("device logged in", metadata: ["event": "device.login"])
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(1))), promise: nil)
+            if let registration = environment.directory {
+                let session = registration.directory.newSession()
+                registered = RegisteredSession(imei: imei, session: session, at: .now())
+                registration.directory.loggedIn(imei, session: session, peer: peer)
+            }
             if let delivery = environment.commands {
                 commands = delivery.makeSlot()
                 scheduleCommandTimer(context, in: delivery.loginGrace) { handler, context in
@@ -463,8 +495,8 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             refuseLogin(context, error: error, result: result)
         case .deny(let imei):
             environment.metrics.handshakes(result: .unknownDevice).increment()
-            environment.loginFailed(from: context.remoteAddress)
-            environment.unknownDevice(imei, peer: context.remoteAddress, transport: "tcp")
+            environment.loginFailed(from: environment.deviceAddress(of: context.channel))
+            environment.unknownDevice(imei, peer: environment.deviceAddress(of: context.channel), transport: "tcp")
             answerZeroAndClose(context, reason: .loginRejected)
         }
     }
@@ -479,7 +511,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     /// Answers 0x00, closes once it is written. `result`: `rejected` (bad digits) or `malformed` (bad length).
     private func refuseLogin(_ context: ChannelHandlerContext, error: Codec8Error, result: HandshakeResult) {
         environment.metrics.handshakes(result: result).increment()
-        environment.loginFailed(from: context.remoteAddress)
+        environment.loginFailed(from: environment.deviceAddress(of: context.channel))
         logger.warning("login rejected", metadata: ["event": "device.login_rejected", "error": "\(error.category)", "detail": "\(error)"])
         answerZeroAndClose(context, reason: .loginRejected)
     }
@@ -530,7 +562,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                             "device message",
                             metadata: [
                                 "event": "device.message", "codec": "\(codec.name)", "type": "\(message.type)",
-                                "suppressed": "\(heldBack)",
+                                "suppressed": .stringConvertible(heldBack),
                             ]
                         )
                     }
@@ -551,7 +583,12 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         case .success(.avl(let codec, let records)):
             environment.metrics.frames(codec: FrameCodec(codec), result: .ok).increment()
             environment.metrics.records(codec: codec).increment(by: Int64(records))
-            logger.debug("packet", metadata: ["event": "device.packet", "codec": "\(codec.name)", "records": "\(records)"])
+            if debugLogging {
+                logger.debug(
+                    "packet",
+                    metadata: ["event": "device.packet", "codec": "\(codec.name)", "records": .stringConvertible(records)]
+                )
+            }
             let action = session.packetDecoded(records: records) {
                 PacketInFlight(job: makeJob(context, writer: writer, records: records), frameCompleted: completed)
             }
@@ -583,7 +620,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             if let heldBack = session.admitLog(.messageOverflow, nowNanoseconds: completed.uptimeNanoseconds) {
                 logger.warning(
                     "device message dropped: publish queue full",
-                    metadata: ["event": "publish.overflow", "records": "1", "waited_ms": "0", "suppressed": "\(heldBack)"]
+                    metadata: [
+                        "event": "publish.overflow", "records": .stringConvertible(1), "waited_ms": .stringConvertible(0),
+                        "suppressed": .stringConvertible(heldBack),
+                    ]
                 )
             }
         case .rateLimited:
@@ -593,8 +633,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                     "device messages over the connection's budget: dropped",
                     metadata: [
                         "event": "device.message_rate_limited", "codec": "\(codec.name)",
-                        "limit_per_second": "\(environment.configuration.deviceMessageRate)",
-                        "burst": "\(environment.configuration.deviceMessageBurst)", "suppressed": "\(heldBack)",
+                        "limit_per_second": .stringConvertible(environment.configuration.deviceMessageRate),
+                        "burst": .stringConvertible(environment.configuration.deviceMessageBurst),
+                        "suppressed": .stringConvertible(heldBack),
                     ]
                 )
             }
@@ -620,7 +661,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             environment.metrics.publishOverflow.increment()
             logger.warning(
                 "publish queue full: packet not acknowledged",
-                metadata: ["event": "publish.overflow", "records": "\(job.recordCount)", "waited_ms": "\(waited.nanoseconds / 1_000_000)"]
+                metadata: [
+                    "event": "publish.overflow", "records": .stringConvertible(job.recordCount),
+                    "waited_ms": .stringConvertible(waited.nanoseconds / 1_000_000),
+                ]
             )
             close(context, .overflow)
         case .retry(let delay):
@@ -650,6 +694,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             acknowledge(context, records: records, frameCompleted: packet.frameCompleted, promise: written)
             environment.packetsInFlight.subtract(1, ordering: .relaxed)
         case .messageStored(let next):
+            deviceSeen(record: false)
             carryOn(context, next)
         case .messageNotStored(let reason, let next):
             environment.metrics.publishFailed(.message, reason: reason).increment()
@@ -662,7 +707,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             environment.metrics.publishFailed(.packet, reason: reason).increment()
             logger.error(
                 "records not confirmed by Redis: no ACK, closing",
-                metadata: ["event": "publish.failed", "records": "\(packet.job.recordCount)", "reason": "\(reason)"]
+                metadata: ["event": "publish.failed", "records": .stringConvertible(packet.job.recordCount), "reason": "\(reason)"]
             )
             close(context, .publishFailed)
         case .close:
@@ -686,6 +731,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         frameCompleted: NIODeadline,
         promise: EventLoopPromise<Void>? = nil
     ) {
+        deviceSeen(record: records > 0)
         var ack = context.channel.allocator.buffer(capacity: 4)
         ack.writeInteger(UInt32(records))
         // Counted first, so that whoever sees the ACK also sees it counted.
@@ -724,9 +770,37 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 }
 
-// MARK: - Downlink commands
+// MARK: - Device registry and downlink commands
 
 extension DeviceSessionHandler {
+    /// A notice says the device logged in as `session`: this connection closes if the registry now names
+    /// another session than this one (so a notice older than this login, or about it, changes nothing).
+    fileprivate func loggedInElsewhere(_ context: ChannelHandlerContext, as session: String) {
+        guard let mine = registered?.session, mine != session, let registration = environment.directory else { return }
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        registration.directory.currentSession(registered!.imei) { current in
+            bound.eventLoop.execute {
+                let (handler, context) = bound.value
+                guard let current, current != mine, handler.registered?.session == mine, context.channel.isActive else { return }
+                handler.environment.metrics.connectionsReplaced.increment()
+                handler.logger.notice(
+                    "device logged in on another connection: closing this one",
+                    metadata: ["event": "device.replaced_elsewhere", "session": "\(current)"]
+                )
+                handler.close(context, .replaced)
+            }
+        }
+    }
+
+    /// The device was seen (a packet ACKed with `record`, a keep-alive, a message): its last-seen time is
+    /// written at most once per `DEVICE_SEEN_INTERVAL_MS`.
+    fileprivate func deviceSeen(record: Bool) {
+        guard registered != nil, let registration = environment.directory else { return }
+        guard let write = registered!.seen(at: .now(), wallMs: wallClockMilliseconds(), record: record, interval: registration.seenInterval)
+        else { return }
+        registration.directory.seen(registered!.imei, session: registered!.session, recordAt: write.recordAt)
+    }
+
     /// The session is idle for a command: logged in, no packet or message in flight, nothing buffered,
     /// not draining, and the device reads what it is sent.
     private func isIdleForCommand(_ context: ChannelHandlerContext) -> Bool {
@@ -756,7 +830,8 @@ extension DeviceSessionHandler {
             logger.info(
                 "command sent",
                 metadata: [
-                    "event": "command.sent", "cmd_id": "\(command.id)", "codec": "\(command.codec.name)", "attempt": "\(command.attempt)",
+                    "event": "command.sent", "cmd_id": "\(command.id)", "codec": "\(command.codec.name)",
+                    "attempt": .stringConvertible(command.attempt),
                 ]
             )
             armCommandDeadline(context)
@@ -814,7 +889,8 @@ extension DeviceSessionHandler {
             logger.warning(
                 "command not answered in time: not sent again",
                 metadata: [
-                    "event": "command.timeout", "cmd_id": "\(command.id)", "timeout_ms": "\(delivery.timeout.nanoseconds / 1_000_000)",
+                    "event": "command.timeout", "cmd_id": "\(command.id)",
+                    "timeout_ms": .stringConvertible(delivery.timeout.nanoseconds / 1_000_000),
                 ]
             )
             armCommandDeadline(context)
@@ -858,7 +934,7 @@ extension DeviceSessionHandler {
             "command answered",
             metadata: [
                 "event": "command.answered", "cmd_id": "\(correlation.command.id)", "outcome": "\(correlation.outcome.rawValue)",
-                "latency_ms": "\(correlation.latency.nanoseconds / 1_000_000)",
+                "latency_ms": .stringConvertible(correlation.latency.nanoseconds / 1_000_000),
             ]
         )
         commandTimer?.cancel()

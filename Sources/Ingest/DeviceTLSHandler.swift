@@ -81,7 +81,7 @@ final class DeviceTLSHandler: ChannelInboundHandler, RemovableChannelHandler {
                     "TLS handshake failed",
                     metadata: [
                         "event": "tls.handshake_failed", "error": "\(logText(error))", "peer": "\(peerString(context.remoteAddress))",
-                        "suppressed": "\(suppressed)",
+                        "suppressed": .stringConvertible(suppressed),
                     ]
                 )
             }

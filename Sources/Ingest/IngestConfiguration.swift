@@ -51,6 +51,12 @@ public struct IngestConfiguration: Sendable, Equatable {
     /// The TLS port for devices, its certificate, key, client CA and minimum version (port nil: no TLS listener).
     public var deviceTLS = DeviceTLSOptions()
 
+    // MARK: PROXY protocol (load balancers)
+    /// Whether the device ports read a PROXY v2 header before the login (`off`, `v2`, `optional`).
+    public var proxyProtocol = ProxyProtocolMode.off
+    /// The load balancers allowed to send one.
+    public var proxyTrustedCIDRs: [CIDR] = []
+
     // MARK: Publisher
     public var redisURL: RedisURL = RedisURL(endpoint: .tcp(host: "127.0.0.1", port: 6379))
     public var telemetryStream = "telemetry:teltonika"
@@ -58,6 +64,8 @@ public struct IngestConfiguration: Sendable, Equatable {
     public var streamMaxLength = 1_000_000
     /// Cap of the responses stream (device messages): sized for command answers, not telemetry.
     public var responsesMaxLength = 10_000
+    /// Keys each stream is split into, by device (1: the stream's own name; N: `<stream>:{0}` ... `{N-1}`).
+    public var streamShards = 1
     /// Device messages (Codec 12-15) one connection may have stored per second, and at once.
     public var deviceMessageRate = 10
     public var deviceMessageBurst = 50
@@ -89,6 +97,16 @@ public struct IngestConfiguration: Sendable, Equatable {
     /// TLS to Redis (`rediss://`): CA, client certificate and key, and the name checked in the server's
     /// certificate (each nil: the system trust store, no client certificate, the URL's host).
     public var redisTLS = RedisTLSOptions()
+
+    // MARK: Device registry and notices
+    /// Whether the device registry is kept in Redis (`DEVICE_REGISTRY`).
+    public var deviceRegistryEnabled = true
+    /// Prefix of the registry's keys (``DeviceKeys``).
+    public var devicePrefix = "telemetry:teltonika:devices"
+    /// The stream every instance reads: command wake-ups and logins elsewhere.
+    public var noticesStream = "telemetry:teltonika:notices"
+    /// At most one last-seen write per session per this long.
+    public var deviceSeenIntervalMs = 60_000
 
     // MARK: Downlink commands
     /// Whether logged-in devices get the commands queued for them in Redis (`COMMANDS`).
@@ -280,6 +298,19 @@ public struct IngestConfiguration: Sendable, Equatable {
                 c.deviceTLS.minimumVersion = version
             }
         ),
+        choice(
+            "PROXY_PROTOCOL",
+            "proxy-protocol",
+            "off, v2 (every connection from PROXY_TRUSTED_CIDRS, starting with a PROXY v2 header) or optional.",
+            \.proxyProtocol
+        ),
+        list(
+            "PROXY_TRUSTED_CIDRS",
+            "proxy-trusted-cidrs",
+            "Comma-separated IPv4/IPv6 networks (10.0.0.0/8, fd00::/8, 192.0.2.7) of the load balancers that send PROXY headers.",
+            \.proxyTrustedCIDRs,
+            expected: "an IPv4 or IPv6 address/prefix"
+        ) { text in CIDR(text) },
         Setting(
             env: "REDIS_URL",
             flag: "redis-url",
@@ -308,6 +339,13 @@ public struct IngestConfiguration: Sendable, Equatable {
             "Approximate cap of the responses stream (device messages).",
             1...Int(Int32.max),
             \.responsesMaxLength
+        ),
+        int(
+            "REDIS_STREAM_SHARDS",
+            "stream-shards",
+            "Keys each stream is split into by device: 1 the stream itself; N: <stream>:{0}..{N-1}, each capped at its share of the MAXLEN.",
+            1...1024,
+            \.streamShards
         ),
         int(
             "DEVICE_MESSAGE_RATE",
@@ -432,15 +470,26 @@ public struct IngestConfiguration: Sendable, Equatable {
             }
             c.logFormat = v
         },
-        Setting(
-            env: "COMMANDS",
-            flag: "commands",
-            help: "on: deliver the downlink commands queued in Redis; off: never.",
-            read: { $0.commandsEnabled ? "on" : "off" },
-            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
-                guard v == "on" || v == "off" else { throw ConfigurationError(key: "COMMANDS", message: "expected on or off, got '\(v)'") }
-                c.commandsEnabled = v == "on"
-            }
+        onOff("COMMANDS", "commands", "on: deliver the downlink commands queued in Redis; off: never.", \.commandsEnabled),
+        onOff(
+            "DEVICE_REGISTRY",
+            "device-registry",
+            "on: keep each device's instance, peer and last-seen time in Redis; off: never.",
+            \.deviceRegistryEnabled
+        ),
+        string("REDIS_DEVICE_PREFIX", "device-prefix", "Prefix of the device registry's keys.", \.devicePrefix),
+        string(
+            "REDIS_NOTICES_STREAM",
+            "notices-stream",
+            "Stream every instance reads: command wake-ups, logins elsewhere.",
+            \.noticesStream
+        ),
+        int(
+            "DEVICE_SEEN_INTERVAL_MS",
+            "device-seen-interval-ms",
+            "At most one last-seen write to the registry per session per this long.",
+            1_000...3_600_000,
+            \.deviceSeenIntervalMs
         ),
         string(
             "REDIS_COMMAND_PREFIX",
@@ -550,6 +599,15 @@ public struct IngestConfiguration: Sendable, Equatable {
         }
         try deviceTLS.validate(tcpPort: port)
         try validateCluster()
+        if proxyProtocol != .off, proxyTrustedCIDRs.isEmpty {
+            throw ConfigurationError(
+                key: "PROXY_TRUSTED_CIDRS",
+                message: "must name the load balancers with PROXY_PROTOCOL=\(proxyProtocol.rawValue)"
+            )
+        }
+        if proxyProtocol == .off, !proxyTrustedCIDRs.isEmpty {
+            throw ConfigurationError(key: "PROXY_TRUSTED_CIDRS", message: "is set, but PROXY_PROTOCOL is off: no header would be read")
+        }
         if !redisUsesTLS {
             let given = [
                 ("REDIS_TLS_CA_FILE", redisTLS.caFile), ("REDIS_TLS_CERT_FILE", redisTLS.certFile),
@@ -621,6 +679,74 @@ public struct IngestConfiguration: Sendable, Equatable {
             apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
                 guard !v.isEmpty else { throw ConfigurationError(key: env, message: "must not be empty") }
                 c[keyPath: field] = v
+            }
+        )
+    }
+
+    /// A setting that takes one of an enumeration's raw values.
+    private static func choice<Value: RawRepresentable<String> & CaseIterable & Sendable>(
+        _ env: String,
+        _ flag: String,
+        _ help: String,
+        _ field: any WritableKeyPath<IngestConfiguration, Value> & Sendable
+    ) -> Setting {
+        Setting(
+            env: env,
+            flag: flag,
+            help: help,
+            read: { $0[keyPath: field].rawValue },
+            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
+                guard let value = Value(rawValue: v) else {
+                    let names = Value.allCases.map(\.rawValue)
+                    let expected = names.dropLast().joined(separator: ", ") + " or " + names.last!
+                    throw ConfigurationError(key: env, message: "expected \(expected), got '\(v)'")
+                }
+                c[keyPath: field] = value
+            }
+        )
+    }
+
+    /// A comma-separated list (blanks around items and empty items ignored; empty: none), each item parsed
+    /// by `parse` (nil: not `expected`).
+    private static func list<Item: CustomStringConvertible & Sendable>(
+        _ env: String,
+        _ flag: String,
+        _ help: String,
+        _ field: any WritableKeyPath<IngestConfiguration, [Item]> & Sendable,
+        expected: String,
+        parse: @escaping @Sendable (String) -> Item?
+    ) -> Setting {
+        Setting(
+            env: env,
+            flag: flag,
+            help: help,
+            read: { $0[keyPath: field].map(\.description).joined(separator: ",") },
+            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
+                var items: [Item] = []
+                for text in v.split(separator: ",").map({ $0.trimmingWhitespace() }) where !text.isEmpty {
+                    guard let item = parse(text) else { throw ConfigurationError(key: env, message: "'\(text)' is not \(expected)") }
+                    items.append(item)
+                }
+                c[keyPath: field] = items
+            }
+        )
+    }
+
+    /// A switch: `on` or `off`.
+    private static func onOff(
+        _ env: String,
+        _ flag: String,
+        _ help: String,
+        _ field: any WritableKeyPath<IngestConfiguration, Bool> & Sendable
+    ) -> Setting {
+        Setting(
+            env: env,
+            flag: flag,
+            help: help,
+            read: { $0[keyPath: field] ? "on" : "off" },
+            apply: { (c: inout IngestConfiguration, v: String) throws(ConfigurationError) in
+                guard v == "on" || v == "off" else { throw ConfigurationError(key: env, message: "expected on or off, got '\(v)'") }
+                c[keyPath: field] = v == "on"
             }
         )
     }

@@ -146,6 +146,27 @@ enum TLSVersionLabel: String, CaseIterable, Sendable {
 /// `result` label of `teltonika_tls_reloads_total`, `teltonika_allowlist_refreshes_total` and `teltonika_config_reloads_total`.
 enum ReloadResult: String, CaseIterable, Sendable { case ok, failed }
 
+/// A metric under its name with a unit, and for one release also under the name it had before (OPERATIONS.md,
+/// "Deprecated metric names"): both always hold the same value.
+struct Renamed<Metric: Sendable>: Sendable {
+    let metric: Metric
+    let deprecated: Metric
+}
+
+extension Renamed where Metric == Gauge {
+    func set(_ value: Int64) {
+        metric.set(value)
+        deprecated.set(value)
+    }
+}
+
+extension Renamed where Metric == ValueHistogram {
+    func record(_ value: Int64) {
+        metric.record(value)
+        deprecated.record(value)
+    }
+}
+
 /// `kind` label of `teltonika_redis_errors_total`: what failed, as the wire module reports it.
 typealias RedisErrorKind = RedisConnection.Failure.Kind
 
@@ -182,11 +203,11 @@ public final class IngestMetrics: Sendable {
     let deviceMessagesRateLimited: Counter
     let metricsConnectionsRefused: Counter
     let bytesReceived: Counter
-    let publishQueueDepth: Gauge
-    let publishQueueCapacity: Gauge
+    let publishQueueDepth: Renamed<Gauge>
+    let publishQueueCapacity: Renamed<Gauge>
     let publishOldestAge: Gauge
     let publishOverflow: Counter
-    let publishBatchSize: ValueHistogram
+    let publishBatchSize: Renamed<ValueHistogram>
     let publishDuration: DurationHistogram
     let ackLatency: DurationHistogram
     let redisUp: Gauge
@@ -196,11 +217,10 @@ public final class IngestMetrics: Sendable {
     let devicesOnline: Gauge
     let redisMemoryUsed: Gauge
     let redisMaxMemory: Gauge
-    /// By stream role (`telemetry`, `responses`).
-    private let streamLengthByRole: [String: Gauge]
-    private let streamMaxLengthByRole: [String: Gauge]
-    /// By stream role and consumer group, made as groups are seen.
-    private let streamGroupLags = NIOLockedValueBox<[String: Gauge]>([:])
+    /// `teltonika_stream_length`, `_maxlen` and `_group_lag` by their labels: stream role (`telemetry`,
+    /// `responses`), shard (only with `REDIS_STREAM_SHARDS` > 1) and consumer group. Made for the streams the
+    /// publisher watches when it is created (so they are scraped from the start), group lags as groups are seen.
+    private let streamGauges = NIOLockedValueBox<[String: Gauge]>([:])
     static let streamRoles = ["telemetry", "responses"]
     private let disconnectsByReason: [DisconnectReason: Counter]
     private let acceptErrorsByReason: [AcceptError: Counter]
@@ -223,6 +243,8 @@ public final class IngestMetrics: Sendable {
     let tlsCertificateExpiry: Gauge
     private let tlsReloadsByResult: [ReloadResult: Counter]
     let tlsConnectionsActive: Gauge
+    private let proxyHeadersByCommand: [ProxyCommandLabel: Counter]
+    private let proxyRefusalsByReason: [ProxyRefusal: Counter]
     let ready: Gauge
     let buildInfo: Gauge
     /// Downlink commands.
@@ -325,9 +347,25 @@ public final class IngestMetrics: Sendable {
             )
         )
         bytesReceived = r.makeCounter(descriptor: d("teltonika_bytes_received_total", "Bytes read from device connections."))
-        publishQueueDepth = r.makeGauge(descriptor: d("teltonika_publish_queue_depth", "Records queued for Redis or in flight."))
-        publishQueueCapacity = r.makeGauge(
-            descriptor: d("teltonika_publish_queue_capacity", "Records the publish queue holds (PUBLISH_QUEUE_CAPACITY).")
+        publishQueueDepth = Renamed(
+            metric: r.makeGauge(descriptor: d("teltonika_publish_queue_depth_records", "Records queued for Redis or in flight.")),
+            deprecated: r.makeGauge(
+                descriptor: d(
+                    "teltonika_publish_queue_depth",
+                    "Deprecated, kept for one release: the same value as teltonika_publish_queue_depth_records."
+                )
+            )
+        )
+        publishQueueCapacity = Renamed(
+            metric: r.makeGauge(
+                descriptor: d("teltonika_publish_queue_capacity_records", "Records the publish queue holds (PUBLISH_QUEUE_CAPACITY).")
+            ),
+            deprecated: r.makeGauge(
+                descriptor: d(
+                    "teltonika_publish_queue_capacity",
+                    "Deprecated, kept for one release: the same value as teltonika_publish_queue_capacity_records."
+                )
+            )
         )
         publishOldestAge = r.makeGauge(
             descriptor: d(
@@ -341,9 +379,19 @@ public final class IngestMetrics: Sendable {
                 "Packets or device messages refused because the publish queue stayed full (no ACK, connection closed)."
             )
         )
-        publishBatchSize = r.makeValueHistogram(
-            descriptor: d("teltonika_publish_batch_size", "Records per pipelined batch sent to Redis."),
-            buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 4096]
+        let batchBuckets: [Double] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 4096]
+        publishBatchSize = Renamed(
+            metric: r.makeValueHistogram(
+                descriptor: d("teltonika_publish_batch_size_records", "Records per pipelined batch sent to Redis."),
+                buckets: batchBuckets
+            ),
+            deprecated: r.makeValueHistogram(
+                descriptor: d(
+                    "teltonika_publish_batch_size",
+                    "Deprecated, kept for one release: the same values as teltonika_publish_batch_size_records."
+                ),
+                buckets: batchBuckets
+            )
         )
         publishDuration = r.makeDurationHistogram(
             descriptor: d("teltonika_publish_duration_seconds", "Time from a packet's enqueue to Redis confirming all its records."),
@@ -363,23 +411,11 @@ public final class IngestMetrics: Sendable {
         redisReconnects = r.makeCounter(
             descriptor: d("teltonika_redis_reconnects_total", "Redis connections re-established after a failure.")
         )
-        streamLengthByRole = gauges(
-            "teltonika_stream_length",
-            "stream",
-            Self.streamRoles,
-            "Entries in the Redis stream (XLEN), read every REDIS_CHECK_INTERVAL_MS."
-        )
         redisMemoryUsed = r.makeGauge(
             descriptor: d("teltonika_redis_memory_used_bytes", "Redis' used_memory (INFO memory), read every REDIS_CHECK_INTERVAL_MS.")
         )
         redisMaxMemory = r.makeGauge(
             descriptor: d("teltonika_redis_maxmemory_bytes", "Redis' maxmemory (0: no limit), read every REDIS_CHECK_INTERVAL_MS.")
-        )
-        streamMaxLengthByRole = gauges(
-            "teltonika_stream_maxlen",
-            "stream",
-            Self.streamRoles,
-            "The stream's MAXLEN ~ cap (REDIS_STREAM_MAXLEN, REDIS_RESPONSES_MAXLEN)."
         )
         devicesOnline = r.makeGauge(
             descriptor: d("teltonika_devices_online", "Devices logged in now (distinct IMEIs with an open connection on this instance).")
@@ -510,6 +546,18 @@ public final class IngestMetrics: Sendable {
                 "Device connections open now on TLS_PORT (counted in teltonika_connections_active too)."
             )
         )
+        proxyHeadersByCommand = labelled(
+            "teltonika_proxy_headers_total",
+            "command",
+            ProxyCommandLabel.allCases,
+            "PROXY v2 headers accepted from PROXY_TRUSTED_CIDRS: proxy (the device's address is used), local (the load balancer's own connection, e.g. a health check)."
+        )
+        proxyRefusalsByReason = labelled(
+            "teltonika_proxy_header_refusals_total",
+            "reason",
+            ProxyRefusal.allCases,
+            "Device connections closed at their PROXY v2 header: untrusted (a header, or with PROXY_PROTOCOL=v2 any connection, from outside PROXY_TRUSTED_CIDRS), missing (v2: no header), malformed, too_large, truncated (closed inside it), timeout (not complete within HANDSHAKE_TIMEOUT_MS)."
+        )
         ready = r.makeGauge(descriptor: d("teltonika_ready", "1 when /readyz answers 200 (listening, Redis up, not draining), else 0."))
         buildInfo = r.makeGauge(
             descriptor: d("teltonika_build_info", "Always 1; the labels name the running build."),
@@ -530,22 +578,37 @@ public final class IngestMetrics: Sendable {
     func deviceMessages(codec: DeviceMessage.Codec) -> Counter { deviceMessagesByCodec[FrameCodec(codec)]! }
     func redisErrors(kind: RedisErrorKind) -> Counter { redisErrorsByKind[kind]! }
     func acceptErrors(_ reason: AcceptError) -> Counter { acceptErrorsByReason[reason]! }
-    func streamLength(_ role: String) -> Gauge { streamLengthByRole[role]! }
-    func streamMaxLength(_ role: String) -> Gauge { streamMaxLengthByRole[role]! }
+    /// Entries in the stream key (`XLEN`).
+    func streamLength(_ stream: WatchedStream) -> Gauge {
+        streamGauge("teltonika_stream_length", "Entries in the Redis stream (XLEN), read every REDIS_CHECK_INTERVAL_MS.", stream)
+    }
+    func streamMaxLength(_ stream: WatchedStream) -> Gauge {
+        streamGauge(
+            "teltonika_stream_maxlen",
+            "The stream's MAXLEN ~ cap (REDIS_STREAM_MAXLEN, REDIS_RESPONSES_MAXLEN; with REDIS_STREAM_SHARDS, each shard's share).",
+            stream
+        )
+    }
     /// Entries of the stream not yet delivered to `group` (`XINFO GROUPS` lag).
-    func streamGroupLag(_ role: String, group: String) -> Gauge {
-        streamGroupLags.withLockedValue { lags in
-            if let gauge = lags[role + "\u{0}" + group] { return gauge }
-            let gauge = registry.makeGauge(
-                descriptor: MetricNameDescriptor(
-                    metricName: "teltonika_stream_group_lag",
-                    unitName: "",
-                    helpText:
-                        "Entries of the stream not yet delivered to the consumer group (XINFO GROUPS lag), read every 60 s; near teltonika_stream_maxlen, unread entries are about to be trimmed."
-                ),
-                labels: [("stream", role), ("group", group)]
-            )
-            lags[role + "\u{0}" + group] = gauge
+    func streamGroupLag(_ stream: WatchedStream, group: String) -> Gauge {
+        streamGauge(
+            "teltonika_stream_group_lag",
+            "Entries of the stream not yet delivered to the consumer group (XINFO GROUPS lag), read every 60 s; near teltonika_stream_maxlen, unread entries are about to be trimmed.",
+            stream,
+            group: group
+        )
+    }
+
+    /// The gauge `name` of `stream` (labels `stream`, then `shard` when sharded, then `group` if given).
+    private func streamGauge(_ name: String, _ help: String, _ stream: WatchedStream, group: String? = nil) -> Gauge {
+        var labels = [("stream", stream.role)]
+        if let shard = stream.shard { labels.append(("shard", String(shard))) }
+        if let group { labels.append(("group", group)) }
+        let key = ([name] + labels.map { $0.0 + "=" + $0.1 }).joined(separator: "\u{0}")
+        return streamGauges.withLockedValue { gauges in
+            if let gauge = gauges[key] { return gauge }
+            let gauge = registry.makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
+            gauges[key] = gauge
             return gauge
         }
     }
@@ -553,6 +616,8 @@ public final class IngestMetrics: Sendable {
     func udpDatagrams(_ result: UDPResult) -> Counter { udpDatagramsByResult[result]! }
     func tlsHandshakesOK(_ version: TLSVersionLabel) -> Counter { tlsHandshakesOKByVersion[version]! }
     func tlsReloads(_ result: ReloadResult) -> Counter { tlsReloadsByResult[result]! }
+    func proxyHeaders(_ command: ProxyCommandLabel) -> Counter { proxyHeadersByCommand[command]! }
+    func proxyRefusals(_ reason: ProxyRefusal) -> Counter { proxyRefusalsByReason[reason]! }
     func publishFailed(_ thing: PublishedThing, reason: PublishFailure) -> Counter { publishFailedByKindReason[thing]![reason]! }
     func setRedisDurability(_ mode: RedisDurability) {
         for (name, gauge) in redisDurabilityByMode { gauge.set(Int64(name == mode.rawValue ? 1 : 0)) }

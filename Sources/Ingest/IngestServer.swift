@@ -20,10 +20,12 @@ public final class IngestServer: Sendable {
     private let group: any EventLoopGroup
     /// Open device connections, by identity (their count is what MAX_CONNECTIONS bounds); whether the
     /// server drains (no more are admitted); who waits for the last one to close.
+    /// `counted`: the address each connection counts against in `perAddress` (a connection behind a PROXY
+    /// header is counted once its header named the device).
     private let connections = NIOLockedValueBox(
         (
-            open: [ObjectIdentifier: any Channel](), perAddress: [String: Int](), draining: false, waiters: [ResumeOnce<Bool>](),
-            refusalLog: LogLimiter()
+            open: [ObjectIdentifier: any Channel](), perAddress: [String: Int](), counted: [ObjectIdentifier: String](),
+            draining: false, waiters: [ResumeOnce<Bool>](), refusalLog: LogLimiter()
         )
     )
     /// The listeners: the TCP port, and the TLS port when there is one.
@@ -40,7 +42,8 @@ public final class IngestServer: Sendable {
         group: any EventLoopGroup,
         metrics: IngestMetrics,
         authority: DeviceAuthority = DeviceAuthority(mode: .allowAll),
-        commands: CommandDelivery? = nil
+        commands: CommandDelivery? = nil,
+        directory: DeviceRegistration? = nil
     ) {
         self.environment = SessionEnvironment(
             configuration: configuration,
@@ -48,7 +51,8 @@ public final class IngestServer: Sendable {
             logger: logger,
             metrics: metrics,
             authority: authority,
-            commands: commands
+            commands: commands,
+            directory: directory
         )
         self.group = group
     }
@@ -59,7 +63,7 @@ public final class IngestServer: Sendable {
         let address = try await listen(port: environment.configuration.port, tls: nil)
         environment.logger.lifecycle.info(
             "listening for devices",
-            metadata: ["event": "server.listening", "address": "\(address)", "port": "\(address.port ?? 0)"]
+            metadata: ["event": "server.listening", "address": "\(address)", "port": .stringConvertible(address.port ?? 0)]
         )
         return address
     }
@@ -72,10 +76,10 @@ public final class IngestServer: Sendable {
         environment.logger.lifecycle.info(
             "listening for devices over TLS",
             metadata: [
-                "event": "server.tls_listening", "address": "\(address)", "port": "\(address.port ?? 0)",
+                "event": "server.tls_listening", "address": "\(address)", "port": .stringConvertible(address.port ?? 0),
                 "min_version": "\(options.minimumVersion.rawValue)",
                 "client_certificates": "\(options.clientCAFile == nil ? "off" : "required")",
-                "certificate_serial": "\(tls.current.serial)", "certificate_not_after": "\(tls.current.notAfter)",
+                "certificate_serial": "\(tls.current.serial)", "certificate_not_after": .stringConvertible(tls.current.notAfter),
             ]
         )
         return address
@@ -88,6 +92,11 @@ public final class IngestServer: Sendable {
         let (metrics, logger) = (environment.metrics, environment.logger)
         // One limiter for the listener: a scanner opening many connections writes one line per 10 s.
         let handshakeFailureLog = NIOLockedValueBox(LogLimiter())
+        let proxy = ProxyListener(
+            environment: environment,
+            refusalLog: NIOLockedValueBox(LogLimiter()),
+            admitDevice: { [self] channel, address in admitAddress(channel, address: address) }
+        )
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -104,14 +113,32 @@ public final class IngestServer: Sendable {
             // The bounded reader (see DeviceSessionHandler): one read of at most 16 KiB per loop tick, so
             // a connection whose frame is in flight receives at most one read more before it stops.
             .childChannelOption(.maxMessagesPerRead, value: 1)
+            // NIO keeps each connection's last receive buffer for the next read: starting at 256 bytes (a
+            // login, a one-record packet) instead of 2 KiB, an idle connection holds 256; a device sending
+            // larger packets grows its own (doubling per full read, up to 16 KiB).
             .childChannelOption(
                 .recvAllocator,
-                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: DeviceSessionHandler.readChunkBytes)
+                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: DeviceSessionHandler.readChunkBytes)
             )
             .childChannelInitializer { [self] channel in
-                guard admit(channel) else { return channel.close() }
+                let mode = configuration.proxyProtocol
+                let trusted = mode != .off && configuration.proxyTrustedCIDRs.contains(channel.remoteAddress)
+                if mode == .v2, !trusted {
+                    metrics.proxyRefusals(.untrusted).increment()
+                    ProxyHeaderHandler.log(
+                        proxy,
+                        .untrusted,
+                        detail: "connection from outside PROXY_TRUSTED_CIDRS",
+                        peer: channel.remoteAddress
+                    )
+                    return channel.close()
+                }
+                // Behind a trusted load balancer the device's address is known only after its header.
+                guard admit(channel, countAddress: !trusted) else { return channel.close() }
+                let proxyHandler = mode == .off ? nil : ProxyHeaderHandler(listener: proxy, trusted: trusted, required: mode == .v2)
                 return channel.eventLoop.makeCompletedFuture {
                     let pipeline = channel.pipeline.syncOperations
+                    if let proxyHandler { try pipeline.addHandler(proxyHandler) }
                     if let tls {
                         let handler = NIOSSLServerHandler(context: tls.current.context)
                         try pipeline.addHandler(handler)
@@ -128,51 +155,68 @@ public final class IngestServer: Sendable {
     }
 
     /// Counts the connection in, or refuses it (counted, logged at most once per 10 s): once draining, at
-    /// `MAX_CONNECTIONS`, at `MAX_CONNECTIONS_PER_IP` from its address, or while its address' failed
-    /// logins are over `MAX_LOGIN_FAILURES_PER_IP`. Releases the slot when it closes.
-    private func admit(_ channel: any Channel) -> Bool {
+    /// `MAX_CONNECTIONS`, and (with `countAddress`) as ``admitAddress(_:address:)`` does for its peer address.
+    /// Releases the slot when it closes. Without `countAddress` (a trusted load balancer's connection, whose
+    /// PROXY header is still to come) the device's address is admitted later, by the proxy handler.
+    private func admit(_ channel: any Channel, countAddress: Bool) -> Bool {
         let id = ObjectIdentifier(channel)
-        let address = channel.remoteAddress?.ipAddress ?? ""
         let configuration = environment.configuration
-        let loginsAllowed = environment.admitsLogins(from: channel.remoteAddress)
-        let now = NIODeadline.now().uptimeNanoseconds
-        let (refusal, logLine) = connections.withLockedValue { c -> (RefusalReason?, Int?) in
-            let refusal: RefusalReason? =
-                if c.draining { .draining } else if c.open.count >= configuration.maxConnections {
-                    .maxConnections
-                } else if c.perAddress[address, default: 0] >= configuration.maxConnectionsPerIP {
-                    .perAddress
-                } else if !loginsAllowed { .loginFailures } else { nil }
-            guard let refusal else {
-                c.open[id] = channel
-                c.perAddress[address, default: 0] += 1
-                return (nil, nil)
-            }
-            return (refusal, c.refusalLog.admit(nowNanoseconds: now))
+        let refusal = connections.withLockedValue { c -> RefusalReason? in
+            if c.draining { return .draining }
+            if c.open.count >= configuration.maxConnections { return .maxConnections }
+            c.open[id] = channel
+            return nil
         }
-        guard let refusal else {
-            environment.metrics.connections(result: .accepted).increment()
-            channel.closeFuture.whenComplete { [connections] _ in
-                let waiters = connections.withLockedValue { c -> [ResumeOnce<Bool>] in
-                    c.open.removeValue(forKey: id)
+        if let refusal { return refused(channel, refusal, peer: channel.remoteAddress) }
+        channel.closeFuture.whenComplete { [connections] _ in
+            let waiters = connections.withLockedValue { c -> [ResumeOnce<Bool>] in
+                c.open.removeValue(forKey: id)
+                if let address = c.counted.removeValue(forKey: id) {
                     let left = c.perAddress[address, default: 1] - 1
                     c.perAddress[address] = left > 0 ? left : nil
-                    guard c.open.isEmpty else { return [] }
-                    defer { c.waiters = [] }
-                    return c.waiters
                 }
-                for waiter in waiters { waiter.resume(true) }
+                guard c.open.isEmpty else { return [] }
+                defer { c.waiters = [] }
+                return c.waiters
             }
-            return true
+            for waiter in waiters { waiter.resume(true) }
         }
+        return countAddress ? admitAddress(channel, address: channel.remoteAddress) : true
+    }
+
+    /// Counts an open connection against the device address `address`, or refuses it (counted, logged): at
+    /// `MAX_CONNECTIONS_PER_IP` from that address, or while its failed logins are over
+    /// `MAX_LOGIN_FAILURES_PER_IP`. The caller closes a refused connection.
+    private func admitAddress(_ channel: any Channel, address: SocketAddress?) -> Bool {
+        let id = ObjectIdentifier(channel)
+        let ip = address?.ipAddress ?? ""
+        let configuration = environment.configuration
+        let loginsAllowed = environment.admitsLogins(from: address)
+        let refusal = connections.withLockedValue { c -> RefusalReason? in
+            guard c.open[id] != nil else { return nil }  // closed meanwhile: nothing to count
+            if c.perAddress[ip, default: 0] >= configuration.maxConnectionsPerIP { return .perAddress }
+            if !loginsAllowed { return .loginFailures }
+            c.perAddress[ip, default: 0] += 1
+            c.counted[id] = ip
+            return nil
+        }
+        if let refusal { return refused(channel, refusal, peer: address) }
+        environment.metrics.connections(result: .accepted).increment()
+        return true
+    }
+
+    /// Counts and (at most once per 10 s) logs a refused connection; returns false.
+    private func refused(_ channel: any Channel, _ refusal: RefusalReason, peer: SocketAddress?) -> Bool {
+        let now = NIODeadline.now().uptimeNanoseconds
+        let logLine = connections.withLockedValue { $0.refusalLog.admit(nowNanoseconds: now) }
         environment.metrics.connections(result: .refused).increment()
         environment.metrics.refusals(refusal).increment()
         if let suppressed = logLine {
             environment.logger.warning(
                 "connection refused",
                 metadata: [
-                    "event": "server.connection_refused", "reason": "\(refusal.rawValue)", "peer": "\(peerString(channel.remoteAddress))",
-                    "suppressed": "\(suppressed)",
+                    "event": "server.connection_refused", "reason": "\(refusal.rawValue)", "peer": "\(peerString(peer))",
+                    "suppressed": .stringConvertible(suppressed),
                 ]
             )
         }
@@ -251,7 +295,7 @@ final class AcceptErrorHandler: ChannelInboundHandler {
                 "cannot accept device connections",
                 metadata: [
                     "event": "server.accept_failed", "error": "\(error)", "reason": "\(fdLimit ? "fd_limit" : "other")",
-                    "suppressed": "\(suppressed)",
+                    "suppressed": .stringConvertible(suppressed),
                 ]
             )
         }

@@ -50,8 +50,12 @@ public final class ServerHealth: Sendable {
         return (true, "ok")
     }
 
-    /// Succeeds when every device event loop ran a no-op task within `timeout`.
-    func eventLoopsRespond(on loop: any EventLoop, timeout: TimeAmount) -> EventLoopFuture<Bool> {
+    /// True once every device listener is bound (systemd's `READY=1` waits for it).
+    public var isListening: Bool { listening.load(ordering: .relaxed) }
+
+    /// Succeeds when every device event loop ran a no-op task within `timeout` (`/healthz`, and the
+    /// systemd watchdog's pings).
+    public func eventLoopsRespond(on loop: any EventLoop, timeout: TimeAmount) -> EventLoopFuture<Bool> {
         let pings = eventLoops.makeIterator().map { $0.submit {} }
         let all = EventLoopFuture.andAllSucceed(pings, on: loop).map { true }
         let promise = loop.makePromise(of: Bool.self)
@@ -86,10 +90,14 @@ public final class IngestService: Service, Sendable {
     private let refresher = NIOLockedValueBox<AllowlistRefresher?>(nil)
     /// The TLS port's context (nil without `TLS_PORT`).
     private let deviceTLS: DeviceTLSContext?
-    /// Downlink commands in Redis (nil with `COMMANDS=off`), and the reader of their wake-up notices.
+    /// The second Redis connection (device registry, downlink commands); nil when both are off.
+    private let side: RedisSideChannel?
+    /// Downlink commands in Redis (nil with `COMMANDS=off`).
     private let commandStore: RedisCommandStore?
+    /// The device registry (nil with `DEVICE_REGISTRY=off`).
+    private let directory: RedisDeviceDirectory?
     private let connector: any RedisConnector
-    private let wakeReader = NIOLockedValueBox<CommandWakeReader?>(nil)
+    private let noticeReader = NIOLockedValueBox<NoticeReader?>(nil)
     private let state = NIOLockedValueBox<
         (deadline: NIODeadline?, report: DrainReport?, address: SocketAddress?, tlsAddress: SocketAddress?, udpAddress: SocketAddress?)
     >(
@@ -159,23 +167,35 @@ public final class IngestService: Service, Sendable {
         if let deviceTLS { metrics.tlsCertificateExpiry.set(deviceTLS.current.notAfter) }
         redisDescription = connector.description
         self.connector = connector
-        if configuration.commandsEnabled {
+        if configuration.commandsEnabled || configuration.deviceRegistryEnabled {
             let instance = configuration.instanceID.isEmpty ? ProcessInfo.processInfo.hostName : configuration.instanceID
-            commandStore = RedisCommandStore(
+            side = RedisSideChannel(instance: instance, connector: connector, errors: metrics.commands.storeErrors, logger: logger)
+        } else {
+            side = nil
+        }
+        commandStore = side.flatMap { side in
+            guard configuration.commandsEnabled else { return nil }
+            return RedisCommandStore(
                 settings: CommandStoreSettings(
                     keys: CommandKeys(prefix: configuration.commandPrefix),
                     eventsStream: configuration.commandEventsStream,
                     eventsMaxLength: configuration.commandEventsMaxLength,
-                    instance: instance,
+                    noticesStream: configuration.noticesStream,
                     leaseMs: configuration.commandTimeoutMs + configuration.commandLateGraceMs + 2_000,
                     retentionMs: 86_400_000
                 ),
-                connector: connector,
+                side: side,
                 metrics: metrics.commands,
                 logger: logger
             )
-        } else {
-            commandStore = nil
+        }
+        directory = side.flatMap { side in
+            guard configuration.deviceRegistryEnabled else { return nil }
+            return RedisDeviceDirectory(
+                keys: DeviceKeys(prefix: configuration.devicePrefix),
+                noticesStream: configuration.noticesStream,
+                side: side
+            )
         }
         var publishing = PublisherConfiguration(
             redis: configuration.redisURL,
@@ -186,10 +206,7 @@ public final class IngestService: Service, Sendable {
             replicaTimeoutMs: configuration.redisReplicaTimeoutMs,
             minLocalFsync: configuration.redisMinLocalFsync == 1
         )
-        publishing.watchedStreams = [
-            WatchedStream(role: "telemetry", key: configuration.telemetryStream, maxLength: configuration.streamMaxLength),
-            WatchedStream(role: "responses", key: configuration.responsesStream, maxLength: configuration.responsesMaxLength),
-        ]
+        publishing.watchedStreams = configuration.watchedStreams
         self.publisher = RedisPublisher(
             configuration: publishing,
             connector: connector,
@@ -233,21 +250,21 @@ public final class IngestService: Service, Sendable {
     }
 
     public func run() async throws {
-        logger.lifecycle.info(
-            "starting",
-            metadata: [
-                "event": "server.starting", "redis": "\(redisDescription)",
-                "min_replicas": "\(configuration.redisMinReplicas)", "stream": "\(configuration.telemetryStream)",
-                "max_frame_bytes": "\(configuration.maxFrameBytes)", "max_connections": "\(configuration.maxConnections)",
-                "udp_port": "\(configuration.udpPort.map(String.init) ?? "off")",
-                "tls_port": "\(configuration.deviceTLS.port.map(String.init) ?? "off")",
-                "version": "\(IngestMetrics.version)", "revision": "\(IngestMetrics.revision)",
-            ]
-        )
+        var starting: Logger.Metadata = [
+            "event": "server.starting", "redis": "\(redisDescription)",
+            "min_replicas": .stringConvertible(configuration.redisMinReplicas), "stream": "\(configuration.telemetryStream)",
+            "max_frame_bytes": .stringConvertible(configuration.maxFrameBytes),
+            "max_connections": .stringConvertible(configuration.maxConnections),
+            "version": "\(IngestMetrics.version)", "revision": "\(IngestMetrics.revision)",
+        ]
+        // A number when the listener is on, absent when it is off (one type per field, for log pipelines).
+        starting["udp_port"] = configuration.udpPort.map { .stringConvertible($0) }
+        starting["tls_port"] = configuration.deviceTLS.port.map { .stringConvertible($0) }
+        logger.lifecycle.info("starting", metadata: starting)
         publisher.start()
+        side?.start()
         let commands = commandStore.map { store in
-            store.start()
-            return CommandDelivery(
+            CommandDelivery(
                 store: store,
                 metrics: metrics.commands,
                 timeout: .milliseconds(Int64(configuration.commandTimeoutMs)),
@@ -262,21 +279,32 @@ public final class IngestService: Service, Sendable {
             group: group,
             metrics: metrics,
             authority: authority,
-            commands: commands
+            commands: commands,
+            directory: directory.map {
+                DeviceRegistration(directory: $0, seenInterval: .milliseconds(Int64(configuration.deviceSeenIntervalMs)))
+            }
         )
-        if commandStore != nil {
+        if side != nil {
             let registry = server.environment.registry
-            let reader = CommandWakeReader(
-                key: CommandKeys(prefix: configuration.commandPrefix).wake,
+            let reader = NoticeReader(
+                key: configuration.noticesStream,
                 connector: connector,
                 timeoutMs: configuration.redisTimeoutMs,
-                metrics: metrics.commands,
+                read: metrics.commands.wakeUps,
+                errors: metrics.commands.storeErrors,
                 logger: logger,
-                onWake: { imei in registry.connection(of: imei)?.pipeline.fireUserInboundEventTriggered(CommandWake()) },
+                onNotice: { notice in
+                    guard let channel = registry.connection(of: notice.imei) else { return }
+                    if let session = notice.session {
+                        channel.pipeline.fireUserInboundEventTriggered(SessionLoggedInElsewhere(session: session))
+                    } else {
+                        channel.pipeline.fireUserInboundEventTriggered(CommandWake())
+                    }
+                },
                 onResync: { for channel in registry.allConnections { channel.pipeline.fireUserInboundEventTriggered(CommandWake()) } }
             )
             reader.start()
-            wakeReader.withLockedValue { $0 = reader }
+            noticeReader.withLockedValue { $0 = reader }
         }
         if let allowlistSource {
             // Loaded before the listener accepts; if it cannot be, every login is refused and /readyz
@@ -352,7 +380,8 @@ public final class IngestService: Service, Sendable {
             logger.lifecycle.notice(
                 "TLS certificate reloaded: new handshakes use it",
                 metadata: [
-                    "event": "tls.reloaded", "certificate_serial": "\(loaded.serial)", "certificate_not_after": "\(loaded.notAfter)",
+                    "event": "tls.reloaded", "certificate_serial": "\(loaded.serial)",
+                    "certificate_not_after": .stringConvertible(loaded.notAfter),
                 ]
             )
         case .failure(let error):
@@ -362,7 +391,7 @@ public final class IngestService: Service, Sendable {
                 "TLS certificate not reloaded: keeping the current one",
                 metadata: [
                     "event": "tls.reload_failed", "error": "\(error)", "certificate_serial": "\(kept.serial)",
-                    "certificate_not_after": "\(kept.notAfter)",
+                    "certificate_not_after": .stringConvertible(kept.notAfter),
                 ]
             )
         }
@@ -375,8 +404,10 @@ public final class IngestService: Service, Sendable {
         logger.lifecycle.notice(
             "draining",
             metadata: [
-                "event": "server.draining", "connections": "\(server.connectionCount)", "packets_in_flight": "\(server.packetsInFlight)",
-                "queued_records": "\(publisher.queuedRecords)", "timeout_ms": "\(configuration.shutdownTimeoutMs)",
+                "event": "server.draining", "connections": .stringConvertible(server.connectionCount),
+                "packets_in_flight": .stringConvertible(server.packetsInFlight),
+                "queued_records": .stringConvertible(publisher.queuedRecords),
+                "timeout_ms": .stringConvertible(configuration.shutdownTimeoutMs),
             ]
         )
         await server.stopAccepting()
@@ -388,8 +419,8 @@ public final class IngestService: Service, Sendable {
         let drained = await server.drainSessions(until: deadline)
         let udpUnanswered = await udpDrained
         // Sessions closed: what they gave back or ended is written before Redis is let go.
-        wakeReader.withLockedValue { $0 }?.stop()
-        await commandStore?.stop(deadline: deadline)
+        noticeReader.withLockedValue { $0 }?.stop()
+        await side?.stop(deadline: deadline)
         let stopped = await publisher.stop(deadline: deadline)
         if stopped.threadFinished {
             do {

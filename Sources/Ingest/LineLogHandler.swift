@@ -20,7 +20,10 @@ extension Logger {
 /// (`{"ts":…,"level":…,"event":…,"msg":…,"instance_id":…, <metadata>}`) or, for people, plain text.
 ///
 /// The `event` metadata key names the event (`device.login`, `frame.rejected`, …); OPERATIONS.md
-/// ("Log events") lists them all. Writes are serialised by a lock; each line is one `write(2)`.
+/// ("Log events") lists them all. In JSON, a value given as a number or a `Bool`
+/// (`.stringConvertible(42)`, `.stringConvertible(true)`) is written as a JSON number or `true`/`false`, so
+/// a log pipeline can sum and compare it; everything else is a JSON string. Writes are serialised by a
+/// lock; each line is one `write(2)`.
 public struct LineLogHandler: LogHandler {
     public enum Format: String, Sendable {
         case json
@@ -60,37 +63,14 @@ public struct LineLogHandler: LogHandler {
     public func log(event: LogEvent) {
         var merged = metadata
         if let extra = event.metadata { merged.merge(extra) { $1 } }
-        let eventName = merged.removeValue(forKey: "event").map { "\($0)" } ?? "log"
-        let now = Date().timeIntervalSince1970
-        var line: [UInt8] = []
-        line.reserveCapacity(256)
-        switch format {
-        case .json:
-            JSONText.appendRaw("{\"ts\":", to: &line)
-            JSONText.appendISO8601(milliseconds: UInt64(now * 1000), to: &line)
-            JSONText.appendRaw(",\"level\":", to: &line)
-            JSONText.appendString(event.level.rawValue, to: &line)
-            JSONText.appendRaw(",\"event\":", to: &line)
-            JSONText.appendString(eventName, to: &line)
-            JSONText.appendRaw(",\"msg\":", to: &line)
-            JSONText.appendString(event.message.description, to: &line)
-            JSONText.appendRaw(",\"instance_id\":", to: &line)
-            JSONText.appendString(instanceID, to: &line)
-            for (key, value) in merged.sorted(by: { $0.key < $1.key }) {
-                line.append(UInt8(ascii: ","))
-                JSONText.appendString(key, to: &line)
-                line.append(UInt8(ascii: ":"))
-                JSONText.appendString("\(value)", to: &line)
-            }
-            line.append(UInt8(ascii: "}"))
-        case .text:
-            JSONText.appendISO8601(milliseconds: UInt64(now * 1000), to: &line)
-            line.removeFirst()
-            line.removeLast()
-            line.append(contentsOf: " \(event.level.rawValue.uppercased()) \(eventName): \(event.message) instance_id=\(instanceID)".utf8)
-            for (key, value) in merged.sorted(by: { $0.key < $1.key }) { line.append(contentsOf: " \(key)=\(value)".utf8) }
-        }
-        line.append(0x0A)
+        let line = Self.line(
+            level: event.level,
+            message: event.message,
+            metadata: merged,
+            format: format,
+            instanceID: instanceID,
+            milliseconds: UInt64(Date().timeIntervalSince1970 * 1000)
+        )
         LineLogHandler.lock.withLock {
             line.withUnsafeBytes { raw in
                 var offset = 0
@@ -100,6 +80,68 @@ public struct LineLogHandler: LogHandler {
                     offset += n
                 }
             }
+        }
+    }
+
+    /// One log line, newline included: what ``log(event:)`` writes.
+    static func line(
+        level: Logger.Level,
+        message: Logger.Message,
+        metadata: Logger.Metadata,
+        format: Format,
+        instanceID: String,
+        milliseconds: UInt64
+    ) -> [UInt8] {
+        var merged = metadata
+        let eventName = merged.removeValue(forKey: "event").map { "\($0)" } ?? "log"
+        var line: [UInt8] = []
+        line.reserveCapacity(256)
+        switch format {
+        case .json:
+            JSONText.appendRaw("{\"ts\":", to: &line)
+            JSONText.appendISO8601(milliseconds: milliseconds, to: &line)
+            JSONText.appendRaw(",\"level\":", to: &line)
+            JSONText.appendString(level.rawValue, to: &line)
+            JSONText.appendRaw(",\"event\":", to: &line)
+            JSONText.appendString(eventName, to: &line)
+            JSONText.appendRaw(",\"msg\":", to: &line)
+            JSONText.appendString(message.description, to: &line)
+            JSONText.appendRaw(",\"instance_id\":", to: &line)
+            JSONText.appendString(instanceID, to: &line)
+            for (key, value) in merged.sorted(by: { $0.key < $1.key }) {
+                line.append(UInt8(ascii: ","))
+                JSONText.appendString(key, to: &line)
+                line.append(UInt8(ascii: ":"))
+                appendJSON(value, to: &line)
+            }
+            line.append(UInt8(ascii: "}"))
+        case .text:
+            JSONText.appendISO8601(milliseconds: milliseconds, to: &line)
+            line.removeFirst()
+            line.removeLast()
+            line.append(contentsOf: " \(level.rawValue.uppercased()) \(eventName): \(message) instance_id=\(instanceID)".utf8)
+            for (key, value) in merged.sorted(by: { $0.key < $1.key }) { line.append(contentsOf: " \(key)=\(value)".utf8) }
+        }
+        line.append(0x0A)
+        return line
+    }
+
+    /// A metadata value in JSON: integers and finite floating-point numbers as numbers, `Bool` as
+    /// `true`/`false`, anything else (strings included, even "42") as a string.
+    private static func appendJSON(_ value: Logger.MetadataValue, to line: inout [UInt8]) {
+        guard case .stringConvertible(let convertible) = value else {
+            JSONText.appendString("\(value)", to: &line)
+            return
+        }
+        switch convertible {
+        case let flag as Bool:
+            JSONText.appendRaw(flag ? "true" : "false", to: &line)
+        case let integer as any BinaryInteger:
+            line.append(contentsOf: "\(integer)".utf8)
+        case let number as Double where number.isFinite:
+            line.append(contentsOf: "\(number)".utf8)
+        default:
+            JSONText.appendString(convertible.description, to: &line)
         }
     }
 }

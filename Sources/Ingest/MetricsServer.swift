@@ -40,6 +40,12 @@ public final class MetricsServer: Service, Sendable {
 
     public func run() async throws {
         let routes = Routes(health: health, metrics: metrics)
+        // The descriptor count is walked on this loop every few seconds, never inside a scrape.
+        routes.openFiles.refresh()
+        let counting = group.next().scheduleRepeatedTask(initialDelay: OpenFileCount.interval, delay: OpenFileCount.interval) { _ in
+            routes.openFiles.refresh()
+        }
+        defer { counting.cancel() }
         let channel: any Channel
         do {
             let limiter = MetricsConnectionLimiter(limit: maxConnections, metrics: metrics, logger: logger)
@@ -80,7 +86,7 @@ public final class MetricsServer: Service, Sendable {
         let address = channel.localAddress!
         logger.lifecycle.info(
             "serving metrics and health",
-            metadata: ["event": "metrics.listening", "address": "\(address)", "port": "\(address.port ?? 0)"]
+            metadata: ["event": "metrics.listening", "address": "\(address)", "port": .stringConvertible(address.port ?? 0)]
         )
         try? await gracefulShutdown()
         try? await channel.close()
@@ -92,6 +98,7 @@ public final class MetricsServer: Service, Sendable {
 struct Routes: Sendable {
     let health: ServerHealth
     let metrics: IngestMetrics
+    let openFiles = OpenFileCount()
 
     struct Response {
         var status: HTTPResponseStatus
@@ -136,7 +143,7 @@ struct Routes: Sendable {
         var buffer: [UInt8] = []
         buffer.reserveCapacity(32 * 1024)
         metrics.registry.emit(into: &buffer)
-        ProcessMetrics.read().emit(into: &buffer)
+        ProcessMetrics.read(openFDs: openFiles.current).emit(into: &buffer)
         return buffer
     }
 }
@@ -329,7 +336,10 @@ final class MetricsConnectionLimiter: Sendable {
             if let heldBack {
                 logger.warning(
                     "metrics connection refused: at METRICS_MAX_CONNECTIONS",
-                    metadata: ["event": "metrics.connection_refused", "limit": "\(limit)", "suppressed": "\(heldBack)"]
+                    metadata: [
+                        "event": "metrics.connection_refused", "limit": .stringConvertible(limit),
+                        "suppressed": .stringConvertible(heldBack),
+                    ]
                 )
             }
             return false

@@ -106,8 +106,13 @@ public struct SimulationVerification {
     private let ackLog: [[UInt64]]
     private var seen: [[UInt64]]
     private var unreadable = 0
-    /// Whether entries were removed from the stream (XINFO STREAM: `entries-added` above `length`).
+    /// Whether entries were removed from the stream (XINFO STREAM: `entries-added` above `length`); with
+    /// shards, from any shard (prefer ``trimmedShards``).
     public var streamTrimmed = false
+    /// Keys the stream is split into (`REDIS_STREAM_SHARDS`), and which of them were trimmed: a device's
+    /// records are in its shard only, so only that shard's trimming explains them missing.
+    public var shards = 1
+    public var trimmedShards: Set<Int> = []
 
     public init(result: SimulationResult) {
         configuration = result.configuration
@@ -165,12 +170,14 @@ public struct SimulationVerification {
             for k in stored.indices where k == 0 || stored[k] != stored[k - 1] { unique += 1 }
             outcome.duplicates += stored.count - unique
             guard device < ackLog.count else { continue }
+            let trimmed =
+                streamTrimmed || trimmedShards.contains(StreamShards.shard(of: configuration.imei(of: device), count: shards))
             var anyStored = false
             for ts in ackLog[device] {
                 outcome.ackedRecords += 1
                 if Self.contains(stored, ts) {
                     anyStored = true
-                } else if streamTrimmed && !anyStored {
+                } else if trimmed && !anyStored {
                     outcome.trimmed += 1
                 } else {
                     outcome.missing += 1

@@ -170,10 +170,11 @@ final class SimulatedDevice: SimulatorFleetDevice {
         answerOwed = true
         let g = generation
         let bytes = ByteBuffer(bytes: answer.encoded())
-        schedule(in: .milliseconds(Int64(configuration.commandAnswerDelayMs))) { device in
-            guard g == device.generation else { return }
-            device.answerDue = bytes
-            device.writeAnswerIfIdle()
+        // A timer of its own: `schedule` replaces the one pending (the next packet's pacing).
+        eventLoop.assumeIsolated().scheduleTask(in: .milliseconds(Int64(configuration.commandAnswerDelayMs))) { [self] in
+            guard g == generation, state != .finished else { return }
+            answerDue = bytes
+            writeAnswerIfIdle()
         }
     }
 

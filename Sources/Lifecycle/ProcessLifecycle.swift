@@ -50,7 +50,7 @@ public struct ProcessLifecycle: Sendable {
                             "shutdown requested: draining",
                             metadata: [
                                 "event": "process.shutdown_requested", "signal": "\(signal)",
-                                "timeout_ms": "\(shutdownTimeout.milliseconds)",
+                                "timeout_ms": .stringConvertible(shutdownTimeout.milliseconds),
                             ]
                         )
                         onShutdown()
@@ -59,7 +59,7 @@ public struct ProcessLifecycle: Sendable {
                     } else {
                         logger.critical(
                             "second signal during the drain: exiting now; records not yet confirmed were not ACKed",
-                            metadata: ["event": "process.forced_exit", "signal": "\(signal)", "exit_code": "1"]
+                            metadata: ["event": "process.forced_exit", "signal": "\(signal)", "exit_code": .stringConvertible(1)]
                         )
                         _exit(ExitStatus.failure.rawValue)
                     }
@@ -77,7 +77,10 @@ public struct ProcessLifecycle: Sendable {
             Thread.sleep(forTimeInterval: limit.seconds)
             logger.critical(
                 "shutdown did not finish in time: exiting; records not yet confirmed were not ACKed",
-                metadata: ["event": "process.shutdown_timeout", "limit_ms": "\(limit.milliseconds)", "exit_code": "1"]
+                metadata: [
+                    "event": "process.shutdown_timeout", "limit_ms": .stringConvertible(limit.milliseconds),
+                    "exit_code": .stringConvertible(1),
+                ]
             )
             _exit(ExitStatus.failure.rawValue)
         }

@@ -65,6 +65,9 @@ struct CommandCommand: AsyncParsableCommand {
         @Option(help: "Command-events stream (default: $REDIS_COMMAND_EVENTS_STREAM, else the server's default).")
         var eventsStream: String?
 
+        @Option(help: "Notices stream for the wake-up notice (default: $REDIS_NOTICES_STREAM, else the server's default).")
+        var noticesStream: String?
+
         func validate() throws {
             guard IMEI(imei) != nil else { throw ValidationError("IMEI must be 15 digits, got '\(imei)'") }
             guard codec == 12 || codec == 14 else { throw ValidationError("--codec must be 12 or 14") }
@@ -110,7 +113,8 @@ struct CommandCommand: AsyncParsableCommand {
                 "XADD", events, "MAXLEN", "~", "100000", "*", "cmd_id", commandID, "imei", imei, "status", "queued", "attempt", "0",
                 "instance", "producer", "latency_ms", "", "response", "",
             ])
-            _ = try connection.command(["XADD", keys.wake, "MAXLEN", "~", "10000", "*", "imei", imei])
+            let notices = noticesStream ?? environment["REDIS_NOTICES_STREAM"] ?? defaults.noticesStream
+            _ = try connection.command(["XADD", notices, "MAXLEN", "~", "10000", "*", "imei", imei])
             print(commandID)
             guard wait else { return }
             let waitMs = waitTimeout.map { Int(Duration.parse($0)!.milliseconds) } ?? ttlMs + 120_000

@@ -1,5 +1,6 @@
 /// The `simulate` subcommand.
 import ArgumentParser
+import Codec8
 import Ingest
 import IngestTools
 import Lifecycle
@@ -37,7 +38,8 @@ struct SimulateCommand: AsyncParsableCommand {
             ACKed, ACKed records per second, resends, errors, ACK latency percentiles (last byte written \
             to ACK read) and the simulator's own CPU seconds; UDP adds acks_dropped, stale_acks (second ACKs \
             of a packet already ACKed) and socket_errors. Progress once per second on a terminal.
-            --verify then reads the whole --stream from --redis-url and checks that every ACKed record \
+            --verify then reads the whole --stream from --redis-url (with --stream-shards N, every key \
+            <stream>:{0}..{N-1}, as REDIS_STREAM_SHARDS names them) and checks that every ACKed record \
             (device_id, timestamp_ms) is there; duplicates (TCP resends) are counted, not failures; records \
             MAXLEN trimmed away before the check are counted as trimmed, not missing. Over UDP a record \
             stored twice fails the check (the server dedupes resends).
@@ -106,6 +108,9 @@ struct SimulateCommand: AsyncParsableCommand {
     @Option(help: "Stream to verify.")
     var stream = "telemetry:teltonika"
 
+    @Option(help: "Keys the stream is split into (the server's REDIS_STREAM_SHARDS): --verify reads every one.")
+    var streamShards = 1
+
     @Option(help: "IMEI of device 0 (15 digits); device i uses this plus i.")
     var imeiBase = "350000000000000"
 
@@ -134,6 +139,7 @@ struct SimulateCommand: AsyncParsableCommand {
         guard commandAnswerDelayMs >= 0 else { throw ValidationError("--command-answer-delay-ms must be 0 or more") }
         guard threads >= 0 else { throw ValidationError("--threads must be 0 or more") }
         guard packetsPerDevice >= 0 else { throw ValidationError("--packets-per-device must be 0 or more") }
+        guard (1...1024).contains(streamShards) else { throw ValidationError("--stream-shards must be 1-1024") }
         guard (0...1).contains(dropAcks) else { throw ValidationError("--drop-acks must be 0-1") }
         switch transport {
         case .tcp:
@@ -235,24 +241,38 @@ struct SimulateCommand: AsyncParsableCommand {
         if !result.isClean || verifyFailed || outcome?.failed == true { terminate(.failure) }
     }
 
-    /// Reads the whole stream in pages of 10,000 (XRANGE with an exclusive start).
+    /// Reads every shard of the stream in pages of 10,000 (XRANGE with an exclusive start).
     private func readStream(_ result: SimulationResult) throws -> SimulationVerification.Outcome {
         let connection = try RedisConnection(url: try RedisURL(parsing: redisURL), timeoutMs: 30_000)
         var verification = SimulationVerification(result: result)
-        // MAXLEN trimming removes the oldest entries: tell them apart from losses.
-        if case .array(let info) = try connection.command(["XINFO", "STREAM", stream]) {
-            var numbers: [String: Int64] = [:]
-            var i = 0
-            while i + 1 < info.count {
-                if case .string(let name) = info[i], case .integer(let n) = info[i + 1] { numbers[name] = n }
-                i += 2
-            }
-            if let added = numbers["entries-added"], let length = numbers["length"] { verification.streamTrimmed = added > length }
+        verification.shards = streamShards
+        for (shard, key) in StreamShards.keys(stream, count: streamShards).enumerated() {
+            if try isTrimmed(key, connection) { verification.trimmedShards.insert(shard) }
+            try read(key, connection, into: &verification)
         }
+        return verification.outcome()
+    }
+
+    /// Whether MAXLEN trimming removed entries from `key` (XINFO STREAM: `entries-added` above `length`), so
+    /// that the oldest records' absence is told apart from losses.
+    private func isTrimmed(_ key: String, _ connection: RedisConnection) throws -> Bool {
+        guard case .array(let info) = try connection.command(["XINFO", "STREAM", key]) else { return false }
+        var numbers: [String: Int64] = [:]
+        var i = 0
+        while i + 1 < info.count {
+            if case .string(let name) = info[i], case .integer(let n) = info[i + 1] { numbers[name] = n }
+            i += 2
+        }
+        guard let added = numbers["entries-added"], let length = numbers["length"] else { return false }
+        return added > length
+    }
+
+    /// Adds every entry of `key` to the verification.
+    private func read(_ key: String, _ connection: RedisConnection, into verification: inout SimulationVerification) throws {
         var start = "-"
         let page = 10_000
         while true {
-            let reply = try connection.command(["XRANGE", stream, start, "+", "COUNT", String(page)])
+            let reply = try connection.command(["XRANGE", key, start, "+", "COUNT", String(page)])
             if case .error(let message) = reply { throw VerifyError(message: message) }
             guard case .array(let entries) = reply else { throw VerifyError(message: "XRANGE answered \(reply)") }
             var lastID: String?
@@ -274,7 +294,6 @@ struct SimulateCommand: AsyncParsableCommand {
             guard entries.count == page, let lastID else { break }
             start = "(" + lastID
         }
-        return verification.outcome()
     }
 }
 

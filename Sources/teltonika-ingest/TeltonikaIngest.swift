@@ -15,7 +15,8 @@ struct TeltonikaIngest: AsyncParsableCommand {
         commandName: "teltonika-ingest",
         abstract: "Ingestion server for Teltonika GPS trackers, and its tools.",
         subcommands: [
-            ServeCommand.self, DecodeCommand.self, ReplayCommand.self, SimulateCommand.self, CommandCommand.self, AckServerCommand.self,
+            ServeCommand.self, DecodeCommand.self, ReplayCommand.self, SimulateCommand.self, CommandCommand.self, DeviceCommand.self,
+            AckServerCommand.self,
         ],
         defaultSubcommand: ServeCommand.self
     )

@@ -189,12 +189,26 @@ struct ServeConfigurationTests {
         for env in ["TELTONIKA_PORT", "MAX_FRAME_BYTES", "REDIS_URL", "PUBLISH_QUEUE_CAPACITY", "LOG_FORMAT"] {
             #expect(result.stdout.contains(env), "\(env)")
         }
-        // Each setting with its default.
+        // Each setting with its default, on the line after its flag.
         for shown in [
-            "(TELTONIKA_PORT; default: 5027)", "(REDIS_URL; default: redis://127.0.0.1:6379)", "(REDIS_SENTINELS; default: none)",
+            "  --port VALUE\n      TELTONIKA_PORT, default: 5027\n",
+            "  --redis-url VALUE\n      REDIS_URL, default: redis://127.0.0.1:6379\n",
+            "  --redis-sentinels VALUE\n      REDIS_SENTINELS, default: none\n",
+            "  --redis-device-allowlist-key VALUE\n      REDIS_DEVICE_ALLOWLIST_KEY, default: teltonika:allowlist\n",
         ] {
             #expect(result.stdout.contains(shown), "\(shown)")
         }
+        // No line wraps (the parser wraps at 80 columns when not on a terminal, continuing at column 0): from
+        // the first setting to the signals, every line is indented, and every flag has its default line.
+        let lines = result.stdout.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        let first = try #require(lines.firstIndex { $0.hasPrefix("  --") })
+        let last = try #require(lines.firstIndex { $0.hasPrefix("Signals:") })
+        for line in lines[first..<last] where !line.isEmpty {
+            #expect(line.hasPrefix("  ") && line.count < 80, "a wrapped line: \(line)")
+        }
+        let flags = lines.indices.filter { lines[$0].hasPrefix("  --") }
+        #expect(flags.count >= 50)
+        for i in flags { #expect(lines[i + 1].contains(", default: "), "\(lines[i]) then \(lines[i + 1])") }
     }
 }
 

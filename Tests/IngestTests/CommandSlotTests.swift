@@ -154,3 +154,20 @@ struct CommandSlotTests {
         #expect(Self.command.frame(for: Self.imei) == DeviceMessage.codec12Command("getinfo"))
     }
 }
+
+/// A session's last-seen writes: at most one per interval, carrying the last ACKed packet's time.
+struct RegisteredSessionTests {
+    static func t(_ ms: Int64) -> NIODeadline { .uptimeNanoseconds(UInt64(1_000_000_000 + ms * 1_000_000)) }
+
+    @Test func testAtMostOneWritePerIntervalWithTheLastRecordTime() {
+        var session = RegisteredSession(imei: IMEI("356307042441013")!, session: "a/1#1", at: Self.t(0))
+        let interval = TimeAmount.milliseconds(1000)
+        #expect(session.seen(at: Self.t(10), wallMs: 10, record: true, interval: interval) == nil, "the login wrote just now")
+        #expect(session.seen(at: Self.t(999), wallMs: 999, record: false, interval: interval) == nil)
+        #expect(session.seen(at: Self.t(1000), wallMs: 1000, record: false, interval: interval) == .init(recordAt: 10))
+        #expect(session.seen(at: Self.t(1500), wallMs: 1500, record: true, interval: interval) == nil)
+        #expect(session.seen(at: Self.t(1800), wallMs: 1800, record: true, interval: interval) == nil)
+        #expect(session.seen(at: Self.t(2000), wallMs: 2000, record: false, interval: interval) == .init(recordAt: 1800))
+        #expect(session.seen(at: Self.t(3000), wallMs: 3000, record: false, interval: interval) == .init(recordAt: nil), "no packet since")
+    }
+}

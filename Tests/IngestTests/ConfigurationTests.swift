@@ -122,8 +122,12 @@ struct IngestConfigurationTests {
 
     /// Each setting, changed alone, is the only one `changedSettings` names (what SIGHUP reports).
     @Test func testChangedSettingsNamesExactlyTheChangedOnes() throws {
-        // Over TLS, so that the REDIS_TLS_* settings are valid alone, and with a TLS port, so that the TLS_* are.
-        let tls = ["REDIS_URL": "rediss://127.0.0.1:6380", "TLS_PORT": "5443", "TLS_CERT_FILE": "/tls.pem", "TLS_KEY_FILE": "/tls.key"]
+        // Over TLS, so that the REDIS_TLS_* settings are valid alone, and with a TLS port, so that the TLS_* are;
+        // with the PROXY protocol on, so that PROXY_PROTOCOL and PROXY_TRUSTED_CIDRS are.
+        let tls = [
+            "REDIS_URL": "rediss://127.0.0.1:6380", "TLS_PORT": "5443", "TLS_CERT_FILE": "/tls.pem", "TLS_KEY_FILE": "/tls.key",
+            "PROXY_PROTOCOL": "optional", "PROXY_TRUSTED_CIDRS": "10.0.0.0/8",
+        ]
         let base = try IngestConfiguration.load(environment: tls, flags: [:])
         let other: [String: String] = [
             "TELTONIKA_HOST": "127.0.0.2", "TELTONIKA_PORT": "5028", "HANDSHAKE_TIMEOUT_MS": "9000", "IDLE_TIMEOUT_MS": "5000",
@@ -142,6 +146,8 @@ struct IngestConfigurationTests {
             "TLS_PORT": "5444", "TLS_CERT_FILE": "/other.pem", "TLS_KEY_FILE": "/other.key", "TLS_CLIENT_CA_FILE": "/devices-ca.pem",
             "TLS_MIN_VERSION": "1.3", "COMMANDS": "off", "REDIS_COMMAND_PREFIX": "c", "REDIS_COMMAND_EVENTS_STREAM": "e",
             "REDIS_COMMAND_EVENTS_MAXLEN": "10", "COMMAND_TIMEOUT_MS": "1000", "COMMAND_LATE_GRACE_MS": "0", "COMMAND_LOGIN_GRACE_MS": "0",
+            "DEVICE_REGISTRY": "off", "REDIS_DEVICE_PREFIX": "d", "REDIS_NOTICES_STREAM": "n", "DEVICE_SEEN_INTERVAL_MS": "5000",
+            "PROXY_PROTOCOL": "v2", "PROXY_TRUSTED_CIDRS": "192.0.2.7, 2001:db8::/32", "REDIS_STREAM_SHARDS": "4",
             "REDIS_MODE": "cluster", "REDIS_CLUSTER_NODES": "10.0.0.5:7000",
         ]
         #expect(Set(other.keys) == Set(IngestConfiguration.settings.map(\.env)))

@@ -18,6 +18,7 @@ struct CommandTests {
     struct Commands {
         let prefix = "test-cmd:\(UUID().uuidString)"
         var events: String { prefix + ":events" }
+        var notices: String { prefix + ":notices" }
         let redis: RedisClient
 
         init() throws { redis = try RedisClient(url: TestEnvironment.redisURL) }
@@ -25,7 +26,8 @@ struct CommandTests {
         /// The server's settings for these keys (no login grace unless `loginGraceMs`).
         func environment(_ extra: [String: String] = [:], loginGraceMs: Int = 0) -> [String: String] {
             [
-                "REDIS_COMMAND_PREFIX": prefix, "REDIS_COMMAND_EVENTS_STREAM": events, "COMMAND_LOGIN_GRACE_MS": String(loginGraceMs),
+                "REDIS_COMMAND_PREFIX": prefix, "REDIS_COMMAND_EVENTS_STREAM": events, "REDIS_NOTICES_STREAM": notices,
+                "REDIS_DEVICE_PREFIX": prefix + ":devices", "COMMAND_LOGIN_GRACE_MS": String(loginGraceMs),
             ].merging(extra) { $1 }
         }
 
@@ -36,7 +38,7 @@ struct CommandTests {
             process.executableURL = URL(fileURLWithPath: TestEnvironment.binary)
             process.arguments =
                 ["command", "send", imei, text, "--redis-url", TestEnvironment.redisURL, "--prefix", prefix, "--events-stream", events]
-                + flags
+                + ["--notices-stream", notices] + flags
             process.standardOutput = out
             process.standardError = FileHandle.nullDevice
             try process.run()
@@ -311,16 +313,17 @@ struct CommandTests {
         let commands = try Commands()
         let server = try ServerProcess(environment: commands.environment(loginGraceMs: 100))
         let base: UInt64 = 351_000_000_000_000
-        // Queued first: each device gets its three right after login, while its packets flow.
+        // Queued first: each device gets its two right after login, while its packets flow (8 s leaves room on a
+        // loaded machine).
         var ids: [String] = []
         for device in 0..<10 {
-            for k in 1...3 { ids.append(try commands.send(String(base + UInt64(device)), "getio \(k)", ["--ttl", "1m"])) }
+            for k in 1...2 { ids.append(try commands.send(String(base + UInt64(device)), "getio \(k)", ["--ttl", "1m"])) }
         }
         let simulator = Process()
         let out = Pipe()
         simulator.executableURL = URL(fileURLWithPath: TestEnvironment.binary)
         simulator.arguments = [
-            "simulate", "--devices", "20", "--duration", "4", "--port", String(server.port), "--rate", "20", "--records-per-packet", "2",
+            "simulate", "--devices", "20", "--duration", "8", "--port", String(server.port), "--rate", "20", "--records-per-packet", "2",
             "--imei-base", String(base), "--seed", "7", "--verify", "--redis-url", TestEnvironment.redisURL, "--stream", server.stream,
             "--json",
         ]
@@ -331,13 +334,17 @@ struct CommandTests {
         let report = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(simulator.terminationStatus == 0, "\(report)")
         let summary = try JSONSerialization.jsonObject(with: Data(report.utf8)) as? [String: Any] ?? [:]
-        #expect(summary["commands_received"] as? Int == 30, "\(report)")
-        #expect(summary["commands_answered"] as? Int == 30)
+        if summary["commands_received"] as? Int != 20 {
+            // What the server did with commands, to tell a slow machine from a lost opportunity.
+            for line in server.stderrLines where line.contains("command") || line.contains("side_failed") { print(line) }
+        }
+        #expect(summary["commands_received"] as? Int == 20, "\(report)")
+        #expect(summary["commands_answered"] as? Int == 20)
         #expect(summary["commands_overlapping"] as? Int == 0)
         #expect(summary["protocol_errors"] as? Int == 0)
         #expect(summary["wrong_acks"] as? Int == 0)
         #expect((summary["verify"] as? [String: Any])?["missing"] as? Int == 0)
         for id in ids { try commands.waitForEvent(id, "answered") }
-        #expect(try server.scrape().value(#"teltonika_commands_total{outcome="answered"}"#) == 30)
+        #expect(try server.scrape().value(#"teltonika_commands_total{outcome="answered"}"#) == 20)
     }
 }

@@ -12,13 +12,16 @@ import Glibc
 struct DeviceServerTests {
     static let imei = "356307042441013"
 
-    /// Checks that the stream holds exactly `ids`' expected records, in order, for `imei`.
+    /// Checks that the stream holds exactly `ids`' expected records, in order, for `imei`, each with the
+    /// `record_id` of its bytes (pinned against xxhsum in `RecordIDTests`).
     static func expectStreamHolds(_ ids: [String], stream: String, imei: String = imei, redis: RedisClient? = nil) throws {
         let entries = try (redis ?? RedisClient(url: TestEnvironment.redisURL)).entries(stream)
         let expected = ids.flatMap { TestEnvironment.expectedRecords[$0]! }
+        let ids16 = try ids.flatMap { id in try TestEnvironment.fixtures.first { $0.id == id }!.recordIDs(imei: imei) }
         try #require(entries.count == expected.count, "stream has \(entries.count) entries, expected \(expected.count)")
-        for (entry, want) in zip(entries, expected) {
+        for ((entry, want), recordID) in zip(zip(entries, expected), ids16) {
             #expect(entry["device_id"] == imei)
+            #expect(entry["record_id"] == recordID)
             #expect(entry["codec"] == want["codec"] as? String)
             #expect(entry["ts"] == want["timestamp"] as? String)
             let payload = try JSONSerialization.jsonObject(with: Data((entry["payload"] ?? "").utf8)) as! [String: Any]
@@ -27,6 +30,21 @@ struct DeviceServerTests {
                 #expect(jsonEqual(payload[key], value), "\(key): \(String(describing: payload[key])) != \(value)")
             }
         }
+    }
+
+    /// A device that missed its ACK sends the packet again: both copies are stored, under the same
+    /// `record_id` (the pinned value of w-c8-1's record for this IMEI), so consumers can drop the second.
+    @Test func testResentRecordKeepsItsRecordID() throws {
+        let server = try ServerProcess()
+        let frame = TestEnvironment.fixtures.first { $0.id == "w-c8-1" }!.bytes
+        for _ in 0..<2 {
+            let device = try DeviceClient(port: server.port)
+            #expect(try device.login(DeviceServerTests.imei))
+            try device.send(frame)
+            #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 1)))
+        }
+        let entries = try RedisClient(url: TestEnvironment.redisURL).entries(server.stream)
+        #expect(entries.map { $0["record_id"] } == ["d8961f926a0bf0cb", "d8961f926a0bf0cb"])
     }
 
     @Test func testHandshakeAcceptAndReject() throws {

@@ -95,20 +95,20 @@ struct LifecycleTests {
         defer { redis.resume() }
         kill(server.process.processIdentifier, SIGTERM)
         let draining = try server.waitForLog(event: "server.draining", timeout: 5)
-        #expect(draining["packets_in_flight"] as? String == "1")
+        #expect(draining["packets_in_flight"] as? Int == 1)
         // The session has been told (before that, an ACK could let it read the second packet: no loss, but
         // not what this test pins).
         let told = try server.waitForLog(event: "device.draining", timeout: 5)
-        #expect(told["in_flight"] as? String == "true")
+        #expect(told["in_flight"] as? Bool == true)
         redis.resume()
         #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 2)), "the packet in flight is ACKed")
         #expect(device.receive(4, timeout: 10) == .closed([]), "then the connection closes: the second packet is never ACKed")
         let exit = try #require(server.waitForExit(timeout: 20))
         #expect(exit.status == 0 && !exit.bySignal, "exit \(exit)")
         let stopped = try server.waitForLog(event: "server.stopped", timeout: 1)
-        #expect(stopped["packets_in_flight"] as? String == "0")
-        #expect(stopped["abandoned_records"] as? String == "0")
-        #expect(stopped["connections_cut"] as? String == "0")
+        #expect(stopped["packets_in_flight"] as? Int == 0)
+        #expect(stopped["abandoned_records"] as? Int == 0)
+        #expect(stopped["connections_cut"] as? Int == 0)
         #expect(try RedisClient(url: redis.url).xlen(server.stream) == 2, "only the first packet's records")
     }
 
@@ -121,7 +121,7 @@ struct LifecycleTests {
         #expect(try device.login(DeviceServerTests.imei))
         redis.pause()
         try device.send(try packet(records: 2, at: 1_700_000_000_000) + packet(records: 3, at: 1_700_000_001_000))
-        try waitFor(timeout: 5, "the first packet queued") { try server.scrape().value("teltonika_publish_queue_depth") == 2 }
+        try waitFor(timeout: 5, "the first packet queued") { try server.scrape().value("teltonika_publish_queue_depth_records") == 2 }
         return (redis, server, device)
     }
 
@@ -253,8 +253,8 @@ struct LifecycleTests {
         #expect(seconds >= 1.9 && seconds < 2.0 + 2.5, "exited after \(seconds) s")
         #expect(device.receive(4, timeout: 2) == .closed([]))
         let report = try server.waitForLog(event: "server.drain_timeout", timeout: 1)
-        #expect(report["packets_in_flight"] as? String == "1")
-        #expect(report["abandoned_records"] as? String == "2")
+        #expect(report["packets_in_flight"] as? Int == 1)
+        #expect(report["abandoned_records"] as? Int == 2)
         #expect(server.logCount(event: "server.stopped") == 0)
     }
 
@@ -361,7 +361,7 @@ struct LifecycleTests {
         #expect(server.logs.first { $0["event"] as? String == "process.crash_test" }?["kind"] as? String == kind)
         let crashed = server.logs.filter { $0["event"] as? String == "process.crashed" }
         #expect(crashed.count == 1, "\(server.stderrLines.suffix(30))")
-        #expect(crashed.first?["signal_number"] as? String == "\(exit.status)")
+        #expect(crashed.first?["signal_number"] as? Int == Int(exit.status))
         #expect(crashed.first?["level"] as? String == "critical")
         // The Swift backtracer's report follows the line.
         let text = server.stderrLines.joined(separator: "\n")

@@ -151,6 +151,57 @@ struct PublisherFaultTests {
         #expect(try RedisClient(url: primary.url).xlen(server.stream) == 0)
     }
 
+    /// The Redis the server writes to turns into a read-only replica under traffic (REPLICAOF, as a stale
+    /// failover leaves the old primary): from then on no packet is ACKed, and /metrics shows it, where before
+    /// only the reply errors moved. Made primary again, the same devices are ACKed without a restart.
+    @Test func testRedisTurnedReadOnlyUnderTrafficMovesTheCountersOnMetrics() throws {
+        let redis = try OwnRedis()
+        let elsewhere = try OwnRedis()
+        let server = try ServerProcess(redisURL: redis.url, environment: ["PUBLISH_TIMEOUT_MS": "2000"])
+        let devices = try (0..<4).map { i in
+            let device = try DeviceClient(port: server.port)
+            #expect(try device.login(String(356_307_042_441_020 + i)))
+            try device.send(PublisherFaultTests.frame)
+            #expect(device.receive(4, timeout: 10) == .bytes([0, 0, 0, 2]))
+            return device
+        }
+        let before = try server.scrape()
+        #expect(try before.value("teltonika_acks_total") == 4)
+
+        #expect(try RedisClient(url: redis.url).command(["REPLICAOF", "127.0.0.1", "\(elsewhere.port)"]) == .string("OK"))
+        try waitFor(timeout: 10, "a replica now") {
+            guard case .array(let role) = try RedisClient(url: redis.url).command(["ROLE"]) else { return false }
+            return role.first == .string("slave")
+        }
+        for device in devices { try device.send(PublisherFaultTests.frame) }
+        for device in devices { #expect(device.receive(4, timeout: 10) == .closed([]), "no ACK from a replica") }
+        let during = try server.scrape()
+        #expect(try during.value("teltonika_acks_total") == 4)
+        #expect(try during.value(#"teltonika_publish_failed_total{kind="packet",reason="timeout"}"#) == 4)
+        #expect(
+            try during.value(#"teltonika_redis_errors_total{kind="reply"}"#) > before.value(#"teltonika_redis_errors_total{kind="reply"}"#)
+        )
+        // Counted when the server has seen each connection go, which may follow the device seeing it close.
+        try waitFor(timeout: 10) { try server.scrape().value(#"teltonika_disconnects_total{reason="publish_failed"}"#) == 4 }
+        #expect(server.logCount(event: "publish.failed") == 4)
+        #expect(server.logs.contains { ($0["error"] as? String)?.hasPrefix("READONLY") == true }, "READONLY named in the log")
+
+        #expect(try RedisClient(url: redis.url).command(["REPLICAOF", "NO", "ONE"]) == .string("OK"))
+        // The publisher may still be in its reconnect backoff (up to 5 s, past PUBLISH_TIMEOUT_MS): a packet
+        // given up meanwhile is closed unACKed, as any device sees it, and sent again.
+        var given = 0
+        try waitFor(timeout: 30, "ACKed again once it is a primary") {
+            let device = try DeviceClient(port: server.port)
+            guard try device.login("356307042441030") else { return false }
+            try device.send(PublisherFaultTests.frame)
+            if device.receive(4, timeout: 15) == .bytes([0, 0, 0, 2]) { return true }
+            given += 1
+            return false
+        }
+        #expect(try server.scrape().value("teltonika_acks_total") == 5)
+        #expect(try server.scrape().value(#"teltonika_publish_failed_total{kind="packet",reason="timeout"}"#) == Double(4 + given))
+    }
+
     /// A device message finding the queue full is dropped at once and counted; its connection goes on.
     @Test func testADeviceMessageOnAFullQueueIsDroppedAndTheConnectionStays() throws {
         let redis = try OwnRedis()
@@ -166,13 +217,13 @@ struct PublisherFaultTests {
         redis.pause()
         defer { redis.resume() }
         try a.send(try AVLPacketEncoder.encode(full, codec: .codec8))
-        try waitFor(timeout: 10, "the queue is full") { try server.scrape()["teltonika_publish_queue_depth"] == 255 }
+        try waitFor(timeout: 10, "the queue is full") { try server.scrape()["teltonika_publish_queue_depth_records"] == 255 }
         try b.send(
             DeviceMessage(codec: .codec13, type: DeviceMessage.typeResponse, timestampSeconds: 1_700_000_000, payload: Array("ok".utf8))
                 .encoded()
         )
         let overflow = try server.waitForLog(event: "publish.overflow", timeout: 5)
-        #expect(overflow["records"] as? String == "1")
+        #expect(overflow["records"] as? Int == 1)
         #expect(b.receive(1, timeout: 0.5) == .timeout([]), "the connection stays open")
         let scrape = try server.scrape()
         #expect(try scrape.value("teltonika_publish_overflow_total") == 1)
@@ -197,14 +248,14 @@ struct PublisherFaultTests {
         redis.pause()
         defer { redis.resume() }
         try a.send(PublisherFaultTests.frame)
-        try waitFor(timeout: 10, "A's packet queued") { try server.scrape()["teltonika_publish_queue_depth"] == 2 }
+        try waitFor(timeout: 10, "A's packet queued") { try server.scrape()["teltonika_publish_queue_depth_records"] == 2 }
         try b!.send(PublisherFaultTests.frame)
-        try waitFor(timeout: 10, "B's packet queued") { try server.scrape()["teltonika_publish_queue_depth"] == 4 }
+        try waitFor(timeout: 10, "B's packet queued") { try server.scrape()["teltonika_publish_queue_depth_records"] == 4 }
         b = nil  // B closes with its packet queued
         try waitFor(timeout: 5, "B's session ended") { try server.scrape().value("teltonika_connections_active") == 1 }
         redis.resume()
         #expect(a.receive(4, timeout: 10) == .bytes([0, 0, 0, 2]))
-        try waitFor(timeout: 10, "the queue drained") { try server.scrape()["teltonika_publish_queue_depth"] == 0 }
+        try waitFor(timeout: 10, "the queue drained") { try server.scrape()["teltonika_publish_queue_depth_records"] == 0 }
         let stored = try RedisClient(url: redis.url).xlen(server.stream)
         #expect(stored == 2 || stored == 4, "A's records, and B's if they were sent before it left: \(stored)")
         #expect(try server.scrape().value("teltonika_acks_total") == 1, "only A was ACKed")
@@ -227,7 +278,7 @@ struct PublisherFaultTests {
         #expect(try b.login("356307042441014"))
         redis.pause()
         try a.send(try AVLPacketEncoder.encode(big, codec: .codec8))
-        try waitFor(timeout: 10, "A's 200 records held") { try server.scrape()["teltonika_publish_queue_depth"] == 200 }
+        try waitFor(timeout: 10, "A's 200 records held") { try server.scrape()["teltonika_publish_queue_depth_records"] == 200 }
         #expect(a.receive(4, timeout: 0.2) == .timeout([]))
         // 200 of 255 records are held: 100 more do not fit. B waits 300 ms, then is closed unACKed.
         try b.send(try AVLPacketEncoder.encode(small, codec: .codec8))
@@ -236,7 +287,7 @@ struct PublisherFaultTests {
         let waited = Date().timeIntervalSince(sent)
         #expect(waited >= 0.25 && waited < 3, "closed \(waited) s after the packet, OVERFLOW_WAIT_MS 300")
         let overflow = try server.waitForLog(event: "publish.overflow", timeout: 2)
-        #expect(overflow["records"] as? String == "100")
+        #expect(overflow["records"] as? Int == 100)
         #expect(try server.scrape().value("teltonika_publish_overflow_total") == 1)
         redis.resume()
         #expect(a.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 200)))
@@ -253,7 +304,7 @@ struct DescriptorExhaustionTests {
     @Test func testServerSurvivesRunningOutOfFileDescriptors() throws {
         let server = try ServerProcess(launcher: ["/usr/bin/prlimit", "--nofile=64:64", "--"])
         let low = try server.waitForLog(event: "process.fd_limit_low", timeout: 1)
-        #expect(low["soft"] as? String == "64" && low["max_connections"] as? String == "10000", "\(low)")
+        #expect(low["soft"] as? Int == 64 && low["max_connections"] as? Int == 10000, "\(low)")
         let pid = server.process.processIdentifier
         // Descriptors numbered below the limit (0-63): when all 64 are taken, no new one can be made. (The
         // process may also hold higher ones inherited from the test runner; they do not count.)
@@ -306,7 +357,7 @@ struct DescriptorExhaustionTests {
     @Test func testTheSoftLimitIsRaisedToTheHardOne() throws {
         let server = try ServerProcess(environment: ["MAX_CONNECTIONS": "100"], launcher: ["/usr/bin/prlimit", "--nofile=64:512", "--"])
         let limit = try server.waitForLog(event: "process.fd_limit", timeout: 1)
-        #expect(limit["soft_before"] as? String == "64" && limit["soft"] as? String == "512" && limit["hard"] as? String == "512")
+        #expect(limit["soft_before"] as? Int == 64 && limit["soft"] as? Int == 512 && limit["hard"] as? Int == 512)
         #expect(server.logCount(event: "process.fd_limit_low") == 0, "512 is enough for 100 connections")
         #expect(try server.scrape().value("process_max_fds") == 512)
     }

@@ -68,6 +68,13 @@ final class ServerProcess {
         env["METRICS_HOST"] = "127.0.0.1"
         env["METRICS_PORT"] = "0"
         env["SWIFT_BACKTRACE"] = "interactive=no"
+        // Each server its own registry, notices and command keys: tests share one Redis and many reuse an
+        // IMEI, and servers sharing these keys act as one deployment (a login on one closes the other's
+        // connection). Tests of several instances pass the same values in `extra`.
+        env["REDIS_DEVICE_PREFIX"] = stream + ":devices"
+        env["REDIS_NOTICES_STREAM"] = stream + ":notices"
+        env["REDIS_COMMAND_PREFIX"] = stream + ":commands"
+        env["REDIS_COMMAND_EVENTS_STREAM"] = stream + ":command-events"
         for (k, v) in extra { env[k] = v.isEmpty ? nil : v }  // "" unsets
         let command = launcher + [TestEnvironment.binary, "serve"] + arguments
         process.executableURL = URL(fileURLWithPath: command[0])
@@ -79,10 +86,10 @@ final class ServerProcess {
         try process.run()
         guard waitUntilListening else { return }
         let listening = try waitForLog(event: "server.listening", timeout: 10)
-        port = Int(listening["port"] as? String ?? "") ?? 0
+        port = listening["port"] as? Int ?? 0
         guard port > 0 else { throw TestFailure("no port in \(listening)") }
         let metrics = try waitForLog(event: "metrics.listening", timeout: 10)
-        metricsPort = Int(metrics["port"] as? String ?? "") ?? 0
+        metricsPort = metrics["port"] as? Int ?? 0
         guard metricsPort > 0 else { throw TestFailure("no metrics port in \(metrics)") }
         if let udp = extra["UDP_PORT"], !udp.isEmpty { udpPort = try loggedPort(event: "server.udp_listening") }
         if let tls = extra["TLS_PORT"], !tls.isEmpty { tlsPort = try loggedPort(event: "server.tls_listening") }
@@ -91,7 +98,7 @@ final class ServerProcess {
     /// The port a listener's start line names.
     private func loggedPort(event: String) throws -> Int {
         let listening = try waitForLog(event: event, timeout: 10)
-        guard let port = Int(listening["port"] as? String ?? ""), port > 0 else { throw TestFailure("no port in \(listening)") }
+        guard let port = listening["port"] as? Int, port > 0 else { throw TestFailure("no port in \(listening)") }
         return port
     }
 

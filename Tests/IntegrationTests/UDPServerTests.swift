@@ -44,7 +44,7 @@ struct UDPServerTests {
         redis.pause()
         try device.send(datagram)
         try waitFor(timeout: 5, "the packet queued") {
-            try server.scrape().value("teltonika_publish_queue_depth") == Double(records)
+            try server.scrape().value("teltonika_publish_queue_depth_records") == Double(records)
         }
         return (redis, server, device)
     }
@@ -172,7 +172,7 @@ struct UDPServerTests {
         try waitFor(timeout: 10, "overflow counted") {
             try server.scrape().value("teltonika_udp_datagrams_total{result=\"overflow\"}") > 0
         }
-        #expect(try server.scrape().value("teltonika_publish_queue_depth") <= 255)
+        #expect(try server.scrape().value("teltonika_publish_queue_depth_records") <= 255)
         #expect(flood.receive(timeout: 0.3) == nil, "an ACK while Redis is paused")
         // TCP devices are still served (login answered) while the UDP port is flooded.
         let tcp = try DeviceClient(port: server.port)

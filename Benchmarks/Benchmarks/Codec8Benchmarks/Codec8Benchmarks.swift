@@ -324,6 +324,24 @@ let benchmarks: @Sendable () -> Void = {
         recordMegabytesPerSecond(benchmark, bytes: written, since: start)
     }
 
+    // 4. record_id (issue 12): XXH64 of IMEI, codec byte and the record's wire bytes, as the stream entry
+    // encoder computes it beside the JSON above: the IMEI and codec hashed once per packet (here: per codec,
+    // the mix has one IMEI), each record's bytes after them. Must stay a fraction of the JSON's time, no malloc.
+    Benchmark("record_id AVLRecordView.recordID(prefix:) (1 iteration = 1 record)") { benchmark in
+        precondition(benchmark.scaledIterations.count == recordsPerPass)
+        let prefixes = [AVLCodec.codec8, .codec8Extended, .codec16].map { XXH64.recordIDPrefix(imei: imei, codec: $0) }
+        benchmark.startMeasurement()
+        let start = ContinuousClock.now
+        var acc: UInt64 = 0
+        var hashed = 0
+        for record in mix.records {
+            acc ^= record.recordID(prefix: prefixes[record.codec == .codec8 ? 0 : record.codec == .codec8Extended ? 1 : 2])
+            hashed &+= record.wireBytes.count
+        }
+        blackHole(acc)
+        recordMegabytesPerSecond(benchmark, bytes: hashed, since: start)
+    }
+
     // Control: materialize() copies each record into an owned AVLRecord (an array of IO elements, plus
     // one array per variable-length value). It must allocate; it shows the malloc counter is live.
     Benchmark(

@@ -10,7 +10,8 @@ import Codec8
 /// - `<prefix>:{IMEI}:cmd:<id>`: a hash per command (its text, state and timestamps);
 /// - `<prefix>:{IMEI}:lease`: `"<holder> <id>"` while a command is being sent or awaits its answer
 ///   (expiring, so a crashed holder frees it);
-/// - `<prefix>:wake`: a stream of IMEIs whose queue changed, read by every instance (`XREAD BLOCK`).
+/// A producer then adds a wake-up notice (`imei`) to the notices stream (`REDIS_NOTICES_STREAM`), which
+/// every instance reads.
 public struct CommandKeys: Sendable, Equatable {
     public let prefix: String
 
@@ -21,7 +22,6 @@ public struct CommandKeys: Sendable, Equatable {
     /// The prefix of `imei`'s command hashes (the id follows).
     public func commandPrefix(_ imei: String) -> String { "\(prefix):{\(imei)}:cmd:" }
     public func command(_ imei: String, id: String) -> String { commandPrefix(imei) + id }
-    public var wake: String { "\(prefix):wake" }
 
     /// The most text (or payload bytes) one command carries (Teltonika's limit for SMS/GPRS commands).
     public static let maxPayloadBytes = 160

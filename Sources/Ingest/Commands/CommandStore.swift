@@ -79,11 +79,13 @@ final class CommandMetrics: Sendable {
         )
         storeErrors = r.makeCounter(
             descriptor: d(
-                "teltonika_command_store_errors_total",
-                "Command operations Redis did not carry out (connection or script error)."
+                "teltonika_device_store_errors_total",
+                "Device registry and downlink command operations Redis did not carry out (connection or script error)."
             )
         )
-        wakeUps = r.makeCounter(descriptor: d("teltonika_command_wakeups_total", "Wake-up notices read from the command wake stream."))
+        wakeUps = r.makeCounter(
+            descriptor: d("teltonika_notices_total", "Notices read from the notices stream (command wake-ups, logins elsewhere).")
+        )
     }
 
     func outcome(_ outcome: CommandOutcome) -> Counter { outcomes[outcome]! }
@@ -95,65 +97,36 @@ struct CommandStoreSettings: Sendable {
     var keys: CommandKeys
     var eventsStream: String
     var eventsMaxLength: Int
-    /// This instance in events and leases (`INSTANCE_ID`).
-    var instance: String
+    /// Where wake-up notices go (`REDIS_NOTICES_STREAM`).
+    var noticesStream: String
     /// How long a take's lease lasts: the answer timeout, the late grace and a margin.
     var leaseMs: Int
     /// How long an ended command's hash is kept.
     var retentionMs: Int
 }
 
-/// Commands in Redis, on one thread of its own with one connection (never the publisher's: a slow
-/// script cannot delay an ACK). A take over ``maxOutstanding`` queued operations fails at once.
-final class RedisCommandStore: CommandStore, @unchecked Sendable {
-    static let maxOutstanding = 10_000
-
+/// Commands in Redis, through the side channel (its own thread and connection).
+final class RedisCommandStore: CommandStore, Sendable {
     private let settings: CommandStoreSettings
-    /// The lease value's holder part: the instance and a per-process nonce (a restarted instance is another holder).
-    let holder: String
-    private let connector: any RedisConnector
+    private let side: RedisSideChannel
     private let metrics: CommandMetrics
     private let logger: Logger
-    private let pool = NIOThreadPool(numberOfThreads: 1)
-    private let outstanding = Atomic<Int>(0)
-    // Touched only on the pool's thread.
-    private var transport: (any RedisTransport)? = nil
-    private var lastFailure: NIODeadline? = nil
-    private var errorLog = LogLimiter()
 
-    init(settings: CommandStoreSettings, connector: any RedisConnector, metrics: CommandMetrics, logger: Logger) {
+    init(settings: CommandStoreSettings, side: RedisSideChannel, metrics: CommandMetrics, logger: Logger) {
         self.settings = settings
-        self.connector = connector
+        self.side = side
         self.metrics = metrics
         self.logger = logger
-        holder = "\(settings.instance)/\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
     }
 
-    func start() { pool.start() }
-
-    /// Runs what is queued (bounded by `deadline`), then ends the thread.
-    func stop(deadline: NIODeadline) async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let once = ResumeOnce(continuation)
-            pool.submit { _ in once.resume(()) }
-            let seconds = Double(max(0, (deadline - .now()).nanoseconds)) / 1e9
-            DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { once.resume(()) }
-        }
-        pool.shutdownGracefully { _ in }
-    }
+    /// Where wake-up notices go (the notices stream).
+    private var notices: String { settings.noticesStream }
 
     // MARK: - Operations
 
     func take(_ imei: IMEI, completion: @escaping @Sendable (TakeResult) -> Void) {
-        guard outstanding.add(1, ordering: .relaxed).newValue <= Self.maxOutstanding else {
-            outstanding.subtract(1, ordering: .relaxed)
-            metrics.storeErrors.increment()
-            return completion(.failed)
-        }
-        run { store in
-            defer { store.outstanding.subtract(1, ordering: .relaxed) }
-            completion(store.takeNow(imei))
-        }
+        let taken = side.run(droppable: true) { [self] _ in completion(takeNow(imei)) }
+        if !taken { completion(.failed) }
     }
 
     func sent(_ command: TakenCommand, imei: IMEI) {
@@ -220,10 +193,10 @@ final class RedisCommandStore: CommandStore, @unchecked Sendable {
     // MARK: - On the store's thread
 
     private func run(_ body: @escaping @Sendable (RedisCommandStore) -> Void) {
-        pool.submit { [self] _ in body(self) }
+        side.run { [self] _ in body(self) }
     }
 
-    private func leaseValue(_ command: TakenCommand) -> String { "\(holder) \(command.id)" }
+    private func leaseValue(_ command: TakenCommand) -> String { "\(side.holder) \(command.id)" }
 
     private func takeNow(_ imei: IMEI) -> TakeResult {
         let keys = settings.keys
@@ -232,7 +205,7 @@ final class RedisCommandStore: CommandStore, @unchecked Sendable {
             let reply = script(
                 KeysScript.take,
                 keys: [keys.queue(digits), keys.lease(digits)],
-                args: [keys.commandPrefix(digits), holder, String(settings.leaseMs), String(wallClockMilliseconds())]
+                args: [keys.commandPrefix(digits), side.holder, String(settings.leaseMs), String(wallClockMilliseconds())]
             ), case .array(let parts) = reply, parts.count == 6, case .string(let status) = parts[0]
         else { return .failed }
         if case .array(let closed) = parts[5] {
@@ -295,53 +268,18 @@ final class RedisCommandStore: CommandStore, @unchecked Sendable {
     }
 
     private func event(_ id: String, imei: IMEI, status: String, attempt: Int, latencyMs: String = "", response: String = "") {
-        _ = call([
+        _ = side.call([
             "XADD", settings.eventsStream, "MAXLEN", "~", String(settings.eventsMaxLength), "*", "cmd_id", id, "imei", imei.description,
-            "status", status, "attempt", String(attempt), "instance", settings.instance, "latency_ms", latencyMs, "response", response,
+            "status", status, "attempt", String(attempt), "instance", side.instance, "latency_ms", latencyMs, "response", response,
         ])
     }
 
     private func wake(_ imei: IMEI) {
-        _ = call(["XADD", settings.keys.wake, "MAXLEN", "~", "10000", "*", "imei", imei.description])
+        _ = side.call(["XADD", notices, "MAXLEN", "~", "10000", "*", "imei", imei.description])
     }
 
     private func script(_ script: KeysScript, keys: [String], args: [String]) -> RedisConnection.Reply? {
-        call(["EVAL", script.source, String(keys.count)] + keys + args)
-    }
-
-    /// One command on the store's connection (connected first when needed); nil when it failed (counted,
-    /// logged at most once per 10 s). After a failed connect, operations fail at once for a second.
-    private func call(_ arguments: [String]) -> RedisConnection.Reply? {
-        do throws(RedisConnection.Failure) {
-            if transport == nil {
-                if let lastFailure, NIODeadline.now() - lastFailure < .seconds(1) {
-                    throw RedisConnection.Failure(kind: .connect, message: "reconnecting")
-                }
-                let connected = try connector.connect()
-                // Named apart from the publisher's connection in `CLIENT LIST`.
-                _ = try connected.command(["CLIENT", "SETNAME", "teltonika-ingest-commands"])
-                transport = connected
-            }
-            let reply = try transport!.command(arguments)
-            if case .error(let message) = reply { throw RedisConnection.Failure(kind: .reply, message: message) }
-            return reply
-        } catch {
-            if error.kind != .reply {
-                transport = nil
-                lastFailure = .now()
-            }
-            metrics.storeErrors.increment()
-            if let heldBack = errorLog.admit(nowNanoseconds: NIODeadline.now().uptimeNanoseconds) {
-                logger.warning(
-                    "command operation failed in Redis",
-                    metadata: [
-                        "event": "command.store_failed", "error": "\(error)", "operation": "\(arguments.first ?? "")",
-                        "suppressed": "\(heldBack)",
-                    ]
-                )
-            }
-            return nil
-        }
+        side.eval(script.source, keys: keys, args: args)
     }
 }
 
@@ -355,104 +293,6 @@ enum KeysScript {
         case .sent: CommandKeys.sentScript
         case .finish: CommandKeys.finishScript
         case .release: CommandKeys.releaseScript
-        }
-    }
-}
-
-/// Reads the wake stream (`XREAD BLOCK`) on a thread and connection of its own, and tells ``onWake`` each
-/// IMEI whose queue changed. Every instance reads every notice (no consumer group): the one holding
-/// the device acts. After a reconnect, ``onResync`` runs (notices may have been missed).
-final class CommandWakeReader: @unchecked Sendable {
-    private let key: String
-    private let connector: any RedisConnector
-    private let blockMs: Int
-    private let metrics: CommandMetrics
-    private let logger: Logger
-    private let onWake: @Sendable (IMEI) -> Void
-    private let onResync: @Sendable () -> Void
-    private let stopping = Atomic<Bool>(false)
-    private let pool = NIOThreadPool(numberOfThreads: 1)
-
-    init(
-        key: String,
-        connector: any RedisConnector,
-        timeoutMs: Int,
-        metrics: CommandMetrics,
-        logger: Logger,
-        onWake: @escaping @Sendable (IMEI) -> Void,
-        onResync: @escaping @Sendable () -> Void
-    ) {
-        self.key = key
-        self.connector = connector
-        blockMs = max(50, min(1000, timeoutMs / 2))
-        self.metrics = metrics
-        self.logger = logger
-        self.onWake = onWake
-        self.onResync = onResync
-    }
-
-    func start() {
-        pool.start()
-        pool.submit { [self] _ in loop() }
-    }
-
-    /// Ends the loop within one block interval; does not wait for it.
-    func stop() {
-        stopping.store(true, ordering: .relaxed)
-        pool.shutdownGracefully { _ in }
-    }
-
-    private func loop() {
-        var transport: (any RedisTransport)? = nil
-        var lastID = "$"
-        var everConnected = false
-        var errorLog = LogLimiter()
-        while !stopping.load(ordering: .relaxed) {
-            do throws(RedisConnection.Failure) {
-                if transport == nil {
-                    let connected = try connector.connect()
-                    _ = try connected.command(["CLIENT", "SETNAME", "teltonika-ingest-wake"])
-                    transport = connected
-                    if everConnected { onResync() }
-                    everConnected = true
-                }
-                let reply = try transport!.command(["XREAD", "COUNT", "1000", "BLOCK", String(blockMs), "STREAMS", key, lastID])
-                if case .error(let message) = reply { throw RedisConnection.Failure(kind: .reply, message: message) }
-                for (id, imei) in Self.entries(reply) {
-                    lastID = id
-                    metrics.wakeUps.increment()
-                    if let imei { onWake(imei) }
-                }
-            } catch {
-                transport = nil
-                metrics.storeErrors.increment()
-                if let heldBack = errorLog.admit(nowNanoseconds: NIODeadline.now().uptimeNanoseconds) {
-                    logger.warning(
-                        "command wake stream unreadable: retrying",
-                        metadata: ["event": "command.wake_failed", "error": "\(error)", "suppressed": "\(heldBack)"]
-                    )
-                }
-                // A pause before reconnecting, in steps so that a stop is not held up.
-                for _ in 0..<10 where !stopping.load(ordering: .relaxed) { usleep(100_000) }
-            }
-        }
-    }
-
-    /// `(id, IMEI)` of each entry of an `XREAD` reply of one stream (the IMEI nil when not one).
-    static func entries(_ reply: RedisConnection.Reply) -> [(String, IMEI?)] {
-        guard case .array(let streams) = reply, case .array(let stream)? = streams.first, stream.count == 2,
-            case .array(let entries) = stream[1]
-        else { return [] }
-        return entries.compactMap { entry in
-            guard case .array(let parts) = entry, parts.count == 2, case .string(let id) = parts[0], case .array(let fields) = parts[1]
-            else { return nil }
-            var imei: IMEI? = nil
-            var i = 0
-            while i + 1 < fields.count {
-                if case .string("imei") = fields[i], case .string(let value) = fields[i + 1] { imei = IMEI(value) }
-                i += 2
-            }
-            return (id, imei)
         }
     }
 }

@@ -14,11 +14,14 @@ public struct WatchedStream: Sendable, Equatable {
     public var key: String
     /// Its `MAXLEN ~` cap (`teltonika_stream_maxlen`).
     public var maxLength: Int
+    /// With `REDIS_STREAM_SHARDS` > 1, which shard of the stream this key is: the `shard` label.
+    public var shard: Int?
 
-    public init(role: String, key: String, maxLength: Int) {
+    public init(role: String, key: String, maxLength: Int, shard: Int? = nil) {
         self.role = role
         self.key = key
         self.maxLength = maxLength
+        self.shard = shard
     }
 }
 
@@ -115,7 +118,10 @@ public final class RedisPublisher: Sendable {
         queue = PublishQueue(capacity: configuration.queueCapacity, metrics: metrics)
         metrics.publishQueueCapacity.set(Int64(configuration.queueCapacity))
         metrics.redisUp.set(Int64(0))
-        for stream in configuration.watchedStreams { metrics.streamMaxLength(stream.role).set(Int64(stream.maxLength)) }
+        for stream in configuration.watchedStreams {
+            metrics.streamMaxLength(stream).set(Int64(stream.maxLength))
+            metrics.streamLength(stream).set(Int64(0))
+        }
     }
 
     /// Starts the publisher thread.
@@ -328,7 +334,7 @@ public final class RedisPublisher: Sendable {
                         "redis primary changed",
                         metadata: [
                             "event": "redis.primary_changed", "old": "\(old)", "new": "\(opened.endpoint)",
-                            "seconds_without_primary": "\((seconds * 1000).rounded() / 1000)",
+                            "seconds_without_primary": .stringConvertible((seconds * 1000).rounded() / 1000),
                         ]
                     )
                 }
@@ -343,8 +349,9 @@ public final class RedisPublisher: Sendable {
                 logger.error(
                     "redis unreachable",
                     metadata: [
-                        "event": "redis.connect_failed", "error": "\(error)", "retry_in_ms": "\(delay.nanoseconds / 1_000_000)",
-                        "attempt": "\(attempt)", "redis": "\(publisher.connector.description)",
+                        "event": "redis.connect_failed", "error": "\(error)",
+                        "retry_in_ms": .stringConvertible(delay.nanoseconds / 1_000_000),
+                        "attempt": .stringConvertible(attempt), "redis": "\(publisher.connector.description)",
                     ]
                 )
             }
@@ -362,7 +369,7 @@ public final class RedisPublisher: Sendable {
                 metrics.redisErrors(kind: error.kind).increment()
                 logger.error(
                     "redis health check failed",
-                    metadata: ["event": "redis.connection_lost", "error": "\(error)", "unconfirmed_jobs": "0"]
+                    metadata: ["event": "redis.connection_lost", "error": "\(error)", "unconfirmed_jobs": .stringConvertible(0)]
                 )
             }
         }
@@ -393,7 +400,7 @@ public final class RedisPublisher: Sendable {
             if let firstRefusal {
                 logger.error(
                     "redis refused writes",
-                    metadata: ["event": "redis.error_reply", "error": "\(firstRefusal)", "jobs": "\(refused.count)"]
+                    metadata: ["event": "redis.error_reply", "error": "\(firstRefusal)", "jobs": .stringConvertible(refused.count)]
                 )
             }
             // Redis Cluster: held jobs whose connection closed are written again.
@@ -443,7 +450,9 @@ public final class RedisPublisher: Sendable {
                 _ = machine.connectionLost(at: .now(), jitter: Driver.jitter(), inARow: max(1, readOnlyInARow))
                 logger.error(
                     "redis connection lost",
-                    metadata: ["event": "redis.connection_lost", "error": "\(failure)", "unconfirmed_jobs": "\(retry.count)"]
+                    metadata: [
+                        "event": "redis.connection_lost", "error": "\(failure)", "unconfirmed_jobs": .stringConvertible(retry.count),
+                    ]
                 )
             } else {
                 readOnlyInARow = 0
@@ -472,7 +481,10 @@ public final class RedisPublisher: Sendable {
                 loggedNoWaitaof = true
                 logger.warning(
                     "redis has no WAITAOF; REDIS_MIN_LOCAL_FSYNC is not applied",
-                    metadata: ["event": "redis.waitaof_unavailable", "redis_version": "\(version)", "min_replicas": "\(wait.replicas)"]
+                    metadata: [
+                        "event": "redis.waitaof_unavailable", "redis_version": "\(version)",
+                        "min_replicas": .stringConvertible(wait.replicas),
+                    ]
                 )
             }
             return wait.replicas > 0 ? wait : nil
@@ -495,8 +507,8 @@ public final class RedisPublisher: Sendable {
             guard short != replicasShort else { return }
             replicasShort = short
             let metadata: Logger.Metadata = [
-                "event": short ? "redis.replicas_short" : "redis.replicas_ok", "replicas": "\(replicas)",
-                "min_replicas": "\(configuration.minReplicas)", "held_jobs": "\(awaitingReplicas.count)",
+                "event": short ? "redis.replicas_short" : "redis.replicas_ok", "replicas": .stringConvertible(replicas),
+                "min_replicas": .stringConvertible(configuration.minReplicas), "held_jobs": .stringConvertible(awaitingReplicas.count),
             ]
             if short {
                 logger.warning("too few replicas confirmed writes; holding ACKs", metadata: metadata)
@@ -528,7 +540,7 @@ public final class RedisPublisher: Sendable {
             }
             for stream in configuration.watchedStreams {
                 if case .integer(let length) = try transport.command(["XLEN", stream.key]) {
-                    metrics.streamLength(stream.role).set(length)
+                    metrics.streamLength(stream).set(length)
                 }
                 guard case .array(let groups) = try transport.command(["XINFO", "GROUPS", stream.key]) else { continue }
                 for case .array(let fields) in groups {
@@ -541,7 +553,7 @@ public final class RedisPublisher: Sendable {
                         default: break
                         }
                     }
-                    if let name, let lag { metrics.streamGroupLag(stream.role, group: name).set(lag) }
+                    if let name, let lag { metrics.streamGroupLag(stream, group: name).set(lag) }
                 }
             }
         }
@@ -565,7 +577,7 @@ public final class RedisPublisher: Sendable {
             let evicts = RedisDurability.policyEvictsStreams(policy)
             let metadata: Logger.Metadata = [
                 "event": "redis.durability", "mode": "\(mode.rawValue)", "maxmemory_policy": "\(policy ?? "unknown")",
-                "evicts_streams": "\(evicts)", "meaning": "\(mode.meaning)",
+                "evicts_streams": .stringConvertible(evicts), "meaning": "\(mode.meaning)",
             ]
             if mode == .none || evicts {
                 logger.warning("redis may lose ACKed records", metadata: metadata)

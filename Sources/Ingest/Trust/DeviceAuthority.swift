@@ -183,7 +183,7 @@ final class AllowlistRefresher: Sendable {
                     "allowlist not refreshed: keeping the last one",
                     metadata: [
                         "event": "allowlist.refresh_failed", "error": "\(error)", "source": "\(source.description)",
-                        "reason": "\(reason)", "loaded": "\(authority.isLoaded)",
+                        "reason": "\(reason)", "loaded": .stringConvertible(authority.isLoaded),
                     ]
                 )
                 return false
@@ -199,9 +199,10 @@ final class AllowlistRefresher: Sendable {
                 level: level,
                 "allowlist loaded",
                 metadata: [
-                    "event": "allowlist.loaded", "size": "\(list.count)", "added": "\(change.added)", "removed": "\(change.removed)",
-                    "connections_closed": "\(revoked.count)", "reason": "\(reason)", "source": "\(source.description)",
-                    "ms": "\((NIODeadline.now() - started).nanoseconds / 1_000_000)",
+                    "event": "allowlist.loaded", "size": .stringConvertible(list.count), "added": .stringConvertible(change.added),
+                    "removed": .stringConvertible(change.removed),
+                    "connections_closed": .stringConvertible(revoked.count), "reason": "\(reason)", "source": "\(source.description)",
+                    "ms": .stringConvertible((NIODeadline.now() - started).nanoseconds / 1_000_000),
                 ]
             )
             return true

@@ -51,8 +51,8 @@ final class UDPListener: Sendable {
         environment.logger.lifecycle.info(
             "listening for UDP datagrams",
             metadata: [
-                "event": "server.udp_listening", "address": "\(address)", "port": "\(address.port ?? 0)",
-                "receive_buffer_bytes": "\(granted)",
+                "event": "server.udp_listening", "address": "\(address)", "port": .stringConvertible(address.port ?? 0),
+                "receive_buffer_bytes": .stringConvertible(granted),
             ]
         )
         return address
@@ -203,7 +203,7 @@ final class UDPDatagramHandler: ChannelInboundHandler {
             if let heldBack = overflowLog.admit(nowNanoseconds: received.uptimeNanoseconds) {
                 environment.logger.warning(
                     "publish queue full: UDP packet not acknowledged",
-                    metadata: ["event": "udp.overflow", "records": "\(records)", "suppressed": "\(heldBack)"]
+                    metadata: ["event": "udp.overflow", "records": .stringConvertible(records), "suppressed": .stringConvertible(heldBack)]
                 )
             }
             return
@@ -241,7 +241,10 @@ final class UDPDatagramHandler: ChannelInboundHandler {
             if let heldBack = failureLog.admit(nowNanoseconds: NIODeadline.now().uptimeNanoseconds) {
                 environment.logger.error(
                     "UDP packet not confirmed by Redis: no ACK",
-                    metadata: ["event": "udp.publish_failed", "records": "\(records)", "reason": "\(reason)", "suppressed": "\(heldBack)"]
+                    metadata: [
+                        "event": "udp.publish_failed", "records": .stringConvertible(records), "reason": "\(reason)",
+                        "suppressed": .stringConvertible(heldBack),
+                    ]
                 )
             }
         case .dropped:
@@ -264,7 +267,7 @@ final class UDPDatagramHandler: ChannelInboundHandler {
                 "UDP datagram rejected: no ACK",
                 metadata: [
                     "event": "udp.rejected", "error": "\(error.category)", "detail": "\(error)", "peer": "\(peerString(peer))",
-                    "bytes": "\(bytes)", "suppressed": "\(heldBack)",
+                    "bytes": .stringConvertible(bytes), "suppressed": .stringConvertible(heldBack),
                 ]
             )
         }

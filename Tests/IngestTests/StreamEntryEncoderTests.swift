@@ -1,0 +1,88 @@
+import Codec8
+import FixtureSupport
+import RedisWire
+import Testing
+
+@testable import Ingest
+
+/// The `XADD` commands the encoder writes, read back argument by argument.
+struct StreamEntryEncoderTests {
+    static let imei = IMEI("356307042441013")!
+
+    /// Splits pipelined RESP commands (`*N` then N bulk strings each) into their arguments.
+    static func commands(_ bytes: [UInt8]) -> [[String]] {
+        var out: [[String]] = []
+        var i = 0
+        func line() -> String {
+            var end = i
+            while bytes[end] != 0x0D { end += 1 }
+            defer { i = end + 2 }
+            return String(decoding: bytes[i..<end], as: UTF8.self)
+        }
+        while i < bytes.count {
+            let header = line()
+            precondition(header.hasPrefix("*"))
+            var arguments: [String] = []
+            for _ in 0..<Int(header.dropFirst())! {
+                let length = Int(line().dropFirst())!
+                arguments.append(String(decoding: bytes[i..<(i + length)], as: UTF8.self))
+                i += length + 2
+            }
+            out.append(arguments)
+        }
+        return out
+    }
+
+    static func encode(
+        _ fixture: String,
+        udp: Bool = false,
+        encoder: inout StreamEntryEncoder
+    ) throws -> [[String]] {
+        var writer = RESPWriter()
+        try StandaloneFrame.withDecoded(FixtureCorpus.frame(fixture).bytes) { decoded in
+            guard case .frame(.avl(let packet)) = decoded else { return }
+            encoder.appendRecords(of: packet, imei: imei, udp: udp, to: &writer)
+        }
+        return commands(writer.bytes)
+    }
+
+    static func plainEncoder() -> StreamEntryEncoder {
+        StreamEntryEncoder(telemetryStream: "t", responsesStream: "r", maxLength: 1000, responsesMaxLength: 10)
+    }
+
+    /// `record_id` follows `payload` (TCP) and comes before `transport udp` (UDP): 16 hex digits, the value
+    /// pinned in `RecordIDTests` against xxhsum.
+    @Test func testEveryRecordEntryCarriesItsRecordID() throws {
+        var encoder = Self.plainEncoder()
+        let tcp = try Self.encode("w-c8-1", encoder: &encoder)
+        #expect(tcp.count == 1)
+        #expect(Array(tcp[0][0..<6]) == ["XADD", "t", "MAXLEN", "~", "1000", "*"])
+        #expect(
+            tcp[0].enumerated().filter { $0.offset >= 6 && $0.offset % 2 == 0 }.map(\.element) == [
+                "ts", "device_id", "codec", "payload", "record_id",
+            ]
+        )
+        #expect(tcp[0].last == "d8961f926a0bf0cb")
+        let udp = try Self.encode("w-c8-1", udp: true, encoder: &encoder)
+        #expect(Array(udp[0].suffix(4)) == ["record_id", "d8961f926a0bf0cb", "transport", "udp"])
+        let two = try Self.encode("w-c16-1", encoder: &encoder)
+        #expect(two.map { $0[15] } == ["5ed47f18a86ebb6a", "024400a09fe276c3"])
+    }
+
+    /// Four shards: the device's records and messages go to its key (356307042441013: shard 3, pinned in
+    /// `StreamShardsTests`), each key capped at a quarter of the cap, rounded up.
+    @Test func testShardedEntriesGoToTheDevicesKey() throws {
+        var encoder = StreamEntryEncoder(telemetryStream: "t", responsesStream: "r", maxLength: 1000, responsesMaxLength: 10, shards: 4)
+        #expect(Array(try Self.encode("w-c8-1", encoder: &encoder)[0][0..<6]) == ["XADD", "t:{3}", "MAXLEN", "~", "250", "*"])
+        #expect(Array(try Self.encode("w-c8-1", udp: true, encoder: &encoder)[0][0..<6]) == ["XADD", "t:{3}", "MAXLEN", "~", "250", "*"])
+        var writer = RESPWriter()
+        let message = DeviceMessage(codec: .codec12, type: 6, payload: Array("OK".utf8))
+        encoder.appendMessage(message, imei: Self.imei, receivedMs: 0, to: &writer)
+        encoder.appendMessage(message, imei: IMEI("350000000000000")!, receivedMs: 0, to: &writer)
+        #expect(
+            Self.commands(writer.bytes).map { Array($0[0..<6]) } == [
+                ["XADD", "r:{3}", "MAXLEN", "~", "3", "*"], ["XADD", "r:{0}", "MAXLEN", "~", "3", "*"],
+            ]
+        )
+    }
+}

@@ -1,0 +1,68 @@
+/// Test support: Debian's haproxy (`scripts/deps.sh`) in front of the server, `mode tcp` with `send-proxy-v2`.
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One haproxy process listening on a free loopback port and relaying every connection to `backendPort`
+/// (from `backendSource`, 127.0.0.1 by default), each preceded by a PROXY v2 header naming the client.
+final class HAProxyProcess {
+    let process = Process()
+    let port: Int
+    private let directory: String
+
+    init(backendPort: Int, backendSource: String? = nil) throws {
+        port = TestEnvironment.freePort()
+        directory = NSTemporaryDirectory() + "haproxy-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let configuration = """
+            global
+                maxconn 200
+            defaults
+                mode tcp
+                timeout connect 5s
+                timeout client 60s
+                timeout server 60s
+            frontend devices
+                bind 127.0.0.1:\(port)
+                default_backend ingest
+            backend ingest
+                server ingest 127.0.0.1:\(backendPort) send-proxy-v2\(backendSource.map { " source \($0)" } ?? "")
+
+            """
+        let path = directory + "/haproxy.cfg"
+        try configuration.write(toFile: path, atomically: true, encoding: .utf8)
+        let binary = ["/usr/sbin/haproxy", "/usr/bin/haproxy"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        guard let binary else { throw TestFailure("haproxy is not installed (scripts/deps.sh installs it)") }
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["-db", "-f", path]  // foreground, no daemon
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        // Listening, seen in the kernel's socket table (a probe connection would reach the server as a device).
+        let local = String(format: "0100007F:%04X", port)
+        try waitFor(timeout: 10, "haproxy listening on \(port)") {
+            guard process.isRunning else { throw TestFailure("haproxy exited with \(process.terminationStatus)") }
+            return readWholeFile("/proc/net/tcp").split(separator: "\n").contains { line in
+                let fields = line.split(separator: " ")
+                return fields.count > 3 && fields[1] == local && fields[3] == "0A"
+            }
+        }
+    }
+
+    deinit {
+        terminateAndWait(process)
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+/// A PROXY v2 header for TCP over IPv4 from `source`:`port` (dotted quad) to 127.0.0.1:5027, as a load balancer sends.
+func proxyHeaderV4(source: String, port: UInt16 = 40_000, tlvs: [UInt8] = []) -> [UInt8] {
+    let address = source.split(separator: ".").map { UInt8($0)! }
+    let length = 12 + tlvs.count
+    return proxySignature + [0x21, 0x11, UInt8(length >> 8), UInt8(length & 0xFF)] + address + [127, 0, 0, 1]
+        + [UInt8(port >> 8), UInt8(port & 0xFF), 0x13, 0xA3] + tlvs
+}
+
+let proxySignature: [UInt8] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A]
