@@ -80,6 +80,45 @@ struct RedisClusterTests {
         }
     }
 
+    /// One server with `REDIS_STREAM_SHARDS=4`: the keys `<stream>:{0..3}` live on all three primaries
+    /// (slots 13907, 9842, 5649 and 1584), a device in each shard; packets sent by all four at once (batches
+    /// that span primaries) are ACKed and every record is in its device's shard, on that shard's primary.
+    @Test func testOneServersShardsAreStoredOnEveryPrimary() throws {
+        let cluster = try ClusterRedis(primaries: 3)
+        let stream = "cluster-shards:\(UUID().uuidString)"
+        let keys = (0..<4).map { StreamShards.key(stream, shard: $0, count: 4) }
+        let primaries = try keys.map { try cluster.primaryPort(slot: ClusterSlot.of($0)) }
+        #expect(Set(primaries).count == 3, "{0} to {3} hash to slots of all three primaries: \(primaries)")
+        // One IMEI per shard.
+        var imeis: [String] = Array(repeating: "", count: 4)
+        for n in 0..<1000 where imeis.contains("") {
+            let text = String(356_307_042_441_000 + n)
+            let imei = try #require(IMEI(text))
+            let shard = StreamShards.shard(of: imei, count: 4)
+            if imeis[shard].isEmpty { imeis[shard] = text }
+        }
+        let server = try Self.server(cluster, stream: stream, ["REDIS_STREAM_SHARDS": "4"])
+        let devices = try imeis.map { imei in
+            let device = try DeviceClient(port: server.port)
+            #expect(try device.login(imei))
+            return device
+        }
+        for p in 0..<4 {
+            for (shard, device) in devices.enumerated() {
+                try device.send(try Self.packet(records: 1 + shard, at: 1_700_000_000_000 + UInt64(p * 1000)))
+            }
+            for (shard, device) in devices.enumerated() {
+                #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: UInt32(1 + shard))), "shard \(shard), packet \(p)")
+            }
+        }
+        for (shard, key) in keys.enumerated() {
+            let entries = try RedisClient(url: "redis://127.0.0.1:\(primaries[shard])").entries(key)
+            #expect(entries.count == 4 * (1 + shard), "\(key) on its primary")
+            #expect(Set(entries.map { $0["device_id"] ?? "" }) == [imeis[shard]], "only its shard's device")
+        }
+        #expect(try server.scrape().value(#"teltonika_redis_cluster_redirects_total{kind="moved"}"#) == 0)
+    }
+
     /// The stream's slot migrates to another primary while 20 simulated devices send: `MIGRATING`/`IMPORTING`,
     /// `MIGRATE` of the key (writes now get `ASK`), then `SETSLOT NODE` everywhere (writes now get `MOVED`).
     /// Both kinds of redirect are counted, the map is read again, and the simulator's oracle finds every
