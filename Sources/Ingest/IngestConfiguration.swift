@@ -90,6 +90,10 @@ public struct IngestConfiguration: Sendable, Equatable {
     public var redisSentinels: [RedisURL] = []
     /// The primary's name in Sentinel (`sentinel monitor <name> ...`).
     public var redisMasterName = "mymaster"
+    /// `single` (one primary) or `cluster` (a Redis Cluster).
+    public var redisMode = RedisMode.single
+    /// Cluster nodes asked for the slot map (empty: `REDIS_URL`'s host and port).
+    public var redisClusterNodes: [RedisURL.Endpoint] = []
     /// TLS to Redis (`rediss://`): CA, client certificate and key, and the name checked in the server's
     /// certificate (each nil: the system trust store, no client certificate, the URL's host).
     public var redisTLS = RedisTLSOptions()
@@ -431,6 +435,8 @@ public struct IngestConfiguration: Sendable, Equatable {
             }
         ),
         string("REDIS_MASTER_NAME", "redis-master-name", "The primary's name in Sentinel (with REDIS_SENTINELS).", \.redisMasterName),
+        redisModeSetting,
+        redisClusterNodesSetting,
         optional(
             "REDIS_TLS_CA_FILE",
             "redis-tls-ca-file",
@@ -592,6 +598,7 @@ public struct IngestConfiguration: Sendable, Equatable {
             throw ConfigurationError(key: "DEVICE_ALLOWLIST_FILE", message: "must be set with DEVICE_AUTHORITY_MODE=file")
         }
         try deviceTLS.validate(tcpPort: port)
+        try validateCluster()
         if proxyProtocol != .off, proxyTrustedCIDRs.isEmpty {
             throw ConfigurationError(
                 key: "PROXY_TRUSTED_CIDRS",

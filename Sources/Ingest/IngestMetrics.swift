@@ -249,6 +249,8 @@ public final class IngestMetrics: Sendable {
     let buildInfo: Gauge
     /// Downlink commands.
     let commands: CommandMetrics
+    /// Redis Cluster routing (`REDIS_MODE=cluster`).
+    let cluster: ClusterMetrics
 
     /// Label values each labelled metric is created with.
     static let avlCodecs: [FrameCodec] = [.codec8, .codec8Extended, .codec16]
@@ -265,6 +267,7 @@ public final class IngestMetrics: Sendable {
     init() {
         let r = registry
         commands = CommandMetrics(registry: r)
+        cluster = ClusterMetrics(registry: r)
         func d(_ name: String, _ help: String) -> MetricNameDescriptor {
             MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
         }

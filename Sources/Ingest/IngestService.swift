@@ -116,14 +116,29 @@ public final class IngestService: Service, Sendable {
         self.init(
             configuration: configuration,
             logger: logger,
-            connector: IngestService.connector(for: configuration, tls: tls),
+            connector: IngestService.connector(for: configuration, tls: tls, logger: logger),
             metrics: .shared,
             deviceTLS: deviceTLS
         )
     }
 
-    /// Redis as configured: `REDIS_URL`, or the primary the Sentinels name.
-    static func connector(for configuration: IngestConfiguration, tls: RedisTLSContext? = nil) -> any RedisConnector {
+    /// Redis as configured: `REDIS_URL`, the primary the Sentinels name, or a Redis Cluster.
+    static func connector(
+        for configuration: IngestConfiguration,
+        tls: RedisTLSContext? = nil,
+        logger: Logger = Logger(label: "teltonika-ingest"),
+        metrics: IngestMetrics = .shared
+    ) -> any RedisConnector {
+        if configuration.redisMode == .cluster {
+            return ClusterConnector(
+                seeds: ClusterConnector.seeds(of: configuration),
+                template: configuration.redisURL,
+                timeoutMs: configuration.redisTimeoutMs,
+                tls: tls,
+                logger: logger,
+                metrics: metrics.cluster
+            )
+        }
         if configuration.redisSentinels.isEmpty {
             return HiredisConnector(url: configuration.redisURL, timeoutMs: configuration.redisTimeoutMs, tls: tls)
         }

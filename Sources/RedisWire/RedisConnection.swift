@@ -133,6 +133,20 @@ public final class RedisConnection {
         }
     }
 
+    /// Sends what is queued without reading a reply (``reply()`` sends it too), so that batches queued
+    /// on several connections travel at once before any of their replies is awaited.
+    public func flush() throws(Failure) {
+        switch backend {
+        case .hiredis(let context):
+            var done: Int32 = 0
+            while done == 0 {
+                guard redisBufferWrite(context, &done) == REDIS_OK else { throw RedisConnection.failure(context) }
+            }
+        case .tls(let stream):
+            try stream.sendQueued()
+        }
+    }
+
     /// Flushes what is queued and reads the next reply.
     public func reply() throws(Failure) -> Reply {
         let raw: UnsafeMutableRawPointer

@@ -92,6 +92,17 @@ final class RedisTLSStream {
         pending.append(contentsOf: resp)
     }
 
+    /// Encrypts and sends what is queued now, without waiting for a reply.
+    func sendQueued() throws(Failure) {
+        if let failed { throw failed }
+        do throws(Failure) {
+            try flush()
+        } catch {
+            failed = error
+            throw error
+        }
+    }
+
     /// The next reply (free it with `freeReplyObject`): one already parsed if there is one, else flushes what
     /// is queued and reads until a whole reply has arrived.
     func reply() throws(Failure) -> UnsafeMutableRawPointer {

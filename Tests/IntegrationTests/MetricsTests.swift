@@ -75,7 +75,13 @@ struct MetricsTests {
         ]
         expected += ProxyCommandLabel.allCases.map { #"teltonika_proxy_headers_total{command="\#($0.rawValue)"}"# }
         expected += ProxyRefusal.allCases.map { #"teltonika_proxy_header_refusals_total{reason="\#($0.rawValue)"}"# }
-        #expect(expected.count == 40 + 2 + 5 + 3 + 4 + 8 + 6 + 2 + 14 + 2 + 31 + 8 + 4 + 3 + 2 + 7 + 6 + 2 + 6)
+        expected += [
+            #"teltonika_redis_cluster_redirects_total{kind="moved"}"#, #"teltonika_redis_cluster_redirects_total{kind="ask"}"#,
+            #"teltonika_redis_cluster_slot_refreshes_total{result="ok"}"#,
+            #"teltonika_redis_cluster_slot_refreshes_total{result="failed"}"#,
+            "teltonika_redis_cluster_node_failures_total",
+        ]
+        #expect(expected.count == 40 + 2 + 5 + 3 + 4 + 8 + 6 + 2 + 14 + 2 + 31 + 8 + 4 + 3 + 2 + 7 + 6 + 2 + 6 + 5)
         for series in expected { #expect(scrape[series] == 0, "\(series): \(String(describing: scrape[series]))") }
         for mode in IngestMetrics.redisDurabilityModes {
             #expect(scrape[#"teltonika_redis_durability{mode="\#(mode)"}"#] != nil, "durability \(mode)")

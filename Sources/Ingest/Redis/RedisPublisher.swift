@@ -199,6 +199,8 @@ public final class RedisPublisher: Sendable {
         /// Jobs written on this connection whose replicas have not confirmed yet (`WAIT` fell short): the
         /// next `WAIT` here confirms them; if the connection is lost they are sent again.
         var awaitingReplicas: [PublishJob] = []
+        /// Redis Cluster: the connections each job in `awaitingReplicas` was written on (``SpreadWaits``).
+        var heldOn: [ObjectIdentifier: [SpreadWaits.ConnectionID]] = [:]
         /// Whether the last `WAIT` fell short (for the log line at each change).
         var replicasShort = false
         /// The wait this connection's batches end with (`WAITAOF` only where the server has it).
@@ -401,7 +403,23 @@ public final class RedisPublisher: Sendable {
                     metadata: ["event": "redis.error_reply", "error": "\(firstRefusal)", "jobs": .stringConvertible(refused.count)]
                 )
             }
-            if let wait {
+            // Redis Cluster: held jobs whose connection closed are written again.
+            var lostHeld: [PublishJob] = []
+            if let wait, let spread = result.spread {
+                // Each job waits for the `WAIT` of the connections (primaries) it was written on.
+                let sorted = spread.sort(
+                    held: awaitingReplicas.map { ($0, heldOn[ObjectIdentifier($0)] ?? []) },
+                    written: zip(batch, result.answers).enumerated().compactMap { $1.1 == nil ? ($1.0, spread.written[$0]) : nil }
+                )
+                store(sorted.confirmed)
+                awaitingReplicas = sorted.held.map(\.job)
+                heldOn = Dictionary(sorted.held.map { (ObjectIdentifier($0.job), $0.on) }) { first, _ in first }
+                lostHeld = sorted.lost
+                if result.failure == nil {
+                    metrics.jobsHeldForReplicas.increment(by: Int64(sorted.newlyHeld))
+                    if let replicas = result.replicas { noteReplicas(replicas, short: replicas < wait.replicas) }
+                }
+            } else if let wait {
                 if let replicas = result.replicas, replicas >= wait.replicas {
                     store(awaitingReplicas + written)
                     awaitingReplicas = []
@@ -423,7 +441,7 @@ public final class RedisPublisher: Sendable {
                 // Outcome unknown for every job not fully answered (and for those awaiting replicas, whose
                 // `WAIT` can no longer be asked): not confirmed, so sent again (a duplicate, never a loss).
                 let unanswered = batch[result.answers.count...]
-                retry = awaitingReplicas + refused + unanswered
+                retry = lostHeld + awaitingReplicas + refused + unanswered
                 awaitingReplicas = []
                 dropConnection()
                 let failure = result.failure ?? RedisConnection.Failure(kind: .reply, message: firstRefusal ?? "")
@@ -439,9 +457,9 @@ public final class RedisPublisher: Sendable {
             } else {
                 readOnlyInARow = 0
                 if !batch.isEmpty { metrics.publishBatchSize.record(Int64(batch.reduce(0) { $0 + $1.recordCount })) }
-                retry = refused
+                retry = lostHeld + refused
                 // A `WAIT` answered with an error (not a short count, which already waited) pauses like a refusal.
-                let waitRefused = wait != nil && result.replicas == nil
+                let waitRefused = wait != nil && (result.spread.map(\.waitRefused) ?? (result.replicas == nil))
                 machine.batchAnswered(at: .now(), refused: !refused.isEmpty || waitRefused, jitter: Driver.jitter())
             }
         }

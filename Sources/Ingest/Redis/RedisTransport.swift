@@ -42,10 +42,13 @@ struct BatchResult: Equatable {
     /// Set when the connection broke before every job (and the `WAIT`) was answered: the jobs after
     /// `answers.count` are in doubt (not confirmed), and the connection is unusable.
     var failure: RedisConnection.Failure?
+    /// Set by a transport that spreads a batch over several connections, each with its own `WAIT` (Redis
+    /// Cluster: one per primary); nil for one connection, where `replicas` speaks for every job.
+    var spread: SpreadWaits? = nil
 }
 
-/// One connection to Redis, owned by the publisher thread. The next issues add implementations here
-/// (TLS, a Sentinel-discovered primary, cluster routing) without touching the publisher's decisions.
+/// One connection to Redis, owned by the publisher thread: one node (``HiredisTransport``), or a
+/// connection per primary of a Redis Cluster (``ClusterTransport``).
 protocol RedisTransport: AnyObject {
     /// Where it is connected (`host:port`), for logs and to tell a change of primary.
     var endpoint: String { get }
