@@ -24,6 +24,11 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
         var endpoints: [String] = []
         /// What `INFO server` reports as `redis_version`.
         var version = "7.0.15"
+        /// Every `WAIT` on the first connection reports 0 replicas (the later ones, the replicas asked for).
+        var firstConnectionShort = false
+        /// The first command after a batch was sent fails, as a broken connection does (a health or
+        /// durability check).
+        var failCheckAfterABatch = false
     }
 
     private let lock = NIOLock()
@@ -50,7 +55,7 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
         }
         if fail { throw RedisConnection.Failure(kind: .connect, message: "refused") }
         let endpoint = lock.withLock { script.endpoints.count > 1 ? script.endpoints.removeFirst() : script.endpoints.first ?? "fake:6379" }
-        return Transport(redis: self, endpoint: endpoint)
+        return Transport(redis: self, endpoint: endpoint, number: lock.withLock { connects })
     }
 
     /// Record counts of the jobs of each batch sent so far.
@@ -60,9 +65,12 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
     final class Transport: RedisTransport {
         let redis: FakeRedis
         let endpoint: String
-        init(redis: FakeRedis, endpoint: String) {
+        /// 1 for the first connection made, and so on.
+        let number: Int
+        init(redis: FakeRedis, endpoint: String, number: Int = 1) {
             self.redis = redis
             self.endpoint = endpoint
+            self.number = number
         }
 
         func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?) -> BatchResult {
@@ -73,6 +81,7 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
                 let step = redis.script.batches.isEmpty ? nil : redis.script.batches.removeFirst()
                 var replicas: Int? = nil
                 if let replicaWait { replicas = redis.script.replicas.isEmpty ? replicaWait.replicas : redis.script.replicas.removeFirst() }
+                if replicaWait != nil, redis.script.firstConnectionShort, number == 1 { replicas = 0 }
                 return (step, redis.script.hang, replicas)
             }
             if hang { redis.hung.wait() }
@@ -85,7 +94,13 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
         }
 
         func command(_ arguments: [String]) throws(RedisConnection.Failure) -> RedisConnection.Reply {
-            switch arguments.first {
+            let fail = redis.lock.withLock { () -> Bool in
+                guard redis.script.failCheckAfterABatch, !redis.sent.isEmpty else { return false }
+                redis.script.failCheckAfterABatch = false
+                return true
+            }
+            if fail { throw RedisConnection.Failure(kind: .eof, message: "connection closed") }
+            return switch arguments.first {
             case "PING": .string("PONG")
             case "INFO": .string("# Server\r\nredis_version:\(redis.lock.withLock { redis.script.version })\r\nredis_mode:standalone\r\n")
             default: .array([.string(arguments.last ?? ""), .string("no")])
@@ -263,6 +278,32 @@ struct RedisPublisherTests {
         #expect(outcomes.withLockedValue { $0 } == ["a": .stored])
         #expect(redis.batchesSent == [[3], [], [3]])
         #expect(redis.connects == 2)
+        _ = await publisher.stop(deadline: .now() + .seconds(1))
+    }
+
+    /// A job held for its replicas when a health or durability check finds the connection broken: the next
+    /// connection's `WAIT` answers only for that connection's writes, so the job is written again there
+    /// before it is stored, never confirmed by a `WAIT` that does not cover it.
+    @Test func testAHeldJobIsWrittenAgainAfterACheckDropsTheConnection() async throws {
+        let redis = FakeRedis(.init(firstConnectionShort: true, failCheckAfterABatch: true))
+        var configuration = PublisherConfiguration(
+            redis: RedisURL(endpoint: .unix(path: "/nonexistent")),
+            queueCapacity: 1000,
+            redisTimeoutMs: 100,
+            healthCheckMs: 5,
+            durabilityCheckMs: 5
+        )
+        configuration.reconnectBaseMs = 1
+        configuration.reconnectMaxMs = 4
+        configuration.minReplicas = 1
+        let publisher = RedisPublisher(configuration: configuration, connector: redis, logger: Self.logger, metrics: IngestMetrics())
+        let outcomes = NIOLockedValueBox<[String: PublishOutcome]>([:])
+        #expect(publisher.submit(Self.job("a", records: 3, into: outcomes)))
+        publisher.start()
+        try await Self.waitUntil { outcomes.withLockedValue { $0["a"] } != nil }
+        #expect(outcomes.withLockedValue { $0 } == ["a": .stored])
+        #expect(redis.connects == 2)
+        #expect(redis.batchesSent.filter { !$0.isEmpty } == [[3], [3]], "written again on the second connection: \(redis.batchesSent)")
         _ = await publisher.stop(deadline: .now() + .seconds(1))
     }
 

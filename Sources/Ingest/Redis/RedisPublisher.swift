@@ -519,6 +519,13 @@ public final class RedisPublisher: Sendable {
 
         /// The connection is gone (or closed): `teltonika_redis_up` 0, and the time without one counts.
         private func dropConnection() {
+            // Jobs held for their replicas were written on this connection, and a `WAIT` answers only for
+            // its own connection's writes: they are written again on the next one (a duplicate at worst),
+            // never confirmed by another connection's `WAIT` (a failed health or durability check dropped
+            // the connection without moving them, and the next connection's `WAIT` ACKed them unconfirmed).
+            retry = awaitingReplicas + retry
+            awaitingReplicas = []
+            heldOn = [:]
             transport = nil
             publisher.setConnected(false)
             if downSince == nil { downSince = .now() }
