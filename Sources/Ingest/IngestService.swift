@@ -363,6 +363,8 @@ public final class IngestService: Service, Sendable {
                 metadata: ["event": "server.listen_failed", "error": "\(error)", "address": "\(address)", "transport": "\(transport)"]
             )
             await server.stopAccepting()
+            await noticeReader.withLockedValue { $0 }?.stop(deadline: .now() + .seconds(1))
+            await side?.stop(deadline: .now() + .seconds(1))
             _ = await publisher.stop(deadline: .now())
             try await group.shutdownGracefully()
             throw error
@@ -412,6 +414,8 @@ public final class IngestService: Service, Sendable {
         )
         await server.stopAccepting()
         refresher.withLockedValue { $0 }?.stop()
+        // The notices reader ends within its block interval, joined after the sessions have drained.
+        noticeReader.withLockedValue { $0 }?.beginStop()
         // Sessions finish their frame in flight (the publisher still runs) and close themselves; then
         // the publisher sends what is still queued. One deadline bounds both.
         // Meanwhile UDP publishes nothing new; what it published is answered (ACK) before its socket closes.
@@ -419,8 +423,8 @@ public final class IngestService: Service, Sendable {
         let drained = await server.drainSessions(until: deadline)
         let udpUnanswered = await udpDrained
         // Sessions closed: what they gave back or ended is written before Redis is let go.
-        noticeReader.withLockedValue { $0 }?.stop()
         await side?.stop(deadline: deadline)
+        await noticeReader.withLockedValue { $0 }?.stop(deadline: deadline)
         let stopped = await publisher.stop(deadline: deadline)
         if stopped.threadFinished {
             do {

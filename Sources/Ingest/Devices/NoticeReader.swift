@@ -1,5 +1,6 @@
 /// Reads the notices stream: command wake-ups and logins elsewhere.
 import Codec8
+import Dispatch
 import Logging
 import NIOCore
 import NIOPosix
@@ -58,10 +59,19 @@ final class NoticeReader: @unchecked Sendable {
         pool.submit { [self] _ in loop() }
     }
 
-    /// Ends the loop within one block interval; does not wait for it.
-    func stop() {
-        stopping.store(true, ordering: .relaxed)
-        pool.shutdownGracefully { _ in }
+    /// Asks the loop to end (within one block interval); ``stop()`` waits for it.
+    func beginStop() { stopping.store(true, ordering: .relaxed) }
+
+    /// Ends the loop (within one block interval) and joins its thread, waiting no later than `deadline`
+    /// (a hung Redis holds the read up to `REDIS_TIMEOUT_MS`: the thread then ends by itself).
+    func stop(deadline: NIODeadline) async {
+        beginStop()
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let once = ResumeOnce(continuation)
+            pool.shutdownGracefully { _ in once.resume(()) }
+            let seconds = Double(max(0, (deadline - .now()).nanoseconds)) / 1e9
+            DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { once.resume(()) }
+        }
     }
 
     private func loop() {

@@ -40,15 +40,20 @@ final class RedisSideChannel: @unchecked Sendable {
 
     func start() { pool.start() }
 
-    /// Runs what is queued (bounded by `deadline`), then ends the thread.
+    /// Runs what is queued (bounded by `deadline`), then ends the thread: joined when the queue ran out in
+    /// time; left to end by itself when an operation was still stuck at the deadline (a hung Redis).
     func stop(deadline: NIODeadline) async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+        let drained = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
             let once = ResumeOnce(continuation)
-            pool.submit { _ in once.resume(()) }
+            pool.submit { _ in once.resume(true) }
             let seconds = Double(max(0, (deadline - .now()).nanoseconds)) / 1e9
-            DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { once.resume(()) }
+            DispatchQueue.global().asyncAfter(deadline: .now() + seconds) { once.resume(false) }
         }
-        pool.shutdownGracefully { _ in }
+        if drained {
+            try? await pool.shutdownGracefully()
+        } else {
+            pool.shutdownGracefully { _ in }
+        }
     }
 
     /// Runs `body` on the channel's thread. With `droppable`, refused (false, counted) when
