@@ -45,7 +45,6 @@ public final class MetricsServer: Service, Sendable {
         let counting = group.next().scheduleRepeatedTask(initialDelay: OpenFileCount.interval, delay: OpenFileCount.interval) { _ in
             routes.openFiles.refresh()
         }
-        defer { counting.cancel() }
         let channel: any Channel
         do {
             let limiter = MetricsConnectionLimiter(limit: maxConnections, metrics: metrics, logger: logger)
@@ -80,6 +79,7 @@ public final class MetricsServer: Service, Sendable {
                 "cannot listen for metrics",
                 metadata: ["event": "metrics.listen_failed", "error": "\(error)", "address": "\(host):\(port)"]
             )
+            counting.cancel()
             try await group.shutdownGracefully()
             throw error
         }
@@ -89,6 +89,8 @@ public final class MetricsServer: Service, Sendable {
             metadata: ["event": "metrics.listening", "address": "\(address)", "port": .stringConvertible(address.port ?? 0)]
         )
         try? await gracefulShutdown()
+        // Cancelled before the loop goes: a repeated task left to its loop's shutdown asks to be scheduled again.
+        counting.cancel()
         try? await channel.close()
         try await group.shutdownGracefully()
     }
