@@ -904,11 +904,9 @@ extension DeviceSessionHandler {
 
     /// A Codec 12/14 response: which command it answers (nil: none in flight, counted).
     fileprivate func commandAnswered(_ message: DeviceMessage, imei: IMEI, at now: NIODeadline) -> CommandSlot.Correlation? {
-        guard commands != nil, let answer = CommandDelivery.answer(message, from: imei) else {
-            environment.commands?.metrics.uncorrelated.increment()
-            return nil
-        }
-        guard let correlation = commands!.answerReceived(answer, now: now) else {
+        guard commands != nil, let answer = CommandDelivery.answer(message, from: imei),
+            let correlation = commands!.answerReceived(answer, now: now)
+        else {
             environment.commands?.metrics.uncorrelated.increment()
             return nil
         }

@@ -290,7 +290,7 @@ public final class IngestService: Service, Sendable {
                 key: configuration.noticesStream,
                 connector: connector,
                 timeoutMs: configuration.redisTimeoutMs,
-                read: metrics.commands.wakeUps,
+                read: metrics.commands.notices,
                 errors: metrics.commands.storeErrors,
                 logger: logger,
                 onNotice: { notice in

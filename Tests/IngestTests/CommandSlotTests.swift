@@ -40,7 +40,7 @@ struct CommandSlotTests {
         var slot = Self.holding()
         #expect(slot.opportunity(sessionIdle: false, now: Self.t(0)) == .none, "a packet in flight or bytes buffered: not written")
         #expect(slot.opportunity(sessionIdle: true, now: Self.t(5)) == .write(Self.command))
-        #expect(slot.isSent)
+        #expect(slot.state == .sent(Self.command, at: Self.t(5)))
         #expect(slot.deadline == Self.t(1005))
         #expect(slot.opportunity(sessionIdle: true, now: Self.t(6)) == .none, "one command in flight")
     }
@@ -51,7 +51,7 @@ struct CommandSlotTests {
             slot.answerReceived(.response, now: Self.t(120))
                 == CommandSlot.Correlation(command: Self.command, outcome: .answered, latency: .milliseconds(120))
         )
-        #expect(!slot.isSent)
+        #expect(slot.state == .idle(mayHavePending: true))
         #expect(slot.opportunity(sessionIdle: true, now: Self.t(121)) == .take)
         #expect(slot.answerReceived(.response, now: Self.t(130)) == nil, "a second answer is uncorrelated")
     }

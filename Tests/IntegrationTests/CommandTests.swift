@@ -1,5 +1,6 @@
 import Codec8
 import FixtureSupport
+import Ingest
 import Foundation
 import NIOConcurrencyHelpers
 import RedisWire
@@ -166,6 +167,28 @@ struct CommandTests {
         try device.send(Self.response("ver"))
         try commands.waitForEvent(fresh, "answered")
         #expect(try server.scrape().value(#"teltonika_commands_total{outcome="expired"}"#) == 1)
+    }
+
+    /// A command stored in a form the server cannot send (a producer wrote codec 13 with the recipe): it ends
+    /// `rejected`, is never written, and the next command is.
+    @Test func testACommandNotSendableAsStoredIsRejected() throws {
+        let commands = try Commands()
+        let server = try ServerProcess(environment: commands.environment())
+        let keys = CommandKeys(prefix: commands.prefix)
+        _ = try commands.redis.command([
+            "EVAL", CommandKeys.enqueueScript, "2", keys.queue(Self.imei), keys.command(Self.imei, id: "bad-1"), "bad-1", Self.imei, "13",
+            "676574696e666f", "getinfo", "0", "0", "0", "100", "86400000",
+        ])
+        let good = try commands.send(Self.imei, "getver")
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login(Self.imei))
+        #expect(Self.readFrame(device) == DeviceMessage.codec12Command("getver"))
+        #expect(try commands.statuses(of: "bad-1") == ["rejected"])
+        #expect(try commands.field(Self.imei, "bad-1", "status") == "rejected")
+        _ = try server.waitForLog(event: "command.rejected", timeout: 5)
+        #expect(try server.scrape().value(#"teltonika_commands_total{outcome="rejected"}"#) == 1)
+        try device.send(Self.response("ver"))
+        try commands.waitForEvent(good, "answered")
     }
 
     /// No answer within COMMAND_TIMEOUT_MS: `timeout`, never sent again; after the grace window the next

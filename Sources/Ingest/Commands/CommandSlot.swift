@@ -208,12 +208,6 @@ struct CommandSlot {
         }
     }
 
-    /// Whether a command is written and not yet answered or timed out (`teltonika_commands_in_flight`).
-    var isSent: Bool {
-        if case .sent = state { return true }
-        return false
-    }
-
     enum CloseAction: Equatable {
         case none
         /// Taken, never written: back to the queue, unchanged.

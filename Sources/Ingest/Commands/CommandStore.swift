@@ -38,7 +38,7 @@ final class CommandMetrics: Sendable {
     let latency: DurationHistogram
     let uncorrelated: Counter
     let storeErrors: Counter
-    let wakeUps: Counter
+    let notices: Counter
 
     init(registry r: PrometheusCollectorRegistry) {
         func d(_ name: String, _ help: String) -> MetricNameDescriptor {
@@ -83,7 +83,7 @@ final class CommandMetrics: Sendable {
                 "Device registry and downlink command operations Redis did not carry out (connection or script error)."
             )
         )
-        wakeUps = r.makeCounter(
+        notices = r.makeCounter(
             descriptor: d("teltonika_notices_total", "Notices read from the notices stream (command wake-ups, logins elsewhere).")
         )
     }
@@ -133,7 +133,9 @@ final class RedisCommandStore: CommandStore, Sendable {
         metrics.sent(codec: command.codec).increment()
         run { store in
             let now = String(wallClockMilliseconds())
-            guard store.script(KeysScript.sent, keys: [store.settings.keys.command(imei.description, id: command.id)], args: [now]) != nil
+            guard
+                store.side.eval(CommandKeys.sentScript, keys: [store.settings.keys.command(imei.description, id: command.id)], args: [now])
+                    != nil
             else { return }
             store.event(command.id, imei: imei, status: "sent", attempt: command.attempt)
         }
@@ -150,39 +152,17 @@ final class RedisCommandStore: CommandStore, Sendable {
         metrics.outcome(outcome).increment()
         if let latency { metrics.latency.recordNanoseconds(latency.nanoseconds) }
         run { store in
-            let keys = store.settings.keys
-            let latencyMs = latency.map { String($0.nanoseconds / 1_000_000) } ?? ""
-            let text = response?.text ?? ""
-            let hex = response.map { Hex.encode($0.payload) } ?? ""
-            let reply = store.script(
-                KeysScript.finish,
-                keys: [keys.queue(imei.description), keys.command(imei.description, id: command.id), keys.lease(imei.description)],
-                args: [
-                    store.leaseValue(command), command.id, outcome.rawValue, String(wallClockMilliseconds()), latencyMs, text, hex,
-                    String((holdLease?.nanoseconds ?? 0) / 1_000_000), String(store.settings.retentionMs),
-                ]
-            )
-            guard let reply else { return }
-            store.event(
-                command.id,
-                imei: imei,
-                status: outcome.rawValue,
-                attempt: command.attempt,
-                latencyMs: latencyMs,
-                response: text.isEmpty ? hex : text
-            )
+            let left = store.record(command, imei: imei, outcome: outcome, response: response, latency: latency, holdLease: holdLease)
             // Requeued for a resend, or more queued: another instance or connection may be waiting.
-            if case .array(let values) = reply, values.count == 2, case .integer(let length) = values[1], length > 0, holdLease == nil {
-                store.wake(imei)
-            }
+            if let left, left > 0, holdLease == nil { store.wake(imei) }
         }
     }
 
     func giveBack(_ command: TakenCommand, imei: IMEI, unsent: Bool) {
         run { store in
             let keys = store.settings.keys
-            let reply = store.script(
-                KeysScript.release,
+            let reply = store.side.eval(
+                CommandKeys.releaseScript,
                 keys: [keys.queue(imei.description), keys.command(imei.description, id: command.id), keys.lease(imei.description)],
                 args: [store.leaseValue(command), unsent ? "1" : "0"]
             )
@@ -202,8 +182,8 @@ final class RedisCommandStore: CommandStore, Sendable {
         let keys = settings.keys
         let digits = imei.description
         guard
-            let reply = script(
-                KeysScript.take,
+            let reply = side.eval(
+                CommandKeys.takeScript,
                 keys: [keys.queue(digits), keys.lease(digits)],
                 args: [keys.commandPrefix(digits), side.holder, String(settings.leaseMs), String(wallClockMilliseconds())]
             ), case .array(let parts) = reply, parts.count == 6, case .string(let status) = parts[0]
@@ -232,7 +212,8 @@ final class RedisCommandStore: CommandStore, Sendable {
                     "command not sendable as stored: rejected",
                     metadata: ["event": "command.rejected", "imei": "\(imei)", "cmd_id": "\(id)", "codec": "\(string(2))"]
                 )
-                finishNow(rejected, imei: imei, outcome: .rejected)
+                metrics.outcome(.rejected).increment()
+                record(rejected, imei: imei, outcome: .rejected)
                 return takeNow(imei)
             }
             return .command(command)
@@ -241,18 +222,41 @@ final class RedisCommandStore: CommandStore, Sendable {
         }
     }
 
-    private func finishNow(_ command: TakenCommand, imei: IMEI, outcome: CommandOutcome) {
-        metrics.outcome(outcome).increment()
-        let keys = settings.keys
-        _ = script(
-            KeysScript.finish,
-            keys: [keys.queue(imei.description), keys.command(imei.description, id: command.id), keys.lease(imei.description)],
-            args: [
-                leaseValue(command), command.id, outcome.rawValue, String(wallClockMilliseconds()), "", "", "", "0",
-                String(settings.retentionMs),
-            ]
+    /// Records how `command` ended, on the store's thread: the finish script, then its event. Returns the
+    /// commands left in the device's queue; nil when Redis did not answer.
+    @discardableResult
+    private func record(
+        _ command: TakenCommand,
+        imei: IMEI,
+        outcome: CommandOutcome,
+        response: DeviceMessage? = nil,
+        latency: TimeAmount? = nil,
+        holdLease: TimeAmount? = nil
+    ) -> Int64? {
+        let digits = imei.description
+        let latencyMs = latency.map { String($0.nanoseconds / 1_000_000) } ?? ""
+        let text = response?.text ?? ""
+        let hex = response.map { Hex.encode($0.payload) } ?? ""
+        guard
+            let reply = side.eval(
+                CommandKeys.finishScript,
+                keys: [settings.keys.queue(digits), settings.keys.command(digits, id: command.id), settings.keys.lease(digits)],
+                args: [
+                    leaseValue(command), command.id, outcome.rawValue, String(wallClockMilliseconds()), latencyMs, text, hex,
+                    String((holdLease?.nanoseconds ?? 0) / 1_000_000), String(settings.retentionMs),
+                ]
+            )
+        else { return nil }
+        event(
+            command.id,
+            imei: imei,
+            status: outcome.rawValue,
+            attempt: command.attempt,
+            latencyMs: latencyMs,
+            response: text.isEmpty ? hex : text
         )
-        event(command.id, imei: imei, status: outcome.rawValue, attempt: command.attempt)
+        if case .array(let values) = reply, values.count == 2, case .integer(let left) = values[1] { return left }
+        return 0
     }
 
     /// A stored command as the device gets it; nil when it cannot be sent (codec, hex, size).
@@ -276,23 +280,5 @@ final class RedisCommandStore: CommandStore, Sendable {
 
     private func wake(_ imei: IMEI) {
         _ = side.call(["XADD", notices, "MAXLEN", "~", "10000", "*", "imei", imei.description])
-    }
-
-    private func script(_ script: KeysScript, keys: [String], args: [String]) -> RedisConnection.Reply? {
-        side.eval(script.source, keys: keys, args: args)
-    }
-}
-
-/// The server-side scripts by name.
-enum KeysScript {
-    case take, sent, finish, release
-
-    var source: String {
-        switch self {
-        case .take: CommandKeys.takeScript
-        case .sent: CommandKeys.sentScript
-        case .finish: CommandKeys.finishScript
-        case .release: CommandKeys.releaseScript
-        }
     }
 }
