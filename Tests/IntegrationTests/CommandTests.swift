@@ -1,7 +1,7 @@
 import Codec8
 import FixtureSupport
-import Ingest
 import Foundation
+import Ingest
 import NIOConcurrencyHelpers
 import RedisWire
 import Testing
