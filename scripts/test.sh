@@ -34,6 +34,10 @@ echo "test: throwaway redis-server on 127.0.0.1:$port"
 
 mkdir -p "$dir/sanitizer"
 status=0
+# At most 3 tests at a time (Swift Testing's default is twice the cores): the integration suites run
+# servers, simulators and Redis processes, and the blocking ones no longer share the 2 cooperative
+# threads (Tests/FixtureSupport/BlockingTests.swift), so the width is what bounds the load on 2 cores.
+export SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH="${SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH:-3}"
 TSAN_OPTIONS="log_path=$dir/sanitizer/report halt_on_error=0" \
 TEST_REDIS_URL="redis://127.0.0.1:$port" \
 TELTONIKA_INGEST_BIN="$(swift build "${build[@]}" --show-bin-path)/teltonika-ingest" \

@@ -84,7 +84,7 @@ enum CLIFixtures {
     }
 }
 
-@Suite(.serialized)
+@Suite(.serialized, .blocking)
 struct DecodeCommandTests {
     @Test func testEveryFixtureLineGivesItsOutcomeAndErrorsExitOne() throws {
         let path = try CLIFixtures.writeTemporary(CLIFixtures.rows.map(\.hex))
@@ -158,7 +158,7 @@ struct DecodeCommandTests {
     }
 }
 
-@Suite(.serialized)
+@Suite(.serialized, .blocking)
 struct ServeConfigurationTests {
     @Test(
         arguments: [

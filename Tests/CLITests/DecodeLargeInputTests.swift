@@ -7,7 +7,7 @@ import Testing
 /// `decode` on a multi-megabyte capture through the real binary, from a file and from standard input,
 /// against what the test itself encoded line by line: kind, line number, record count, every record's
 /// timestamp and device ID. Not a timing test: the speed is measured by scripts/bench-decode.sh.
-@Suite(.serialized)
+@Suite(.serialized, .blocking)
 struct DecodeLargeInputTests {
     /// What one output line must say.
     struct Expected {

@@ -5,7 +5,7 @@ import Lifecycle
 import Testing
 
 /// `decode` of UDP datagrams, through the real binary: detected per line, or every line with `--udp`.
-@Suite(.serialized)
+@Suite(.serialized, .blocking)
 struct DecodeUDPTests {
     static let rows = FixtureCorpus.udpDatagrams
 

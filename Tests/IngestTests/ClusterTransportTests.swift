@@ -1,3 +1,4 @@
+import FixtureSupport
 import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
@@ -9,7 +10,7 @@ import Testing
 
 /// `ClusterTransport` against ``FakeCluster``: routing by key, redirects, a node that is down or breaks,
 /// per-primary `WAIT`, and single commands.
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.blocking, .timeLimit(.minutes(1)))
 struct ClusterTransportTests {
     static func value(_ registry: PrometheusCollectorRegistry, _ series: String) -> Double {
         var buffer: [UInt8] = []

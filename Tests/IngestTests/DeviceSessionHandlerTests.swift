@@ -49,7 +49,7 @@ final class ReadCounter: ChannelOutboundHandler {
 }
 
 /// The session handler on an embedded channel, with a fake publish queue: the bounded reader.
-@Suite(.serialized)
+@Suite(.serialized, .blocking)
 struct DeviceSessionHandlerTests {
     static let imei = IMEI("356307042441013")!
 

@@ -255,12 +255,12 @@ struct UDPDatagramHandlerTests {
         try h.send(FixtureCorpus.udpDatagrams[1].bytes)
         #expect(h.count("draining") == 1)
         #expect(h.sink.waiting == 1)
-        var done = false
-        answered.futureResult.whenSuccess { done = true }
+        let done = NIOLockedValueBox(false)
+        answered.futureResult.whenSuccess { done.withLockedValue { $0 = true } }
         h.channel.embeddedEventLoop.run()
-        #expect(!done)
+        #expect(!done.withLockedValue { $0 })
         h.answer()
-        #expect(done)
+        #expect(done.withLockedValue { $0 })
         #expect(try h.acks().map(\.1) == [Self.example.ack])
     }
 }

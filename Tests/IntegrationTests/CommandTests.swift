@@ -13,7 +13,7 @@ import Glibc
 /// Issue 15 against the real binary and a real Redis: commands queued with `teltonika-ingest command
 /// send`, delivered one at a time to devices over TCP, answered and correlated, with every outcome on
 /// the command and on the command-events stream.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(3)))
 struct CommandTests {
     /// One test's command keys and events stream, apart from every other test's.
     struct Commands {

@@ -11,7 +11,7 @@ import Glibc
 /// The device registry (issue 12) against two real server instances and a real Redis: a device that
 /// logs in on instance B closes its older connection on instance A; `teltonika-ingest device` shows
 /// where it is and when it was last seen.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(3)))
 struct DeviceRegistryTests {
     static let imei = "356307042441013"
 

@@ -8,7 +8,7 @@ import Glibc
 #endif
 
 /// The real binary against a real redis-server over real TCP.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(3)))
 struct DeviceServerTests {
     static let imei = "356307042441013"
 

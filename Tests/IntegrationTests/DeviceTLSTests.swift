@@ -9,7 +9,7 @@ import Glibc
 
 /// The real binary's TLS port (`TLS_PORT`) against devices on Python's `ssl` (the system OpenSSL), with
 /// certificates the test makes with the `openssl` command.
-@Suite(.serialized, .timeLimit(.minutes(5)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(5)))
 struct DeviceTLSTests {
     static var certificates: TestCertificates { .shared }
 

@@ -9,7 +9,7 @@ import Glibc
 
 /// Issue 13 against the real binary over real TCP: one hostile address cannot take the port from
 /// devices at other addresses; a slowloris frame is cut at FRAME_TIMEOUT_MS.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(3)))
 struct DeviceTrustTests {
     static let frame = TestEnvironment.fixtures.first { $0.id == "w-c8-1" }!.bytes
 
@@ -91,7 +91,7 @@ struct DeviceTrustTests {
 }
 
 /// Device authority (issue 13): file and Redis allowlists against the real binary and a real Redis.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(3)))
 struct DeviceAuthorityTests {
     static let known = "356307042441013"
     static let other = "356307042441014"

@@ -4,7 +4,7 @@ import Foundation
 import Testing
 
 /// Many devices at once: every packet ACKed, every record stored exactly once.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(3)))
 struct FleetTests {
     @Test func testThousandDevicesTenPacketsEach() throws {
         let devices = 1000

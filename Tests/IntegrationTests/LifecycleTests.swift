@@ -10,7 +10,7 @@ import Glibc
 
 /// Process life of the real binary: the graceful drain under load, the bounded drain with a hung
 /// Redis, the second signal, SIGHUP, and crashes.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(3)))
 struct LifecycleTests {
     static let twoRecords = TestEnvironment.fixtures.first { $0.id == "w-c8-3" }!.bytes
 

@@ -12,7 +12,7 @@ import Glibc
 
 /// The metrics port of the real binary: exact counter movements for real traffic, a scrape that
 /// promtool accepts, readiness that follows Redis, and dashboards and alerts that name real metrics.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(3)))
 struct MetricsTests {
     static let twoRecords = TestEnvironment.fixtures.first { $0.id == "w-c8-3" }!.bytes
 

@@ -12,7 +12,7 @@ import Glibc
 
 /// `PROXY_PROTOCOL` with the real binary: behind a real HAProxy (`send-proxy-v2`), and against hand-made
 /// headers from chosen loopback addresses (127.0.0.1 is the trusted load balancer, 127.0.0.5 and up are not).
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(3)))
 struct ProxyProtocolTests {
     static let imei = "356307042441013"
     static let packet = TestEnvironment.fixtures.first { $0.id == "w-c8-1" }!.bytes

@@ -10,7 +10,7 @@ import Glibc
 
 /// The publisher against Redis servers that need a password and a database, listen on a unix
 /// socket, or stall; and the full-queue policy.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(3)))
 struct PublisherFaultTests {
     static let frame = TestEnvironment.fixtures.first { $0.id == "w-c8-3" }!.bytes
 
@@ -296,7 +296,7 @@ struct PublisherFaultTests {
 }
 
 /// The process survives running out of file descriptors, and serves again once some are free.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(3)))
 struct DescriptorExhaustionTests {
     /// With 64 descriptors: a device connected before the exhaustion keeps being served while the
     /// server holds every descriptor it may, the process lives on, and once clients go, new devices are

@@ -12,7 +12,7 @@ import Glibc
 /// `REDIS_MODE=cluster` with the real binary against a real 3-primary Redis Cluster on loopback. Until
 /// the streams are sharded one server writes one stream key, so each test runs a server per primary it
 /// needs, each with a telemetry stream whose slot that primary serves.
-@Suite(.serialized, .timeLimit(.minutes(5)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(5)))
 struct RedisClusterTests {
     static func packet(records: Int, at t: UInt64) throws -> [UInt8] { try LifecycleTests.packet(records: records, at: t) }
 

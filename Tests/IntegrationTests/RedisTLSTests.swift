@@ -9,7 +9,7 @@ import Glibc
 #endif
 
 /// The real binary to a TLS `redis-server` (`rediss://`), with a CA made by the test's own `openssl`.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(3)))
 struct RedisTLSTests {
     static var certificates: TestCertificates { .shared }
 

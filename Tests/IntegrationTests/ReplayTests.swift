@@ -9,7 +9,7 @@ import Glibc
 
 /// `teltonika-ingest replay` against the real server: fixture hex files, and captures the test writes
 /// itself (pcap over Ethernet/IPv4, pcapng over raw IPv6) with split, reordered and retransmitted segments.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(3)))
 struct ReplayTests {
     /// Runs `replay` with `arguments`; returns the exit status, stdout and stderr.
     func replay(_ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {

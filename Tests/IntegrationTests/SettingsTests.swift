@@ -9,7 +9,7 @@ import Glibc
 
 /// Settings reach the running server: each one's effect, and the precedence flag > environment >
 /// settings file > default, with the real binary.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(3)))
 struct SettingsTests {
     /// A settings file, the environment and `--flag=value` together: the flag beats the environment and
     /// the file, the environment beats the file, and what only the file sets applies.

@@ -1,3 +1,4 @@
+import FixtureSupport
 import Foundation
 import NIOConcurrencyHelpers
 import RedisWire
@@ -8,7 +9,7 @@ import Glibc
 #endif
 
 /// `teltonika-ingest simulate` against the real server and against `ack-server`.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(3)))
 struct SimulatorTests {
     @Test func testFleetAgainstServerLosesNothing() throws {
         let server = try ServerProcess()

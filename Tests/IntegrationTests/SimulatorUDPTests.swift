@@ -1,11 +1,12 @@
 import Codec8
+import FixtureSupport
 import Foundation
 import RedisWire
 import Testing
 
 /// `teltonika-ingest simulate --transport udp` against the real server (UDP_PORT, real Redis) and
 /// against scripted UDP servers.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(3)))
 struct SimulatorUDPTests {
     /// 200 devices, 50 datagrams each (10,000 packets), 5 % of the right ACKs ignored on purpose: every
     /// ignored ACK makes its device send the same datagram again, the server answers the resend from its

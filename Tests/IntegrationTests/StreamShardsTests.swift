@@ -5,7 +5,7 @@ import Testing
 
 /// `REDIS_STREAM_SHARDS=4` with the real binary: every device's entries in its own key, in order; the
 /// stream checks and metrics cover every key; `simulate --verify` reads them all.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(3)))
 struct StreamShardsTests {
     /// Shards of these IMEIs out of 4 (pinned against xxhsum in Codec8Tests' `StreamShardsTests`).
     static let devices: [(imei: String, shard: Int)] = [

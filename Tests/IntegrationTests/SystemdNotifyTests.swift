@@ -9,7 +9,7 @@ import Glibc
 /// The real binary under a stand-in for systemd (a `Type=notify` unit with `WatchdogSec=`): `READY=1`
 /// once the listener is bound, `WATCHDOG=1` at half of `WATCHDOG_USEC` while it lives, `STOPPING=1`
 /// when the drain begins.
-@Suite(.serialized, .timeLimit(.minutes(2)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(2)))
 struct SystemdNotifyTests {
     @Test func testReadyWatchdogPingsAndStoppingReachSystemd() throws {
         let systemd = try NotifySocket()

@@ -10,7 +10,7 @@ import Glibc
 /// The real binary's UDP port (issue 14) against a real Redis: ACK bytes and stream entries for the
 /// documentation's datagrams, resends, Redis paused, malformed and oversized datagrams, a flood, and
 /// the drain.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(3)))
 struct UDPServerTests {
     static let imei = IMEI("352093086403655")!
 
@@ -206,7 +206,7 @@ struct UDPServerTests {
         server.signal(SIGTERM)
         try server.waitForLog(event: "server.draining", timeout: 5)
         try device.send(try Self.datagram(id: 2, records: 1, at: 1_700_000_100_000))
-        try waitFor(timeout: 5) { try server.scrape().value("teltonika_udp_datagrams_total{result=\"draining\"}") == 1 }
+        try waitFor(timeout: 15) { try server.scrape().value("teltonika_udp_datagrams_total{result=\"draining\"}") == 1 }
         redis.resume()
         #expect(device.receive(timeout: 10).flatMap(UDPAck.init) == UDPAck(packetID: 0x0101, avlPacketID: 1, acceptedRecords: 2))
         let exit = try #require(server.waitForExit(timeout: 10))

@@ -4,7 +4,7 @@ import Testing
 
 /// `rediss://` against a real `redis-server` with TLS: the same commands and replies as the plain path, and
 /// every way the handshake can fail named as such, never plain text, never a hang.
-@Suite(.serialized)
+@Suite(.serialized, .blocking)
 struct RedisTLSConnectionTests {
     private let certificates = sharedCertificates
 
