@@ -480,12 +480,16 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             }
             environment.metrics.handshakes(result: .accepted).increment()
             logger.debug("device logged in", metadata: ["event": "device.login"])
-            context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(1))), promise: nil)
+            // The registry's write is queued before the device gets its answer, so that a newer login of
+            // the device (which it makes only after this answer) is written after this one. Queued after
+            // the answer, a thread paused between the two let the newer login be written first: the
+            // registry named the older session current and the newer connection was closed.
             if let registration = environment.directory {
                 let session = registration.directory.newSession()
                 registered = RegisteredSession(imei: imei, session: session, at: .now())
                 registration.directory.loggedIn(imei, session: session, peer: peer)
             }
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(1))), promise: nil)
             if let delivery = environment.commands {
                 commands = delivery.makeSlot()
                 scheduleCommandTimer(context, in: delivery.loginGrace) { handler, context in

@@ -417,4 +417,41 @@ struct DeviceSessionHandlerTests {
         #expect(try lucky.written() == [1] + AVLAck.bytes(count: 2))
         #expect(lucky.value("teltonika_publish_overflow_total") == 0)
     }
+
+    /// The registry's login write is queued before the device is answered: a device logs in again only
+    /// after its answer, so its newer login is always written after this one (queued after the answer,
+    /// a paused event-loop thread let the newer login be written first, and the newer connection closed).
+    @Test func testTheRegistryLoginIsQueuedBeforeTheLoginAnswer() throws {
+        let directory = LoginOrderDirectory()
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let environment = SessionEnvironment(
+            configuration: IngestConfiguration(),
+            publisher: FakePublishSink(),
+            logger: logger,
+            metrics: IngestMetrics(),
+            directory: DeviceRegistration(directory: directory, seenInterval: .seconds(60))
+        )
+        let h = try Harness(environment: environment)
+        directory.channel.withLockedValue { $0 = h.channel }
+        try h.feed(Self.imei.loginFrame)
+        #expect(directory.answeredAtLogin.withLockedValue { $0 } == [false], "the login was queued, the answer not yet written")
+        #expect(try h.written() == [1])
+    }
+}
+
+/// A registry that notes, at each login write, whether the session had already answered the device.
+final class LoginOrderDirectory: DeviceDirectory, @unchecked Sendable {
+    let channel = NIOLockedValueBox<EmbeddedChannel?>(nil)
+    let answeredAtLogin = NIOLockedValueBox<[Bool]>([])
+
+    func newSession() -> String { "s1" }
+    func loggedIn(_ imei: IMEI, session: String, peer: String) {
+        // Reading takes the answer, which then fails the test's check of what was written: it fails either way.
+        let answer = try? channel.withLockedValue { $0 }?.readOutbound(as: ByteBuffer.self)
+        answeredAtLogin.withLockedValue { $0.append(answer != nil) }
+    }
+    func seen(_ imei: IMEI, session: String, recordAt: UInt64?) {}
+    func loggedOut(_ imei: IMEI, session: String) {}
+    func currentSession(_ imei: IMEI, completion: @escaping @Sendable (String?) -> Void) { completion(nil) }
 }
