@@ -67,7 +67,11 @@ final class ClusterDialer: @unchecked Sendable {
         guard !running.contains(node), outcomes[node] == nil else { return }
         running.insert(node)
         let dial = self.dial
-        DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(max(0, delay.nanoseconds)))) { [self] in
+        // A queue of its own per dial: it gets a thread at once however many dials block (a node that
+        // says nothing holds one until the timeout). The shared global queue has one thread per core,
+        // so blocked dials, or anything else busy there, delayed the next dial past the owner's wait.
+        let queue = DispatchQueue(label: "teltonika-ingest.cluster-dial")
+        queue.asyncAfter(deadline: .now() + .nanoseconds(Int(max(0, delay.nanoseconds)))) { [self] in
             let outcome: Result<Opened, RedisConnection.Failure>
             do throws(RedisConnection.Failure) {
                 outcome = .success(Opened(try dial(node, clientName)))
