@@ -63,6 +63,16 @@ final class Sentinels {
     /// The primary's port as the first Sentinel names it.
     func primaryPort() throws -> Int { try Self.primaryPort(sentinel: nodes[0].url, masterName: masterName) }
 
+    /// How many failovers the first Sentinel knows of (`config-epoch` of `SENTINEL MASTER`: 0 before the
+    /// first, one more per promotion).
+    func failovers() throws -> Int {
+        let reply = try RedisClient(url: nodes[0].url).command(["SENTINEL", "MASTER", masterName])
+        guard case .array(let fields) = reply, let index = fields.firstIndex(of: .string("config-epoch")), index + 1 < fields.count,
+            case .string(let epoch) = fields[index + 1], let n = Int(epoch)
+        else { throw TestFailure("no config-epoch: \(reply)") }
+        return n
+    }
+
     static func primaryPort(sentinel: String, masterName: String) throws -> Int {
         let reply = try RedisClient(url: sentinel).command(["SENTINEL", "get-master-addr-by-name", masterName])
         guard case .array(let address) = reply, address.count == 2, case .string(let port) = address[1], let n = Int(port) else {
