@@ -87,6 +87,10 @@ final class NoticeReader: @unchecked Sendable {
                     transport = connected
                     if everConnected { onResync() }
                     everConnected = true
+                    // Read from the stream's last entry now, never with `$` again: `$` means "after the last
+                    // entry at the time of this call", so each block that timed out with nothing read would
+                    // skip whatever was added before the next call (a wake-up lost, a command left queued).
+                    if lastID == "$" { lastID = try Self.lastEntryID(key, connected) }
                 }
                 let reply = try transport!.command(["XREAD", "COUNT", "1000", "BLOCK", String(blockMs), "STREAMS", key, lastID])
                 if case .error(let message) = reply { throw RedisConnection.Failure(kind: .reply, message: message) }
@@ -108,6 +112,16 @@ final class NoticeReader: @unchecked Sendable {
                 for _ in 0..<10 where !stopping.load(ordering: .relaxed) { usleep(100_000) }
             }
         }
+    }
+
+    /// The id of the stream's last entry (`XREVRANGE key + - COUNT 1`), `0-0` when it has none.
+    static func lastEntryID(_ key: String, _ transport: any RedisTransport) throws(RedisConnection.Failure) -> String {
+        let reply = try transport.command(["XREVRANGE", key, "+", "-", "COUNT", "1"])
+        if case .error(let message) = reply { throw RedisConnection.Failure(kind: .reply, message: message) }
+        guard case .array(let entries) = reply, case .array(let entry)? = entries.first, case .string(let id)? = entry.first else {
+            return "0-0"
+        }
+        return id
     }
 
     /// `(id, notice)` of each entry of an `XREAD` reply of one stream (the notice nil when it names no IMEI).
