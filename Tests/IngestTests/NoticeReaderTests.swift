@@ -34,7 +34,9 @@ struct NoticeReaderTests {
                 stream.lock.withLock {
                     switch arguments[0] {
                     case "XREVRANGE":
-                        return .array(stream.entries.suffix(1).map { .array([.string($0.id), .array([.string("imei"), .string($0.imei)])]) })
+                        return .array(
+                            stream.entries.suffix(1).map { .array([.string($0.id), .array([.string("imei"), .string($0.imei)])]) }
+                        )
                     case "XREAD":
                         let after = arguments.last!
                         stream.asked.append(after)
