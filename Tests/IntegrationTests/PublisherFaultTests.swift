@@ -144,6 +144,10 @@ struct PublisherFaultTests {
         // Backoff 100 ms doubling (jittered 50-100 %): at most about log2 of the wait in 50 ms steps, + 2.
         let bound = Int(log2(max(1, waited / 0.05))) + 2
         #expect(refusals.count >= 2 && refusals.count <= bound, "\(refusals.count) reconnects in \(waited) s (bound \(bound))")
+        // Each line says when the next connect comes: 100 ms doubling, jittered to 50-100 %, so never less.
+        let waits = refusals.compactMap { $0["retry_in_ms"] as? Int }
+        #expect(waits.count == refusals.count && waits.allSatisfy { $0 >= 50 }, "\(refusals)")
+        #expect(zip(waits, waits.dropFirst()).allSatisfy { $0 <= $1 }, "growing: \(waits)")
         let scrape = try server.scrape()
         #expect(try scrape.value(#"teltonika_publish_failed_total{kind="packet",reason="timeout"}"#) == 1)
         #expect(try scrape.value(#"teltonika_redis_errors_total{kind="reply"}"#) >= Double(refusals.count))

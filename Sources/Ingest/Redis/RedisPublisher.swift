@@ -369,7 +369,10 @@ public final class RedisPublisher: Sendable {
                 metrics.redisErrors(kind: error.kind).increment()
                 logger.error(
                     "redis health check failed",
-                    metadata: ["event": "redis.connection_lost", "error": "\(error)", "unconfirmed_jobs": .stringConvertible(0)]
+                    metadata: [
+                        "event": "redis.connection_lost", "error": "\(error)", "unconfirmed_jobs": .stringConvertible(0),
+                        "retry_in_ms": .stringConvertible(0),
+                    ]
                 )
             }
         }
@@ -447,11 +450,12 @@ public final class RedisPublisher: Sendable {
                 let failure = result.failure ?? RedisConnection.Failure(kind: .reply, message: firstRefusal ?? "")
                 if result.failure != nil { metrics.redisErrors(kind: failure.kind).increment() }
                 readOnlyInARow = demoted ? readOnlyInARow + 1 : 0
-                _ = machine.connectionLost(at: .now(), jitter: Driver.jitter(), inARow: max(1, readOnlyInARow))
+                let delay = machine.connectionLost(at: .now(), jitter: Driver.jitter(), inARow: max(1, readOnlyInARow))
                 logger.error(
                     "redis connection lost",
                     metadata: [
                         "event": "redis.connection_lost", "error": "\(failure)", "unconfirmed_jobs": .stringConvertible(retry.count),
+                        "retry_in_ms": .stringConvertible(delay.nanoseconds / 1_000_000),
                     ]
                 )
             } else {
