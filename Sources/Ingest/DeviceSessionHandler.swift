@@ -106,6 +106,19 @@ final class SessionEnvironment: Sendable {
         bufferLog.withLockedValue { $0.admit(nowNanoseconds: nowNanoseconds) }
     }
 
+    /// Per-connection events logged by every connection that has them, sampled across connections.
+    enum SessionLogEvent: Int, CaseIterable {
+        case handshakeTimeout, idleTimeout, connectionError, replaced, replacedElsewhere
+    }
+
+    /// One sampler per ``SessionLogEvent`` (50 lines at once, then 5 a second, each kind on its own).
+    private let sessionLogs = SessionLogEvent.allCases.map { _ in NIOLockedValueBox(LogSampler()) }
+
+    /// nil: leave this line out. Otherwise write it with `suppressed`, the lines of its kind left out since.
+    func admitSessionLog(_ event: SessionLogEvent) -> Int? {
+        sessionLogs[event.rawValue].withLockedValue { $0.admit(nowNanoseconds: NIODeadline.now().uptimeNanoseconds) }
+    }
+
     /// A login from `address` failed: it counts against the address' budget.
     func loginFailed(from address: SocketAddress?) {
         guard let loginFailures, let ip = address?.ipAddress else { return }
@@ -240,7 +253,12 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             guard handler.session.handshakeTimedOut() else { return }
             handler.environment.metrics.handshakes(result: .timeout).increment()
             handler.environment.loginFailed(from: handler.environment.deviceAddress(of: context.channel))
-            handler.logger.warning("no login in time", metadata: ["event": "device.handshake_timeout"])
+            if let suppressed = handler.environment.admitSessionLog(.handshakeTimeout) {
+                handler.logger.warning(
+                    "no login in time",
+                    metadata: ["event": "device.handshake_timeout", "suppressed": .stringConvertible(suppressed)]
+                )
+            }
             handler.close(context, .handshakeTimeout)
         }
         context.fireChannelActive()
@@ -394,7 +412,12 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             return
         }
         if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
-            logger.info("idle connection closed", metadata: ["event": "device.idle_timeout"])
+            if let suppressed = environment.admitSessionLog(.idleTimeout) {
+                logger.info(
+                    "idle connection closed",
+                    metadata: ["event": "device.idle_timeout", "suppressed": .stringConvertible(suppressed)]
+                )
+            }
             close(context, .idleTimeout)
             return
         }
@@ -402,7 +425,12 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        logger.warning("connection error", metadata: ["event": "device.connection_error", "error": "\(error)"])
+        if let suppressed = environment.admitSessionLog(.connectionError) {
+            logger.warning(
+                "connection error",
+                metadata: ["event": "device.connection_error", "error": "\(error)", "suppressed": .stringConvertible(suppressed)]
+            )
+        }
         close(context, .error)
     }
 
@@ -471,10 +499,15 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         case .accept(let imei):
             if let old = environment.registry.register(imei, channel: context.channel) {
                 environment.metrics.connectionsReplaced.increment()
-                logger.info(
-                    "newer login replaces the older connection",
-                    metadata: ["event": "device.replaced", "old_peer": "\(peerString(environment.deviceAddress(of: old)))"]
-                )
+                if let suppressed = environment.admitSessionLog(.replaced) {
+                    logger.info(
+                        "newer login replaces the older connection",
+                        metadata: [
+                            "event": "device.replaced", "old_peer": "\(peerString(environment.deviceAddress(of: old)))",
+                            "suppressed": .stringConvertible(suppressed),
+                        ]
+                    )
+                }
                 // Its own handler closes it, on its own event loop, and counts why.
                 old.pipeline.fireUserInboundEventTriggered(SessionReplaced())
             }
@@ -789,10 +822,14 @@ extension DeviceSessionHandler {
                 let (handler, context) = bound.value
                 guard let current, current != mine, handler.registered?.session == mine, context.channel.isActive else { return }
                 handler.environment.metrics.connectionsReplaced.increment()
-                handler.logger.notice(
-                    "device logged in on another connection: closing this one",
-                    metadata: ["event": "device.replaced_elsewhere", "session": "\(current)"]
-                )
+                if let suppressed = handler.environment.admitSessionLog(.replacedElsewhere) {
+                    handler.logger.notice(
+                        "device logged in on another connection: closing this one",
+                        metadata: [
+                            "event": "device.replaced_elsewhere", "session": "\(current)", "suppressed": .stringConvertible(suppressed),
+                        ]
+                    )
+                }
                 handler.close(context, .replaced)
             }
         }

@@ -57,6 +57,30 @@ struct LogLimiter: Sendable, Equatable {
     }
 }
 
+/// Log lines of one kind across every connection: `burst` at once, then `perSecond`; the lines held back
+/// are counted and reported on the next line written. For events each connection has at most once or
+/// twice (a handshake timeout, a reset), which a storm of reconnects has by the ten thousand at once: the
+/// first lines tell what happens, the metrics count every one.
+struct LogSampler: Sendable, Equatable {
+    private var bucket: MessageRateLimiter
+    private var heldBack = 0
+
+    init(perSecond: Int = 5, burst: Int = 50) {
+        bucket = MessageRateLimiter(perSecond: perSecond, burst: burst)
+    }
+
+    /// nil: do not write this line (it is counted). Otherwise write it, with the number of lines held
+    /// back since the previous one.
+    mutating func admit(nowNanoseconds: UInt64) -> Int? {
+        guard bucket.admit(nowNanoseconds: nowNanoseconds) else {
+            heldBack += 1
+            return nil
+        }
+        defer { heldBack = 0 }
+        return heldBack
+    }
+}
+
 /// Per source address: failed logins allowed before that address is refused on accept, as a token bucket
 /// (`budgetPerMinute` at once, refilled at that rate). A pure value on a caller-given monotonic clock.
 ///

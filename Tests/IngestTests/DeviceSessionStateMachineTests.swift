@@ -309,4 +309,14 @@ struct RateLimitTests {
         #expect(log.admit(nowNanoseconds: 1_500) == nil)
         #expect(log.admit(nowNanoseconds: 5_000) == 1)
     }
+
+    @Test func testASamplerWritesItsBurstThenItsRateAndCountsTheRest() {
+        var log = LogSampler(perSecond: 2, burst: 3)
+        #expect((0..<3).map { _ in log.admit(nowNanoseconds: 0) } == [0, 0, 0], "the burst at once")
+        #expect((0..<5).map { _ in log.admit(nowNanoseconds: 0) } == [nil, nil, nil, nil, nil])
+        #expect(log.admit(nowNanoseconds: 499_000_000) == nil, "half a second earns the next line")
+        #expect(log.admit(nowNanoseconds: 500_000_000) == 6, "which says how many were left out")
+        #expect(log.admit(nowNanoseconds: 500_000_000) == nil)
+        #expect(log.admit(nowNanoseconds: 2_000_000_000) == 1)
+    }
 }

@@ -194,6 +194,29 @@ struct HostileClientTests {
         #expect(limitedLines >= 1 && limitedLines <= Int(elapsed / 10) + 2, "\(limitedLines) rate-limit lines")
     }
 
+    /// One client opens 300 connections and never logs in: each is closed at the handshake timeout and
+    /// counted, but the log gets the sampler's burst (50 lines, then 5 a second), not 300 lines. Each line
+    /// says how many were left out before it, so once one more timeout is logged later, the lines and
+    /// their `suppressed` counts add up to every timeout.
+    @Test func testHandshakeTimeoutsFromOneClientAreSampledInTheLog() throws {
+        let server = try ServerProcess(environment: ["HANDSHAKE_TIMEOUT_MS": "500", "MAX_LOGIN_FAILURES_PER_IP": "0"])
+        let connections = try (0..<300).map { _ in try connectLoopback(port: server.port) }
+        defer { for fd in connections { close(fd) } }
+        let timeouts = #"teltonika_disconnects_total{reason="handshake_timeout"}"#
+        try waitFor(timeout: 30, "300 handshake timeouts") { try server.scrape()[timeouts] == 300 }
+        // One more, after the sampler has earned a token again (0.2 s at 5 a second): its line reports the rest.
+        usleep(300_000)
+        let late = try connectLoopback(port: server.port)
+        defer { close(late) }
+        try waitFor(timeout: 10, "the late timeout") { try server.scrape()[timeouts] == 301 }
+        func lines() -> [[String: Any]] { server.logs.filter { $0["event"] as? String == "device.handshake_timeout" } }
+        try waitFor(timeout: 10, "lines and suppressed counts adding up to 301") {
+            lines().reduce(0) { $0 + 1 + ($1["suppressed"] as? Int ?? 0) } == 301
+        }
+        #expect(lines().count >= 51 && lines().count < 100, "\(lines().count) lines for 301 timeouts")
+        #expect(lines().allSatisfy { $0["suppressed"] is Int }, "every line says how many it stands for")
+    }
+
     /// The responses stream's own cap bounds what device messages take in Redis, whatever gets past
     /// the per-connection budget (here the budget is lifted).
     @Test func testTheResponsesCapBoundsRedis() throws {
