@@ -520,7 +520,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             if let registration = environment.directory {
                 let session = registration.directory.newSession()
                 registered = RegisteredSession(imei: imei, session: session, at: .now())
-                registration.directory.loggedIn(imei, session: session, peer: peer)
+                registration.directory.loggedIn(imei, session: session, peer: peer, atMs: wallClockMilliseconds())
             }
             context.writeAndFlush(wrapOutboundOut(ByteBuffer(integer: UInt8(1))), promise: nil)
             if let delivery = environment.commands {

@@ -446,7 +446,7 @@ final class LoginOrderDirectory: DeviceDirectory, @unchecked Sendable {
     let answeredAtLogin = NIOLockedValueBox<[Bool]>([])
 
     func newSession() -> String { "s1" }
-    func loggedIn(_ imei: IMEI, session: String, peer: String) {
+    func loggedIn(_ imei: IMEI, session: String, peer: String, atMs: UInt64) {
         // Reading takes the answer, which then fails the test's check of what was written: it fails either way.
         let answer = try? channel.withLockedValue { $0 }?.readOutbound(as: ByteBuffer.self)
         answeredAtLogin.withLockedValue { $0.append(answer != nil) }

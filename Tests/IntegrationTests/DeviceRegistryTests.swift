@@ -61,6 +61,27 @@ struct DeviceRegistryTests {
         #expect(fields["peer"]?.hasPrefix("127.0.0.2:") == true)
     }
 
+    /// Two instances' registry writes can land in either order: a login written after a newer one of the
+    /// same device (here, a session that logged in a minute from now on an instance that is not running)
+    /// leaves the newer one in the registry, and its notice names the newer one, so the older connection,
+    /// the one just made here, is the one closed. Written in arrival order, it took the newer session's
+    /// place and its notice closed the newer connection.
+    @Test func testALoginWrittenAfterANewerOneClosesItselfNotTheNewer() throws {
+        let settings = Self.registry()
+        let server = try ServerProcess(environment: settings)
+        let redis = try RedisClient(url: TestEnvironment.redisURL)
+        let key = "\(settings["REDIS_DEVICE_PREFIX"]!):{\(Self.imei)}"
+        let later = String(UInt64(Date().timeIntervalSince1970 * 1000) + 60_000)
+        _ = try redis.command(["HSET", key, "session", "inst-z/1#1", "instance", "inst-z", "online", "1", "connected_since_ms", later])
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login(Self.imei))
+        #expect(device.receive(1, timeout: 10) == .closed([]), "the older login's connection is closed")
+        let closed = try server.waitForLog(event: "device.replaced_elsewhere", timeout: 5)
+        #expect(closed["session"] as? String == "inst-z/1#1")
+        #expect(try redis.command(["HGET", key, "session"]) == .string("inst-z/1#1"), "the newer session stays")
+        #expect(try redis.command(["HGET", key, "connected_since_ms"]) == .string(later))
+    }
+
     /// A notice closes a connection only when the registry names another session than the connection's: a
     /// notice about an older login (it was read after a newer one) changes nothing; one whose session is
     /// the registry's current one (a newer login elsewhere) closes it.

@@ -8,8 +8,9 @@ import Synchronization
 protocol DeviceDirectory: Sendable {
     /// A token for a new session, unique across instances and restarts.
     func newSession() -> String
-    /// `imei` logged in on this instance as `session`; another live session of it elsewhere is told to close.
-    func loggedIn(_ imei: IMEI, session: String, peer: String)
+    /// `imei` logged in on this instance as `session` at `atMs` (wall clock); another live session of it
+    /// elsewhere is told to close, the older of the two whichever is written first.
+    func loggedIn(_ imei: IMEI, session: String, peer: String, atMs: UInt64)
     /// `imei` was seen now (and, with `recordAt`, its last packet was ACKed then, wall-clock ms).
     func seen(_ imei: IMEI, session: String, recordAt: UInt64?)
     /// The session ended.
@@ -30,16 +31,22 @@ public struct DeviceKeys: Sendable, Equatable {
     /// How long an entry is kept after its last write.
     public static let retentionMs = 7 * 86_400_000
 
-    /// KEYS: device hash. ARGV: session, instance, peer, now_ms, retention_ms. Returns the session it
-    /// replaces when that one was online, else nil.
+    /// KEYS: device hash. ARGV: session, instance, peer, login_ms (when the device logged in), retention_ms.
+    /// Returns `{'replaces', previous}` when another session was online and this login is newer (it is
+    /// written), `{'older', current}` when the session online logged in later (two instances' writes can
+    /// arrive in either order: this login is not written, and the older connection is the one to close),
+    /// else nil.
     static let loginScript = """
         local previous = redis.call('HGET', KEYS[1], 'session')
         local online = redis.call('HGET', KEYS[1], 'online')
+        local since = tonumber(redis.call('HGET', KEYS[1], 'connected_since_ms') or '0') or 0
+        local live = online == '1' and previous and previous ~= ARGV[1]
+        if live and since > tonumber(ARGV[4]) then return {'older', previous} end
         redis.call('HSET', KEYS[1], 'session', ARGV[1], 'instance', ARGV[2], 'peer', ARGV[3], 'connected_since_ms', ARGV[4],
           'last_seen_ms', ARGV[4], 'online', '1')
         redis.call('HDEL', KEYS[1], 'disconnected_at_ms')
         redis.call('PEXPIRE', KEYS[1], ARGV[5])
-        if online == '1' and previous and previous ~= ARGV[1] then return previous end
+        if live then return {'replaces', previous} end
         return false
         """
 
@@ -78,18 +85,19 @@ final class RedisDeviceDirectory: DeviceDirectory {
 
     func newSession() -> String { "\(side.holder)#\(sessions.add(1, ordering: .relaxed).newValue)" }
 
-    func loggedIn(_ imei: IMEI, session: String, peer: String) {
+    func loggedIn(_ imei: IMEI, session: String, peer: String, atMs: UInt64) {
         side.run { [keys, noticesStream] side in
-            let now = String(wallClockMilliseconds())
-            let previous = side.eval(
+            let outcome = side.eval(
                 DeviceKeys.loginScript,
                 keys: [keys.device(imei.description)],
-                args: [session, side.instance, peer, now, String(DeviceKeys.retentionMs)]
+                args: [session, side.instance, peer, String(atMs), String(DeviceKeys.retentionMs)]
             )
-            // Another live session: whichever instance holds it closes it.
-            if case .string = previous {
-                _ = side.call(["XADD", noticesStream, "MAXLEN", "~", "10000", "*", "imei", imei.description, "session", session])
-            }
+            // Two live sessions: the notice names the newer, and whichever instance holds the other closes it.
+            guard case .array(let reply) = outcome, reply.count == 2, case .string(let kind) = reply[0],
+                case .string(let current) = reply[1]
+            else { return }
+            let newer = kind == "older" ? current : session
+            _ = side.call(["XADD", noticesStream, "MAXLEN", "~", "10000", "*", "imei", imei.description, "session", newer])
         }
     }
 
