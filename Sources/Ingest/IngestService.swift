@@ -403,6 +403,8 @@ public final class IngestService: Service, Sendable {
         beginShutdown()
         let started = NIODeadline.now()
         let deadline = state.withLockedValue { $0.deadline! }
+        // UDP publishes nothing new from here on: a datagram that arrives once the drain is logged is refused.
+        let udpDrain = await udp?.beginDrain()
         logger.lifecycle.notice(
             "draining",
             metadata: [
@@ -419,7 +421,7 @@ public final class IngestService: Service, Sendable {
         // Sessions finish their frame in flight (the publisher still runs) and close themselves; then
         // the publisher sends what is still queued. One deadline bounds both.
         // Meanwhile UDP publishes nothing new; what it published is answered (ACK) before its socket closes.
-        async let udpDrained = udp?.drain(until: deadline) ?? 0
+        async let udpDrained = udp?.drain(udpDrain, until: deadline) ?? 0
         let drained = await server.drainSessions(until: deadline)
         let udpUnanswered = await udpDrained
         // Sessions closed: what they gave back or ended is written before Redis is let go.

@@ -58,17 +58,26 @@ final class UDPListener: Sendable {
         return address
     }
 
-    /// The drain's UDP half: new packets are no longer published (a resend of a stored one is still
-    /// ACKed); waits until every published packet is answered or `deadline`, then closes the socket.
-    /// Returns the packets still unanswered at the deadline (never ACKed: their devices resend them).
-    func drain(until deadline: NIODeadline) async -> Int {
-        guard let channel = channel.withLockedValue({ $0 }) else { return 0 }
+    /// The drain's UDP half begins: from the moment this returns, new packets are no longer published (a
+    /// resend of a stored one is still ACKed). ``drain(_:until:)`` finishes it.
+    func beginDrain() async -> UDPDrainStarted? {
+        guard let channel = channel.withLockedValue({ $0 }) else { return nil }
         let answered = channel.eventLoop.makePromise(of: Void.self)
-        channel.pipeline.fireUserInboundEventTriggered(UDPDrain(answered: answered))
+        try? await channel.eventLoop.submit {
+            channel.pipeline.fireUserInboundEventTriggered(UDPDrain(answered: answered))
+        }.get()
+        return UDPDrainStarted(channel: channel, answered: answered.futureResult)
+    }
+
+    /// Waits until every published packet is answered or `deadline`, then closes the socket. Returns the
+    /// packets still unanswered at the deadline (never ACKed: their devices resend them).
+    func drain(_ started: UDPDrainStarted?, until deadline: NIODeadline) async -> Int {
+        guard let started else { return 0 }
+        let (channel, answered) = (started.channel, started.answered)
         let timer = channel.eventLoop.scheduleTask(deadline: deadline) {
             channel.pipeline.fireUserInboundEventTriggered(UDPDrainDeadline())
         }
-        try? await answered.futureResult.get()
+        try? await answered.get()
         timer.cancel()
         let left =
             (try? await channel.eventLoop.submit { () -> Int in
@@ -80,6 +89,12 @@ final class UDPListener: Sendable {
 }
 
 /// Sent to the UDP handler when the server drains; `answered` succeeds once nothing it published waits.
+/// A UDP drain under way: the socket, and when every published packet is answered.
+struct UDPDrainStarted: Sendable {
+    let channel: any Channel
+    let answered: EventLoopFuture<Void>
+}
+
 struct UDPDrain: Sendable {
     let answered: EventLoopPromise<Void>
 }
