@@ -26,6 +26,8 @@ final class DeviceTLSHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let logger: Logger
     /// Shared by every connection of the listener.
     private let failureLog: NIOLockedValueBox<LogLimiter>
+    /// The device's address: the PROXY header's behind a load balancer, else the connection's.
+    private let deviceAddress: @Sendable (any Channel) -> SocketAddress?
     private var handshake = Handshake.pending
 
     private enum Handshake {
@@ -35,11 +37,18 @@ final class DeviceTLSHandler: ChannelInboundHandler, RemovableChannelHandler {
         case failed
     }
 
-    init(tls: NIOSSLServerHandler, metrics: IngestMetrics, logger: Logger, failureLog: NIOLockedValueBox<LogLimiter>) {
+    init(
+        tls: NIOSSLServerHandler,
+        metrics: IngestMetrics,
+        logger: Logger,
+        failureLog: NIOLockedValueBox<LogLimiter>,
+        deviceAddress: @escaping @Sendable (any Channel) -> SocketAddress? = { $0.remoteAddress }
+    ) {
         self.tls = tls
         self.metrics = metrics
         self.logger = logger
         self.failureLog = failureLog
+        self.deviceAddress = deviceAddress
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -80,7 +89,7 @@ final class DeviceTLSHandler: ChannelInboundHandler, RemovableChannelHandler {
                 logger.warning(
                     "TLS handshake failed",
                     metadata: [
-                        "event": "tls.handshake_failed", "error": "\(logText(error))", "peer": "\(peerString(context.remoteAddress))",
+                        "event": "tls.handshake_failed", "error": "\(logText(error))", "peer": "\(peerString(deviceAddress(context.channel)))",
                         "suppressed": .stringConvertible(suppressed),
                     ]
                 )

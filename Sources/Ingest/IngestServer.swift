@@ -143,7 +143,13 @@ public final class IngestServer: Sendable {
                         let handler = NIOSSLServerHandler(context: tls.current.context)
                         try pipeline.addHandler(handler)
                         try pipeline.addHandler(
-                            DeviceTLSHandler(tls: handler, metrics: metrics, logger: logger, failureLog: handshakeFailureLog)
+                            DeviceTLSHandler(
+                                tls: handler,
+                                metrics: metrics,
+                                logger: logger,
+                                failureLog: handshakeFailureLog,
+                                deviceAddress: { [environment] in environment.deviceAddress(of: $0) }
+                            )
                         )
                     }
                     try pipeline.addHandlers(IdleStateHandler(readTimeout: idle), DeviceSessionHandler(environment: environment))

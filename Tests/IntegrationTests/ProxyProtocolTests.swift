@@ -196,5 +196,10 @@ struct ProxyProtocolTests {
         #expect(scrape[#"teltonika_proxy_headers_total{command="proxy"}"#] == 1)
         #expect(scrape[#"teltonika_tls_handshakes_total{result="ok",version="tls1.3"}"#] == 1)
         #expect(try RedisClient(url: TestEnvironment.redisURL).entries(server.stream).count == 1)
+        // A client that is no TLS client: its failed handshake is logged with its own address, not HAProxy's.
+        let notTLS = try DeviceClient(port: haproxy.port)
+        try notTLS.send(Array("hello, no ClientHello here\r\n".utf8))
+        let failed = try server.waitForLog(event: "tls.handshake_failed", timeout: 10)
+        #expect((failed["peer"] as? String)?.hasPrefix("127.0.0.1:") == true, "\(failed)")
     }
 }
