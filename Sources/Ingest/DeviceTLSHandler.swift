@@ -89,7 +89,8 @@ final class DeviceTLSHandler: ChannelInboundHandler, RemovableChannelHandler {
                 logger.warning(
                     "TLS handshake failed",
                     metadata: [
-                        "event": "tls.handshake_failed", "error": "\(logText(error))", "peer": "\(peerString(deviceAddress(context.channel)))",
+                        "event": "tls.handshake_failed", "error": "\(logText(error))",
+                        "peer": "\(peerString(deviceAddress(context.channel)))",
                         "suppressed": .stringConvertible(suppressed),
                     ]
                 )
