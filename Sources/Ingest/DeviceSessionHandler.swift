@@ -411,6 +411,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             close(context, .tlsHandshakeFailed)
             return
         }
+        if event is SessionProxyRefused {
+            close(context, .proxyRefused)
+            return
+        }
         if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
             if let suppressed = environment.admitSessionLog(.idleTimeout) {
                 logger.info(

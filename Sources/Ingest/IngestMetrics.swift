@@ -105,6 +105,8 @@ enum DisconnectReason: String, CaseIterable, Sendable {
     case drain
     case error
     case tlsHandshakeFailed = "tls_handshake_failed"
+    /// `PROXY_PROTOCOL=optional`: a peer outside `PROXY_TRUSTED_CIDRS` sent a PROXY header.
+    case proxyRefused = "proxy_refused"
 }
 
 /// `reason` label of `teltonika_accept_errors_total`.

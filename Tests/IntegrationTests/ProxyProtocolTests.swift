@@ -177,6 +177,9 @@ struct ProxyProtocolTests {
         #expect((refused["peer"] as? String)?.hasPrefix("127.0.0.9:") == true)
         #expect(try Self.refusals(server, .untrusted) == 1)
         #expect(try server.scrape()[#"teltonika_proxy_headers_total{command="proxy"}"#] == 4)
+        // The forged header's connection is counted as refused at its header, not as closed by its peer.
+        try waitFor(timeout: 5) { try server.scrape()[#"teltonika_disconnects_total{reason="proxy_refused"}"#] == 1 }
+        #expect(try server.scrape()[#"teltonika_disconnects_total{reason="peer_closed"}"#] == 0)
     }
 
     /// The TLS port behind HAProxy: the header comes before the ClientHello. HAProxy reaches the server from

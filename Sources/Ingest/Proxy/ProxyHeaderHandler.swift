@@ -162,6 +162,8 @@ final class ProxyHeaderHandler: ChannelInboundHandler, RemovableChannelHandler {
         timer?.cancel()
         held = nil
         count(context, reason, detail: detail)
+        // A session already under way (an untrusted peer in `optional` mode) counts why it closes.
+        if sessionStarted { context.fireUserInboundEventTriggered(SessionProxyRefused()) }
         context.close(promise: nil)
     }
 
@@ -208,3 +210,7 @@ extension SessionEnvironment {
     /// The device's address on `channel`: from its PROXY header when a load balancer sent one, else the peer.
     func deviceAddress(of channel: any Channel) -> SocketAddress? { deviceAddresses.address(of: channel) }
 }
+
+/// Told to a session whose connection is closed at a PROXY header it should not have sent
+/// (`PROXY_PROTOCOL=optional`, a peer outside `PROXY_TRUSTED_CIDRS`): counted as `proxy_refused`.
+struct SessionProxyRefused: Sendable {}
