@@ -15,8 +15,8 @@ import Codec8
 /// - **duplicates**: extra copies are counted (over UDP they fail the check: the server answers a resend
 ///   without storing it again), and labelled by the entries' `record_id`: ``Outcome/duplicateRecords``
 ///   counts the `(device_id, record_id)` stored more than once, the key consumers dedupe on;
-/// - **record_id**: every copy of one record must carry the same `record_id` (stable across resends, as
-///   docs/record-schema.md promises), else consumers could not dedupe it.
+/// - **record_id**: the copies of one record that carry a `record_id` must carry the same one (stable across
+///   resends, as docs/record-schema.md promises), else consumers could not dedupe them.
 public struct SimulationVerification {
     public struct Outcome: Sendable, Equatable {
         public var ackedRecords = 0
@@ -36,7 +36,8 @@ public struct SimulationVerification {
         public var orderViolations = 0
         /// The first of them, described.
         public var firstOrderViolation: String?
-        /// Entries without a `record_id`, or whose `record_id` differs from the first copy's of the same record.
+        /// Copies whose `record_id` differs from the first labelled copy's of the same record (entries without
+        /// one, written by a server before `record_id` or by hand, are neither labelled nor counted here).
         public var recordIDMismatches = 0
         /// Whether a duplicate fails the check: over UDP the server answers a resend without storing it
         /// again, so none may be there; over TCP a resend after a lost ACK is stored again, by design.
@@ -162,13 +163,11 @@ public struct SimulationVerification {
             copies[copy.timestampMs] = earlier + 1
             if let recordID = copy.recordID {
                 byRecordID[recordID, default: 0] += 1
-                if earlier == 0 {
+                if let first = firstLabel[copy.timestampMs] {
+                    if first != recordID { outcome.recordIDMismatches += 1 }
+                } else {
                     firstLabel[copy.timestampMs] = recordID
-                } else if firstLabel[copy.timestampMs] != recordID {
-                    outcome.recordIDMismatches += 1
                 }
-            } else {
-                outcome.recordIDMismatches += 1
             }
             // The first copy of an ACKed record: after the first copies of those sent before it.
             guard earlier == 0, let position = sentAs[copy.timestampMs] else { continue }

@@ -44,7 +44,7 @@ struct SimulateCommand: AsyncParsableCommand {
             record (device_id, timestamp_ms) is there, and that the first stored copies of each device's \
             ACKed records are in the order it sent them; duplicates (TCP resends) are counted, not \
             failures, and labelled by record_id (duplicate_records: (device_id, record_id) stored more \
-            than once; every copy of a record must carry the same record_id); records MAXLEN trimmed away \
+            than once; copies of a record that carry a record_id must carry the same one); records MAXLEN trimmed away \
             before the check are counted as trimmed, not missing. Over UDP a record stored twice fails the \
             check (the server dedupes resends).
             Devices answer the Codec 12/14 commands they receive (--command-answer, after \
@@ -238,8 +238,8 @@ struct SimulateCommand: AsyncParsableCommand {
         }
         if let outcome, outcome.recordIDMismatches > 0 {
             StandardIO.writeStderr(
-                "teltonika-ingest simulate: \(outcome.recordIDMismatches) entries in \(stream) without a record_id or with another "
-                    + "record_id than the first copy of the same record: consumers could not dedupe them\n"
+                "teltonika-ingest simulate: \(outcome.recordIDMismatches) entries in \(stream) carry another record_id than the "
+                    + "first copy of the same record: consumers could not dedupe them\n"
             )
         }
         if let outcome, !outcome.duplicatesFail, outcome.duplicateRecords > 0 {
