@@ -19,12 +19,13 @@ struct ScaleOutTests {
 
     /// While the fleet sends (3 packets/s per device, 5 records each: about 3,000 records/s, well within
     /// 2 cores shared by 6 Redis nodes, 3 instances, HAProxy and the fleet), one after the other and each
-    /// waited for by its effect: an instance is `kill -9`ed (its devices reconnect through HAProxy: the
-    /// other two hold all 200); a shard's slot is migrated to another primary (the instances are
-    /// redirected: `ASK`, then `MOVED`); a primary holding other shards is `kill -9`ed (its replica is
-    /// promoted; once the old primary is back as the new one's replica, those shards' ACKs resume). Between
-    /// the last two, a replica is stopped until a record is stored twice (its primary's packets are written,
-    /// not ACKed, and sent again), so that duplicates are there to be reported.
+    /// waited for by its effect: a shard's slot is migrated to another primary (the instances are
+    /// redirected: `ASK`, then `MOVED`); a replica is stopped until a record is stored twice (its primary's
+    /// packets are written, not ACKed, and sent again), so that duplicates are there to be reported; a
+    /// primary holding other shards is `kill -9`ed and, while its slots have none, an instance holding
+    /// packets for them is `kill -9`ed too (its devices reconnect through HAProxy: the other two hold all
+    /// 200); the replica is promoted and, once the old primary is back as the new one's replica, those
+    /// shards' ACKs resume.
     /// `REDIS_MIN_REPLICAS=1`: an ACK means a replica has the record, so the failover loses no ACKed
     /// record (with 0 it can: RedisClusterTests' failover test shows it). Then `simulate --verify` reads
     /// the 6 shards through a replica of the cluster (every read is redirected): 0 ACKed records missing,
@@ -92,19 +93,9 @@ struct ScaleOutTests {
             try servers.reduce(0) { $0 + (try $1.scrape()[series] ?? 0) }
         }
 
-        // 1. kill -9 of an instance: all 200 devices end up on the other two, through HAProxy.
         try waitFor(timeout: 20, "2,000 records stored before the first fault", every: 0.2) { try stored() >= 2000 }
-        #expect(try victim.scrape().value("teltonika_connections_active") > 0, "the victim holds devices")
-        victim.signal(SIGKILL)
-        let killedInstanceAt = Date()
-        #expect(victim.waitForExit(timeout: 10)?.bySignal == true)
-        let afterKill = try sum("teltonika_acks_total", survivors)
-        try waitFor(timeout: 20, "the 200 devices on the two other instances", every: 0.2) {
-            try sum("teltonika_connections_active", survivors) == Double(Self.devices)
-        }
-        let reconnected = Date().timeIntervalSince(killedInstanceAt)
 
-        // 2. Shard 0's slot migrates under traffic: ASK while its key is on the target, MOVED once the slot is.
+        // 1. Shard 0's slot migrates under traffic: ASK while its key is on the target, MOVED once the slot is.
         let slot = ClusterSlot.of(keys[migrated])
         let (sourceID, targetID) = (try cluster.id(of: source), try cluster.id(of: target))
         func ok(_ reply: RedisConnection.Reply, _ what: String) throws {
@@ -130,7 +121,7 @@ struct ScaleOutTests {
         }
         #expect(try RedisClient(url: source.url).command(["CLUSTER", "COUNTKEYSINSLOT", "\(slot)"]) == .integer(0))
 
-        // 3. The source primary's replica stalls (SIGSTOP): its WAITs come back short, so packets of that
+        // 2. The source primary's replica stalls (SIGSTOP): its WAITs come back short, so packets of that
         // primary's shards are written but not ACKed; their devices time out (2 s) and send them again: the
         // same records stored twice, which the oracle must report by record_id and not count as a failure.
         let stalled = verifyNode
@@ -154,10 +145,20 @@ struct ScaleOutTests {
         }
         stalled.resume()
 
-        // 4. kill -9 of the third primary: its replica is promoted; once the old primary is back (as the
-        // new one's replica, so WAIT 1 can be met), its shards' ACKs resume.
+        // 3. kill -9 of the third primary, and while its slots have no primary, kill -9 of an instance that holds
+        // packets for them: unACKed, so their devices send them again through HAProxy to the other two
+        // instances (a server that ACKed before storing would lose them here). The replica is promoted; once the
+        // old primary is back (as the new one's replica, so WAIT 1 can be met), its shards' ACKs resume.
         killed.stop()
         let killedAt = Date()
+        #expect(try victim.scrape().value("teltonika_connections_active") > 0, "the victim holds devices")
+        try waitFor(timeout: 10, "the victim holds packets for the dead primary", every: 0.05) {
+            try victim.scrape().value("teltonika_publish_queue_depth_records") >= 10
+        }
+        victim.signal(SIGKILL)
+        let killedInstanceAt = Date()
+        #expect(victim.waitForExit(timeout: 10)?.bySignal == true)
+        let afterKill = try sum("teltonika_acks_total", survivors)
         try waitFor(timeout: 30, "the cluster promotes the replica", every: 0.2) {
             try cluster.primaryPort(slot: failedSlot, asking: target) == promoted.port
         }
@@ -168,6 +169,10 @@ struct ScaleOutTests {
         try waitFor(timeout: 30, "ACKs of the failed-over shard resume", every: 0.2) {
             try newPrimary.xlen(keys[failedShard]) >= lengthAtRestart + 100
         }
+        try waitFor(timeout: 20, "the 200 devices on the two other instances", every: 0.2) {
+            try sum("teltonika_connections_active", survivors) == Double(Self.devices)
+        }
+        let reconnected = Date().timeIntervalSince(killedInstanceAt)
         let faultsDone = Date().timeIntervalSince(began)
         #expect(result.withLockedValue { $0 } == nil, "every fault came while the fleet was sending")
 
@@ -208,7 +213,7 @@ struct ScaleOutTests {
         let ask = try sum(#"teltonika_redis_cluster_redirects_total{kind="ask"}"#, survivors)
         print(
             "scale-out: \(acked) records ACKed, verify \(verify.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")); "
-                + "devices all on 2 instances \(String(format: "%.1f", reconnected)) s after the kill, \(Int(ask)) ASK and \(Int(moved)) MOVED redirects, "
+                + "devices all on 2 instances \(String(format: "%.1f", reconnected)) s after the instance's kill, \(Int(ask)) ASK and \(Int(moved)) MOVED redirects, "
                 + "replica promoted in \(String(format: "%.1f", promotedIn)) s, faults done at \(String(format: "%.1f", faultsDone)) s, "
                 + "\(logins.count) logins seen on instance 0, wall \(String(format: "%.1f", Date().timeIntervalSince(began))) s"
         )
