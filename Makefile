@@ -5,7 +5,7 @@ FUZZ_SECONDS ?= 60
 CI_FUZZ_SECONDS ?= 30
 ARGS ?=
 
-.PHONY: help deps build release test tsan check-deploy run bench fuzz lint format clean
+.PHONY: help deps build release test tsan check-deploy run bench bench-cluster fuzz lint format clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -35,6 +35,9 @@ run: deps ## Serve devices on 5027 (starts a local redis-server unless REDIS_URL
 
 bench: deps ## Micro benchmarks, then end-to-end (Redis ceiling, simulator, latency, CPU, idle RSS, Redis topologies, hostile clients); figures in docs/PERFORMANCE.md
 	scripts/bench.sh
+
+bench-cluster: deps ## Records/s of one release server on a local 3-primary Redis Cluster, stream in 1 vs 3 shards (not in make test); figures in docs/PERFORMANCE.md
+	scripts/bench-cluster.sh
 
 fuzz: deps ## libFuzzer over the framer and decoder for FUZZ_SECONDS (default 60)
 	scripts/fuzz.sh $(FUZZ_SECONDS)

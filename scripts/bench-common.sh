@@ -9,8 +9,10 @@
 #   start_server NAME [ENV=VALUE ...]
 #                  the server against that Redis (stream bench:NAME, LOG_LEVEL warning, its log in
 #                  $work/NAME.log), once /readyz answers: sets server_pid, device_port, metrics_port
+#   json_field F   field F of the last JSON line on standard input (a `simulate --json` summary)
 
 bin="$(scripts/release.sh | tail -1)"
+json_field() { python3 -c 'import json, sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"; }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 work="$(mktemp -d)"

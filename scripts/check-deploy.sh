@@ -8,7 +8,9 @@
 #   deploy/prometheus/alerts.test.yml     promtool test rules; every alert tested firing and not firing
 #   deploy/k8s/teltonika-ingest.yaml      PyYAML + structure (Deployment, PodDisruptionBudget, PodMonitor, device
 #                                         Service; image pinned to the server's version, preStop, topology spread,
-#                                         probes, grace period, resources, ...)
+#                                         probes, grace period, resources, ...; the device Service's PROXY v2
+#                                         annotation agrees with PROXY_PROTOCOL, PROXY_TRUSTED_CIDRS set, the
+#                                         balancer's health check on /readyz)
 #   deploy/systemd/*.service              systemd-analyze verify (when available) + required keys (Type=notify,
 #                                         WatchdogSec, LimitNOFILE, MemoryMax, SystemCallFilter, backtracer)
 #   deploy/grafana/teltonika-ingest.json  valid JSON, variables, every panel has PromQL targets, one unit per axis

@@ -132,6 +132,8 @@ def k8s(path):
         need(lb["spec"].get("externalTrafficPolicy") == "Local", "device Service: externalTrafficPolicy must be Local")
         need(lb["spec"].get("sessionAffinity", "None") == "None", "device Service: sessionAffinity must be None")
     need(not [s for s in services if s is not lb], "metrics are scraped per pod (PodMonitor), not through a Service")
+    if lb is not None:
+        proxy_protocol(env, lb)
     def selects_pods(d):
         sel = d.get("spec", {}).get("selector", {}).get("matchLabels", {})
         return bool(sel) and all(pod_labels.get(k) == v for k, v in sel.items())
@@ -148,6 +150,30 @@ def k8s(path):
                  f"PodMonitor must scrape the container port named metrics (9090) at /metrics: {eps}")
     finish(f"{len(docs)} documents; image {image}; grace {pod.get('terminationGracePeriodSeconds')} s > preStop {pause} s + "
            f"SHUTDOWN_TIMEOUT_MS {timeout_ms} ms")
+
+PROXY_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer-proxy-protocol"
+TARGET_GROUP_ATTRIBUTES = "service.beta.kubernetes.io/aws-load-balancer-target-group-attributes"
+
+def proxy_protocol(env, lb):
+    """The device Service's load balancer and the server agree on PROXY protocol v2: a balancer that sends the
+    header to a server that does not read it breaks every login (the header reads as a bad IMEI), and a server
+    that waits for a header no balancer sends refuses every device. With v2, PROXY_TRUSTED_CIDRS names networks,
+    and the balancer's health check asks /readyz on the metrics port (when the manifest sets one)."""
+    ann = lb.get("metadata", {}).get("annotations", {}) or {}
+    sends = ann.get(PROXY_ANNOTATION) == "*" or "proxy_protocol_v2.enabled=true" in ann.get(TARGET_GROUP_ATTRIBUTES, "")
+    mode = env.get("PROXY_PROTOCOL", {}).get("value", "off")
+    need(mode in ("off", "v2", "optional"), f"env PROXY_PROTOCOL {mode!r}: off, v2 or optional")
+    need(sends == (mode in ("v2", "optional")),
+         f"device Service {'sends' if sends else 'does not send'} PROXY v2 headers ({PROXY_ANNOTATION}), but PROXY_PROTOCOL is {mode}")
+    if mode in ("v2", "optional"):
+        cidrs = [c.strip() for c in str(env.get("PROXY_TRUSTED_CIDRS", {}).get("value", "")).split(",") if c.strip()]
+        cidr = re.compile(r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9a-fA-F:]+)(/[0-9]{1,3})?$")
+        need(cidrs and all(cidr.match(c) for c in cidrs), f"PROXY_TRUSTED_CIDRS must list the balancer's networks, is {cidrs}")
+    if "service.beta.kubernetes.io/aws-load-balancer-healthcheck-port" in ann:
+        need(ann.get("service.beta.kubernetes.io/aws-load-balancer-healthcheck-port") == "9090"
+             and ann.get("service.beta.kubernetes.io/aws-load-balancer-healthcheck-path") == "/readyz"
+             and ann.get("service.beta.kubernetes.io/aws-load-balancer-healthcheck-protocol", "").lower() == "http",
+             "the balancer's health check must be HTTP /readyz on 9090")
 
 def spec_replicas(dep):
     return dep.get("spec", {}).get("replicas", 1)

@@ -56,7 +56,7 @@ struct CommandCommand: AsyncParsableCommand {
         @Option(help: "Most commands queued per device; over it the command is refused.")
         var queueCap = 100
 
-        @Option(help: "Redis (default: $REDIS_URL, else redis://127.0.0.1:6379).")
+        @Option(help: ArgumentHelp(ToolRedis.help))
         var redisURL: String?
 
         @Option(help: "Command key prefix (default: $REDIS_COMMAND_PREFIX, else the server's default).")
@@ -85,14 +85,7 @@ struct CommandCommand: AsyncParsableCommand {
             let defaults = IngestConfiguration()
             let keys = CommandKeys(prefix: prefix ?? environment["REDIS_COMMAND_PREFIX"] ?? defaults.commandPrefix)
             let events = eventsStream ?? environment["REDIS_COMMAND_EVENTS_STREAM"] ?? defaults.commandEventsStream
-            let url = redisURL ?? environment["REDIS_URL"] ?? "redis://127.0.0.1:6379"
-            let connection: RedisConnection
-            do {
-                connection = try RedisConnection(url: try RedisURL(parsing: url), timeoutMs: 5_000, clientName: "teltonika-ingest-command")
-            } catch {
-                StandardIO.writeStderr("teltonika-ingest command: cannot connect to \(url): \(error)\n")
-                terminate(.failure)
-            }
+            let connection = ToolRedis.connect(option: redisURL, tool: "command")
             let payload = hex ? Hex.decode(text)! : Array(text.utf8)
             let now = Self.nowMs()
             let ttlMs = Int(Duration.parse(ttl)!.milliseconds)
@@ -103,25 +96,32 @@ struct CommandCommand: AsyncParsableCommand {
                     String(codec),
                     Hex.encode(payload), hex ? "" : text, String(now + ttlMs), String(retryOnTimeout), String(now), String(queueCap),
                     String(ttlMs + 86_400_000),
-                ]
+                ],
+                key: keys.queue(imei)
             )
             if case .error(let message) = reply {
                 StandardIO.writeStderr("teltonika-ingest command: not queued: \(message)\n")
                 terminate(.failure)
             }
-            _ = try connection.command([
-                "XADD", events, "MAXLEN", "~", "100000", "*", "cmd_id", commandID, "imei", imei, "status", "queued", "attempt", "0",
-                "instance", "producer", "latency_ms", "", "response", "",
-            ])
+            _ = try connection.command(
+                [
+                    "XADD", events, "MAXLEN", "~", "100000", "*", "cmd_id", commandID, "imei", imei, "status", "queued", "attempt", "0",
+                    "instance", "producer", "latency_ms", "", "response", "",
+                ],
+                key: events
+            )
             let notices = noticesStream ?? environment["REDIS_NOTICES_STREAM"] ?? defaults.noticesStream
-            _ = try connection.command(["XADD", notices, "MAXLEN", "~", "10000", "*", "imei", imei])
+            _ = try connection.command(["XADD", notices, "MAXLEN", "~", "10000", "*", "imei", imei], key: notices)
             print(commandID)
             guard wait else { return }
             let waitMs = waitTimeout.map { Int(Duration.parse($0)!.milliseconds) } ?? ttlMs + 120_000
             let key = keys.command(imei, id: commandID)
             let until = now + waitMs
             while Self.nowMs() < until {
-                let fields = try connection.command(["HMGET", key, "status", "latency_ms", "response", "response_hex", "expires_at_ms"])
+                let fields = try connection.command(
+                    ["HMGET", key, "status", "latency_ms", "response", "response_hex", "expires_at_ms"],
+                    key: key
+                )
                 guard case .array(let values) = fields, values.count == 5 else { break }
                 func string(_ i: Int) -> String { if case .string(let s) = values[i] { s } else { "" } }
                 let status = string(0)
@@ -133,15 +133,22 @@ struct CommandCommand: AsyncParsableCommand {
                 }
                 if status == "queued", let expires = Int(string(4)), expires > 0, expires <= Self.nowMs() {
                     // The device never came for it: it ends `expired` here (the server would, at the next take).
-                    let expired = try connection.command([
-                        "EVAL", CommandKeys.expireScript, "2", keys.queue(imei), key, commandID, String(Self.nowMs()), "86400000",
-                    ])
+                    let expired = try connection.command(
+                        [
+                            "EVAL", CommandKeys.expireScript, "2", keys.queue(imei), key, commandID, String(Self.nowMs()), "86400000",
+                        ],
+                        key: key
+                    )
                     if expired == .integer(1) {
-                        _ = try connection.command([
-                            "XADD", events, "MAXLEN", "~", "100000", "*", "cmd_id", commandID, "imei", imei, "status", "expired", "attempt",
-                            "0",
-                            "instance", "producer", "latency_ms", "", "response", "",
-                        ])
+                        _ = try connection.command(
+                            [
+                                "XADD", events, "MAXLEN", "~", "100000", "*", "cmd_id", commandID, "imei", imei, "status", "expired",
+                                "attempt",
+                                "0",
+                                "instance", "producer", "latency_ms", "", "response", "",
+                            ],
+                            key: events
+                        )
                     }
                 }
                 try await Task.sleep(for: .milliseconds(20))

@@ -22,7 +22,7 @@ struct DeviceCommand: AsyncParsableCommand {
     @Argument(help: "The device's IMEI (15 digits).")
     var imei: String
 
-    @Option(help: "Redis (default: $REDIS_URL, else redis://127.0.0.1:6379).")
+    @Option(help: ArgumentHelp(ToolRedis.help))
     var redisURL: String?
 
     @Flag(help: "Print one JSON object.")
@@ -38,16 +38,9 @@ struct DeviceCommand: AsyncParsableCommand {
         let devices = DeviceKeys(prefix: environment["REDIS_DEVICE_PREFIX"] ?? defaults.devicePrefix)
         let commands = CommandKeys(prefix: environment["REDIS_COMMAND_PREFIX"] ?? defaults.commandPrefix)
         let intervalMs = environment["DEVICE_SEEN_INTERVAL_MS"].flatMap { Int($0) } ?? defaults.deviceSeenIntervalMs
-        let url = redisURL ?? environment["REDIS_URL"] ?? "redis://127.0.0.1:6379"
-        let connection: RedisConnection
-        do {
-            connection = try RedisConnection(url: try RedisURL(parsing: url), timeoutMs: 5_000, clientName: "teltonika-ingest-device")
-        } catch {
-            StandardIO.writeStderr("teltonika-ingest device: cannot connect to \(url): \(error)\n")
-            terminate(.failure)
-        }
+        let connection = ToolRedis.connect(option: redisURL, tool: "device")
         var fields: [String: String] = [:]
-        if case .array(let values) = try connection.command(["HGETALL", devices.device(imei)]) {
+        if case .array(let values) = try connection.command(["HGETALL", devices.device(imei)], key: devices.device(imei)) {
             var i = 0
             while i + 1 < values.count {
                 if case .string(let k) = values[i], case .string(let v) = values[i + 1] { fields[k] = v }
@@ -55,7 +48,7 @@ struct DeviceCommand: AsyncParsableCommand {
             }
         }
         var queued = 0
-        if case .integer(let n) = try connection.command(["LLEN", commands.queue(imei)]) { queued = Int(n) }
+        if case .integer(let n) = try connection.command(["LLEN", commands.queue(imei)], key: commands.queue(imei)) { queued = Int(n) }
         let now = Int(Date().timeIntervalSince1970 * 1000)
         let lastSeen = fields["last_seen_ms"].flatMap { Int($0) }
         let online: String

@@ -39,16 +39,20 @@ struct SimulateCommand: AsyncParsableCommand {
             to ACK read) and the simulator's own CPU seconds; UDP adds acks_dropped, stale_acks (second ACKs \
             of a packet already ACKed) and socket_errors. Progress once per second on a terminal.
             --verify then reads the whole --stream from --redis-url (with --stream-shards N, every key \
-            <stream>:{0}..{N-1}, as REDIS_STREAM_SHARDS names them) and checks that every ACKed record \
-            (device_id, timestamp_ms) is there; duplicates (TCP resends) are counted, not failures; records \
-            MAXLEN trimmed away before the check are counted as trimmed, not missing. Over UDP a record \
-            stored twice fails the check (the server dedupes resends).
+            <stream>:{0}..{N-1}, as REDIS_STREAM_SHARDS names them; against a Redis Cluster any node will \
+            do: MOVED and ASK replies are followed to the node of each key) and checks that every ACKed \
+            record (device_id, timestamp_ms) is there, and that the first stored copies of each device's \
+            ACKed records are in the order it sent them; duplicates (TCP resends) are counted, not \
+            failures, and labelled by record_id (duplicate_records: (device_id, record_id) stored more \
+            than once; copies of a record that carry a record_id must carry the same one); records MAXLEN trimmed away \
+            before the check are counted as trimmed, not missing. Over UDP a record stored twice fails the \
+            check (the server dedupes resends).
             Devices answer the Codec 12/14 commands they receive (--command-answer, after \
             --command-answer-delay-ms) and count commands_received, commands_answered and \
             commands_overlapping (a command while an answer was still owed: the server must never do that).
             Exit status: 0 when all is well; 1 when no packet was ACKed, a wrong ACK was never put \
-            right, a corrupt packet was ACKed, a command overlapped another, or (--verify) an ACKed record is missing or (UDP) a record \
-            is stored twice; 2 on usage errors.
+            right, a corrupt packet was ACKed, a command overlapped another, or (--verify) an ACKed record is missing or \
+            out of order, copies of a record carry different record_ids, or (UDP) a record is stored twice; 2 on usage errors.
             """
     )
 
@@ -102,7 +106,7 @@ struct SimulateCommand: AsyncParsableCommand {
     @Flag(help: "After the run, check every ACKed record is in the Redis stream.")
     var verify = false
 
-    @Option(name: .customLong("redis-url"), help: "Redis to verify against.")
+    @Option(name: .customLong("redis-url"), help: "Redis to verify against (a Redis Cluster: any of its nodes).")
     var redisURL = "redis://127.0.0.1:6379"
 
     @Option(help: "Stream to verify.")
@@ -211,10 +215,7 @@ struct SimulateCommand: AsyncParsableCommand {
             StandardIO.writeStdout(Array((result.summaryJSON(verify: outcome) + "\n").utf8))
         } else {
             var text = result.summaryLine + "\n"
-            if let outcome {
-                text += "verify: acked_records=\(outcome.ackedRecords) missing=\(outcome.missing) duplicates=\(outcome.duplicates)"
-                text += " trimmed=\(outcome.trimmed) stream_entries=\(outcome.streamEntries)\n"
-            }
+            if let outcome { text += "verify: " + outcome.fields.map { "\($0.name)=\($0.value)" }.joined(separator: " ") + "\n" }
             StandardIO.writeStdout(Array(text.utf8))
         }
         if let outcome, outcome.missing > 0 {
@@ -227,6 +228,24 @@ struct SimulateCommand: AsyncParsableCommand {
             StandardIO.writeStderr(
                 "teltonika-ingest simulate: \(outcome.trimmed) ACKed records were trimmed from \(stream) by MAXLEN before the check "
                     + "(not counted as missing; raise REDIS_STREAM_MAXLEN or shorten the run to check them)\n"
+            )
+        }
+        if let outcome, let violation = outcome.firstOrderViolation {
+            StandardIO.writeStderr(
+                "teltonika-ingest simulate: \(outcome.orderViolations) ACKed records stored out of their device's order in \(stream), "
+                    + "first: \(violation)\n"
+            )
+        }
+        if let outcome, outcome.recordIDMismatches > 0 {
+            StandardIO.writeStderr(
+                "teltonika-ingest simulate: \(outcome.recordIDMismatches) entries in \(stream) carry another record_id than the "
+                    + "first copy of the same record: consumers could not dedupe them\n"
+            )
+        }
+        if let outcome, !outcome.duplicatesFail, outcome.duplicateRecords > 0 {
+            StandardIO.writeStderr(
+                "teltonika-ingest simulate: \(outcome.duplicateRecords) records stored more than once in \(stream) (resends after a lost "
+                    + "ACK; consumers dedupe on (device_id, record_id)), e.g. " + outcome.firstDuplicates.joined(separator: " ") + "\n"
             )
         }
         if let outcome, outcome.duplicatesFail, outcome.duplicates > 0 {
@@ -243,7 +262,7 @@ struct SimulateCommand: AsyncParsableCommand {
 
     /// Reads every shard of the stream in pages of 10,000 (XRANGE with an exclusive start).
     private func readStream(_ result: SimulationResult) throws -> SimulationVerification.Outcome {
-        let connection = try RedisConnection(url: try RedisURL(parsing: redisURL), timeoutMs: 30_000)
+        let connection = try RedirectFollowingConnection(url: try RedisURL(parsing: redisURL), timeoutMs: 30_000)
         var verification = SimulationVerification(result: result)
         verification.shards = streamShards
         for (shard, key) in StreamShards.keys(stream, count: streamShards).enumerated() {
@@ -255,8 +274,8 @@ struct SimulateCommand: AsyncParsableCommand {
 
     /// Whether MAXLEN trimming removed entries from `key` (XINFO STREAM: `entries-added` above `length`), so
     /// that the oldest records' absence is told apart from losses.
-    private func isTrimmed(_ key: String, _ connection: RedisConnection) throws -> Bool {
-        guard case .array(let info) = try connection.command(["XINFO", "STREAM", key]) else { return false }
+    private func isTrimmed(_ key: String, _ connection: RedirectFollowingConnection) throws -> Bool {
+        guard case .array(let info) = try connection.command(["XINFO", "STREAM", key], key: key) else { return false }
         var numbers: [String: Int64] = [:]
         var i = 0
         while i + 1 < info.count {
@@ -268,11 +287,11 @@ struct SimulateCommand: AsyncParsableCommand {
     }
 
     /// Adds every entry of `key` to the verification.
-    private func read(_ key: String, _ connection: RedisConnection, into verification: inout SimulationVerification) throws {
+    private func read(_ key: String, _ connection: RedirectFollowingConnection, into verification: inout SimulationVerification) throws {
         var start = "-"
         let page = 10_000
         while true {
-            let reply = try connection.command(["XRANGE", key, start, "+", "COUNT", String(page)])
+            let reply = try connection.command(["XRANGE", key, start, "+", "COUNT", String(page)], key: key)
             if case .error(let message) = reply { throw VerifyError(message: message) }
             guard case .array(let entries) = reply else { throw VerifyError(message: "XRANGE answered \(reply)") }
             var lastID: String?
@@ -282,14 +301,20 @@ struct SimulateCommand: AsyncParsableCommand {
                 lastID = id
                 var deviceID: String?
                 var payload: String?
+                var recordID: String?
                 var i = 0
                 while i + 1 < fields.count {
                     if case .string(let name) = fields[i], case .string(let value) = fields[i + 1] {
-                        if name == "device_id" { deviceID = value } else if name == "payload" { payload = value }
+                        switch name {
+                        case "device_id": deviceID = value
+                        case "payload": payload = value
+                        case "record_id": recordID = value
+                        default: break
+                        }
                     }
                     i += 2
                 }
-                if let deviceID, let payload { verification.add(deviceID: deviceID, payload: payload) }
+                if let deviceID, let payload { verification.add(deviceID: deviceID, payload: payload, recordID: recordID) }
             }
             guard entries.count == page, let lastID else { break }
             start = "(" + lastID

@@ -1,6 +1,7 @@
 import Codec8
 import FixtureSupport
 import Foundation
+import Ingest
 import NIOConcurrencyHelpers
 import RedisWire
 import Testing
@@ -316,6 +317,65 @@ struct RedisClusterTests {
         }
         let (acked, _) = try run.expectEveryACKedRecordStored()
         #expect(acked > 1000)
+    }
+
+    /// The tools against a cluster, started at a node that does not serve the device's keys: `device` (its node
+    /// from `REDIS_MODE=cluster` and `REDIS_CLUSTER_NODES`, as on a server's host) reads the registry entry the
+    /// server wrote, `command send` (`--redis-url`) queues a command the server then delivers; each key was
+    /// reached by following `MOVED` (without it, the first reply is the redirect: `device` exits 1, `command
+    /// send` is "not queued").
+    @Test func testTheToolsFollowRedirectsToEachKeysNode() throws {
+        let cluster = try ClusterRedis(primaries: 3)
+        let imei = DeviceServerTests.imei
+        let stream = try cluster.key(onPrimary: cluster.nodes[0].port, prefix: "cluster-tools:\(UUID().uuidString)")
+        let server = try Self.server(cluster, stream: stream, ["COMMAND_LOGIN_GRACE_MS": "0"])
+        let (devices, commands) = (DeviceKeys(prefix: server.stream + ":devices"), CommandKeys(prefix: server.stream + ":commands"))
+        let (events, notices) = (server.stream + ":command-events", server.stream + ":notices")
+        // Not the node of the device's keys ({IMEI}: its registry entry, its command queue and commands).
+        let imeiNode = try cluster.primaryPort(slot: ClusterSlot.of(devices.device(imei)))
+        let wrong = try #require(cluster.nodes.first { $0.port != imeiNode })
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login(imei))
+        try waitFor(timeout: 10, "the registry entry") {
+            try cluster.client(for: devices.device(imei)).command(["EXISTS", devices.device(imei)]) == .integer(1)
+        }
+
+        func tool(_ arguments: [String], _ environment: [String: String]) throws -> (status: Int32, stdout: String) {
+            let process = Process()
+            let out = Pipe()
+            process.executableURL = URL(fileURLWithPath: TestEnvironment.binary)
+            process.arguments = arguments
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+            process.standardOutput = out
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            let data = out.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+        }
+        let shown = try tool(
+            ["device", imei, "--json"],
+            [
+                "REDIS_MODE": "cluster", "REDIS_CLUSTER_NODES": "127.0.0.1:\(wrong.port)", "REDIS_URL": "redis://127.0.0.1:1",
+                "REDIS_DEVICE_PREFIX": server.stream + ":devices", "REDIS_COMMAND_PREFIX": server.stream + ":commands",
+            ]
+        )
+        #expect(shown.status == 0, "\(shown)")
+        let fields = (try? JSONSerialization.jsonObject(with: Data(shown.stdout.utf8))) as? [String: String] ?? [:]
+        #expect(fields["online"] == "yes" && fields["peer"]?.hasPrefix("127.0.0.1:") == true, "\(shown)")
+
+        let sent = try tool(
+            [
+                "command", "send", imei, "getinfo", "--redis-url", wrong.url, "--prefix", server.stream + ":commands", "--events-stream",
+                events, "--notices-stream", notices,
+            ],
+            [:]
+        )
+        #expect(sent.status == 0, "\(sent)")
+        let id = String(sent.stdout.split(separator: "\n").first ?? "")
+        #expect(try cluster.client(for: commands.command(imei, id: id)).command(["EXISTS", commands.command(imei, id: id)]) == .integer(1))
+        #expect(try cluster.client(for: events).xlen(events) >= 1, "the queued event, on its node")
+        #expect(device.receive(4, timeout: 10) == .bytes([0, 0, 0, 0]), "the server delivers it: a Codec 12 frame")
     }
 
     /// Cluster settings that cannot work stop the process at start with exit 2, naming the setting.

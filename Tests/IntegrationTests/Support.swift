@@ -86,12 +86,12 @@ private func statusKiB(_ status: String, _ key: String) -> Int {
     return Int(line.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first ?? "") ?? -1
 }
 
-/// Polls `condition` every 20 ms until it holds or `timeout` seconds pass (then throws).
-func waitFor(timeout: Double, _ what: String = #function, _ condition: () throws -> Bool) throws {
+/// Polls `condition` every `interval` seconds (20 ms) until it holds or `timeout` seconds pass (then throws).
+func waitFor(timeout: Double, _ what: String = #function, every interval: Double = 0.02, _ condition: () throws -> Bool) throws {
     let deadline = Date().addingTimeInterval(timeout)
     while Date() < deadline {
         if (try? condition()) == true { return }
-        usleep(20_000)
+        usleep(useconds_t(interval * 1_000_000))
     }
     throw TestFailure("condition not met within \(timeout) s (\(what))")
 }

@@ -7,28 +7,43 @@ import Glibc
 
 /// One haproxy process listening on a free loopback port and relaying every connection to `backendPort`
 /// (from `backendSource`, 127.0.0.1 by default), each preceded by a PROXY v2 header naming the client.
+/// With several backends, connections go round-robin; one that cannot connect (a dead instance) is
+/// dispatched to another at each retry, and a backend failing its health check (a TCP connect every
+/// 500 ms, no bytes sent) gets no new connections until it passes one.
 final class HAProxyProcess {
     let process = Process()
     let port: Int
     private let directory: String
 
-    init(backendPort: Int, backendSource: String? = nil) throws {
+    convenience init(backendPort: Int, backendSource: String? = nil) throws {
+        try self.init(backendPorts: [backendPort], backendSource: backendSource)
+    }
+
+    init(backendPorts: [Int], backendSource: String? = nil) throws {
         port = TestEnvironment.freePort()
         directory = NSTemporaryDirectory() + "haproxy-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let source = backendSource.map { " source \($0)" } ?? ""
+        let check = backendPorts.count > 1 ? " check inter 500ms fall 1 rise 1" : ""
+        let servers = backendPorts.enumerated().map { index, backendPort in
+            "    server ingest\(index) 127.0.0.1:\(backendPort) send-proxy-v2\(source)\(check)"
+        }.joined(separator: "\n")
         let configuration = """
             global
-                maxconn 200
+                maxconn 2000
             defaults
                 mode tcp
-                timeout connect 5s
+                timeout connect 1s
                 timeout client 60s
                 timeout server 60s
+                retries 3
+                option redispatch 1
             frontend devices
                 bind 127.0.0.1:\(port)
                 default_backend ingest
             backend ingest
-                server ingest 127.0.0.1:\(backendPort) send-proxy-v2\(backendSource.map { " source \($0)" } ?? "")
+                balance roundrobin
+            \(servers)
 
             """
         let path = directory + "/haproxy.cfg"

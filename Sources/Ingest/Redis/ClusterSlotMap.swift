@@ -1,36 +1,6 @@
 /// Redis Cluster topology as the server sees it: nodes, the slot map (`CLUSTER SLOTS`), redirects.
 import RedisWire
 
-/// A cluster node's address, as `CLUSTER SLOTS`, `MOVED` and `ASK` give it.
-struct ClusterNode: Hashable, Sendable, Comparable, CustomStringConvertible {
-    var host: String
-    var port: Int
-
-    /// `host:port` (`[v6]:port` for an IPv6 address), as in logs and `REDIS_CLUSTER_NODES`.
-    var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
-
-    /// Parses `host:port`, `[v6]:port` or `v6:port` (the port after the last colon); an empty host is
-    /// `defaultHost` (Redis 7 writes `MOVED 3999 :6380` for "the host you are connected to").
-    init?(parsing text: some StringProtocol, defaultHost: String? = nil) {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port)
-        else { return nil }
-        var host = String(text[..<colon])
-        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        if host.isEmpty {
-            guard let defaultHost else { return nil }
-            host = defaultHost
-        }
-        self.init(host: host, port: port)
-    }
-
-    init(host: String, port: Int) {
-        self.host = host
-        self.port = port
-    }
-
-    static func < (a: ClusterNode, b: ClusterNode) -> Bool { (a.host, a.port) < (b.host, b.port) }
-}
-
 /// Which primary serves each of the 16384 slots.
 struct ClusterSlotMap: Equatable, Sendable {
     /// The primaries that serve at least one slot, in address order.
@@ -105,33 +75,5 @@ struct ClusterSlotMap: Equatable, Sendable {
         }
         guard map.coveredSlots > 0 else { throw ParseError(description: "CLUSTER SLOTS: no slot is served (\(reply))") }
         return map
-    }
-}
-
-/// A redirect in an error reply: `MOVED <slot> <host:port>` (the slot lives there now: update the map,
-/// send there) or `ASK <slot> <host:port>` (this one command, during a migration: `ASKING` first, map
-/// unchanged).
-enum ClusterRedirect: Equatable {
-    case moved(slot: Int, to: ClusterNode)
-    case ask(slot: Int, to: ClusterNode)
-
-    /// The redirect an error reply carries, if it is one; `replying` is the node that sent it (an empty
-    /// host means its host).
-    init?(error message: String, replying: ClusterNode) {
-        let parts = message.split(separator: " ")
-        guard parts.count == 3, let slot = Int(parts[1]), (0..<ClusterSlot.count).contains(slot),
-            let node = ClusterNode(parsing: parts[2], defaultHost: replying.host)
-        else { return nil }
-        switch parts[0] {
-        case "MOVED": self = .moved(slot: slot, to: node)
-        case "ASK": self = .ask(slot: slot, to: node)
-        default: return nil
-        }
-    }
-
-    var node: ClusterNode {
-        switch self {
-        case .moved(_, let node), .ask(_, let node): node
-        }
     }
 }
