@@ -12,7 +12,7 @@ import Glibc
 /// Issue 12's proof, every part at once with real processes: a 3-primary Redis Cluster with a replica
 /// each, HAProxy (`mode tcp`, `send-proxy-v2`) in front of 3 instances of the binary (`PROXY_PROTOCOL=v2`,
 /// `REDIS_MODE=cluster`, `REDIS_STREAM_SHARDS=6`), and 200 simulated devices through HAProxy.
-@Suite(.serialized, .timeLimit(.minutes(3)))
+@Suite(.serialized, .blocking, .timeLimit(.minutes(3)))
 struct ScaleOutTests {
     static let shards = 6
     static let devices = 200
