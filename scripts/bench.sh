@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make bench`: the Codec8 micro benchmarks (ordo-one/benchmark), then the end-to-end benchmark
+# `make bench`: the Codec8 micro benchmarks (ordo-one/benchmark), then the server's instructions per ACKed
+# record under callgrind (scripts/bench-instructions.sh; BENCH_INSTRUCTIONS=0 skips it), then the end-to-end benchmark
 # (scripts/bench-e2e.sh: Redis ceiling, server under the simulator, latency, CPU, idle RSS), then the
 # same per Redis topology (scripts/bench-redis.sh: plain, a replica with REDIS_MIN_REPLICAS=1, TLS), then
 # `decode` and `replay` on a 50 MB hex capture (scripts/bench-decode.sh; BENCH_DECODE=0 skips it).
@@ -21,6 +22,9 @@ cd "$root/Benchmarks"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'),"\
      "load average $(cut -d' ' -f1-3 /proc/loadavg); $(swift --version 2>/dev/null | head -1)"
 swift package --disable-sandbox benchmark --target Codec8Benchmarks --no-progress --scale "$@"
+if [ "${BENCH_INSTRUCTIONS:-1}" != 0 ]; then
+    "$root/scripts/bench-instructions.sh"
+fi
 if [ "${BENCH_E2E:-1}" != 0 ]; then
     "$root/scripts/bench-e2e.sh"
     "$root/scripts/bench-redis.sh"
