@@ -28,7 +28,8 @@ struct StreamEntryEncoder {
     private var json = RecordJSONEncoder()
     private var payload: [UInt8] = []
     private var time: [UInt8] = []
-    private var recordID: [UInt8] = []
+    /// Where a packet's commands are written before they are appended to its writer (grows to the largest packet's).
+    private var scratch: [UInt8] = []
 
     init(telemetryStream: String, responsesStream: String, maxLength: Int, responsesMaxLength: Int, shards: Int = 1) {
         func prefixes(_ stream: String, fields: Int, maxLength: Int) -> [[UInt8]] {
@@ -48,42 +49,63 @@ struct StreamEntryEncoder {
     }
 
     /// One `XADD` per record of the packet, with its `record_id`; `udp` adds the `transport udp` field.
+    ///
+    /// Each record's command is written through a ``RESPBufferWriter`` into `scratch`, and the packet's
+    /// commands are appended to `writer` in one copy (see ``RESPBufferWriter`` for why).
     mutating func appendRecords(of packet: AVLPacketView, imei: IMEI, udp: Bool = false, to writer: inout RESPWriter) {
-        var digits: [UInt8] = []
-        imei.appendDigits(to: &digits)
         let shard = StreamShards.shard(of: imei, count: shards)
         let prefix = udp ? telemetryUDPPrefixes[shard] : telemetryPrefixes[shard]
         let recordIDPrefix = XXH64.recordIDPrefix(imei: imei, codec: packet.codec)
-        writer.bytes.reserveCapacity(writer.bytes.count + packet.recordCount * (prefix.count + 512))
+        let codec: StaticString =
+            switch packet.codec {
+            case .codec8: "8"
+            case .codec8Extended: "8E"
+            case .codec16: "16"
+            }
+        // Taken out of `self` while it is written, so the closures below need no access to `self` (the
+        // encoder keeps its capacity for the next packet).
+        var out = scratch
+        scratch = []
+        defer { scratch = out }
+        var used = 0
         for record in packet.records {
             payload.removeAll(keepingCapacity: true)
             json.append(record, deviceID: imei, to: &payload)
             time.removeAll(keepingCapacity: true)
             JSONText.appendISO8601(milliseconds: record.timestampMs, to: &time)
             let ts = time.first == UInt8(ascii: "\"") ? time[1..<(time.count - 1)] : time[0..<0]
-            writer.beginCommand(prefix: prefix)
-            writer.bulk("ts")
-            writer.bulk(ts)
-            writer.bulk("device_id")
-            writer.bulk(digits)
-            writer.bulk("codec")
-            switch packet.codec {
-            case .codec8: writer.bulk("8")
-            case .codec8Extended: writer.bulk("8E")
-            case .codec16: writer.bulk("16")
-            }
-            writer.bulk("payload")
-            writer.bulk(payload)
-            recordID.removeAll(keepingCapacity: true)
-            XXH64.appendHex(record.recordID(prefix: recordIDPrefix), to: &recordID)
-            writer.bulk("record_id")
-            writer.bulk(recordID)
-            if udp {
-                writer.bulk("transport")
-                writer.bulk("udp")
+            let recordID = record.recordID(prefix: recordIDPrefix)
+            let bound = prefix.count + RESPBufferWriter.bulkBound(payload.count) + Self.fieldsBound
+            if out.count < used + bound { out += repeatElement(0, count: max(used + bound, 2 * out.count) - out.count) }
+            out.withUnsafeMutableBufferPointer { buffer in
+                var w = RESPBufferWriter(buffer.baseAddress! + used)
+                prefix.withUnsafeBytes { w.raw($0) }
+                w.bulk("ts")
+                ts.withUnsafeBytes { w.bulk($0) }
+                w.bulk("device_id")
+                imei.withDigits { w.bulk($0) }
+                w.bulk("codec")
+                w.bulk(codec)
+                w.bulk("payload")
+                w.bulk(payload)
+                w.bulk("record_id")
+                XXH64.withHex(recordID) { w.bulk($0) }
+                if udp {
+                    w.bulk("transport")
+                    w.bulk("udp")
+                }
+                precondition(w.count <= bound, "StreamEntryEncoder: command size bound exceeded")
+                used += w.count
             }
         }
+        out.withUnsafeBufferPointer { writer.append(commands: packet.recordCount, formatted: UnsafeBufferPointer(rebasing: $0[..<used])) }
     }
+
+    /// The most bytes a record's command takes besides its prefix and its payload's bulk string: 11 bulk
+    /// strings of at most 25 bytes of framing each (``RESPBufferWriter/bulkBound(_:)``) and their values
+    /// (field names, a time of at most 27 bytes, at most 20 IMEI digits, the codec, a 16-digit
+    /// `record_id`, `transport udp`: 109 bytes), 384 in all, rounded up.
+    private static var fieldsBound: Int { 512 }
 
     /// One `XADD` for a Codec 12/13/14/15 frame from a device, to the responses stream:
     /// `ts <receive time> device_id <IMEI> codec <12..15> type <n> payload <JSON>`, where the JSON holds
