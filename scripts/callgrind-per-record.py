@@ -4,7 +4,7 @@
 # Prints the totals, instructions per record, what is left once (start-up), then the functions that
 # cost the most per record (self, and with INCLUSIVE=1 inclusive), names through `swift demangle`.
 # Usage: scripts/callgrind-per-record.py SMALL.out SMALL_RECORDS LARGE.out LARGE_RECORDS [TOP]
-import re, subprocess, sys
+import os, re, subprocess, sys
 
 LINE = re.compile(r'^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*?)(?: \[[^]]*\])?$')
 
@@ -48,6 +48,9 @@ def main():
     per_record = (large_total - small_total) / records
     print(f'instructions: {small_total:,} for {small_records:,} records, {large_total:,} for {large_records:,}')
     print(f'instructions per ACKed record: {per_record:,.0f}')
+    if os.environ.get('BENCH_SUMMARY'):  # the summary table of `make bench` (scripts/bench.sh)
+        with open(os.environ['BENCH_SUMMARY'], 'a') as out:
+            out.write(f'server instructions per ACKed record (callgrind)\t{per_record:,.0f}\n')
     print(f'once (start-up, shutdown, warm-up): {small_total - per_record * small_records:,.0f}')
     table('Self', small_self, large_self, records, top)
     if len(sys.argv) > 6 and sys.argv[6] == 'inclusive':
