@@ -101,7 +101,7 @@ final class HiredisTransport: RedisTransport {
             for job in jobs {
                 var firstError: String? = nil
                 for _ in 0..<job.commandCount {
-                    if case .error(let message) = try connection.reply(), firstError == nil { firstError = message }
+                    if let message = try connection.replyError(), firstError == nil { firstError = message }
                 }
                 answers.append(firstError)
             }
