@@ -65,6 +65,18 @@ public struct RESPBufferWriter {
     @inlinable
     public mutating func decimal(_ value: Int) {
         precondition(value >= 0, "RESP lengths are never negative")
+        // Most lengths in an entry (field names, values but the payload) have one or two digits.
+        if value < 10 {
+            base[position] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: value)
+            position &+= 1
+            return
+        }
+        if value < 100 {
+            base[position] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: value / 10)
+            base[position &+ 1] = UInt8(ascii: "0") &+ UInt8(truncatingIfNeeded: value % 10)
+            position &+= 2
+            return
+        }
         var digits = 1
         var rest = value / 10
         while rest > 0 {
