@@ -70,10 +70,9 @@ struct StreamEntryEncoder {
         var used = 0
         for record in packet.records {
             payload.removeAll(keepingCapacity: true)
-            json.append(record, deviceID: imei, to: &payload)
-            time.removeAll(keepingCapacity: true)
-            JSONText.appendISO8601(milliseconds: record.timestampMs, to: &time)
-            let ts = time.first == UInt8(ascii: "\"") ? time[1..<(time.count - 1)] : time[0..<0]
+            // `ts` is the payload's `timestamp` without its quotes (empty for `null`): formatted once.
+            let timestamp = json.append(record, deviceID: imei, to: &payload)
+            let ts = payload[timestamp.lowerBound] == UInt8(ascii: "\"") ? timestamp.dropFirst().dropLast() : timestamp.prefix(0)
             let recordID = record.recordID(prefix: recordIDPrefix)
             let bound = prefix.count + RESPBufferWriter.bulkBound(payload.count) + Self.fieldsBound
             if out.count < used + bound { out += repeatElement(0, count: max(used + bound, 2 * out.count) - out.count) }
@@ -81,7 +80,7 @@ struct StreamEntryEncoder {
                 var w = RESPBufferWriter(buffer.baseAddress! + used)
                 prefix.withUnsafeBytes { w.raw($0) }
                 w.bulk("ts")
-                ts.withUnsafeBytes { w.bulk($0) }
+                payload[ts].withUnsafeBytes { w.bulk($0) }
                 w.bulk("device_id")
                 imei.withDigits { w.bulk($0) }
                 w.bulk("codec")
