@@ -33,7 +33,7 @@ check-deploy: deps ## Lint Dockerfile, check alert rules, manifests and dashboar
 run: deps ## Serve devices on 5027 (starts a local redis-server unless REDIS_URL is set); ARGS=... passes flags
 	scripts/run.sh $(ARGS)
 
-bench: deps ## Micro benchmarks, then end-to-end (Redis ceiling, simulator, latency, CPU, idle RSS, Redis topologies, hostile clients); figures in docs/PERFORMANCE.md
+bench: deps ## Micro benchmarks, instructions per record (callgrind), then end-to-end (Redis ceiling, simulator, latency, CPU, idle RSS, Redis topologies, hostile clients); figures in docs/PERFORMANCE.md
 	scripts/bench.sh
 
 bench-cluster: deps ## Records/s of one release server on a local 3-primary Redis Cluster, stream in 1 vs 3 shards (not in make test); figures in docs/PERFORMANCE.md

@@ -1,7 +1,7 @@
 # Shared by the end-to-end bench scripts (source it after `cd` to the repository root): the release
 # binary, a work directory removed at exit with every process started here, one throwaway redis-server,
 # and the release server on fresh ports.
-#   bin            the release binary (built by scripts/release.sh)
+#   bin            the release binary (built by scripts/release.sh; $BENCH_BIN when set)
 #   work           a temporary directory; `pids` and every daemon whose pid file is in it are killed, and it
 #                  is removed, at exit
 #   free_port      prints a free TCP port on 127.0.0.1
@@ -11,7 +11,7 @@
 #                  $work/NAME.log), once /readyz answers: sets server_pid, device_port, metrics_port
 #   json_field F   field F of the last JSON line on standard input (a `simulate --json` summary)
 
-bin="$(scripts/release.sh | tail -1)"
+bin="${BENCH_BIN:-$(scripts/release.sh | tail -1)}"
 json_field() { python3 -c 'import json, sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"; }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 

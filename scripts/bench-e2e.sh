@@ -69,7 +69,7 @@ idle_line="$(python3 scripts/idle-rss.py "$device_port" "$server_pid" "$idle" "$
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
 
 python3 - "$work" "$ceiling" "$depth" "$cpu_per_100k" "$rate" "$idle_line" <<'PY'
-import json, sys
+import json, os, sys
 work, ceiling, depth, cpu, rate, idle = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
 load = lambda name: json.loads(open(f"{work}/{name}.json").read().strip().splitlines()[-1])
 peak, half, sim = load("peak"), load("half"), load("sim")
@@ -86,4 +86,21 @@ print(f"| server CPU per 100k records (at peak) | {cpu} s |")
 print(f"| simulator alone against ack-server | {sim['acked_per_s']:,.0f} records/s |")
 print(f"| idle connections | {idle} |")
 print(f"| resends / errors at peak, half | {peak['resends']}/{peak['errors']}, {half['resends']}/{half['errors']} |")
+# For the summary table of `make bench` (scripts/bench.sh): one "figure<TAB>value" line each.
+summary = os.environ.get("BENCH_SUMMARY")
+if summary:
+    fields = dict(kv.split("=", 1) for kv in idle.split() if "=" in kv)
+    rows = [
+        ("redis-benchmark ceiling, records/s", f"{ceiling:,.0f}"),
+        ("end to end (peak), records/s", f"{peak['acked_per_s']:,.0f}"),
+        ("ratio end to end / ceiling (target >= 0.9)", f"{peak['acked_per_s'] / ceiling:.2f}"),
+        ("server CPU per ACKed record at peak, µs (target <= 2.0)", f"{float(cpu) * 10:.2f}"),
+        ("ACK latency at half peak p50 / p99, ms (target p99 <= 5)", f"{half['ack_p50_ms']} / {half['ack_p99_ms']}"),
+        ("ACK latency at peak p99, ms", f"{peak['ack_p99_ms']}"),
+        (f"RSS per idle logged-in connection at {fields.get('connections', '?')}, KiB (target <= 4)", fields.get("per_connection_kib", "?")),
+        (f"/metrics scrape p50 with {fields.get('connections', '?')} connections, ms", fields.get("scrape_ms_p50", "?")),
+    ]
+    with open(summary, "a") as out:
+        for name, value in rows:
+            out.write(f"{name}\t{value}\n")
 PY

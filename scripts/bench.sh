@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make bench`: the Codec8 micro benchmarks (ordo-one/benchmark), then the end-to-end benchmark
+# `make bench`: the Codec8 micro benchmarks (ordo-one/benchmark), then the server's instructions per ACKed
+# record under callgrind (scripts/bench-instructions.sh; BENCH_INSTRUCTIONS=0 skips it), then the end-to-end benchmark
 # (scripts/bench-e2e.sh: Redis ceiling, server under the simulator, latency, CPU, idle RSS), then the
 # same per Redis topology (scripts/bench-redis.sh: plain, a replica with REDIS_MIN_REPLICAS=1, TLS), then
 # `decode` and `replay` on a 50 MB hex capture (scripts/bench-decode.sh; BENCH_DECODE=0 skips it).
@@ -18,9 +19,25 @@ set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root/Benchmarks"
+# The figures of issue 19 gathered from the scripts below ("figure<TAB>value" lines), printed as one table
+# at the end, so a run can be compared with the last one in docs/PERFORMANCE.md.
+export BENCH_SUMMARY="${BENCH_SUMMARY:-$(mktemp)}"
+load_start="$(cut -d' ' -f1-3 /proc/loadavg)"
+print_summary() {
+    [ -s "$BENCH_SUMMARY" ] || return 0
+    echo
+    echo "summary ($(git -C "$root" rev-parse --short=12 HEAD); load average $load_start at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end):"
+    echo "| figure | value |"
+    echo "|---|---|"
+    while IFS=$'\t' read -r name value; do echo "| $name | $value |"; done < "$BENCH_SUMMARY"
+}
+trap print_summary EXIT
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'),"\
      "load average $(cut -d' ' -f1-3 /proc/loadavg); $(swift --version 2>/dev/null | head -1)"
 swift package --disable-sandbox benchmark --target Codec8Benchmarks --no-progress --scale "$@"
+if [ "${BENCH_INSTRUCTIONS:-1}" != 0 ]; then
+    "$root/scripts/bench-instructions.sh"
+fi
 if [ "${BENCH_E2E:-1}" != 0 ]; then
     "$root/scripts/bench-e2e.sh"
     "$root/scripts/bench-redis.sh"

@@ -35,16 +35,22 @@ public struct RecordJSONEncoder {
     private static var bytesPerIOByte: Int { 7 }
 
     /// Appends the JSON object for `record` to `out`. `deviceID` nil writes `"device_id":null`.
-    public mutating func append(_ record: AVLRecordView, deviceID: IMEI?, to out: inout [UInt8]) {
+    ///
+    /// - Returns: where in `out` the `timestamp` member's value is (the quoted ISO-8601 time, or `null`),
+    ///   so that a caller that needs the time again reuses these bytes instead of formatting it twice
+    ///   (the stream entry's `ts`).
+    @discardableResult
+    public mutating func append(_ record: AVLRecordView, deviceID: IMEI?, to out: inout [UInt8]) -> Range<Int> {
         let bound =
             RecordJSONEncoder.fixedBound &+ (deviceID?.digitCount ?? 0)
             &+ RecordJSONEncoder.bytesPerIOByte &* (record.ioEnd &- record.ioStart)
         if scratch.count < bound {
             scratch = [UInt8](repeating: 0, count: Swift.max(bound, scratch.count &* 2))
         }
-        scratch.withUnsafeMutableBufferPointer { buffer in
+        let start = out.count
+        let timestamp = scratch.withUnsafeMutableBufferPointer { buffer in
             var w = JSONWriter(buffer.baseAddress!)
-            RecordJSONEncoder.writeFields(record, deviceID: deviceID, to: &w)
+            let timestamp = RecordJSONEncoder.writeFields(record, deviceID: deviceID, to: &w)
             w.raw(",\"attributes\":")
             seen.withUnsafeMutableBufferPointer { bits in
                 RecordJSONEncoder.writeAttributes(record, seen: bits.baseAddress!, to: &w)
@@ -52,12 +58,14 @@ public struct RecordJSONEncoder {
             w.bytes(UInt8(ascii: "}"), UInt8(ascii: "}"))
             precondition(w.count <= bound, "RecordJSONEncoder: size bound exceeded")
             out.append(contentsOf: w.written)
+            return timestamp
         }
+        return (start &+ timestamp.lowerBound)..<(start &+ timestamp.upperBound)
     }
 
-    /// Everything before `,"attributes":`.
+    /// Everything before `,"attributes":`; returns where the `timestamp` value is in `w`.
     @inline(__always)
-    private static func writeFields(_ record: AVLRecordView, deviceID: IMEI?, to w: inout JSONWriter) {
+    private static func writeFields(_ record: AVLRecordView, deviceID: IMEI?, to w: inout JSONWriter) -> Range<Int> {
         if let deviceID {
             w.raw("{\"device_id\":\"")
             w.digits(deviceID.value, count: deviceID.digitCount)
@@ -70,7 +78,9 @@ public struct RecordJSONEncoder {
         case .codec8Extended: w.raw(",\"codec\":\"8E\",\"timestamp\":")
         case .codec16: w.raw(",\"codec\":\"16\",\"timestamp\":")
         }
+        let timestampStart = w.count
         w.iso8601(milliseconds: record.timestampMs)
+        let timestamp = timestampStart..<w.count
         w.raw(",\"timestamp_ms\":")
         w.decimal(record.timestampMs)
         w.raw(",\"priority\":")
@@ -94,6 +104,7 @@ public struct RecordJSONEncoder {
             w.raw(",\"generation_type\":")
             w.decimal(UInt16(generationType))
         }
+        return timestamp
     }
 
     /// The attributes object, `{...}`, in wire order. First pass: mark every ID in `seen`, noting any

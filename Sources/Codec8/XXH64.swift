@@ -211,14 +211,20 @@ extension IMEI {
 extension XXH64 {
     /// Writes `value` as 16 lowercase hex digits, zero-padded (the `record_id` field's form).
     public static func appendHex(_ value: UInt64, to out: inout [UInt8]) {
-        let digits: StaticString = "0123456789abcdef"
-        digits.withUTF8Buffer { table in
-            var shift: UInt64 = 60
-            while true {
-                out.append(table[Int((value >> shift) & 0xF)])
-                if shift == 0 { break }
-                shift -= 4
+        withHex(value) { out.append(contentsOf: $0) }
+    }
+
+    /// Runs `body` over `value`'s 16 lowercase hex digits, zero-padded, written on the stack (no
+    /// allocation, no append per digit).
+    @inlinable
+    public static func withHex<R>(_ value: UInt64, _ body: (UnsafeRawBufferPointer) -> R) -> R {
+        var digits: (UInt64, UInt64) = (0, 0)
+        withUnsafeMutableBytes(of: &digits) { out in
+            let table: StaticString = "0123456789abcdef"
+            for i in 0..<16 {
+                out[i] = table.utf8Start[Int(truncatingIfNeeded: (value &>> UInt64(60 &- 4 &* i)) & 0xF)]
             }
         }
+        return withUnsafeBytes(of: digits) { body($0) }
     }
 }

@@ -167,8 +167,10 @@ struct PacketInFlight {
 /// One device connection: carries out what ``DeviceSessionStateMachine`` decides (login, one packet
 /// or device message in flight at a time, drain), with the bytes, the channel, Redis, metrics and logs.
 ///
-/// The bounded reader: while a frame is in flight (or the session drains, or the peer is not reading
-/// its ACKs) the handler holds back the channel's `read()` calls, so the socket is not read and TCP flow control stops the peer. Bytes
+/// The bounded reader: while a frame is in flight with bytes already buffered behind it (or the session
+/// drains, or the peer is not reading its ACKs) the handler holds back the channel's `read()` calls, so the
+/// socket is not read and TCP flow control stops the peer; with nothing buffered, one read ahead is let
+/// through (it keeps the socket armed in epoll, and a device waiting for its ACK sends nothing). Bytes
 /// already received wait in one buffer, compacted before every append, so it never holds more than
 /// one frame plus one read (``bufferBound(maxFrameBytes:readBytes:)``), whatever the peer sends and
 /// however its writes are split. The server reads at most ``readChunkBytes`` per read, one read per loop tick.
@@ -347,15 +349,17 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         close(context, .bufferBudget)
     }
 
-    /// The channel asks to read more: passed on only while a frame may be handled and the peer takes
-    /// its ACKs; otherwise held until the frame in flight is answered (never, once draining) or the
-    /// ACKs written so far have drained (a device that pipelines packets and never reads its ACKs
-    /// cannot pile them up in memory).
+    /// The channel asks to read more: passed on while the peer takes its ACKs and a frame may be handled,
+    /// or a frame is in flight with nothing buffered (``DeviceSessionStateMachine/mayReadAhead(buffered:)``:
+    /// the socket's read interest stays armed); otherwise held until the frame in flight is answered
+    /// (never, once draining) or the ACKs written so far have drained (a device that pipelines packets and
+    /// never reads its ACKs cannot pile them up in memory).
     func read(context: ChannelHandlerContext) {
-        if session.framerMode == nil || !context.channel.isWritable {
-            readHeld = true
-        } else {
+        let buffered = pending?.readableBytes ?? 0
+        if context.channel.isWritable, session.framerMode != nil || session.mayReadAhead(buffered: buffered) {
             context.read()
+        } else {
+            readHeld = true
         }
     }
 

@@ -74,6 +74,17 @@ struct DeviceSessionStateMachine<InFlight> {
         return nil
     }
 
+    /// Whether the socket may be read while a frame is in flight: only with nothing buffered (`buffered`
+    /// bytes), so that at most one read waits behind the frame, and never while draining or closed.
+    ///
+    /// Why read at all then: NIO takes a connection's read interest out of epoll when a read is held and
+    /// puts it back when the read is passed on, two `epoll_ctl` calls per packet. A device waits for its ACK
+    /// before it sends again, so with the read passed on the socket stays armed and nothing is read.
+    func mayReadAhead(buffered: Int) -> Bool {
+        guard !isDraining, buffered == 0, case .publishing = state else { return false }
+        return true
+    }
+
     /// Whether an AVL packet (not a device message) is in flight.
     var packetInFlight: Bool {
         if case .publishing(_, _, .packet) = state { return true }

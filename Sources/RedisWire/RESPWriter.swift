@@ -57,23 +57,18 @@ public struct RESPWriter: Sendable {
         return writer.bytes
     }
 
+    /// Appends `commands` commands formatted elsewhere (a ``RESPBufferWriter``'s bytes), in one copy.
+    public mutating func append(commands: Int, formatted: UnsafeBufferPointer<UInt8>) {
+        bytes.append(contentsOf: formatted)
+        commandCount += commands
+    }
+
     /// Appends a non-negative number in decimal ASCII.
     private mutating func appendDecimal(_ value: Int) {
-        precondition(value >= 0, "RESP lengths are never negative")
-        var digits:
-            (
-                UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8
-            ) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        var n = value
-        var count = 0
-        withUnsafeMutableBytes(of: &digits) { buffer in
-            repeat {
-                buffer[19 - count] = UInt8(ascii: "0") + UInt8(n % 10)
-                n /= 10
-                count += 1
-            } while n > 0
-            bytes.append(contentsOf: buffer[(20 - count)...])
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { buffer in
+            var writer = RESPBufferWriter(buffer.baseAddress!)
+            writer.decimal(value)
+            bytes.append(contentsOf: writer.written)
         }
     }
 }

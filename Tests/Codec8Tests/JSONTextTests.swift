@@ -128,3 +128,27 @@ struct CRC16Tests {
         }
     }
 }
+
+/// The range `RecordJSONEncoder.append` returns: the `timestamp` member's value in the caller's buffer, which
+/// the stream entry reuses as its `ts`.
+struct RecordJSONTimestampRangeTests {
+    @Test(arguments: [0, 1_560_161_086_000, JSONText.maxISO8601Milliseconds, JSONText.maxISO8601Milliseconds + 1, UInt64.max])
+    func testTheRangeIsTheTimestampValue(_ milliseconds: UInt64) throws {
+        let frame = try AVLPacketEncoder.encode([AVLRecord(timestampMs: milliseconds, ioElements: [])], codec: .codec8Extended)
+        var expected: [UInt8] = []
+        JSONText.appendISO8601(milliseconds: milliseconds, to: &expected)
+        var encoder = RecordJSONEncoder()
+        try StandaloneFrame.withDecoded(frame) { decoded in
+            guard case .frame(.avl(let packet)) = decoded else {
+                Issue.record("not an AVL packet")
+                return
+            }
+            for record in packet.records {
+                var out = Array("earlier bytes".utf8)
+                let range = encoder.append(record, deviceID: IMEI("356307042441013"), to: &out)
+                #expect(Array(out[range]) == expected)
+                #expect(Array(out[(range.lowerBound - 12)..<range.lowerBound]) == Array("\"timestamp\":".utf8))
+            }
+        }
+    }
+}

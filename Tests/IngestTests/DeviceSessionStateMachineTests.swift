@@ -42,6 +42,24 @@ struct DeviceSessionStateMachineTests {
         #expect(session.published(.stored) == .acknowledge(records: 1, then: .read))
     }
 
+    /// One read ahead only while a frame is in flight with nothing buffered; never before login is
+    /// handled, once ready (the framer mode decides), while draining, or once closed.
+    @Test func testReadAheadOnlyWhileInFlightWithNothingBuffered() {
+        #expect(!Session().mayReadAhead(buffered: 0))
+        #expect(!Self.loggedIn().mayReadAhead(buffered: 0))
+        var session = Self.publishing()
+        #expect(session.mayReadAhead(buffered: 0))
+        #expect(!session.mayReadAhead(buffered: 1), "bytes already wait behind the packet")
+        var message = Self.loggedIn()
+        #expect(message.messageDecoded(nowNanoseconds: 0) { "m1" } == .publish)
+        #expect(message.mayReadAhead(buffered: 0))
+        #expect(session.drain() == .finishInFlight)
+        #expect(!session.mayReadAhead(buffered: 0), "draining: nothing more is read")
+        var closed = Self.publishing()
+        _ = closed.connectionClosed()
+        #expect(!closed.mayReadAhead(buffered: 0))
+    }
+
     @Test func testAPacketWithoutRecordsIsACKedAtOnce() {
         var session = Self.loggedIn()
         var made = false

@@ -85,4 +85,37 @@ struct StreamEntryEncoderTests {
             ]
         )
     }
+
+    /// Every record of every AVL fixture, over TCP and UDP: the whole entry, argument by argument, from the
+    /// parts it is made of (the record's JSON, its time, its id), one command per record and nothing more.
+    @Test(arguments: FixtureCorpus.avl)
+    func testEveryFixtureRecordsEntryIsExact(_ fixture: FixtureFrame) throws {
+        for udp in [false, true] {
+            var encoder = Self.plainEncoder()
+            var writer = RESPWriter()
+            var expected: [[String]] = []
+            try StandaloneFrame.withDecoded(fixture.bytes) { decoded in
+                guard case .frame(.avl(let packet)) = decoded else { return }
+                encoder.appendRecords(of: packet, imei: Self.imei, udp: udp, to: &writer)
+                var json = RecordJSONEncoder()
+                for record in packet.records {
+                    var payload: [UInt8] = []
+                    json.append(record, deviceID: Self.imei, to: &payload)
+                    var time: [UInt8] = []
+                    JSONText.appendISO8601(milliseconds: record.timestampMs, to: &time)
+                    var id: [UInt8] = []
+                    XXH64.appendHex(record.recordID(imei: Self.imei), to: &id)
+                    let ts = time.first == UInt8(ascii: "\"") ? String(decoding: time.dropFirst().dropLast(), as: UTF8.self) : ""
+                    expected.append(
+                        ["XADD", "t", "MAXLEN", "~", "1000", "*", "ts", ts, "device_id", "356307042441013", "codec", packet.codec.name]
+                            + ["payload", String(decoding: payload, as: UTF8.self), "record_id", String(decoding: id, as: UTF8.self)]
+                            + (udp ? ["transport", "udp"] : [])
+                    )
+                }
+            }
+            #expect(!expected.isEmpty)
+            #expect(writer.commandCount == expected.count)
+            #expect(Self.commands(writer.bytes) == expected)
+        }
+    }
 }

@@ -41,6 +41,52 @@ struct RedisTLSConnectionTests {
         #expect(tlsReplies[6].isError)
     }
 
+    /// `replyError()`, the publisher's read of its `XADD` replies, over plain TCP and TLS: nil for a stream
+    /// id, a status or a string; the message of an error reply; the replies stay in step.
+    @Test func testReplyErrorNamesOnlyErrorReplies() throws {
+        let server = try startServer(plainPort: true)
+        let plain = try RedisConnection(url: RedisURL(endpoint: .tcp(host: "127.0.0.1", port: server.plainPort!)), timeoutMs: 2000)
+        let tls = try RedisConnection(url: url(server.tlsPort), timeoutMs: 2000, tls: testContext())
+        for (index, redis) in [plain, tls].enumerated() {
+            var writer = RESPWriter()
+            for command in [
+                ["SET", "k\(index)", "v"], ["XADD", "k\(index)", "*", "f", "v"], ["XADD", "s\(index)", "*", "f", "v"],
+                ["GET", "k\(index)"],
+            ] {
+                writer.beginCommand(arguments: command.count)
+                for argument in command { writer.bulk(string: argument) }
+            }
+            try redis.append(writer.bytes)
+            #expect(try redis.replyError() == nil, "OK")
+            #expect(try redis.replyError()?.hasPrefix("WRONGTYPE") == true)
+            #expect(try redis.replyError() == nil, "a stream id")
+            #expect(try redis.replyError() == nil, "a string")
+            #expect(try redis.command(["XLEN", "s\(index)"]) == .integer(1), "in step")
+        }
+    }
+
+    /// Room reserved for a batch (as the publisher does before appending it), over plain TCP and TLS (where it
+    /// does nothing): a batch of 2 MB, more than reserved and less, goes out whole and its replies are in step.
+    @Test func testAReservedBatchGoesOutWhole() throws {
+        let server = try startServer(plainPort: true)
+        let plain = try RedisConnection(url: RedisURL(endpoint: .tcp(host: "127.0.0.1", port: server.plainPort!)), timeoutMs: 5000)
+        let tls = try RedisConnection(url: url(server.tlsPort), timeoutMs: 5000, tls: testContext())
+        for (index, redis) in [plain, tls].enumerated() {
+            for reserved in [0, 1_000, 2_000_000, 4_000_000] {
+                var writer = RESPWriter()
+                for i in 0..<2000 {
+                    writer.beginCommand(arguments: 3)
+                    writer.bulk("RPUSH")
+                    writer.bulk(string: "l\(index)-\(reserved)")
+                    writer.bulk([UInt8](repeating: UInt8(ascii: "a") + UInt8(i % 26), count: 1000))
+                }
+                redis.reserve(reserved)
+                try redis.append(writer.bytes)
+                for i in 0..<2000 { #expect(try redis.reply() == .integer(Int64(i + 1))) }
+            }
+        }
+    }
+
     @Test func testPipelinedXADDs() throws {
         let server = try startServer()
         let redis = try RedisConnection(url: url(server.tlsPort), timeoutMs: 5000, tls: testContext())

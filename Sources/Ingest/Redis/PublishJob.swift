@@ -1,6 +1,6 @@
 /// A packet's (or device message's) Redis commands, what became of them, and who is told.
-import NIOConcurrencyHelpers
 import NIOCore
+import Synchronization
 
 /// Why a job was given up unconfirmed (the `reason` label of `teltonika_publish_failed_total`).
 public enum PublishFailure: String, Sendable, CaseIterable, CustomStringConvertible {
@@ -44,7 +44,11 @@ public final class PublishJob: Sendable {
     /// When the job was made (for the publish-duration histogram).
     let enqueued = NIODeadline.now()
     private let completion: @Sendable (PublishOutcome) -> Void
-    private let state = NIOLockedValueBox<(cancelled: Bool, completed: Bool)>((false, false))
+    /// ``cancelledFlag`` and ``completedFlag``, set once each: an atomic in the job itself, not a locked box
+    /// of its own (one allocation and three lock round trips fewer per packet).
+    private let flags = Atomic<UInt8>(0)
+    private static var cancelledFlag: UInt8 { 1 }
+    private static var completedFlag: UInt8 { 2 }
 
     init(
         commands: [UInt8],
@@ -64,17 +68,14 @@ public final class PublishJob: Sendable {
 
     /// The connection closed: skip the job if it has not been sent yet.
     public func cancel() {
-        state.withLockedValue { $0.cancelled = true }
+        flags.bitwiseOr(Self.cancelledFlag, ordering: .relaxed)
     }
 
-    var isCancelled: Bool { state.withLockedValue { $0.cancelled } }
+    var isCancelled: Bool { flags.load(ordering: .relaxed) & Self.cancelledFlag != 0 }
 
     /// Calls the completion once; later calls do nothing.
     func complete(_ outcome: PublishOutcome) {
-        let first = state.withLockedValue { s -> Bool in
-            defer { s.completed = true }
-            return !s.completed
-        }
-        if first { completion(outcome) }
+        let before = flags.bitwiseOr(Self.completedFlag, ordering: .acquiringAndReleasing).oldValue
+        if before & Self.completedFlag == 0 { completion(outcome) }
     }
 }

@@ -96,12 +96,14 @@ final class HiredisTransport: RedisTransport {
         var answers: [String?] = []
         answers.reserveCapacity(jobs.count)
         do throws(RedisConnection.Failure) {
+            let wait = replicaWait?.command ?? []
+            connection.reserve(jobs.reduce(wait.count) { $0 + $1.commands.count })
             for job in jobs { try connection.append(job.commands) }
-            if let replicaWait { try connection.append(replicaWait.command) }
+            if replicaWait != nil { try connection.append(wait) }
             for job in jobs {
                 var firstError: String? = nil
                 for _ in 0..<job.commandCount {
-                    if case .error(let message) = try connection.reply(), firstError == nil { firstError = message }
+                    if let message = try connection.replyError(), firstError == nil { firstError = message }
                 }
                 answers.append(firstError)
             }

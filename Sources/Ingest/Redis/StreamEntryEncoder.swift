@@ -15,20 +15,21 @@ import RedisWire
 /// With `REDIS_STREAM_SHARDS` > 1 each stream is that many keys, `<stream>:{k}`, each capped at its share of
 /// the cap; a device's entries (records and messages) all go to its shard, ``StreamShards/shard(of:count:)``.
 struct StreamEntryEncoder {
-    /// `*16 XADD <telemetry stream> MAXLEN ~ <maxlen> *` for each shard, formatted once: a record's command
+    /// `*16 XADD <telemetry stream> MAXLEN ~ <maxlen> * ts` for each shard, formatted once: a record's command
     /// starts with its device's.
     private let telemetryPrefixes: [[UInt8]]
-    /// `*18 XADD <telemetry stream> MAXLEN ~ <maxlen> *` for each shard: a UDP record's command starts with it.
+    /// `*18 XADD <telemetry stream> MAXLEN ~ <maxlen> * ts` for each shard: a UDP record's command starts with it.
     private let telemetryUDPPrefixes: [[UInt8]]
-    /// `*16 XADD <responses stream> MAXLEN ~ <maxlen> *` for each shard.
+    /// `*16 XADD <responses stream> MAXLEN ~ <maxlen> * ts` for each shard.
     private let responsesPrefixes: [[UInt8]]
-    /// `*18 XADD <responses stream> MAXLEN ~ <maxlen> *` for each shard: a response that answers a command (`cmd_id`).
+    /// `*18 XADD <responses stream> MAXLEN ~ <maxlen> * ts` for each shard: a response that answers a command (`cmd_id`).
     private let responsesCorrelatedPrefixes: [[UInt8]]
     private let shards: Int
     private var json = RecordJSONEncoder()
     private var payload: [UInt8] = []
     private var time: [UInt8] = []
-    private var recordID: [UInt8] = []
+    /// Where a packet's commands are written before they are appended to its writer (grows to the largest packet's).
+    private var scratch: [UInt8] = []
 
     init(telemetryStream: String, responsesStream: String, maxLength: Int, responsesMaxLength: Int, shards: Int = 1) {
         func prefixes(_ stream: String, fields: Int, maxLength: Int) -> [[UInt8]] {
@@ -36,7 +37,10 @@ struct StreamEntryEncoder {
             return StreamShards.keys(stream, count: shards).map { key in
                 RESPWriter.formatted(
                     arguments: 6 + 2 * fields,
-                    leading: [Array("XADD".utf8), Array(key.utf8), Array("MAXLEN".utf8), [UInt8(ascii: "~")], cap, [UInt8(ascii: "*")]]
+                    leading: [
+                        Array("XADD".utf8), Array(key.utf8), Array("MAXLEN".utf8), [UInt8(ascii: "~")], cap, [UInt8(ascii: "*")],
+                        Array("ts".utf8),
+                    ]
                 )
             }
         }
@@ -48,42 +52,72 @@ struct StreamEntryEncoder {
     }
 
     /// One `XADD` per record of the packet, with its `record_id`; `udp` adds the `transport udp` field.
+    ///
+    /// Each record's command is written through a ``RESPBufferWriter`` into `scratch`, and the packet's
+    /// commands are appended to `writer` in one copy (see ``RESPBufferWriter`` for why). What is the same for
+    /// every record is formatted once: the command's start up to the `ts` name (per shard, at init), and
+    /// `device_id <IMEI> codec <codec> payload` (per packet).
     mutating func appendRecords(of packet: AVLPacketView, imei: IMEI, udp: Bool = false, to writer: inout RESPWriter) {
-        var digits: [UInt8] = []
-        imei.appendDigits(to: &digits)
         let shard = StreamShards.shard(of: imei, count: shards)
         let prefix = udp ? telemetryUDPPrefixes[shard] : telemetryPrefixes[shard]
         let recordIDPrefix = XXH64.recordIDPrefix(imei: imei, codec: packet.codec)
-        writer.bytes.reserveCapacity(writer.bytes.count + packet.recordCount * (prefix.count + 512))
-        for record in packet.records {
-            payload.removeAll(keepingCapacity: true)
-            json.append(record, deviceID: imei, to: &payload)
-            time.removeAll(keepingCapacity: true)
-            JSONText.appendISO8601(milliseconds: record.timestampMs, to: &time)
-            let ts = time.first == UInt8(ascii: "\"") ? time[1..<(time.count - 1)] : time[0..<0]
-            writer.beginCommand(prefix: prefix)
-            writer.bulk("ts")
-            writer.bulk(ts)
-            writer.bulk("device_id")
-            writer.bulk(digits)
-            writer.bulk("codec")
+        let codec: StaticString =
             switch packet.codec {
-            case .codec8: writer.bulk("8")
-            case .codec8Extended: writer.bulk("8E")
-            case .codec16: writer.bulk("16")
+            case .codec8: "8"
+            case .codec8Extended: "8E"
+            case .codec16: "16"
             }
-            writer.bulk("payload")
-            writer.bulk(payload)
-            recordID.removeAll(keepingCapacity: true)
-            XXH64.appendHex(record.recordID(prefix: recordIDPrefix), to: &recordID)
-            writer.bulk("record_id")
-            writer.bulk(recordID)
-            if udp {
-                writer.bulk("transport")
-                writer.bulk("udp")
+        // Taken out of `self` while it is written, so the closures below need no access to `self` (the
+        // encoder keeps its capacity for the next packet).
+        var out = scratch
+        scratch = []
+        defer { scratch = out }
+        var used = 0
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: Self.deviceFieldsBound) { deviceFieldsBuffer in
+            var fields = RESPBufferWriter(deviceFieldsBuffer.baseAddress!)
+            fields.bulk("device_id")
+            imei.withDigits { fields.bulk($0) }
+            fields.bulk("codec")
+            fields.bulk(codec)
+            fields.bulk("payload")
+            let deviceFields = UnsafeRawBufferPointer(fields.written)
+            for record in packet.records {
+                payload.removeAll(keepingCapacity: true)
+                // `ts` is the payload's `timestamp` without its quotes (empty for `null`): formatted once.
+                let timestamp = json.append(record, deviceID: imei, to: &payload)
+                let ts = payload[timestamp.lowerBound] == UInt8(ascii: "\"") ? timestamp.dropFirst().dropLast() : timestamp.prefix(0)
+                let recordID = record.recordID(prefix: recordIDPrefix)
+                let bound = prefix.count + RESPBufferWriter.bulkBound(payload.count) + Self.fieldsBound
+                if out.count < used + bound { out += repeatElement(0, count: max(used + bound, 2 * out.count) - out.count) }
+                out.withUnsafeMutableBufferPointer { buffer in
+                    var w = RESPBufferWriter(buffer.baseAddress! + used)
+                    prefix.withUnsafeBytes { w.raw($0) }
+                    payload[ts].withUnsafeBytes { w.bulk($0) }
+                    w.raw(deviceFields)
+                    w.bulk(payload)
+                    w.bulk("record_id")
+                    XXH64.withHex(recordID) { w.bulk($0) }
+                    if udp {
+                        w.bulk("transport")
+                        w.bulk("udp")
+                    }
+                    precondition(w.count <= bound, "StreamEntryEncoder: command size bound exceeded")
+                    used += w.count
+                }
             }
         }
+        out.withUnsafeBufferPointer { writer.append(commands: packet.recordCount, formatted: UnsafeBufferPointer(rebasing: $0[..<used])) }
     }
+
+    /// The most bytes `device_id <IMEI> codec <codec> payload` takes: 5 bulk strings of at most 25 bytes of
+    /// framing each (``RESPBufferWriter/bulkBound(_:)``) and 43 bytes of values (at most 20 IMEI digits).
+    private static var deviceFieldsBound: Int { 5 * 25 + 43 }
+
+    /// The most bytes a record's command takes besides its prefix and its payload's bulk string: the `ts`
+    /// value (at most 27 bytes), the device fields (``deviceFieldsBound``), `record_id` and its 16 digits,
+    /// `transport udp`: 9 bulk strings of at most 25 bytes of framing each, 168 bytes of values, 393 in all,
+    /// rounded up.
+    private static var fieldsBound: Int { 512 }
 
     /// One `XADD` for a Codec 12/13/14/15 frame from a device, to the responses stream:
     /// `ts <receive time> device_id <IMEI> codec <12..15> type <n> payload <JSON>`, where the JSON holds
@@ -106,7 +140,6 @@ struct StreamEntryEncoder {
         JSONText.appendISO8601(milliseconds: receivedMs, to: &time)
         let shard = StreamShards.shard(of: imei, count: shards)
         writer.beginCommand(prefix: commandID == nil ? responsesPrefixes[shard] : responsesCorrelatedPrefixes[shard])
-        writer.bulk("ts")
         writer.bulk(time.dropFirst().dropLast())
         writer.bulk("device_id")
         writer.bulk(imei.digits)
