@@ -8,6 +8,13 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("MemberImportVisibility"),
 ]
 
+/// The build's revision: `TELTONIKA_REVISION` in the environment (scripts/release.sh sets it), compiled into
+/// CBuildInfo alone (as `-Xcc -D...` it reached every C target, and each new revision rebuilt BoringSSL).
+/// Characters outside `[A-Za-z0-9._+-]` are dropped: it becomes a C string literal.
+let revision = String(
+    (Context.environment["TELTONIKA_REVISION"] ?? "").filter { $0.isASCII && ($0.isLetter || $0.isNumber || "._+-".contains($0)) }
+)
+
 let package = Package(
     name: "teltonika-ingest",
     // macOS: the library and the binary build there; the test suites are Linux-only (Glibc, /proc,
@@ -45,8 +52,11 @@ let package = Package(
         .systemLibrary(name: "CHiredis", path: "Sources/CHiredis"),
         // OpenSSL 3.0 (libssl-dev) for rediss://: hiredis 0.14 has no TLS. A plain module map, as for CHiredis.
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL"),
-        // The build's revision, set by scripts/release.sh with -Xcc -DTELTONIKA_REVISION="\"...\"" ("unknown" otherwise).
-        .target(name: "CBuildInfo"),
+        // The build's revision (`revision` above; "unknown" without one).
+        .target(
+            name: "CBuildInfo",
+            cSettings: revision.isEmpty ? [] : [.define("TELTONIKA_REVISION", to: "\"\(revision)\"")]
+        ),
         // The fatal-signal handler: async-signal-safe, so written in C.
         .target(name: "CCrashHandler"),
         // Redis on the wire: the hiredis connection (TLS through OpenSSL), RESP writing, REDIS_URL. No server, no NIO.

@@ -34,8 +34,8 @@ fi
 
 swift="${SWIFT:-swift}"
 flags=(-c release --product teltonika-ingest --static-swift-stdlib)
-# The argument swift passes to clang is -DTELTONIKA_REVISION="<rev>", quotes included: a string literal.
-cmd=("$swift" build "${flags[@]}" -Xcc "-DTELTONIKA_REVISION=\"$revision\"")
+# Package.swift reads TELTONIKA_REVISION and defines it for CBuildInfo alone (a new revision recompiles one C file).
+cmd=(env "TELTONIKA_REVISION=$revision" "$swift" build "${flags[@]}")
 
 if [[ "$dry_run" == 1 ]]; then
     printf '%q ' "${cmd[@]}"

@@ -2,12 +2,8 @@
 #ifndef TELTONIKA_BUILD_INFO_H
 #define TELTONIKA_BUILD_INFO_H
 
-/* The source revision of this build. scripts/release.sh defines it on the command line
-   (-Xcc -DTELTONIKA_REVISION="\"<git revision>\""); other builds report "unknown". */
-#ifndef TELTONIKA_REVISION
-#define TELTONIKA_REVISION "unknown"
-#endif
-
-static inline const char *teltonika_build_revision(void) { return TELTONIKA_REVISION; }
+/* The source revision of this build: TELTONIKA_REVISION in the environment of `swift build`
+   (scripts/release.sh sets it; Package.swift defines it for this target only), else "unknown". */
+const char *teltonika_build_revision(void);
 
 #endif
