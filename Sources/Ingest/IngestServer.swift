@@ -11,7 +11,7 @@ import Synchronization
 
 /// The device listeners: the TCP port and, with `TLS_PORT`, the TLS port, which share one admission (at most
 /// `MAX_CONNECTIONS` connections over both), one set of open connections (the drain waits for all of them)
-/// and one session pipeline: an idle timeout and a ``DeviceSessionHandler``, behind ``NIOSSLServerHandler``
+/// and one session pipeline: a ``DeviceSessionHandler`` (idle timeout included), behind ``NIOSSLServerHandler``
 /// and ``DeviceTLSHandler`` on the TLS port. Each backs off accepting when the process runs out of file
 /// descriptors.
 public final class IngestServer: Sendable {
@@ -88,7 +88,6 @@ public final class IngestServer: Sendable {
     /// One device listener on `port`; with `tls`, every connection's pipeline starts with TLS.
     private func listen(port: Int, tls: DeviceTLSContext?) async throws -> SocketAddress {
         let configuration = environment.configuration
-        let idle = TimeAmount.milliseconds(Int64(configuration.idleTimeoutMs))
         let (metrics, logger) = (environment.metrics, environment.logger)
         // One limiter for the listener: a scanner opening many connections writes one line per 10 s.
         let handshakeFailureLog = NIOLockedValueBox(LogLimiter())
@@ -152,7 +151,7 @@ public final class IngestServer: Sendable {
                             )
                         )
                     }
-                    try pipeline.addHandlers(IdleStateHandler(readTimeout: idle), DeviceSessionHandler(environment: environment))
+                    try pipeline.addHandler(DeviceSessionHandler(environment: environment))
                 }
             }
         let channel = try await bootstrap.bind(host: configuration.host, port: port).get()

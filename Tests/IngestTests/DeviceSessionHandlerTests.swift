@@ -422,6 +422,25 @@ struct DeviceSessionHandlerTests {
         #expect(lucky.value("teltonika_publish_overflow_total") == 0)
     }
 
+    /// `IDLE_TIMEOUT_MS` on the loop's clock: a connection closes exactly that long after its last bytes,
+    /// however many times the timer fired in between (each byte moves the deadline, the timer follows).
+    @Test func testTheIdleTimeoutCountsFromTheLastBytes() throws {
+        let h = try Harness { $0.idleTimeoutMs = 1000 }
+        let loop = h.channel.embeddedEventLoop
+        try h.feed(Self.imei.loginFrame)
+        loop.advanceTime(by: .milliseconds(600))
+        try h.feed([0xFF])  // a keep-alive at 600 ms
+        loop.advanceTime(by: .milliseconds(900))  // 1,500 ms: the first firing finds 900 ms of silence
+        #expect(h.channel.isActive)
+        try h.feed([0xFF])  // at 1,500 ms
+        loop.advanceTime(by: .milliseconds(999))
+        #expect(h.channel.isActive, "999 ms after the last byte")
+        loop.advanceTime(by: .milliseconds(1))
+        #expect(!h.channel.isActive, "1,000 ms after it")
+        #expect(h.value(#"teltonika_disconnects_total{reason="idle_timeout"}"#) == 1)
+        #expect(h.value("teltonika_keepalive_total") == 2)
+    }
+
     /// The registry's login write is queued before the device is answered: a device logs in again only
     /// after its answer, so its newer login is always written after this one (queued after the answer,
     /// a paused event-loop thread let the newer login be written first, and the newer connection closed).
