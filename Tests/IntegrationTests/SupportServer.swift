@@ -111,21 +111,25 @@ final class ServerProcess {
     /// Waits up to `timeout` seconds for the server to exit; nil when it is still running.
     /// Reaps the child itself when Foundation has not (seen with children that died by a signal
     /// under the test runner: they stay zombies and `isRunning` stays true).
+    /// The exit status, and `seconds` from the call until the process was seen gone (not counting the wait
+    /// for its last log lines, which a loaded machine can stretch by seconds).
     func waitForExit(timeout: Double) -> (status: Int32, bySignal: Bool, seconds: Double)? {
         let start = Date()
         let pid = process.processIdentifier
         while process.isRunning && Date().timeIntervalSince(start) < timeout {
             var status: Int32 = 0
             if waitpid(pid, &status, WNOHANG) == pid {
+                let seconds = Date().timeIntervalSince(start)
                 waitForLastLogLine()
                 let signalled = (status & 0x7f) != 0 && (status & 0x7f) != 0x7f
-                return (signalled ? status & 0x7f : (status >> 8) & 0xff, signalled, Date().timeIntervalSince(start))
+                return (signalled ? status & 0x7f : (status >> 8) & 0xff, signalled, seconds)
             }
             usleep(5_000)
         }
         guard !process.isRunning else { return nil }
+        let seconds = Date().timeIntervalSince(start)
         waitForLastLogLine()
-        return (process.terminationStatus, process.terminationReason == .uncaughtSignal, Date().timeIntervalSince(start))
+        return (process.terminationStatus, process.terminationReason == .uncaughtSignal, seconds)
     }
 
     /// After the process is gone: until its stderr reaches end of file (bounded: 5 s).
