@@ -23,18 +23,9 @@ struct DeviceRegistryTests {
 
     /// `teltonika-ingest device IMEI --json` with the server's registry settings: its exit status and fields.
     static func device(_ imei: String, _ environment: [String: String]) throws -> (Int32, [String: String]) {
-        let process = Process()
-        let out = Pipe()
-        process.executableURL = URL(fileURLWithPath: TestEnvironment.binary)
-        process.arguments = ["device", imei, "--json", "--redis-url", TestEnvironment.redisURL]
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let fields = (try? JSONSerialization.jsonObject(with: data)) as? [String: String] ?? [:]
-        return (process.terminationStatus, fields)
+        let run = try runBinary(["device", imei, "--json", "--redis-url", TestEnvironment.redisURL], environment: environment)
+        let fields = (try? JSONSerialization.jsonObject(with: Data(run.stdout.utf8))) as? [String: String] ?? [:]
+        return (run.status, fields)
     }
 
     @Test func testALoginOnAnotherInstanceClosesTheOlderConnection() throws {

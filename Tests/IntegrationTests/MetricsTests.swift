@@ -370,6 +370,22 @@ struct MetricsTests {
     }
 }
 
+/// The real binary run to completion with `arguments` and `environment` added to the test's: its exit
+/// status and standard output (standard error dropped).
+func runBinary(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, stdout: String) {
+    let process = Process()
+    let out = Pipe()
+    process.executableURL = URL(fileURLWithPath: TestEnvironment.binary)
+    process.arguments = arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    process.standardOutput = out
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
 /// Runs a command to completion; stdout and stderr together.
 func run(_ command: [String]) throws -> (status: Int32, output: String) {
     let p = Process()

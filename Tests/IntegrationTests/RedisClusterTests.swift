@@ -348,22 +348,9 @@ struct RedisClusterTests {
             try cluster.client(for: devices.device(imei)).command(["EXISTS", devices.device(imei)]) == .integer(1)
         }
 
-        func tool(_ arguments: [String], _ environment: [String: String]) throws -> (status: Int32, stdout: String) {
-            let process = Process()
-            let out = Pipe()
-            process.executableURL = URL(fileURLWithPath: TestEnvironment.binary)
-            process.arguments = arguments
-            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-            process.standardOutput = out
-            process.standardError = FileHandle.nullDevice
-            try process.run()
-            let data = out.fileHandleForReading.readDataToEndOfFile()
-            process.waitUntilExit()
-            return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-        }
-        let shown = try tool(
+        let shown = try runBinary(
             ["device", imei, "--json"],
-            [
+            environment: [
                 "REDIS_MODE": "cluster", "REDIS_CLUSTER_NODES": "127.0.0.1:\(wrong.port)", "REDIS_URL": "redis://127.0.0.1:1",
                 "REDIS_DEVICE_PREFIX": server.stream + ":devices", "REDIS_COMMAND_PREFIX": server.stream + ":commands",
             ]
@@ -372,13 +359,10 @@ struct RedisClusterTests {
         let fields = (try? JSONSerialization.jsonObject(with: Data(shown.stdout.utf8))) as? [String: String] ?? [:]
         #expect(fields["online"] == "yes" && fields["peer"]?.hasPrefix("127.0.0.1:") == true, "\(shown)")
 
-        let sent = try tool(
-            [
-                "command", "send", imei, "getinfo", "--redis-url", wrong.url, "--prefix", server.stream + ":commands", "--events-stream",
-                events, "--notices-stream", notices,
-            ],
-            [:]
-        )
+        let sent = try runBinary([
+            "command", "send", imei, "getinfo", "--redis-url", wrong.url, "--prefix", server.stream + ":commands", "--events-stream",
+            events, "--notices-stream", notices,
+        ])
         #expect(sent.status == 0, "\(sent)")
         let id = String(sent.stdout.split(separator: "\n").first ?? "")
         #expect(try cluster.client(for: commands.command(imei, id: id)).command(["EXISTS", commands.command(imei, id: id)]) == .integer(1))
