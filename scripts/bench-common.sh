@@ -10,12 +10,24 @@
 #                  the server against that Redis (stream bench:NAME, LOG_LEVEL warning, its log in
 #                  $work/NAME.log), once /readyz answers: sets server_pid, device_port, metrics_port
 #   json_field F   field F of the last JSON line on standard input (a `simulate --json` summary)
+#   fleet ARGS     the device fleet that drives the server (`simulate` options: --host, --port, --devices,
+#                  --duration, --records-per-packet, --rate; one JSON line out). BENCH_FLEET=c (default): the
+#                  independent C fleet, tools/fleet/fleet.c, built here with cc -O2 (or $CC, or the toolchain's clang); BENCH_FLEET=swift: the
+#                  server's own `simulate` (shares the Codec8 module with the server, and costs more CPU)
 
 bin="${BENCH_BIN:-$(scripts/release.sh | tail -1)}"
 json_field() { python3 -c 'import json, sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"; }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 work="$(mktemp -d)"
+fleet_kind="${BENCH_FLEET:-c}"
+fleet() {
+    if [ "$fleet_kind" = swift ]; then
+        "$bin" simulate --json "$@"
+    else
+        "$work/fleet" "$@"
+    fi
+}
 pids=()
 bench_cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -23,6 +35,12 @@ bench_cleanup() {
     rm -rf "$work" || true
 }
 trap bench_cleanup EXIT
+case "$fleet_kind" in
+    c) cc="${CC:-$(command -v cc || command -v clang || command -v gcc)}"
+       "$cc" -O2 -Wall -o "$work/fleet" tools/fleet/fleet.c ;;
+    swift) ;;
+    *) echo "bench: BENCH_FLEET is c or swift, not $fleet_kind" >&2; exit 2 ;;
+esac
 
 start_redis() {
     redis_port="$(free_port)"

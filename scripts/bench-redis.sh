@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The end-to-end figures per Redis topology, run by `make bench` (or alone): the release server under
-# the fleet simulator against
+# the device fleet (scripts/bench-common.sh: BENCH_FLEET) against
 #   plain     one redis-server over TCP (the reference);
 #   replica   a primary with one replica, REDIS_MIN_REPLICAS=1 (each batch ends with WAIT 1);
 #   tls       one redis-server over TLS (rediss://, a CA made here with the openssl CLI).
@@ -42,7 +42,7 @@ tls_port="$(free_port)"
 redis tls --tls-port "$tls_port" --tls-cert-file "$work/server.crt" --tls-key-file "$work/server.key" \
     --tls-ca-cert-file "$work/ca.crt" --tls-auth-clients no
 
-run() {  # run NAME RATE ENV=VALUE...: one server, one simulator run; prints records/s p50 p99
+run() {  # run NAME RATE ENV=VALUE...: one server, one fleet run; prints records/s p50 p99
     local device_port metrics_port server_pid
     device_port="$(free_port)"
     metrics_port="$(free_port)"
@@ -52,8 +52,8 @@ run() {  # run NAME RATE ENV=VALUE...: one server, one simulator run; prints rec
     pids+=("$server_pid")
     for _ in $(seq 100); do curl -sf "http://127.0.0.1:$metrics_port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
     curl -sf "http://127.0.0.1:$metrics_port/readyz" >/dev/null || { cat "$work/$1.server.log" >&2; exit 1; }
-    "$bin" simulate --host 127.0.0.1 --port "$device_port" --devices "$devices" --duration "$seconds" \
-        --records-per-packet "$records" --rate "$2" --json >"$work/$1.json"
+    fleet --host 127.0.0.1 --port "$device_port" --devices "$devices" --duration "$seconds" \
+        --records-per-packet "$records" --rate "$2" >"$work/$1.json"
     kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
     python3 - "$work/$1.json" <<'PY'
 import json, sys
