@@ -163,26 +163,31 @@ public final class RedisConnection {
 
     /// Flushes what is queued and reads the next reply, reduced to its error message: nil for any other
     /// reply. For the publisher's `XADD`s, whose stream ids it does not keep: no `String` is made for them
-    /// (about 300 instructions per record, a third of reading the reply).
+    /// (about 300 instructions per record, a third of reading the reply), and hiredis allocates nothing for
+    /// a reply that is not an error (the error-only object functions of `shim.h`, about 300 more).
     public func replyError() throws(Failure) -> String? {
-        try nextReply { reply in
+        try nextReply(errorOnly: true) { reply in
             reply.type == REDIS_REPLY_ERROR
                 ? String(decoding: UnsafeRawBufferPointer(start: reply.str, count: Int(reply.len)), as: UTF8.self) : nil
         }
     }
 
-    /// Flushes what is queued, reads the next reply and hands it to `body` (it is freed after).
-    private func nextReply<R>(_ body: (redisReply) -> R) throws(Failure) -> R {
+    /// Flushes what is queued, reads the next reply and hands it to `body` (it is freed after). With
+    /// `errorOnly`, a reply that is not an error reaches `body` as a `REDIS_REPLY_STATUS` with no string.
+    private func nextReply<R>(errorOnly: Bool = false, _ body: (redisReply) -> R) throws(Failure) -> R {
         let raw: UnsafeMutableRawPointer
         switch backend {
         case .hiredis(let context):
+            let reader = context.pointee.reader!
+            let functions = errorOnly ? teltonika_reader_error_only(reader) : nil
+            defer { if errorOnly { teltonika_reader_restore(reader, functions) } }
             var reply: UnsafeMutableRawPointer? = nil
             guard redisGetReply(context, &reply) == REDIS_OK, let reply else { throw RedisConnection.failure(context) }
             raw = reply
         case .tls(let stream):
-            raw = try stream.reply()
+            raw = try stream.reply(errorOnly: errorOnly)
         }
-        defer { freeReplyObject(raw) }
+        defer { teltonika_free_reply(raw) }
         return body(raw.assumingMemoryBound(to: redisReply.self).pointee)
     }
 

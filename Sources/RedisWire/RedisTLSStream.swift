@@ -103,10 +103,13 @@ final class RedisTLSStream {
         }
     }
 
-    /// The next reply (free it with `freeReplyObject`): one already parsed if there is one, else flushes what
-    /// is queued and reads until a whole reply has arrived.
-    func reply() throws(Failure) -> UnsafeMutableRawPointer {
+    /// The next reply (free it with `teltonika_free_reply`): one already parsed if there is one, else flushes
+    /// what is queued and reads until a whole reply has arrived. `errorOnly`: made with the error-only object
+    /// functions (`shim.h`), as ``RedisConnection/replyError()`` reads it.
+    func reply(errorOnly: Bool = false) throws(Failure) -> UnsafeMutableRawPointer {
         if let failed { throw failed }
+        let functions = errorOnly ? teltonika_reader_error_only(reader) : nil
+        defer { if errorOnly { teltonika_reader_restore(reader, functions) } }
         do throws(Failure) {
             if let reply = try parsedReply() { return reply }
             try flush()

@@ -51,7 +51,8 @@ struct RedisTLSConnectionTests {
             var writer = RESPWriter()
             for command in [
                 ["SET", "k\(index)", "v"], ["XADD", "k\(index)", "*", "f", "v"], ["XADD", "s\(index)", "*", "f", "v"],
-                ["GET", "k\(index)"],
+                ["GET", "k\(index)"], ["MGET", "k\(index)", "missing"], ["INCR", "n\(index)"], ["GET", "missing"],
+                ["LPUSH", "k\(index)", "x"],
             ] {
                 writer.beginCommand(arguments: command.count)
                 for argument in command { writer.bulk(string: argument) }
@@ -61,7 +62,15 @@ struct RedisTLSConnectionTests {
             #expect(try redis.replyError()?.hasPrefix("WRONGTYPE") == true)
             #expect(try redis.replyError() == nil, "a stream id")
             #expect(try redis.replyError() == nil, "a string")
+            #expect(try redis.replyError() == nil, "an array")
+            #expect(try redis.replyError() == nil, "an integer")
+            #expect(try redis.replyError() == nil, "nil")
+            let wrongType = "WRONGTYPE Operation against a key holding the wrong kind of value"
+            #expect(try redis.replyError() == wrongType, "an error after them")
+            // The reader has its own object functions back: whole replies again, in step.
             #expect(try redis.command(["XLEN", "s\(index)"]) == .integer(1), "in step")
+            #expect(try redis.command(["MGET", "k\(index)", "missing"]) == .array([.string("v"), .null]))
+            #expect(try redis.command(["GET", "k\(index)"]) == .string("v"))
         }
     }
 
