@@ -137,8 +137,8 @@ public struct RecordJSONEncoder {
         }
     }
 
-    /// The attributes object, `{...}`, in wire order, in one walk: each member is written as its ID is
-    /// marked in `seen`. A repeated ID (rare) is noted, and once the walk is done, what it wrote is
+    /// The attributes object, `{...}`, in wire order, in one walk (``IOElements/forEachByWidth``: each
+    /// width's values in a loop of their own): each member is written as its ID is marked in `seen`. A repeated ID (rare) is noted, and once the walk is done, what it wrote is
     /// dropped and ``writeLastOccurrences(_:seen:words:to:)`` writes the members again. The bitmap words
     /// marked lie between the lowest and highest ID's (one or two 64-bit words for typical IDs below
     /// 128): they are zeroed in one go, without reading the IDs again.
@@ -154,16 +154,39 @@ public struct RecordJSONEncoder {
         var repeated: UInt64 = 0
         var low = Int.max
         var high = -1
-        for element in record.ioElements {
-            let word = Int(element.id &>> 6)
-            let mask = UInt64(1) &<< UInt64(element.id & 63)
+        // Marks `id` and writes its key.
+        @inline(__always) func key(_ id: UInt16) {
+            let word = Int(id &>> 6)
+            let mask = UInt64(1) &<< UInt64(id & 63)
             let marked = bits[word]
             repeated |= marked & mask
             bits[word] = marked | mask
             low = Swift.min(low, word)
             high = Swift.max(high, word)
-            writeMember(element, words: words, to: &w)
+            writeKey(id, words: words, to: &w)
         }
+        record.ioElements.forEachByWidth(
+            u8: { id, v in
+                key(id)
+                w.word(words[Int(v)])
+            },
+            u16: { id, v in
+                key(id)
+                small(v, words: words, to: &w)
+            },
+            u32: { id, v in
+                key(id)
+                w.decimal(v)
+            },
+            u64: { id, v in
+                key(id)
+                writeBigInt(v, to: &w)
+            },
+            bytes: { id, v in
+                key(id)
+                writeBuffer(v, to: &w)
+            }
+        )
         if high >= low { (bits + low).update(repeating: 0, count: high &- low &+ 1) }
         if repeated != 0 {
             w.count = open
@@ -176,28 +199,43 @@ public struct RecordJSONEncoder {
         }
     }
 
-    /// `,"<id>":<value>` for one element.
+    /// `,"<id>":`, from the table below 1000.
     @inline(__always)
-    private static func writeMember(_ element: IOElementView, words: UnsafePointer<UInt64>, to w: inout JSONWriter) {
-        if element.id < 1000 {
-            w.word(words[1000 &+ Int(element.id)])
+    private static func writeKey(_ id: UInt16, words: UnsafePointer<UInt64>, to w: inout JSONWriter) {
+        if id < 1000 {
+            w.word(words[1000 &+ Int(id)])
         } else {
             w.bytes(UInt8(ascii: ","), UInt8(ascii: "\""))
-            w.decimal(element.id)
+            w.decimal(id)
             w.bytes(UInt8(ascii: "\""), UInt8(ascii: ":"))
         }
+    }
+
+    /// An 8-byte value: `{"__bigint":"<digits>"}`.
+    @inline(__always)
+    private static func writeBigInt(_ v: UInt64, to w: inout JSONWriter) {
+        w.raw("{\"__bigint\":\"")
+        w.decimal(v)
+        w.bytes(UInt8(ascii: "\""), UInt8(ascii: "}"))
+    }
+
+    /// A variable-length value: `{"__buffer_b64":"<base64>"}`.
+    @inline(__always)
+    private static func writeBuffer(_ v: UnsafeRawBufferPointer, to w: inout JSONWriter) {
+        w.raw("{\"__buffer_b64\":\"")
+        w.base64(v)
+        w.bytes(UInt8(ascii: "\""), UInt8(ascii: "}"))
+    }
+
+    /// `,"<id>":<value>` for one element (the rare path's; the walk above writes each width itself).
+    private static func writeMember(_ element: IOElementView, words: UnsafePointer<UInt64>, to w: inout JSONWriter) {
+        writeKey(element.id, words: words, to: &w)
         switch element.value {
         case .u8(let v): w.word(words[Int(v)])
         case .u16(let v): small(v, words: words, to: &w)
         case .u32(let v): w.decimal(v)
-        case .u64(let v):
-            w.raw("{\"__bigint\":\"")
-            w.decimal(v)
-            w.bytes(UInt8(ascii: "\""), UInt8(ascii: "}"))
-        case .bytes(let v):
-            w.raw("{\"__buffer_b64\":\"")
-            w.base64(v)
-            w.bytes(UInt8(ascii: "\""), UInt8(ascii: "}"))
+        case .u64(let v): writeBigInt(v, to: &w)
+        case .bytes(let v): writeBuffer(v, to: &w)
         }
     }
 
