@@ -160,6 +160,24 @@ struct JSONWriter {
         UnsafeMutableRawPointer(base + at).storeBytes(of: pair, as: UInt16.self)
     }
 
+    /// Text packed in a word, as ``RecordJSONEncoder``'s tables hold it: up to 7 bytes from the lowest,
+    /// their count in the top byte. One 8-byte store however short the text: the caller has 8 bytes of
+    /// room at `count`, and what it writes next overwrites the bytes past the text.
+    @inlinable @inline(__always)
+    mutating func word(_ packed: UInt64) {
+        UnsafeMutableRawPointer(base + count).storeBytes(of: packed.littleEndian, as: UInt64.self)
+        count &+= Int(truncatingIfNeeded: packed &>> 56)
+    }
+
+    /// `text` (at most 7 ASCII bytes) packed for ``word(_:)``.
+    static func packed(_ text: String) -> UInt64 {
+        let bytes = Array(text.utf8)
+        precondition(bytes.count <= 7, "JSONWriter.packed: more than 7 bytes")
+        var packed = UInt64(bytes.count) &<< 56
+        for (i, b) in bytes.enumerated() { packed |= UInt64(b) &<< UInt64(8 &* i) }
+        return packed
+    }
+
     /// The number of decimal digits of `v` (1 for 0).
     @inlinable @inline(__always)
     static func digitCount(_ v: UInt64) -> Int {
@@ -206,6 +224,17 @@ struct JSONWriter {
             digits32(UInt32(v), count: n, end: count &+ n)
             count &+= n
         }
+    }
+
+    /// The decimal digits of `v`: at most 10 bytes. Stays in 32-bit arithmetic (IO values of 4 bytes).
+    @inlinable @inline(__always)
+    mutating func decimal(_ v: UInt32) {
+        let n =
+            v < 100_000
+            ? (v < 100 ? (v < 10 ? 1 : 2) : v < 10_000 ? (v < 1_000 ? 3 : 4) : 5)
+            : v < 10_000_000 ? (v < 1_000_000 ? 6 : 7) : v < 1_000_000_000 ? (v < 100_000_000 ? 8 : 9) : 10
+        digits32(v, count: n, end: count &+ n)
+        count &+= n
     }
 
     /// The low `n` decimal digits of `v`, leading zeros kept: exactly `n` bytes. `v` < 10^n.

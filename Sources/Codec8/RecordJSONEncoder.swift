@@ -13,16 +13,28 @@
 /// pointer (no per-byte capacity or uniqueness checks), after checking once that the scratch holds the
 /// record's worst case, then appended to `out` in one call. The scratch grows (allocates) only for a
 /// record larger than any before it; 4 KiB covers every record without a long variable-length value.
+/// The IO section is walked once: each member is written as its ID is marked in the bitmap, and only a
+/// record with a repeated ID is written again (see ``writeAttributes(_:seen:words:to:)``). IO-ID keys
+/// below 1000 and numbers below 1000 (every 1-byte value, most 2-byte ones and most fixed fields) are
+/// each one load from ``words`` and one store.
 public struct RecordJSONEncoder {
     /// One bit per possible IO ID; all zero between calls.
     private var seen: [UInt64]
     /// Where a record's JSON is written before it is appended to the caller's buffer.
     private var scratch: [UInt8]
+    /// Text packed for ``JSONWriter/word(_:)``: at `n` < 1000 the decimal digits of `n`, at 1000 + `id`
+    /// the member key `,"<id>":` of an IO ID below 1000 (every Codec 8 ID, and the IDs devices send).
+    /// 16 KiB, built once per encoder (one per event loop).
+    private let words: [UInt64]
 
     public init() {
         seen = [UInt64](repeating: 0, count: 65_536 / 64)
         scratch = [UInt8](repeating: 0, count: 4096)
+        words = (0..<1000).map { JSONWriter.packed(String($0)) } + (0..<1000).map { JSONWriter.packed(",\"\($0)\":") }
     }
+
+    /// Room kept past a record's bound: ``JSONWriter/word(_:)`` stores 8 bytes wherever its text ends.
+    private static var overStore: Int { 8 }
 
     /// The most bytes the JSON of a record can take besides the device ID's digits and the attributes'
     /// members: 292 (`null` timestamp with a 20-digit `timestamp_ms`, `-214.7483648` coordinates,
@@ -44,16 +56,19 @@ public struct RecordJSONEncoder {
         let bound =
             RecordJSONEncoder.fixedBound &+ (deviceID?.digitCount ?? 0)
             &+ RecordJSONEncoder.bytesPerIOByte &* (record.ioEnd &- record.ioStart)
-        if scratch.count < bound {
-            scratch = [UInt8](repeating: 0, count: Swift.max(bound, scratch.count &* 2))
+        if scratch.count < bound &+ RecordJSONEncoder.overStore {
+            scratch = [UInt8](repeating: 0, count: Swift.max(bound &+ RecordJSONEncoder.overStore, scratch.count &* 2))
         }
         let start = out.count
         let timestamp = scratch.withUnsafeMutableBufferPointer { buffer in
             var w = JSONWriter(buffer.baseAddress!)
-            let timestamp = RecordJSONEncoder.writeFields(record, deviceID: deviceID, to: &w)
-            w.raw(",\"attributes\":")
-            seen.withUnsafeMutableBufferPointer { bits in
-                RecordJSONEncoder.writeAttributes(record, seen: bits.baseAddress!, to: &w)
+            let timestamp = words.withUnsafeBufferPointer { words in
+                let timestamp = RecordJSONEncoder.writeFields(record, deviceID: deviceID, words: words.baseAddress!, to: &w)
+                w.raw(",\"attributes\":")
+                seen.withUnsafeMutableBufferPointer { bits in
+                    RecordJSONEncoder.writeAttributes(record, seen: bits.baseAddress!, words: words.baseAddress!, to: &w)
+                }
+                return timestamp
             }
             w.bytes(UInt8(ascii: "}"), UInt8(ascii: "}"))
             precondition(w.count <= bound, "RecordJSONEncoder: size bound exceeded")
@@ -65,7 +80,12 @@ public struct RecordJSONEncoder {
 
     /// Everything before `,"attributes":`; returns where the `timestamp` value is in `w`.
     @inline(__always)
-    private static func writeFields(_ record: AVLRecordView, deviceID: IMEI?, to w: inout JSONWriter) -> Range<Int> {
+    private static func writeFields(
+        _ record: AVLRecordView,
+        deviceID: IMEI?,
+        words: UnsafePointer<UInt64>,
+        to w: inout JSONWriter
+    ) -> Range<Int> {
         if let deviceID {
             w.raw("{\"device_id\":\"")
             w.digits(deviceID.value, count: deviceID.digitCount)
@@ -84,53 +104,93 @@ public struct RecordJSONEncoder {
         w.raw(",\"timestamp_ms\":")
         w.decimal(record.timestampMs)
         w.raw(",\"priority\":")
-        w.decimal(UInt16(record.priority))
+        w.word(words[Int(record.priority)])
         w.raw(",\"longitude\":")
         w.e7(record.longitudeE7)
         w.raw(",\"latitude\":")
         w.e7(record.latitudeE7)
         w.raw(",\"altitude\":")
         if record.altitudeMeters < 0 { w.byte(UInt8(ascii: "-")) }
-        w.decimal(record.altitudeMeters.magnitude)
+        small(record.altitudeMeters.magnitude, words: words, to: &w)
         w.raw(",\"angle\":")
-        w.decimal(record.angleDegrees)
+        small(record.angleDegrees, words: words, to: &w)
         w.raw(",\"satellites\":")
-        w.decimal(UInt16(record.satellites))
+        w.word(words[Int(record.satellites)])
         w.raw(",\"speed\":")
-        w.decimal(record.speedKmh)
+        small(record.speedKmh, words: words, to: &w)
         w.raw(",\"event_io_id\":")
-        w.decimal(record.eventIOID)
+        small(record.eventIOID, words: words, to: &w)
         if let generationType = record.generationType {
             w.raw(",\"generation_type\":")
-            w.decimal(UInt16(generationType))
+            w.word(words[Int(generationType)])
         }
         return timestamp
     }
 
-    /// The attributes object, `{...}`, in wire order. First pass: mark every ID in `seen`, noting any
-    /// repeat. Second pass (no repeat, the normal case): write each member and clear its bitmap word.
+    /// The decimal digits of `v`: from the table below 1000 (the common case for these fields and IO values).
+    @inline(__always)
+    private static func small(_ v: UInt16, words: UnsafePointer<UInt64>, to w: inout JSONWriter) {
+        if v < 1000 {
+            w.word(words[Int(v)])
+        } else {
+            w.decimal(v)
+        }
+    }
+
+    /// The attributes object, `{...}`, in wire order, in one walk (``IOElements/forEachByWidth``: each
+    /// width's values in a loop of their own): each member is written as its ID is marked in `seen`. A repeated ID (rare) is noted, and once the walk is done, what it wrote is
+    /// dropped and ``writeLastOccurrences(_:seen:words:to:)`` writes the members again. The bitmap words
+    /// marked lie between the lowest and highest ID's (one or two 64-bit words for typical IDs below
+    /// 128): they are zeroed in one go, without reading the IDs again.
     @inline(__always)
     private static func writeAttributes(
         _ record: AVLRecordView,
         seen bits: UnsafeMutablePointer<UInt64>,
+        words: UnsafePointer<UInt64>,
         to w: inout JSONWriter
     ) {
         // Members are written each with a leading comma; the first comma then becomes the `{`.
         let open = w.count
-        var duplicate = false
-        for element in record.ioElements {
-            let word = Int(element.id >> 6)
-            let mask = UInt64(1) << UInt64(element.id & 63)
-            if bits[word] & mask != 0 { duplicate = true }
-            bits[word] |= mask
+        var repeated: UInt64 = 0
+        var low = Int.max
+        var high = -1
+        // Marks `id` and writes its key.
+        @inline(__always) func key(_ id: UInt16) {
+            let word = Int(id &>> 6)
+            let mask = UInt64(1) &<< UInt64(id & 63)
+            let marked = bits[word]
+            repeated |= marked & mask
+            bits[word] = marked | mask
+            low = Swift.min(low, word)
+            high = Swift.max(high, word)
+            writeKey(id, words: words, to: &w)
         }
-        if duplicate {
-            writeLastOccurrences(record, seen: bits, to: &w)
-        } else {
-            for element in record.ioElements {
-                bits[Int(element.id >> 6)] = 0
-                writeMember(element, to: &w)
+        record.ioElements.forEachByWidth(
+            u8: { id, v in
+                key(id)
+                w.word(words[Int(v)])
+            },
+            u16: { id, v in
+                key(id)
+                small(v, words: words, to: &w)
+            },
+            u32: { id, v in
+                key(id)
+                w.decimal(v)
+            },
+            u64: { id, v in
+                key(id)
+                writeBigInt(v, to: &w)
+            },
+            bytes: { id, v in
+                key(id)
+                writeBuffer(v, to: &w)
             }
+        )
+        if high >= low { (bits + low).update(repeating: 0, count: high &- low &+ 1) }
+        if repeated != 0 {
+            w.count = open
+            writeLastOccurrences(record, seen: bits, words: words, to: &w)
         }
         if w.count == open {
             w.byte(UInt8(ascii: "{"))
@@ -139,32 +199,52 @@ public struct RecordJSONEncoder {
         }
     }
 
-    /// `,"<id>":<value>` for one element.
+    /// `,"<id>":`, from the table below 1000.
     @inline(__always)
-    private static func writeMember(_ element: IOElementView, to w: inout JSONWriter) {
-        w.bytes(UInt8(ascii: ","), UInt8(ascii: "\""))
-        w.decimal(element.id)
-        w.bytes(UInt8(ascii: "\""), UInt8(ascii: ":"))
-        switch element.value {
-        case .u8(let v): w.decimal(UInt16(v))
-        case .u16(let v): w.decimal(v)
-        case .u32(let v): w.decimal(UInt64(v))
-        case .u64(let v):
-            w.raw("{\"__bigint\":\"")
-            w.decimal(v)
-            w.bytes(UInt8(ascii: "\""), UInt8(ascii: "}"))
-        case .bytes(let v):
-            w.raw("{\"__buffer_b64\":\"")
-            w.base64(v)
-            w.bytes(UInt8(ascii: "\""), UInt8(ascii: "}"))
+    private static func writeKey(_ id: UInt16, words: UnsafePointer<UInt64>, to w: inout JSONWriter) {
+        if id < 1000 {
+            w.word(words[1000 &+ Int(id)])
+        } else {
+            w.bytes(UInt8(ascii: ","), UInt8(ascii: "\""))
+            w.decimal(id)
+            w.bytes(UInt8(ascii: "\""), UInt8(ascii: ":"))
         }
     }
 
-    /// Rare: an ID repeats. Keeps each ID's last occurrence; a reverse walk clears the bits as it goes.
-    /// Allocates.
+    /// An 8-byte value: `{"__bigint":"<digits>"}`.
+    @inline(__always)
+    private static func writeBigInt(_ v: UInt64, to w: inout JSONWriter) {
+        w.raw("{\"__bigint\":\"")
+        w.decimal(v)
+        w.bytes(UInt8(ascii: "\""), UInt8(ascii: "}"))
+    }
+
+    /// A variable-length value: `{"__buffer_b64":"<base64>"}`.
+    @inline(__always)
+    private static func writeBuffer(_ v: UnsafeRawBufferPointer, to w: inout JSONWriter) {
+        w.raw("{\"__buffer_b64\":\"")
+        w.base64(v)
+        w.bytes(UInt8(ascii: "\""), UInt8(ascii: "}"))
+    }
+
+    /// `,"<id>":<value>` for one element (the rare path's; the walk above writes each width itself).
+    private static func writeMember(_ element: IOElementView, words: UnsafePointer<UInt64>, to w: inout JSONWriter) {
+        writeKey(element.id, words: words, to: &w)
+        switch element.value {
+        case .u8(let v): w.word(words[Int(v)])
+        case .u16(let v): small(v, words: words, to: &w)
+        case .u32(let v): w.decimal(v)
+        case .u64(let v): writeBigInt(v, to: &w)
+        case .bytes(let v): writeBuffer(v, to: &w)
+        }
+    }
+
+    /// Rare: an ID repeats. Keeps each ID's last occurrence: a reverse walk marks each ID the first time
+    /// it meets it; the bits are cleared afterwards. `seen` is all zero before and after. Allocates.
     private static func writeLastOccurrences(
         _ record: AVLRecordView,
         seen bits: UnsafeMutablePointer<UInt64>,
+        words: UnsafePointer<UInt64>,
         to w: inout JSONWriter
     ) {
         let all = Array(record.ioElements)
@@ -172,11 +252,12 @@ public struct RecordJSONEncoder {
         for i in all.indices.reversed() {
             let word = Int(all[i].id >> 6)
             let mask = UInt64(1) << UInt64(all[i].id & 63)
-            if bits[word] & mask != 0 {
+            if bits[word] & mask == 0 {
                 keep[i] = true
-                bits[word] &= ~mask
+                bits[word] |= mask
             }
         }
-        for i in all.indices where keep[i] { writeMember(all[i], to: &w) }
+        for element in all { bits[Int(element.id >> 6)] = 0 }
+        for i in all.indices where keep[i] { writeMember(all[i], words: words, to: &w) }
     }
 }
