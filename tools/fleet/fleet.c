@@ -237,7 +237,7 @@ static void send_packet(struct device *d, uint64_t now) {
     d->written = 0;
     d->in_len = 0;
     d->state = S_ACK;
-    d->sent_ns = now;
+    d->sent_ns = now_ns(); /* not `now`: a sweep sends many packets, and building one takes time */
     d->deadline_ns = now + (uint64_t)opt.response_timeout_ms * 1000000u;
     send_rest(d, now);
 }
@@ -279,6 +279,7 @@ static void readable(struct device *d, uint64_t now, uint64_t start, uint64_t en
         if (d->in_len < 4) continue;
         uint32_t ack = (uint32_t)d->in[0] << 24 | (uint32_t)d->in[1] << 16 | (uint32_t)d->in[2] << 8 | d->in[3];
         if (ack != (uint32_t)d->packet_records) { count.wrong_acks++; drop(d, now, 1); return; }
+        now = now_ns(); /* the ACK's own time, not the epoll_wait return's: events are handled in turn */
         d->packet_pending = 0;
         count.packets_acked++;
         count.records_acked += (uint64_t)d->packet_records;
