@@ -33,7 +33,13 @@ fi
 source scripts/bench-common.sh
 objcopy --strip-debug "$bin" "$work/teltonika-ingest"
 start_redis
-echo "bench-instructions: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); revision $(git rev-parse --short=12 HEAD)$(git diff --quiet HEAD -- Sources || echo ' (modified)')"
+# The binary's own revision is in its teltonika_build_info; with BENCH_BIN the working tree's may differ.
+if [ -n "${BENCH_BIN:-}" ]; then
+    what="binary $BENCH_BIN (BENCH_BIN)"
+else
+    what="revision $(git rev-parse --short=12 HEAD)$(git diff --quiet HEAD -- Sources || echo ' (modified)')"
+fi
+echo "bench-instructions: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); $what"
 echo "workload: $devices devices, $records records per packet, $small then $large packets per device (simulate --seed 19)"
 
 acked() { python3 -c 'import json, sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])["records_acked"])' <"$work/$1.json"; }
