@@ -3,8 +3,15 @@
 # reports its RSS growth per connection;
 # with METRICS_PORT, also how long a /metrics scrape takes with those connections open.
 # Usage: scripts/idle-rss.py PORT SERVER_PID N [METRICS_PORT]
-import socket, sys, time, urllib.request
+import resource, socket, sys, time, urllib.request
 port = int(sys.argv[1]); pid = int(sys.argv[2]); n = int(sys.argv[3])
+# This process holds the N sockets: its soft descriptor limit up to the hard one (a shell's is often 1,024).
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if soft != resource.RLIM_INFINITY and soft < n + 64:
+    want = n + 64 if hard == resource.RLIM_INFINITY else min(n + 64, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if want < n + 64:
+        sys.exit(f'idle-rss: {n} connections need {n + 64} descriptors; the hard limit is {hard}')
 metrics_port = int(sys.argv[4]) if len(sys.argv) > 4 else None
 def rss():
     for l in open(f'/proc/{pid}/status'):
