@@ -46,10 +46,17 @@ if command -v hyperfine > /dev/null; then
 fi
 read -r wall cpu <<< "$(best_of "$bin" decode "$input")"
 echo "decode: best of $runs: ${wall} s wall ($(per_record "$wall") µs/record), ${cpu} s CPU ($(per_record "$cpu") µs/record)"
+# For make bench's summary table (scripts/bench.sh).
+if [[ -n "${BENCH_SUMMARY:-}" ]]; then
+    printf 'decode of a %s MB capture, µs per record end to end (target <= 1)\t%s\n' "$(du -m "$input" | cut -f1)" "$(per_record "$wall")" >> "$BENCH_SUMMARY"
+fi
 
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 read -r wall cpu <<< "$(best_of "$bin" replay "$input" --port "$port" --response-timeout 1)"
 echo "replay input (read, classify, one refused connect): best of $runs: ${wall} s wall ($(per_record "$wall") µs/record), ${cpu} s CPU"
+if [[ -n "${BENCH_SUMMARY:-}" ]]; then
+    printf 'replay reading the same capture, µs per record\t%s\n' "$(per_record "$wall")" >> "$BENCH_SUMMARY"
+fi
 
 if [[ "${BENCH_CALLGRIND:-0}" == 1 ]] && command -v valgrind > /dev/null; then
     work="$(mktemp -d)"
