@@ -74,6 +74,40 @@ struct RedisTLSConnectionTests {
         }
     }
 
+    /// `awaitReplies`, as the publisher calls it before reading a big batch's replies, over plain TCP and TLS:
+    /// the replies are all there and in step after it; a guess above what comes (a 7-byte `PONG` awaited as
+    /// 100 KB) only waits its time, and the socket's low-water mark is back to 1 after it (else every later
+    /// read would wait for the mark until the connection's timeout).
+    @Test func testAwaitRepliesWaitsOnceAndLeavesReadsAsTheyWere() throws {
+        let server = try startServer(plainPort: true)
+        let plain = try RedisConnection(url: RedisURL(endpoint: .tcp(host: "127.0.0.1", port: server.plainPort!)), timeoutMs: 2000)
+        let tls = try RedisConnection(url: url(server.tlsPort), timeoutMs: 2000, tls: testContext())
+        for (index, redis) in [plain, tls].enumerated() {
+            var writer = RESPWriter()
+            for i in 0..<2000 {
+                writer.beginCommand(arguments: 5)
+                for argument in ["XADD", "await\(index)", "*", "field", String(repeating: "v", count: i % 50)] {
+                    writer.bulk(string: argument)
+                }
+            }
+            try redis.append(writer.bytes)
+            try redis.awaitReplies(bytes: 2000 * 22, timeoutMs: 1000)
+            var errors = 0
+            for _ in 0..<2000 where try redis.replyError() != nil { errors += 1 }
+            #expect(errors == 0)
+            #expect(try redis.command(["XLEN", "await\(index)"]) == .integer(2000), "in step")
+
+            var ping = RESPWriter()
+            ping.beginCommand(arguments: 1)
+            ping.bulk(string: "PING")
+            try redis.append(ping.bytes)
+            try redis.awaitReplies(bytes: 100_000, timeoutMs: 50)
+            #expect(redis.receiveLowWaterMark == (index == 0 ? 1 : nil), "the mark is back to 1")
+            #expect(try redis.reply() == .string("PONG"))
+            #expect(try redis.command(["PING"]) == .string("PONG"), "short replies read at once again")
+        }
+    }
+
     /// Room reserved for a batch (as the publisher does before appending it), over plain TCP and TLS (where it
     /// does nothing): a batch of 2 MB, more than reserved and less, goes out whole and its replies are in step.
     @Test func testAReservedBatchGoesOutWhole() throws {

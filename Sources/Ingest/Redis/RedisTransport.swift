@@ -97,9 +97,18 @@ final class HiredisTransport: RedisTransport {
         answers.reserveCapacity(jobs.count)
         do throws(RedisConnection.Failure) {
             let wait = replicaWait?.command ?? []
-            connection.reserve(jobs.reduce(wait.count) { $0 + $1.commands.count })
+            let bytes = jobs.reduce(wait.count) { $0 + $1.commands.count }
+            connection.reserve(bytes)
             for job in jobs { try connection.append(job.commands) }
             if replicaWait != nil { try connection.append(wait) }
+            // A batch Redis reads in several pieces (16 KiB each) is answered piece by piece: one wake-up for
+            // its replies rather than one per piece (``RedisConnection/awaitReplies(bytes:timeoutMs:)``). Each
+            // `XADD ... *` reply is a stream id, `$15\r\n<13-digit ms>-<seq>\r\n`, 22 bytes or more; the time
+            // allowed grows with the batch. A smaller batch is answered at once: its first read waits as before.
+            if bytes > Self.redisReadPiece {
+                let replies = jobs.reduce(0) { $0 + $1.commandCount }
+                try connection.awaitReplies(bytes: replies * Self.replyBytes, timeoutMs: 2 + replies / 100)
+            }
             for job in jobs {
                 var firstError: String? = nil
                 for _ in 0..<job.commandCount {
@@ -118,4 +127,10 @@ final class HiredisTransport: RedisTransport {
     func command(_ arguments: [String]) throws(RedisConnection.Failure) -> RedisConnection.Reply {
         try connection.command(arguments)
     }
+
+    /// The fewest bytes an `XADD ... *` reply takes (its id has a 13-digit millisecond time until 2286).
+    static var replyBytes: Int { 22 }
+
+    /// How much of a pipeline Redis reads at a time (`PROTO_IOBUF_LEN`), answering each piece before the next.
+    static var redisReadPiece: Int { 16 * 1024 }
 }
