@@ -159,6 +159,10 @@ struct DeviceServerTests {
         let silence = Date().timeIntervalSince(lastByte)
         #expect(silence >= 0.95 && silence < 2.5, "closed \(silence) s after the last keep-alive, IDLE_TIMEOUT_MS 1000")
         _ = try server.waitForLog(event: "device.idle_timeout", timeout: 2)
+        // A disconnect is counted when the connection has closed, which may trail the log line.
+        try waitFor(timeout: 5) {
+            try server.scrape().value(#"teltonika_disconnects_total{reason="idle_timeout"}"#) >= 1
+        }
         let scrape = try server.scrape()
         #expect(try scrape.value("teltonika_keepalive_total") == 6)
         #expect(try scrape.value(#"teltonika_handshake_total{result="timeout"}"#) == 1)
