@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: the Codec8 micro benchmarks (ordo-one/benchmark), then the server's instructions per ACKed
 # record under callgrind (scripts/bench-instructions.sh; BENCH_INSTRUCTIONS=0 skips it), then the end-to-end benchmark
-# (scripts/bench-e2e.sh: Redis ceiling, server under the simulator, latency, CPU, idle RSS), then the
+# (scripts/bench-e2e.sh: Redis ceiling, server under the C device fleet, latency, CPU, idle RSS), then the
 # same per Redis topology (scripts/bench-redis.sh: plain, a replica with REDIS_MIN_REPLICAS=1, TLS), then
 # `decode` and `replay` on a 50 MB hex capture (scripts/bench-decode.sh; BENCH_DECODE=0 skips it).
 #
