@@ -226,13 +226,10 @@ struct JSONWriter {
         }
     }
 
-    /// The decimal digits of `v`: at most 10 bytes. Stays in 32-bit arithmetic (IO values of 4 bytes).
+    /// The decimal digits of `v`: at most 10 bytes. The digits in 32-bit arithmetic (IO values of 4 bytes).
     @inlinable @inline(__always)
     mutating func decimal(_ v: UInt32) {
-        let n =
-            v < 100_000
-            ? (v < 100 ? (v < 10 ? 1 : 2) : v < 10_000 ? (v < 1_000 ? 3 : 4) : 5)
-            : v < 10_000_000 ? (v < 1_000_000 ? 6 : 7) : v < 1_000_000_000 ? (v < 100_000_000 ? 8 : 9) : 10
+        let n = JSONWriter.digitCount(UInt64(v))
         digits32(v, count: n, end: count &+ n)
         count &+= n
     }

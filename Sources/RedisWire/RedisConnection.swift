@@ -211,17 +211,21 @@ public final class RedisConnection {
     /// Flushes what is queued, reads the next reply and hands it to `body` (it is freed after). With
     /// `errorOnly`, a reply that is not an error reaches `body` as a `REDIS_REPLY_STATUS` with no string.
     private func nextReply<R>(errorOnly: Bool = false, _ body: (redisReply) -> R) throws(Failure) -> R {
+        let reader =
+            switch backend {
+            case .hiredis(let context): context.pointee.reader!
+            case .tls(let stream): stream.reader
+            }
+        let functions = errorOnly ? teltonika_reader_error_only(reader) : nil
+        defer { if errorOnly { teltonika_reader_restore(reader, functions) } }
         let raw: UnsafeMutableRawPointer
         switch backend {
         case .hiredis(let context):
-            let reader = context.pointee.reader!
-            let functions = errorOnly ? teltonika_reader_error_only(reader) : nil
-            defer { if errorOnly { teltonika_reader_restore(reader, functions) } }
             var reply: UnsafeMutableRawPointer? = nil
             guard redisGetReply(context, &reply) == REDIS_OK, let reply else { throw RedisConnection.failure(context) }
             raw = reply
         case .tls(let stream):
-            raw = try stream.reply(errorOnly: errorOnly)
+            raw = try stream.reply()
         }
         defer { teltonika_free_reply(raw) }
         return body(raw.assumingMemoryBound(to: redisReply.self).pointee)

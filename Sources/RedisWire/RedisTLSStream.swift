@@ -25,7 +25,8 @@ final class RedisTLSStream {
     private let incoming: OpaquePointer
     /// Ciphertext OpenSSL wrote, for the socket (owned by `ssl`).
     private let outgoing: OpaquePointer
-    private let reader: UnsafeMutablePointer<redisReader>
+    /// hiredis' reply parser over the decrypted bytes.
+    let reader: UnsafeMutablePointer<redisReader>
     private let plaintext: UnsafeMutableRawBufferPointer
     private let ciphertext: UnsafeMutableRawBufferPointer
     /// Commands appended since the last `reply`.
@@ -103,13 +104,10 @@ final class RedisTLSStream {
         }
     }
 
-    /// The next reply (free it with `teltonika_free_reply`): one already parsed if there is one, else flushes
-    /// what is queued and reads until a whole reply has arrived. `errorOnly`: made with the error-only object
-    /// functions (`shim.h`), as ``RedisConnection/replyError()`` reads it.
-    func reply(errorOnly: Bool = false) throws(Failure) -> UnsafeMutableRawPointer {
+    /// The next reply (free it with `teltonika_free_reply`), made by ``reader``'s object functions: one
+    /// already parsed if there is one, else flushes what is queued and reads until a whole reply has arrived.
+    func reply() throws(Failure) -> UnsafeMutableRawPointer {
         if let failed { throw failed }
-        let functions = errorOnly ? teltonika_reader_error_only(reader) : nil
-        defer { if errorOnly { teltonika_reader_restore(reader, functions) } }
         do throws(Failure) {
             if let reply = try parsedReply() { return reply }
             try flush()

@@ -12,6 +12,14 @@ struct RedisTLSConnectionTests {
         RedisURL(endpoint: .tcp(host: host, port: port), password: password, database: database, tls: true)
     }
 
+    /// A TLS redis-server with a plain port too, and a connection over each (plain first).
+    private func plainAndTLS(timeoutMs: Int) throws -> (server: TLSRedisServer, connections: [RedisConnection]) {
+        let server = try startServer(plainPort: true)
+        let plain = try RedisConnection(url: RedisURL(endpoint: .tcp(host: "127.0.0.1", port: server.plainPort!)), timeoutMs: timeoutMs)
+        let tls = try RedisConnection(url: url(server.tlsPort), timeoutMs: timeoutMs, tls: testContext())
+        return (server, [plain, tls])
+    }
+
     // MARK: - Working
 
     @Test func testSetGetAndClientName() throws {
@@ -44,10 +52,9 @@ struct RedisTLSConnectionTests {
     /// `replyError()`, the publisher's read of its `XADD` replies, over plain TCP and TLS: nil for a stream
     /// id, a status or a string; the message of an error reply; the replies stay in step.
     @Test func testReplyErrorNamesOnlyErrorReplies() throws {
-        let server = try startServer(plainPort: true)
-        let plain = try RedisConnection(url: RedisURL(endpoint: .tcp(host: "127.0.0.1", port: server.plainPort!)), timeoutMs: 2000)
-        let tls = try RedisConnection(url: url(server.tlsPort), timeoutMs: 2000, tls: testContext())
-        for (index, redis) in [plain, tls].enumerated() {
+        let (server, connections) = try plainAndTLS(timeoutMs: 2000)
+        defer { withExtendedLifetime(server) {} }
+        for (index, redis) in connections.enumerated() {
             var writer = RESPWriter()
             for command in [
                 ["SET", "k\(index)", "v"], ["XADD", "k\(index)", "*", "f", "v"], ["XADD", "s\(index)", "*", "f", "v"],
@@ -79,10 +86,9 @@ struct RedisTLSConnectionTests {
     /// 100 KB) only waits its time, and the socket's low-water mark is back to 1 after it (else every later
     /// read would wait for the mark until the connection's timeout).
     @Test func testAwaitRepliesWaitsOnceAndLeavesReadsAsTheyWere() throws {
-        let server = try startServer(plainPort: true)
-        let plain = try RedisConnection(url: RedisURL(endpoint: .tcp(host: "127.0.0.1", port: server.plainPort!)), timeoutMs: 2000)
-        let tls = try RedisConnection(url: url(server.tlsPort), timeoutMs: 2000, tls: testContext())
-        for (index, redis) in [plain, tls].enumerated() {
+        let (server, connections) = try plainAndTLS(timeoutMs: 2000)
+        defer { withExtendedLifetime(server) {} }
+        for (index, redis) in connections.enumerated() {
             var writer = RESPWriter()
             for i in 0..<2000 {
                 writer.beginCommand(arguments: 5)
@@ -111,10 +117,9 @@ struct RedisTLSConnectionTests {
     /// Room reserved for a batch (as the publisher does before appending it), over plain TCP and TLS (where it
     /// does nothing): a batch of 2 MB, more than reserved and less, goes out whole and its replies are in step.
     @Test func testAReservedBatchGoesOutWhole() throws {
-        let server = try startServer(plainPort: true)
-        let plain = try RedisConnection(url: RedisURL(endpoint: .tcp(host: "127.0.0.1", port: server.plainPort!)), timeoutMs: 5000)
-        let tls = try RedisConnection(url: url(server.tlsPort), timeoutMs: 5000, tls: testContext())
-        for (index, redis) in [plain, tls].enumerated() {
+        let (server, connections) = try plainAndTLS(timeoutMs: 5000)
+        defer { withExtendedLifetime(server) {} }
+        for (index, redis) in connections.enumerated() {
             for reserved in [0, 1_000, 2_000_000, 4_000_000] {
                 var writer = RESPWriter()
                 for i in 0..<2000 {

@@ -75,10 +75,10 @@ struct device {
 
 static struct {
     const char *host;
-    int port, devices, records, rate_set, response_timeout_ms;
+    int port, devices, records, response_timeout_ms;
     double seconds, rate;
     enum { C_MIXED, C_8, C_8E } codec;
-} opt = {"127.0.0.1", 5027, 200, 10, 0, 10000, 15, 0, C_MIXED};
+} opt = {"127.0.0.1", 5027, 200, 10, 10000, 15, 0, C_MIXED};
 
 static struct {
     uint64_t packets_acked, records_acked, records_in_window, resends, errors, wrong_acks, connections, refusals, timeouts;
@@ -248,7 +248,7 @@ static void next_packet(struct device *d, uint64_t now, uint64_t end) {
         d->state = S_DONE;
         return;
     }
-    if (opt.rate_set) {
+    if (opt.rate > 0) {
         if (d->due_ns > now) {
             d->state = S_WAITING;
             return;
@@ -260,7 +260,7 @@ static void next_packet(struct device *d, uint64_t now, uint64_t end) {
     send_packet(d, now);
 }
 
-static void readable(struct device *d, uint64_t now, uint64_t start, uint64_t end) {
+static void readable(struct device *d, uint64_t now, uint64_t end) {
     for (;;) {
         unsigned char buf[64];
         size_t want = d->state == S_LOGIN ? 1 : (size_t)(4 - d->in_len);
@@ -284,13 +284,13 @@ static void readable(struct device *d, uint64_t now, uint64_t start, uint64_t en
         count.packets_acked++;
         count.records_acked += (uint64_t)d->packet_records;
         if (now <= end) count.records_in_window += (uint64_t)d->packet_records;
-        if (d->sent_ns >= start) record_latency(now - d->sent_ns);
+        record_latency(now - d->sent_ns);
         next_packet(d, now, end);
         if (d->state != S_ACK) return;
     }
 }
 
-static void writable(struct device *d, uint64_t now, uint64_t end) {
+static void writable(struct device *d, uint64_t now) {
     if (d->state == S_CONNECTING) {
         int err = 0;
         socklen_t len = sizeof err;
@@ -303,7 +303,6 @@ static void writable(struct device *d, uint64_t now, uint64_t end) {
         d->state = S_LOGIN;
         d->deadline_ns = now + (uint64_t)opt.response_timeout_ms * 1000000u;
         watch(d, EPOLLIN, EPOLL_CTL_MOD);
-        (void)end;
         return;
     }
     if (d->state == S_ACK) {
@@ -348,7 +347,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--devices")) opt.devices = atoi(v);
         else if (!strcmp(a, "--duration")) opt.seconds = atof(v);
         else if (!strcmp(a, "--records-per-packet")) opt.records = atoi(v);
-        else if (!strcmp(a, "--rate")) { opt.rate = atof(v); opt.rate_set = opt.rate > 0; }
+        else if (!strcmp(a, "--rate")) opt.rate = atof(v);
         else if (!strcmp(a, "--response-timeout-ms")) opt.response_timeout_ms = atoi(v);
         else if (!strcmp(a, "--codec")) opt.codec = !strcmp(v, "8") ? C_8 : !strcmp(v, "8E") ? C_8E : C_MIXED;
         else usage();
@@ -372,7 +371,7 @@ int main(int argc, char **argv) {
         d->lat = 550000000 + (int32_t)(next_random(&d->rng) % 20000000);
         d->lon = 230000000 + (int32_t)(next_random(&d->rng) % 20000000);
         d->odometer = (uint32_t)(next_random(&d->rng) % 100000000);
-        if (opt.rate_set) d->due_ns = start + (uint64_t)((double)(next_random(&d->rng) % 1000000) / 1e6 * (1e9 / opt.rate));
+        if (opt.rate > 0) d->due_ns = start + (uint64_t)((double)(next_random(&d->rng) % 1000000) / 1e6 * (1e9 / opt.rate));
         start_connect(d, start);
     }
 
@@ -406,8 +405,8 @@ int main(int argc, char **argv) {
             struct device *d = events[i].data.ptr;
             if (d->fd < 0) continue;
             if (events[i].events & (EPOLLERR | EPOLLHUP) && d->state == S_CONNECTING) { drop(d, now, 1); continue; }
-            if (events[i].events & EPOLLOUT) writable(d, now, end);
-            if (d->fd >= 0 && events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) readable(d, now, start, end);
+            if (events[i].events & EPOLLOUT) writable(d, now);
+            if (d->fd >= 0 && events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) readable(d, now, end);
         }
     }
     double elapsed = (double)(now_ns() - start) / 1e9;
