@@ -10,6 +10,8 @@
 #                  the server against that Redis (stream bench:NAME, LOG_LEVEL warning, its log in
 #                  $work/NAME.log), once /readyz answers: sets server_pid, device_port, metrics_port
 #   json_field F   field F of the last JSON line on standard input (a `simulate --json` summary)
+#   cpu_seconds PID [user]
+#                  the process's user + system CPU seconds so far (user only with `user`), from /proc
 #   fleet ARGS     the device fleet that drives the server (`simulate` options: --host, --port, --devices,
 #                  --duration, --records-per-packet, --rate; one JSON line out). BENCH_FLEET=c (default): the
 #                  independent C fleet, tools/fleet/fleet.c, built here with cc -O2 (or $CC, or the toolchain's clang); BENCH_FLEET=swift: the
@@ -17,6 +19,10 @@
 
 bin="${BENCH_BIN:-$(scripts/release.sh | tail -1)}"
 json_field() { python3 -c 'import json, sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"; }
+cpu_seconds() {
+    awk -v t="$(getconf CLK_TCK)" -v only="${2:-}" \
+        '{ sub(/.*\) /, ""); split($0, f, " "); printf "%.3f", (f[12] + (only == "user" ? 0 : f[13])) / t }' "/proc/$1/stat"
+}
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 work="$(mktemp -d)"

@@ -24,7 +24,6 @@ records="${BENCH_RECORDS:-10}"
 idle="${BENCH_IDLE:-19000}"
 
 source scripts/bench-common.sh
-cpu_seconds() { awk -v t="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); split($0, f, " "); printf "%.3f", (f[12] + f[13]) / t }' "/proc/$1/stat"; }
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n { print $2 }'; }
 start_redis
 

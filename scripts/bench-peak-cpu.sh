@@ -21,7 +21,6 @@ records="${BENCH_RECORDS:-10}"
 source scripts/bench-common.sh
 start_redis
 
-ticks() { awk '{ sub(/.*\) /, ""); split($0, f, " "); print f[12] + f[13], f[12] }' "/proc/$1/stat"; }
 publisher_switches() {  # the publisher thread is the one named after its dispatch queue (…default-qos)
     local total=0 t
     for t in /proc/"$1"/task/*; do
@@ -38,21 +37,21 @@ for round in $(seq "$rounds"); do
         bin="$b"
         redis-cli -p "$redis_port" FLUSHALL >/dev/null
         start_server "peak$round"
-        read -r cpu0 user0 < <(ticks "$server_pid")
+        cpu0="$(cpu_seconds "$server_pid")"; user0="$(cpu_seconds "$server_pid" user)"
         switches0="$(publisher_switches "$server_pid")"
         fleet --host 127.0.0.1 --port "$device_port" --devices "$devices" --duration "$seconds" \
             --records-per-packet "$records" >"$work/run.json"
-        read -r cpu1 user1 < <(ticks "$server_pid")
+        cpu1="$(cpu_seconds "$server_pid")"; user1="$(cpu_seconds "$server_pid" user)"
         switches1="$(publisher_switches "$server_pid")"
         batches="$(curl -s "http://127.0.0.1:$metrics_port/metrics" | awk '$1 == "teltonika_publish_batch_size_records_count" { print $2 }')"
         kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
-        python3 - "$work/run.json" "$(getconf CLK_TCK)" "$cpu0" "$cpu1" "$user0" "$user1" "$switches0" "$switches1" "$batches" "$b" <<'PY'
+        python3 - "$work/run.json" "$cpu0" "$cpu1" "$user0" "$user1" "$switches0" "$switches1" "$batches" "$b" <<'PY'
 import json, sys
 r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
-tck, cpu0, cpu1, user0, user1, sw0, sw1, batches = (float(x) for x in sys.argv[2:10])
+cpu0, cpu1, user0, user1, sw0, sw1, batches = (float(x) for x in sys.argv[2:9])
 n = max(1, r["records_acked"])
-us = lambda ticks: ticks / tck / n * 1e6
-print(f"{sys.argv[10]}: {r['acked_per_s']:>9,.0f} records/s  ACK p99 {float(r['ack_p99_ms']):6.2f} ms  "
+us = lambda seconds: seconds / n * 1e6
+print(f"{sys.argv[9]}: {r['acked_per_s']:>9,.0f} records/s  ACK p99 {float(r['ack_p99_ms']):6.2f} ms  "
       f"server {us(cpu1 - cpu0):.3f} µs/record (user {us(user1 - user0):.3f})  "
       f"publisher switches per batch {(sw1 - sw0) / max(1, batches):.1f}")
 PY
