@@ -66,18 +66,17 @@ final class SessionEnvironment: Sendable {
         loginFailures = budget > 0 ? NIOLockedValueBox(LoginFailureLimiter(budgetPerMinute: budget)) : nil
     }
 
-    /// A publish job for `writer`'s commands (`PUBLISH_TIMEOUT_MS` from now) whose outcome is given to
+    /// A publish job for `commands` (`PUBLISH_TIMEOUT_MS` from now) whose outcome is given to
     /// `answer`, with the value `bound` holds, on `bound`'s event loop.
     func makeJob<Owner>(
-        writer: RESPWriter,
+        commands: RESPBuffer,
         records: Int,
         message: Bool = false,
         bound: NIOLoopBound<Owner>,
         answer: @escaping @Sendable (Owner, PublishOutcome) -> Void
     ) -> PublishJob {
         PublishJob(
-            commands: writer.bytes,
-            commandCount: writer.commandCount,
+            commands: commands,
             recordCount: records,
             deadline: .now() + .milliseconds(Int64(configuration.publishTimeoutMs)),
             isMessage: message,
@@ -595,13 +594,13 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         guard case .ready(let imei) = session.state else { preconditionFailure("a packet frame in state \(session.state)") }
         let completed = NIODeadline.now()
         let encoderBox = environment.encoder
-        var writer = RESPWriter()
+        var commands: RESPBuffer? = nil
         var answered: (CommandSlot.Correlation?, DeviceMessage)? = nil
         let outcome: Result<Parsed, Codec8Error> = frame.withUnsafeReadableBytes { raw in
             do throws(Codec8Error) {
                 switch try TeltonikaFrame.parse(raw, maxDataLength: maxFrameBytes) {
                 case .avl(let packet):
-                    encoderBox.encoder.appendRecords(of: packet, imei: imei, to: &writer)
+                    commands = encoderBox.encoder.records(of: packet, imei: imei)
                     return .success(.avl(codec: packet.codec, records: packet.recordCount))
                 case .message(let message):
                     // A response answers the command in flight (if any), whether or not it is stored.
@@ -610,6 +609,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                     // The budget is checked before any work is spent on the message.
                     let codec = message.codec
                     let action = session.messageDecoded(nowNanoseconds: completed.uptimeNanoseconds) {
+                        var writer = RESPWriter()
                         encoderBox.encoder.appendMessage(
                             message,
                             imei: imei,
@@ -618,7 +618,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                             to: &writer
                         )
                         return PacketInFlight(
-                            job: makeJob(context, writer: writer, records: 1, message: true),
+                            job: makeJob(context, commands: RESPBuffer(writer), records: 1, message: true),
                             frameCompleted: completed,
                             codec: codec.name
                         )
@@ -657,7 +657,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
                 )
             }
             let action = session.packetDecoded(records: records) {
-                PacketInFlight(job: makeJob(context, writer: writer, records: records), frameCompleted: completed)
+                PacketInFlight(job: makeJob(context, commands: commands!, records: records), frameCompleted: completed)
             }
             switch action {
             case .publish:
@@ -710,9 +710,9 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 
     /// A publish job whose outcome comes back to this handler on its event loop.
-    private func makeJob(_ context: ChannelHandlerContext, writer: RESPWriter, records: Int, message: Bool = false) -> PublishJob {
+    private func makeJob(_ context: ChannelHandlerContext, commands: RESPBuffer, records: Int, message: Bool = false) -> PublishJob {
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        return environment.makeJob(writer: writer, records: records, message: message, bound: bound) { handler, outcome in
+        return environment.makeJob(commands: commands, records: records, message: message, bound: bound) { handler, outcome in
             handler.0.published(handler.1, outcome: outcome)
         }
     }

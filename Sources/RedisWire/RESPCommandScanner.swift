@@ -10,9 +10,11 @@
 ///
 /// Anything else (an inline command, a truncated or malformed array, a length that runs past the end)
 /// is nil: these bytes come from our own writer, so that is a bug to report, never to guess around.
+/// `bytes` is indexed from 0 (an array, or an `UnsafeRawBufferPointer` such as a ``RESPBuffer``'s).
 public enum RESPCommandScanner {
     /// The byte range of each command in `bytes`, in order; nil unless `bytes` is whole commands.
-    public static func commands(in bytes: [UInt8]) -> [Range<Int>]? {
+    public static func commands<Bytes: RandomAccessCollection<UInt8>>(in bytes: Bytes) -> [Range<Int>]? where Bytes.Index == Int {
+        precondition(bytes.startIndex == 0, "RESPCommandScanner: bytes are indexed from 0")
         var ranges: [Range<Int>] = []
         var index = 0
         while index < bytes.count {
@@ -25,7 +27,12 @@ public enum RESPCommandScanner {
 
     /// The byte range of each argument (a bulk string's contents) of the command starting at `start`,
     /// at most `limit` of them; nil when no whole command starts there.
-    public static func arguments(in bytes: [UInt8], command start: Int, limit: Int = .max) -> [Range<Int>]? {
+    public static func arguments<Bytes: RandomAccessCollection<UInt8>>(
+        in bytes: Bytes,
+        command start: Int,
+        limit: Int = .max
+    ) -> [Range<Int>]? where Bytes.Index == Int {
+        precondition(bytes.startIndex == 0, "RESPCommandScanner: bytes are indexed from 0")
         var index = start
         guard let count = header(bytes, at: &index, marker: UInt8(ascii: "*")) else { return nil }
         var arguments: [Range<Int>] = []
@@ -38,7 +45,8 @@ public enum RESPCommandScanner {
     }
 
     /// Where the command starting at `start` ends; nil when it is not whole.
-    private static func skipCommand(_ bytes: [UInt8], from start: Int) -> Int? {
+    private static func skipCommand<Bytes: RandomAccessCollection<UInt8>>(_ bytes: Bytes, from start: Int) -> Int?
+    where Bytes.Index == Int {
         var index = start
         guard let count = header(bytes, at: &index, marker: UInt8(ascii: "*")), count > 0 else { return nil }
         for _ in 0..<count {
@@ -48,7 +56,8 @@ public enum RESPCommandScanner {
     }
 
     /// Reads `$<length>\r\n<bytes>\r\n` at `index`, moving past it; the contents' range.
-    private static func bulk(_ bytes: [UInt8], at index: inout Int) -> Range<Int>? {
+    private static func bulk<Bytes: RandomAccessCollection<UInt8>>(_ bytes: Bytes, at index: inout Int) -> Range<Int>?
+    where Bytes.Index == Int {
         guard let length = header(bytes, at: &index, marker: UInt8(ascii: "$")) else { return nil }
         let end = index + length
         guard end + 2 <= bytes.count, bytes[end] == 0x0D, bytes[end + 1] == 0x0A else { return nil }
@@ -57,7 +66,8 @@ public enum RESPCommandScanner {
     }
 
     /// Reads `<marker><decimal>\r\n` at `index`, moving past it; the number.
-    private static func header(_ bytes: [UInt8], at index: inout Int, marker: UInt8) -> Int? {
+    private static func header<Bytes: RandomAccessCollection<UInt8>>(_ bytes: Bytes, at index: inout Int, marker: UInt8) -> Int?
+    where Bytes.Index == Int {
         guard index < bytes.count, bytes[index] == marker else { return nil }
         var i = index + 1
         var value = 0

@@ -93,6 +93,11 @@ final class RedisTLSStream {
         pending.append(contentsOf: resp)
     }
 
+    func append(_ resp: UnsafeRawBufferPointer) throws(Failure) {
+        if let failed { throw failed }
+        pending.append(contentsOf: resp)
+    }
+
     /// Encrypts and sends what is queued now, without waiting for a reply.
     func sendQueued() throws(Failure) {
         if let failed { throw failed }

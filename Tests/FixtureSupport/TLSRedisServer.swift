@@ -70,6 +70,15 @@ public final class TLSRedisServer {
     }
 
     /// The server's log so far (for a failing test's message).
+    /// Stops the server (`SIGSTOP`): it neither reads nor answers until ``resume()``.
+    public func suspend() {
+        kill(process.processIdentifier, SIGSTOP)
+    }
+
+    public func resume() {
+        kill(process.processIdentifier, SIGCONT)
+    }
+
     public var log: String {
         (try? String(contentsOfFile: directory + "/redis.log", encoding: .utf8)) ?? ""
     }

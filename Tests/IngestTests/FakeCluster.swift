@@ -135,9 +135,9 @@ final class FakeCluster: @unchecked Sendable {
             }
         }
 
-        func append(_ resp: [UInt8]) throws(RedisConnection.Failure) {
+        func append(_ resp: UnsafeRawBufferPointer) throws(RedisConnection.Failure) {
             try check()
-            guard let commands = RESPCommandScanner.commands(in: resp) else { fatalError("not RESP: \(resp)") }
+            guard let commands = RESPCommandScanner.commands(in: resp) else { fatalError("not RESP: \(Array(resp))") }
             for range in commands {
                 let arguments = RESPCommandScanner.arguments(in: resp, command: range.lowerBound)!
                 queued.append(arguments.map { String(decoding: resp[$0], as: UTF8.self) })

@@ -38,12 +38,12 @@ struct StreamEntryEncoderTests {
         udp: Bool = false,
         encoder: inout StreamEntryEncoder
     ) throws -> [[String]] {
-        var writer = RESPWriter()
+        var buffer = RESPBuffer()
         try StandaloneFrame.withDecoded(FixtureCorpus.frame(fixture).bytes) { decoded in
             guard case .frame(.avl(let packet)) = decoded else { return }
-            encoder.appendRecords(of: packet, imei: imei, udp: udp, to: &writer)
+            buffer = encoder.records(of: packet, imei: imei, udp: udp)
         }
-        return commands(writer.bytes)
+        return commands(buffer.array)
     }
 
     static func plainEncoder() -> StreamEntryEncoder {
@@ -92,11 +92,11 @@ struct StreamEntryEncoderTests {
     func testEveryFixtureRecordsEntryIsExact(_ fixture: FixtureFrame) throws {
         for udp in [false, true] {
             var encoder = Self.plainEncoder()
-            var writer = RESPWriter()
+            var buffer = RESPBuffer()
             var expected: [[String]] = []
             try StandaloneFrame.withDecoded(fixture.bytes) { decoded in
                 guard case .frame(.avl(let packet)) = decoded else { return }
-                encoder.appendRecords(of: packet, imei: Self.imei, udp: udp, to: &writer)
+                buffer = encoder.records(of: packet, imei: Self.imei, udp: udp)
                 var json = RecordJSONEncoder()
                 for record in packet.records {
                     var payload: [UInt8] = []
@@ -114,8 +114,8 @@ struct StreamEntryEncoderTests {
                 }
             }
             #expect(!expected.isEmpty)
-            #expect(writer.commandCount == expected.count)
-            #expect(Self.commands(writer.bytes) == expected)
+            #expect(buffer.commandCount == expected.count)
+            #expect(Self.commands(buffer.array) == expected)
         }
     }
 }

@@ -114,24 +114,62 @@ struct RedisTLSConnectionTests {
         }
     }
 
-    /// Room reserved for a batch (as the publisher does before appending it), over plain TCP and TLS (where it
-    /// does nothing): a batch of 2 MB, more than reserved and less, goes out whole and its replies are in step.
-    @Test func testAReservedBatchGoesOutWhole() throws {
+    /// A batch written in place (as the publisher sends its jobs' buffers), over plain TCP (`writev`) and TLS
+    /// (queued): one command queued with `append` first, then 2,000 pieces of about 1 KB (2 MB: more than the
+    /// socket takes at once, and more pieces than one `writev` takes), then a last one. Every command arrives
+    /// whole and in order, and the replies are in step.
+    @Test func testABatchWrittenInPlaceGoesOutWholeAndInOrder() throws {
         let (server, connections) = try plainAndTLS(timeoutMs: 5000)
         defer { withExtendedLifetime(server) {} }
         for (index, redis) in connections.enumerated() {
-            for reserved in [0, 1_000, 2_000_000, 4_000_000] {
+            let key = "batch\(index)"
+            func rpush(_ value: String) -> RESPBuffer {
                 var writer = RESPWriter()
-                for i in 0..<2000 {
-                    writer.beginCommand(arguments: 3)
-                    writer.bulk("RPUSH")
-                    writer.bulk(string: "l\(index)-\(reserved)")
-                    writer.bulk([UInt8](repeating: UInt8(ascii: "a") + UInt8(i % 26), count: 1000))
-                }
-                redis.reserve(reserved)
-                try redis.append(writer.bytes)
-                for i in 0..<2000 { #expect(try redis.reply() == .integer(Int64(i + 1))) }
+                writer.beginCommand(arguments: 3)
+                writer.bulk("RPUSH")
+                writer.bulk(string: key)
+                writer.bulk(string: value)
+                return RESPBuffer(writer)
             }
+            let pieces = (0..<2000).map { i in rpush("\(i):" + String(repeating: Character(UnicodeScalar(UInt8(97 + i % 26))), count: 1000))
+            }
+            let last = rpush("last")
+            try redis.append(rpush("first").array)
+            try withExtendedLifetime((pieces, last)) {
+                try redis.write(pieces.lazy.map(\.bytes), then: last.bytes)
+            }
+            for i in 0..<2002 { #expect(try redis.reply() == .integer(Int64(i + 1))) }
+            #expect(try redis.command(["LINDEX", key, "0"]) == .string("first"))
+            for i in [0, 1, 1023, 1024, 1025, 1999] {
+                guard case .string(let value) = try redis.command(["LINDEX", key, String(i + 1)]) else {
+                    Issue.record("no element \(i + 1)")
+                    continue
+                }
+                #expect(value.hasPrefix("\(i):") && value.count == "\(i):".count + 1000, "\(value.prefix(10))")
+            }
+            #expect(try redis.command(["LINDEX", key, "-1"]) == .string("last"))
+        }
+    }
+
+    /// A batch to a server that stopped reading: over plain TCP the write itself times out (`SO_SNDTIMEO`), over
+    /// TLS the reply that sends it; either way a timeout, and the connection stays failed.
+    @Test func testAStalledBatchTimesOutThenUnusable() throws {
+        let (server, connections) = try plainAndTLS(timeoutMs: 300)
+        server.suspend()
+        defer { server.resume() }
+        let piece = RESPBuffer(
+            copying: Array("*3\r\n$5\r\nRPUSH\r\n$1\r\nl\r\n$65536\r\n".utf8) + Array(repeating: 97, count: 65536) + [13, 10],
+            commands: 1
+        )
+        for redis in connections {
+            let pieces = Array(repeating: piece, count: 256)  // 16 MB: more than the socket buffers hold
+            let error = #expect(throws: RedisConnection.Failure.self) {
+                try withExtendedLifetime(pieces) { try redis.write(pieces.lazy.map(\.bytes)) }
+                _ = try redis.reply()
+            }
+            #expect(error?.kind == .timeout, "\(String(describing: error))")
+            let again = #expect(throws: RedisConnection.Failure.self) { try redis.command(["PING"]) }
+            #expect(again == error)
         }
     }
 

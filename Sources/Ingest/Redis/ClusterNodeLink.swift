@@ -8,12 +8,27 @@ import RedisWire
 /// A connection to one node: what ``ClusterTransport`` needs of ``RedisWire/RedisConnection``, so a
 /// fake can answer `MOVED`, `ASK`, errors, or break.
 protocol ClusterNodeLink: AnyObject {
-    /// Queues pre-formatted RESP commands.
-    func append(_ resp: [UInt8]) throws(RedisConnection.Failure)
+    /// Queues pre-formatted RESP commands (copied).
+    func append(_ resp: UnsafeRawBufferPointer) throws(RedisConnection.Failure)
     /// Sends what is queued, without waiting for replies.
     func flush() throws(RedisConnection.Failure)
     /// The next reply (sending what is queued first).
     func reply() throws(RedisConnection.Failure) -> RedisConnection.Reply
+}
+
+extension ClusterNodeLink {
+    /// Queues pre-formatted RESP commands.
+    func append(_ resp: [UInt8]) throws(RedisConnection.Failure) {
+        let failure: RedisConnection.Failure? = resp.withUnsafeBytes { bytes in
+            do throws(RedisConnection.Failure) {
+                try append(bytes)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        if let failure { throw failure }
+    }
 }
 
 extension RedisConnection: ClusterNodeLink {}

@@ -146,8 +146,8 @@ final class ClusterTransport: RedisTransport {
         maintain()
         var progress = jobs.map { job -> Progress in
             var p = Progress()
-            if let arguments = RESPCommandScanner.arguments(in: job.commands, command: 0, limit: 2), arguments.count == 2 {
-                p.slot = ClusterSlot.of(job.commands[arguments[1]])
+            if let arguments = RESPCommandScanner.arguments(in: job.commands.bytes, command: 0, limit: 2), arguments.count == 2 {
+                p.slot = ClusterSlot.of(UnsafeRawBufferPointer(rebasing: job.commands.bytes[arguments[1]]))
             } else {
                 p.error = "ERR teltonika-ingest: a job whose key cannot be read is not routed"
             }
@@ -248,7 +248,7 @@ final class ClusterTransport: RedisTransport {
                         let job = jobs[item.job]
                         if let commands = item.commands {
                             if progress[item.job].ranges == nil {
-                                progress[item.job].ranges = RESPCommandScanner.commands(in: job.commands)
+                                progress[item.job].ranges = RESPCommandScanner.commands(in: job.commands.bytes)
                             }
                             guard let ranges = progress[item.job].ranges, commands.allSatisfy({ $0 < ranges.count }) else {
                                 progress[item.job].error = "ERR teltonika-ingest: a job's commands cannot be read again"
@@ -256,10 +256,10 @@ final class ClusterTransport: RedisTransport {
                             }
                             for command in commands {
                                 if item.asking { try link.connection.append(ClusterNodeLinks.asking) }
-                                try link.connection.append(Array(job.commands[ranges[command]]))
+                                try link.connection.append(UnsafeRawBufferPointer(rebasing: job.commands.bytes[ranges[command]]))
                             }
                         } else {
-                            try link.connection.append(job.commands)
+                            try link.connection.append(job.commands.bytes)
                         }
                         appended.append(item)
                         link.writes += 1

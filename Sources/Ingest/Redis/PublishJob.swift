@@ -1,5 +1,6 @@
 /// A packet's (or device message's) Redis commands, what became of them, and who is told.
 import NIOCore
+import RedisWire
 import Synchronization
 
 /// Why a job was given up unconfirmed (the `reason` label of `teltonika_publish_failed_total`).
@@ -30,10 +31,11 @@ public enum PublishOutcome: Sendable, Equatable {
 
 /// One packet's worth of Redis commands, and who to tell when Redis has answered.
 public final class PublishJob: Sendable {
-    /// RESP-formatted commands (one `XADD` per record).
-    let commands: [UInt8]
+    /// RESP-formatted commands (one `XADD` per record), written by the event loop before the job was made,
+    /// only read after (the publisher sends them from where they are).
+    let commands: RESPBuffer
     /// Number of commands in `commands`, so replies to wait for.
-    let commandCount: Int
+    var commandCount: Int { commands.commandCount }
     /// Records the job holds: what it costs in queue capacity.
     public let recordCount: Int
     /// A device message (Codec 12-15) for the responses stream, not telemetry records: not counted in
@@ -51,6 +53,21 @@ public final class PublishJob: Sendable {
     private static var completedFlag: UInt8 { 2 }
 
     init(
+        commands: RESPBuffer,
+        recordCount: Int,
+        deadline: NIODeadline,
+        isMessage: Bool = false,
+        completion: @escaping @Sendable (PublishOutcome) -> Void
+    ) {
+        self.commands = commands
+        self.recordCount = recordCount
+        self.isMessage = isMessage
+        self.deadline = deadline
+        self.completion = completion
+    }
+
+    /// A job for `commandCount` commands written elsewhere (tests, and messages written with a `RESPWriter`).
+    convenience init(
         commands: [UInt8],
         commandCount: Int,
         recordCount: Int,
@@ -58,12 +75,13 @@ public final class PublishJob: Sendable {
         isMessage: Bool = false,
         completion: @escaping @Sendable (PublishOutcome) -> Void
     ) {
-        self.commands = commands
-        self.commandCount = commandCount
-        self.recordCount = recordCount
-        self.isMessage = isMessage
-        self.deadline = deadline
-        self.completion = completion
+        self.init(
+            commands: RESPBuffer(copying: commands, commands: commandCount),
+            recordCount: recordCount,
+            deadline: deadline,
+            isMessage: isMessage,
+            completion: completion
+        )
     }
 
     /// The connection closed: skip the job if it has not been sent yet.

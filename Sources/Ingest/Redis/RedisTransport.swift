@@ -96,11 +96,13 @@ final class HiredisTransport: RedisTransport {
         var answers: [String?] = []
         answers.reserveCapacity(jobs.count)
         do throws(RedisConnection.Failure) {
-            let wait = replicaWait?.command ?? []
-            let bytes = jobs.reduce(wait.count) { $0 + $1.commands.count }
-            connection.reserve(bytes)
-            for job in jobs { try connection.append(job.commands) }
-            if replicaWait != nil { try connection.append(wait) }
+            let wait = replicaWait.map(waitCommand)
+            let bytes = jobs.reduce(wait?.count ?? 0) { $0 + $1.commands.count }
+            // The jobs' commands go to the socket from where the event loops wrote them: no copy into
+            // hiredis' output buffer (``RedisConnection/write(_:)``).
+            try withExtendedLifetime((jobs, wait)) { () throws(RedisConnection.Failure) in
+                try connection.write(jobs.lazy.map { $0.commands.bytes }, then: wait?.bytes)
+            }
             // A batch Redis reads in several pieces (16 KiB each) is answered piece by piece: one wake-up for
             // its replies rather than one per piece (``RedisConnection/awaitReplies(bytes:timeoutMs:)``). Each
             // `XADD ... *` reply is a stream id, `$15\r\n<13-digit ms>-<seq>\r\n`, 22 bytes or more; the time
@@ -126,6 +128,16 @@ final class HiredisTransport: RedisTransport {
 
     func command(_ arguments: [String]) throws(RedisConnection.Failure) -> RedisConnection.Reply {
         try connection.command(arguments)
+    }
+
+    /// The last `WAIT` formatted, and what it asked: the same for every batch until the settings change.
+    private var lastWait: (ReplicaWait, RESPBuffer)? = nil
+
+    private func waitCommand(_ wait: ReplicaWait) -> RESPBuffer {
+        if let (asked, buffer) = lastWait, asked == wait { return buffer }
+        let buffer = RESPBuffer(copying: wait.command, commands: 1)
+        lastWait = (wait, buffer)
+        return buffer
     }
 
     /// The fewest bytes an `XADD ... *` reply takes (its id has a 13-digit millisecond time until 2286).

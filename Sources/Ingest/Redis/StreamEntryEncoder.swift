@@ -28,8 +28,6 @@ struct StreamEntryEncoder {
     private var json = RecordJSONEncoder()
     private var payload: [UInt8] = []
     private var time: [UInt8] = []
-    /// Where a packet's commands are written before they are appended to its writer (grows to the largest packet's).
-    private var scratch: [UInt8] = []
 
     init(telemetryStream: String, responsesStream: String, maxLength: Int, responsesMaxLength: Int, shards: Int = 1) {
         func prefixes(_ stream: String, fields: Int, maxLength: Int) -> [[UInt8]] {
@@ -51,13 +49,15 @@ struct StreamEntryEncoder {
         responsesCorrelatedPrefixes = prefixes(responsesStream, fields: 6, maxLength: responsesMaxLength)
     }
 
-    /// One `XADD` per record of the packet, with its `record_id`; `udp` adds the `transport udp` field.
+    /// One `XADD` per record of the packet, with its `record_id`, written into a new buffer (a publish job's);
+    /// `udp` adds the `transport udp` field.
     ///
-    /// Each record's command is written through a ``RESPBufferWriter`` into `scratch`, and the packet's
-    /// commands are appended to `writer` in one copy (see ``RESPBufferWriter`` for why). What is the same for
-    /// every record is formatted once: the command's start up to the `ts` name (per shard, at init), and
+    /// Each record's command is written through a ``RESPBufferWriter`` straight into the buffer (see
+    /// ``RESPBufferWriter`` for why; ``RESPBuffer`` for why not an array). The buffer is reserved for the packet
+    /// at the largest size per record seen so far, so it is rarely grown, and trimmed after. What is the same
+    /// for every record is formatted once: the command's start up to the `ts` name (per shard, at init), and
     /// `device_id <IMEI> codec <codec> payload` (per packet).
-    mutating func appendRecords(of packet: AVLPacketView, imei: IMEI, udp: Bool = false, to writer: inout RESPWriter) {
+    mutating func records(of packet: AVLPacketView, imei: IMEI, udp: Bool = false) -> RESPBuffer {
         let shard = StreamShards.shard(of: imei, count: shards)
         let prefix = udp ? telemetryUDPPrefixes[shard] : telemetryPrefixes[shard]
         let recordIDPrefix = XXH64.recordIDPrefix(imei: imei, codec: packet.codec)
@@ -67,12 +67,12 @@ struct StreamEntryEncoder {
             case .codec8Extended: "8E"
             case .codec16: "16"
             }
+        let out = RESPBuffer(capacity: packet.recordCount * bytesPerRecord + prefix.count + Self.fieldsBound + 32)
         // Taken out of `self` while it is written, so the closures below need no access to `self` (the
         // encoder keeps its capacity for the next packet).
-        var out = scratch
-        scratch = []
-        defer { scratch = out }
-        var used = 0
+        var payload = self.payload
+        self.payload = []
+        defer { self.payload = payload }
         withUnsafeTemporaryAllocation(of: UInt8.self, capacity: Self.deviceFieldsBound) { deviceFieldsBuffer in
             var fields = RESPBufferWriter(deviceFieldsBuffer.baseAddress!)
             fields.bulk("device_id")
@@ -88,9 +88,7 @@ struct StreamEntryEncoder {
                 let ts = payload[timestamp.lowerBound] == UInt8(ascii: "\"") ? timestamp.dropFirst().dropLast() : timestamp.prefix(0)
                 let recordID = record.recordID(prefix: recordIDPrefix)
                 let bound = prefix.count + RESPBufferWriter.bulkBound(payload.count) + Self.fieldsBound
-                if out.count < used + bound { out += repeatElement(0, count: max(used + bound, 2 * out.count) - out.count) }
-                out.withUnsafeMutableBufferPointer { buffer in
-                    var w = RESPBufferWriter(buffer.baseAddress! + used)
+                out.write(commands: 1, bound: bound) { w in
                     prefix.withUnsafeBytes { w.raw($0) }
                     payload[ts].withUnsafeBytes { w.bulk($0) }
                     w.raw(deviceFields)
@@ -101,13 +99,17 @@ struct StreamEntryEncoder {
                         w.bulk("transport")
                         w.bulk("udp")
                     }
-                    precondition(w.count <= bound, "StreamEntryEncoder: command size bound exceeded")
-                    used += w.count
                 }
             }
         }
-        out.withUnsafeBufferPointer { writer.append(commands: packet.recordCount, formatted: UnsafeBufferPointer(rebasing: $0[..<used])) }
+        if packet.recordCount > 0 { bytesPerRecord = max(bytesPerRecord, (out.count + packet.recordCount - 1) / packet.recordCount) }
+        out.trim()
+        return out
     }
+
+    /// What ``records(of:imei:udp:)`` reserves per record (and one record's slack besides): the largest
+    /// average of a packet so far, so that a packet's buffer is allocated once and rarely grown.
+    private var bytesPerRecord = 768
 
     /// The most bytes `device_id <IMEI> codec <codec> payload` takes: 5 bulk strings of at most 25 bytes of
     /// framing each (``RESPBufferWriter/bulkBound(_:)``) and 43 bytes of values (at most 20 IMEI digits).

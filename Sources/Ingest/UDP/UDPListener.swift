@@ -145,7 +145,7 @@ final class UDPDatagramHandler: ChannelInboundHandler {
         let received = NIODeadline.now()
         let maxDataLength = environment.configuration.maxFrameBytes
         let encoderBox = environment.encoder
-        var writer = RESPWriter()
+        var commands: RESPBuffer? = nil
         let action = envelope.data.withUnsafeReadableBytes { raw -> Action in
             let datagram: UDPDatagramView
             do throws(Codec8Error) {
@@ -175,7 +175,7 @@ final class UDPDatagramHandler: ChannelInboundHandler {
                     return .draining
                 }
                 environment.metrics.records(codec: datagram.packet.codec).increment(by: Int64(datagram.packet.recordCount))
-                encoderBox.encoder.appendRecords(of: datagram.packet, imei: datagram.imei, udp: true, to: &writer)
+                commands = encoderBox.encoder.records(of: datagram.packet, imei: datagram.imei, udp: true)
                 return .publish(ticket, reply, records: datagram.packet.recordCount)
             }
         }
@@ -193,7 +193,7 @@ final class UDPDatagramHandler: ChannelInboundHandler {
         case .draining:
             environment.metrics.udpDatagrams(.draining).increment()
         case .publish(let ticket, let reply, let records):
-            publish(context, writer: writer, ticket: ticket, reply: reply, records: records, received: received)
+            publish(context, commands: commands!, ticket: ticket, reply: reply, records: records, received: received)
         }
         environment.metrics.udpWindowEntries.set(Int64(window.count))
     }
@@ -201,14 +201,14 @@ final class UDPDatagramHandler: ChannelInboundHandler {
     /// Queues a new packet's `XADD`s; a full queue forgets it (no ACK: the device resends).
     private func publish(
         _ context: ChannelHandlerContext,
-        writer: RESPWriter,
+        commands: RESPBuffer,
         ticket: UDPRetransmitWindow<UDPReplyTarget>.Ticket,
         reply: UDPReplyTarget,
         records: Int,
         received: NIODeadline
     ) {
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        let job = environment.makeJob(writer: writer, records: records, bound: bound) { handler, outcome in
+        let job = environment.makeJob(commands: commands, records: records, bound: bound) { handler, outcome in
             handler.0.answered(handler.1, ticket: ticket, reply: reply, records: records, received: received, outcome: outcome)
         }
         guard environment.publisher.submit(job) else {
