@@ -102,13 +102,33 @@ static uint64_t next_random(uint64_t *s) {
     return z ^ (z >> 31);
 }
 
-/* CRC-16/IBM (reflected 0xA001, initial 0), PROTOCOL.md "CRC". */
+/* CRC-16/IBM (reflected 0xA001, initial 0), PROTOCOL.md "CRC": eight bytes at a time from tables made once
+ * from the bitwise definition (slicing-by-8: table k holds a byte's CRC followed by k zero bytes). Bit by bit
+ * it cost the fleet about 0.5 µs of CPU per record, a byte at a time still 0.25 µs: CPU the server and Redis
+ * share with it on a small machine. */
+static uint16_t crc_tables[8][256];
+
+static void crc16_init(void) {
+    for (int byte = 0; byte < 256; byte++) {
+        uint16_t crc = (uint16_t)byte;
+        for (int b = 0; b < 8; b++) crc = (crc & 1) ? (uint16_t)((crc >> 1) ^ 0xA001) : (uint16_t)(crc >> 1);
+        crc_tables[0][byte] = crc;
+    }
+    for (int k = 1; k < 8; k++)
+        for (int byte = 0; byte < 256; byte++) {
+            uint16_t prev = crc_tables[k - 1][byte];
+            crc_tables[k][byte] = (uint16_t)((prev >> 8) ^ crc_tables[0][prev & 0xFF]);
+        }
+}
+
 static uint16_t crc16_ibm(const unsigned char *p, size_t n) {
     uint16_t crc = 0;
-    for (size_t i = 0; i < n; i++) {
-        crc ^= p[i];
-        for (int b = 0; b < 8; b++) crc = (crc & 1) ? (uint16_t)((crc >> 1) ^ 0xA001) : (uint16_t)(crc >> 1);
+    for (; n >= 8; p += 8, n -= 8) {
+        uint16_t c = (uint16_t)(crc ^ (p[0] | p[1] << 8));
+        crc = (uint16_t)(crc_tables[7][c & 0xFF] ^ crc_tables[6][c >> 8] ^ crc_tables[5][p[2]] ^ crc_tables[4][p[3]] ^
+                         crc_tables[3][p[4]] ^ crc_tables[2][p[5]] ^ crc_tables[1][p[6]] ^ crc_tables[0][p[7]]);
     }
+    for (; n > 0; p++, n--) crc = (uint16_t)((crc >> 8) ^ crc_tables[0][(crc ^ *p) & 0xFF]);
     return crc;
 }
 
@@ -355,6 +375,7 @@ int main(int argc, char **argv) {
     }
     if (opt.devices < 1 || opt.devices > 1000000 || opt.records < 1 || opt.records > MAX_RECORDS || opt.seconds <= 0) usage();
 
+    crc16_init();
     epfd = epoll_create1(EPOLL_CLOEXEC);
     struct device *devices = calloc((size_t)opt.devices, sizeof *devices);
     if (!devices) { perror("fleet: calloc"); return 2; }
