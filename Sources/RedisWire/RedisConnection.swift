@@ -242,8 +242,8 @@ public final class RedisConnection {
     /// thread reading a big batch's replies blocks and is woken once per piece (about 14 times for 650
     /// `XADD`s: 5,400 context switches a second at peak, the publisher thread's largest cost). With the
     /// socket's receive low-water mark (`SO_RCVLOWAT`, which `poll` honours for TCP) set to what the
-    /// replies will take, the kernel wakes it once. The mark is set back to 1 before returning, so reads
-    /// never wait for it. A guess above what comes (replies shorter than expected) costs at most
+    /// replies will take (at most ``maxLowWaterMark``), the kernel wakes it once. The mark is set back to 1
+    /// before returning, so reads never wait for it. A guess above what comes (replies shorter than expected) costs at most
     /// `timeoutMs`, then the replies are read as before. TLS: only sends (the bytes on the socket are not
     /// the replies').
     public func awaitReplies(bytes: Int, timeoutMs: Int) throws(Failure) {
@@ -252,14 +252,20 @@ public final class RedisConnection {
         // Replies hiredis has already read are not on the socket: then this guess is off, and not needed.
         if let reader = context.pointee.reader, reader.pointee.pos < reader.pointee.len { return }
         let fd = context.pointee.fd
-        // At most 64 KiB: above half the receive buffer Linux also clamps the connection's window to the mark.
-        var mark = Int32(clamping: min(bytes, 1 << 16))
+        var mark = Int32(clamping: min(bytes, Self.maxLowWaterMark))
         guard setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &mark, socklen_t(MemoryLayout<Int32>.size)) == 0 else { return }
         var one: Int32 = 1
         defer { _ = setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &one, socklen_t(MemoryLayout<Int32>.size)) }
         var ready = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         _ = poll(&ready, 1, Int32(clamping: timeoutMs))
     }
+
+    /// The most ``awaitReplies(bytes:timeoutMs:)`` waits for at once: 8 KiB (about 370 stream ids). A bigger
+    /// mark can make Linux grow the receive buffer and clamp the connection's window to the mark, for the
+    /// connection's life (`tcp_set_rcvlowat`); with marks up to 64 KiB the ACK latency p99 at half the peak
+    /// rate was 12-18 ms against 5-7 ms with 8 KiB or none (docs/PERFORMANCE.md, "Issue 19, third pass").
+    /// A batch's replies are awaited in pieces of this size instead.
+    public static var maxLowWaterMark: Int { 8 * 1024 }
 
     /// The socket's receive low-water mark (`SO_RCVLOWAT`): 1 except inside ``awaitReplies(bytes:timeoutMs:)``.
     /// Nil for TLS, whose socket this connection does not read through hiredis. For tests and diagnostics.

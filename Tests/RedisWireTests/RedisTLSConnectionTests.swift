@@ -114,6 +114,24 @@ struct RedisTLSConnectionTests {
         }
     }
 
+    /// The mark is never above ``RedisConnection/maxLowWaterMark``: a wait for a megabyte of replies where one
+    /// 12 KB reply comes returns when the reply is there, not after its 3 s (a larger mark clamps the window of
+    /// the connection for its life and lengthened the ACK tail at half peak). Plain TCP only: over TLS the wait
+    /// only sends.
+    @Test func testAwaitRepliesWaitsForAtMostTheMaximumMark() throws {
+        let server = try startServer(plainPort: true)
+        let redis = try RedisConnection(url: RedisURL(endpoint: .tcp(host: "127.0.0.1", port: server.plainPort!)), timeoutMs: 5000)
+        let value = String(repeating: "x", count: RedisConnection.maxLowWaterMark + 4096)
+        #expect(try redis.command(["SET", "big", value]) == .string("OK"))
+        try redis.append(RESPBuffer(copying: Array("*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".utf8), commands: 1).array)
+        let clock = ContinuousClock()
+        let start = clock.now
+        try redis.awaitReplies(bytes: 1_000_000, timeoutMs: 3000)
+        #expect(clock.now - start < .milliseconds(1500), "\(clock.now - start)")
+        #expect(redis.receiveLowWaterMark == 1)
+        #expect(try redis.reply() == .string(value))
+    }
+
     /// A batch written in place (as the publisher sends its jobs' buffers), over plain TCP (`writev`) and TLS
     /// (queued): one command queued with `append` first, then 2,000 pieces of about 1 KB (2 MB: more than the
     /// socket takes at once, and more pieces than one `writev` takes), then a last one. Every command arrives

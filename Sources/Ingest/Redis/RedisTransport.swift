@@ -103,17 +103,21 @@ final class HiredisTransport: RedisTransport {
             try withExtendedLifetime((jobs, wait)) { () throws(RedisConnection.Failure) in
                 try connection.write(jobs.lazy.map { $0.commands.bytes }, then: wait?.bytes)
             }
-            // A batch Redis reads in several pieces (16 KiB each) is answered piece by piece: one wake-up for
-            // its replies rather than one per piece (``RedisConnection/awaitReplies(bytes:timeoutMs:)``). Each
-            // `XADD ... *` reply is a stream id, `$15\r\n<13-digit ms>-<seq>\r\n`, 22 bytes or more; the time
-            // allowed grows with the batch. A smaller batch is answered at once: its first read waits as before.
-            if bytes > Self.redisReadPiece {
-                let replies = jobs.reduce(0) { $0 + $1.commandCount }
-                try connection.awaitReplies(bytes: replies * Self.replyBytes, timeoutMs: 2 + replies / 100)
-            }
+            // A batch Redis reads in several pieces (16 KiB each) is answered piece by piece: one wake-up per
+            // ``RedisConnection/maxLowWaterMark`` of its replies rather than one per piece
+            // (``RedisConnection/awaitReplies(bytes:timeoutMs:)``, which returns at once while hiredis holds
+            // replies it has read). Each `XADD ... *` reply is a stream id, `$15\r\n<13-digit ms>-<seq>\r\n`,
+            // 22 bytes or more; the time allowed grows with the replies awaited. The last few replies, and a
+            // smaller batch's, are read as they come.
+            var remaining = bytes > Self.redisReadPiece ? jobs.reduce(0) { $0 + $1.commandCount } : 0
             for job in jobs {
                 var firstError: String? = nil
                 for _ in 0..<job.commandCount {
+                    if remaining >= Self.repliesWorthAWait {
+                        let awaited = min(remaining, RedisConnection.maxLowWaterMark / Self.replyBytes)
+                        try connection.awaitReplies(bytes: awaited * Self.replyBytes, timeoutMs: 2 + awaited / 100)
+                    }
+                    remaining -= 1
                     if let message = try connection.replyError(), firstError == nil { firstError = message }
                 }
                 answers.append(firstError)
@@ -142,6 +146,9 @@ final class HiredisTransport: RedisTransport {
 
     /// The fewest bytes an `XADD ... *` reply takes (its id has a 13-digit millisecond time until 2286).
     static var replyBytes: Int { 22 }
+
+    /// Fewer replies than this left in a batch are read as they come, without a low-water mark.
+    static var repliesWorthAWait: Int { 32 }
 
     /// How much of a pipeline Redis reads at a time (`PROTO_IOBUF_LEN`), answering each piece before the next.
     static var redisReadPiece: Int { 16 * 1024 }
