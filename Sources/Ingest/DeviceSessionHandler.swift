@@ -80,7 +80,8 @@ final class SessionEnvironment: Sendable {
             recordCount: records,
             deadline: .now() + .milliseconds(Int64(configuration.publishTimeoutMs)),
             isMessage: message,
-            completion: { outcome in bound.eventLoop.execute { answer(bound.value, outcome) } }
+            eventLoop: bound.eventLoop,
+            completion: { outcome in answer(bound.value, outcome) }
         )
     }
 

@@ -1,6 +1,7 @@
 import Dispatch
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOEmbedded
 import Testing
 
 @testable import Ingest
@@ -37,5 +38,33 @@ struct PublishJobTests {
             #expect(outcomes.withLockedValue { $0 }.count == 1, "a later completion does nothing")
             #expect(!job.isCancelled, "completing does not cancel")
         }
+    }
+
+    /// A batch completed at once: a job without an event loop hears at once; the others on their own loop, in
+    /// the batch's order, only when the loop runs; a job completed before is not completed again.
+    @Test func testABatchCompletesEachJobOnceOnItsLoopInOrder() throws {
+        let a = EmbeddedEventLoop()
+        let b = EmbeddedEventLoop()
+        let heard = NIOLockedValueBox<[String]>([])
+        func job(_ name: String, on loop: EmbeddedEventLoop?) -> PublishJob {
+            PublishJob(commands: [], commandCount: 0, recordCount: 1, deadline: .now() + .seconds(60), eventLoop: loop) { outcome in
+                if let loop { #expect(loop.inEventLoop, "\(name) on its loop") }
+                heard.withLockedValue { $0.append("\(name):\(outcome == .stored ? "stored" : "other")") }
+            }
+        }
+        let done = job("done", on: a)
+        done.complete(.dropped)
+        a.run()
+        #expect(heard.withLockedValue { $0 } == ["done:other"])
+        let jobs = [job("a1", on: a), job("b1", on: b), job("free", on: nil), job("a2", on: a), done, job("b2", on: b)]
+        PublishJob.complete(jobs, .stored)
+        #expect(heard.withLockedValue { $0 } == ["done:other", "free:stored"], "loop jobs wait for their loop")
+        b.run()
+        a.run()
+        #expect(heard.withLockedValue { $0 } == ["done:other", "free:stored", "b1:stored", "b2:stored", "a1:stored", "a2:stored"])
+        PublishJob.complete(jobs, .expired(.timeout))
+        a.run()
+        b.run()
+        #expect(heard.withLockedValue { $0 }.count == 6, "completed once")
     }
 }

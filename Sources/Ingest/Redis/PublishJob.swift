@@ -45,6 +45,8 @@ public final class PublishJob: Sendable {
     let deadline: NIODeadline
     /// When the job was made (for the publish-duration histogram).
     let enqueued = NIODeadline.now()
+    /// Where the completion runs (the device's connection's event loop), or nil: where it is called.
+    let eventLoop: (any EventLoop)?
     private let completion: @Sendable (PublishOutcome) -> Void
     /// ``cancelledFlag`` and ``completedFlag``, set once each: an atomic in the job itself, not a locked box
     /// of its own (one allocation and three lock round trips fewer per packet).
@@ -52,14 +54,17 @@ public final class PublishJob: Sendable {
     private static var cancelledFlag: UInt8 { 1 }
     private static var completedFlag: UInt8 { 2 }
 
+    /// `completion` runs on `eventLoop` when one is given, else on the thread that completes the job.
     init(
         commands: RESPBuffer,
         recordCount: Int,
         deadline: NIODeadline,
         isMessage: Bool = false,
+        eventLoop: (any EventLoop)? = nil,
         completion: @escaping @Sendable (PublishOutcome) -> Void
     ) {
         self.commands = commands
+        self.eventLoop = eventLoop
         self.recordCount = recordCount
         self.isMessage = isMessage
         self.deadline = deadline
@@ -73,6 +78,7 @@ public final class PublishJob: Sendable {
         recordCount: Int,
         deadline: NIODeadline,
         isMessage: Bool = false,
+        eventLoop: (any EventLoop)? = nil,
         completion: @escaping @Sendable (PublishOutcome) -> Void
     ) {
         self.init(
@@ -80,6 +86,7 @@ public final class PublishJob: Sendable {
             recordCount: recordCount,
             deadline: deadline,
             isMessage: isMessage,
+            eventLoop: eventLoop,
             completion: completion
         )
     }
@@ -91,9 +98,42 @@ public final class PublishJob: Sendable {
 
     var isCancelled: Bool { flags.load(ordering: .relaxed) & Self.cancelledFlag != 0 }
 
-    /// Calls the completion once; later calls do nothing.
+    /// Calls the completion once (on the job's event loop, if it has one); later calls do nothing.
     func complete(_ outcome: PublishOutcome) {
-        let before = flags.bitwiseOr(Self.completedFlag, ordering: .acquiringAndReleasing).oldValue
-        if before & Self.completedFlag == 0 { completion(outcome) }
+        guard claim() else { return }
+        if let eventLoop {
+            eventLoop.execute { self.completion(outcome) }
+        } else {
+            completion(outcome)
+        }
+    }
+
+    /// Completes `jobs` with one outcome, as ``complete(_:)`` each, but with one task per event loop for all of
+    /// its jobs (in order), not one per job: the publisher completes a batch of a few hundred jobs between
+    /// two batches, Redis idle meanwhile, and a task per job (two locks each, shared with the loop) took up
+    /// to a third of that cycle at half the peak rate (docs/PERFORMANCE.md, "Issue 19, third pass").
+    static func complete(_ jobs: some Sequence<PublishJob>, _ outcome: PublishOutcome) {
+        var groups: [(loop: any EventLoop, jobs: [PublishJob])] = []
+        for job in jobs where job.claim() {
+            guard let loop = job.eventLoop else {
+                job.completion(outcome)
+                continue
+            }
+            if let index = groups.firstIndex(where: { $0.loop === loop }) {
+                groups[index].jobs.append(job)
+            } else {
+                groups.append((loop, [job]))
+            }
+        }
+        for (loop, jobs) in groups {
+            loop.execute {
+                for job in jobs { job.completion(outcome) }
+            }
+        }
+    }
+
+    /// Sets the completed flag; true for the one caller that set it.
+    private func claim() -> Bool {
+        flags.bitwiseOr(Self.completedFlag, ordering: .acquiringAndReleasing).oldValue & Self.completedFlag == 0
     }
 }

@@ -110,11 +110,19 @@ final class PublishQueue: @unchecked Sendable {
 
     /// Completes a taken job: its records leave the queue's count, then its owner is told.
     func complete(_ job: PublishJob, _ outcome: PublishOutcome) {
+        complete(CollectionOfOne(job), outcome)
+    }
+
+    /// Completes jobs with one outcome: one lock for all of them, one task per event loop
+    /// (``PublishJob/complete(_:_:)``).
+    func complete(_ jobs: some Collection<PublishJob>, _ outcome: PublishOutcome) {
+        guard !jobs.isEmpty else { return }
+        let records = jobs.reduce(0) { $0 + $1.recordCount }
         condition.lock()
-        held -= job.recordCount
+        held -= records
         metrics.publishQueueDepth.set(Int64(held))
         condition.unlock()
-        job.complete(outcome)
+        PublishJob.complete(jobs, outcome)
     }
 
     /// Sleeps until `deadline`, a stop request, or, with `wakeOnWork`, a job submitted after the call.

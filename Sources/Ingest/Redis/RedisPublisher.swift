@@ -500,11 +500,13 @@ public final class RedisPublisher: Sendable {
         /// Jobs confirmed: counted, timed and completed `.stored` (their ACKs go out).
         private func store(_ jobs: [PublishJob]) {
             let now = NIODeadline.now()
+            var records = 0
             for job in jobs {
-                if !job.isMessage { metrics.recordsPublished.increment(by: Int64(job.recordCount)) }
+                if !job.isMessage { records += job.recordCount }
                 metrics.publishDuration.recordNanoseconds((now - job.enqueued).nanoseconds)
-                queue.complete(job, .stored)
             }
+            if records > 0 { metrics.recordsPublished.increment(by: Int64(records)) }
+            queue.complete(jobs, .stored)
         }
 
         /// The replicas the last `WAIT` reported; a log line when it starts or stops falling short.
