@@ -118,4 +118,30 @@ struct StreamEntryEncoderTests {
             #expect(Self.commands(buffer.array) == expected)
         }
     }
+
+    /// One encoder for every AVL fixture in turn, forwards and backwards (its reservation per record follows the
+    /// packets: too small after small records, too large after big ones): every packet's commands are byte for
+    /// byte those of a fresh encoder, and no buffer keeps more than a quarter of its size spare.
+    @Test func testOneEncoderForEveryPacketWritesWhatAFreshOneWrites() throws {
+        var packets: [[UInt8]] = []
+        for fixture in FixtureCorpus.avl {
+            try StandaloneFrame.withDecoded(fixture.bytes) { decoded in
+                guard case .frame(.avl) = decoded else { return }
+                packets.append(fixture.bytes)
+            }
+        }
+        #expect(packets.count > 10)
+        var shared = Self.plainEncoder()
+        for bytes in packets + packets.reversed() {
+            try StandaloneFrame.withDecoded(bytes) { decoded in
+                guard case .frame(.avl(let packet)) = decoded else { return }
+                var fresh = Self.plainEncoder()
+                let expected = fresh.records(of: packet, imei: Self.imei)
+                let buffer = shared.records(of: packet, imei: Self.imei)
+                #expect(buffer.array == expected.array)
+                #expect(buffer.commandCount == packet.recordCount)
+                #expect(buffer.capacity - buffer.count <= buffer.count / 4)
+            }
+        }
+    }
 }

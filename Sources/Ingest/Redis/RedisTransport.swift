@@ -117,7 +117,7 @@ final class HiredisTransport: RedisTransport {
                         let awaited = min(remaining, RedisConnection.maxLowWaterMark / Self.replyBytes)
                         try connection.awaitReplies(bytes: awaited * Self.replyBytes, timeoutMs: 2 + awaited / 100)
                     }
-                    remaining -= 1
+                    remaining = max(0, remaining - 1)
                     if let message = try connection.replyError(), firstError == nil { firstError = message }
                 }
                 answers.append(firstError)

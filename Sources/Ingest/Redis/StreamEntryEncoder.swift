@@ -67,7 +67,8 @@ struct StreamEntryEncoder {
             case .codec8Extended: "8E"
             case .codec16: "16"
             }
-        let out = RESPBuffer(capacity: packet.recordCount * bytesPerRecord + prefix.count + Self.fieldsBound + 32)
+        let reserved = min(packet.recordCount * bytesPerRecord, Self.maxReservation)
+        let out = RESPBuffer(capacity: reserved + prefix.count + Self.fieldsBound + 32)
         // Taken out of `self` while it is written, so the closures below need no access to `self` (the
         // encoder keeps its capacity for the next packet).
         var payload = self.payload
@@ -102,14 +103,22 @@ struct StreamEntryEncoder {
                 }
             }
         }
-        if packet.recordCount > 0 { bytesPerRecord = max(bytesPerRecord, (out.count + packet.recordCount - 1) / packet.recordCount) }
+        if packet.recordCount > 0 {
+            let average = (out.count + packet.recordCount - 1) / packet.recordCount
+            bytesPerRecord = max(average, (7 * bytesPerRecord + average) / 8)
+        }
         out.trim()
         return out
     }
 
-    /// What ``records(of:imei:udp:)`` reserves per record (and one record's slack besides): the largest
-    /// average of a packet so far, so that a packet's buffer is allocated once and rarely grown.
+    /// What ``records(of:imei:udp:)`` reserves per record (and one record's slack besides): a packet's average
+    /// at once when it is larger, an eighth of the way down per packet after (so a packet's buffer is
+    /// allocated once and rarely grown). A device sending a few huge records (`NX` elements) raises it for the
+    /// packets after it on its event loop, by at most ``maxReservation`` per packet, and not for long.
     private var bytesPerRecord = 768
+
+    /// The most reserved for a packet's commands before they are written (they grow past it when they must).
+    private static var maxReservation: Int { 256 * 1024 }
 
     /// The most bytes `device_id <IMEI> codec <codec> payload` takes: 5 bulk strings of at most 25 bytes of
     /// framing each (``RESPBufferWriter/bulkBound(_:)``) and 43 bytes of values (at most 20 IMEI digits).
