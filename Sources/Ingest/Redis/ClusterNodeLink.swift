@@ -14,9 +14,17 @@ protocol ClusterNodeLink: AnyObject {
     func flush() throws(RedisConnection.Failure)
     /// The next reply (sending what is queued first).
     func reply() throws(RedisConnection.Failure) -> RedisConnection.Reply
+    /// The next reply's error message, nil for any other reply (for `XADD`s, whose stream ids are not kept).
+    func replyError() throws(RedisConnection.Failure) -> String?
 }
 
 extension ClusterNodeLink {
+    /// ``reply()`` reduced to its error message (a fake's; ``RedisWire/RedisConnection`` reads it without
+    /// making the reply, ``RedisWire/RedisConnection/replyError()``).
+    func replyError() throws(RedisConnection.Failure) -> String? {
+        if case .error(let message) = try reply() { message } else { nil }
+    }
+
     /// Queues pre-formatted RESP commands.
     func append(_ resp: [UInt8]) throws(RedisConnection.Failure) {
         let failure: RedisConnection.Failure? = resp.withUnsafeBytes { bytes in

@@ -284,9 +284,9 @@ final class ClusterTransport: RedisTransport {
                         current = position
                         let commands = item.commands ?? Array(0..<jobs[item.job].commandCount)
                         for command in commands {
-                            if item.asking { _ = try link.connection.reply() }
+                            if item.asking { _ = try link.connection.replyError() }
                             take(
-                                try link.connection.reply(),
+                                try link.connection.replyError(),
                                 job: item.job,
                                 command: command,
                                 link: link,
@@ -314,16 +314,17 @@ final class ClusterTransport: RedisTransport {
             }
         }
 
-        /// Sorts one command's reply: written, redirected (to send again), or refused.
+        /// Sorts one command's reply (its error message, nil for a stream id): written, redirected (to send
+        /// again), or refused.
         private mutating func take(
-            _ reply: RedisConnection.Reply,
+            _ error: String?,
             job: Int,
             command: Int,
             link: Link,
             progress: inout [Progress],
             transport: ClusterTransport
         ) {
-            guard case .error(let message) = reply else {
+            guard let message = error else {
                 if !progress[job].written.contains(link.id) { progress[job].written.append(link.id) }
                 return
             }
