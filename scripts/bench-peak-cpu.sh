@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Server CPU per ACKed record at peak, for comparing release binaries back to back (issue 19): for each round,
-# each binary in turn gets a fresh server on a throwaway redis-server (flushed between runs) and the C device
-# fleet at full speed for BENCH_SECONDS; prints records/s, ACK p99, the server's user + system CPU per record
-# (/proc/PID/stat) and the publisher thread's voluntary context switches per batch (/proc/PID/task/*/status,
-# teltonika_publish_batch_size_records_count). Alternating the binaries spreads this machine's drift over both.
+# Server CPU per ACKed record at peak, or ACK latency at a paced rate, for comparing release binaries back to
+# back (issue 19): for each round, each binary in turn gets a fresh server on a throwaway redis-server (flushed
+# between runs) and the C device fleet for BENCH_SECONDS, at full speed or, with BENCH_RATE, paced at that many
+# packets/s per device; prints records/s, ACK p50/p99/p999, the server's user + system CPU per record
+# (/proc/PID/stat), the publisher thread's voluntary context switches per batch (/proc/PID/task/*/status,
+# teltonika_publish_batch_size_records_count) and the mean batch. Alternating the binaries spreads this
+# machine's drift over both; paced runs on 2 vCPUs are bimodal (small or large batches): compare several rounds.
 #
 #   scripts/bench-peak-cpu.sh BINARY [BINARY ...]
+#   BENCH_RATE=92.9 BENCH_ROUNDS=6 scripts/bench-peak-cpu.sh BINARY [BINARY ...]   (half of a 371,729 records/s peak)
 #
-# Env: BENCH_ROUNDS (4), BENCH_SECONDS (10), BENCH_DEVICES (200), BENCH_RECORDS (10), BENCH_FLEET (c).
-# Not part of make bench (which measures one binary, scripts/bench-e2e.sh). Figures: docs/PERFORMANCE.md.
+# Env: BENCH_ROUNDS (4), BENCH_SECONDS (10), BENCH_DEVICES (200), BENCH_RECORDS (10), BENCH_RATE (unpaced),
+# BENCH_FLEET (c). Not part of make bench (which measures one binary, scripts/bench-e2e.sh). Figures:
+# docs/PERFORMANCE.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { echo "usage: $0 BINARY [BINARY ...]" >&2; exit 2; }
@@ -18,6 +22,8 @@ rounds="${BENCH_ROUNDS:-4}"
 seconds="${BENCH_SECONDS:-10}"
 devices="${BENCH_DEVICES:-200}"
 records="${BENCH_RECORDS:-10}"
+pace=()
+if [ -n "${BENCH_RATE:-}" ]; then pace=(--rate "$BENCH_RATE"); fi
 source scripts/bench-common.sh
 start_redis
 
@@ -31,7 +37,7 @@ publisher_switches() {  # the publisher thread is the one named after its dispat
     echo "$total"
 }
 
-echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); devices=$devices seconds=$seconds fleet=$fleet_kind"
+echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); devices=$devices seconds=$seconds rate=${BENCH_RATE:-full} fleet=$fleet_kind"
 for round in $(seq "$rounds"); do
     for b in "${binaries[@]}"; do
         bin="$b"
@@ -40,20 +46,24 @@ for round in $(seq "$rounds"); do
         cpu0="$(cpu_seconds "$server_pid")"; user0="$(cpu_seconds "$server_pid" user)"
         switches0="$(publisher_switches "$server_pid")"
         fleet --host 127.0.0.1 --port "$device_port" --devices "$devices" --duration "$seconds" \
-            --records-per-packet "$records" >"$work/run.json"
+            --records-per-packet "$records" "${pace[@]}" >"$work/run.json"
         cpu1="$(cpu_seconds "$server_pid")"; user1="$(cpu_seconds "$server_pid" user)"
         switches1="$(publisher_switches "$server_pid")"
-        batches="$(curl -s "http://127.0.0.1:$metrics_port/metrics" | awk '$1 == "teltonika_publish_batch_size_records_count" { print $2 }')"
+        read -r batches batched < <(curl -s "http://127.0.0.1:$metrics_port/metrics" | awk '
+            $1 == "teltonika_publish_batch_size_records_count" { n = $2 }
+            $1 == "teltonika_publish_batch_size_records_sum" { s = $2 }
+            END { print n + 0, s + 0 }')
         kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
-        python3 - "$work/run.json" "$cpu0" "$cpu1" "$user0" "$user1" "$switches0" "$switches1" "$batches" "$b" <<'PY'
+        python3 - "$work/run.json" "$cpu0" "$cpu1" "$user0" "$user1" "$switches0" "$switches1" "$batches" "$batched" "$b" <<'PY'
 import json, sys
 r = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
-cpu0, cpu1, user0, user1, sw0, sw1, batches = (float(x) for x in sys.argv[2:9])
+cpu0, cpu1, user0, user1, sw0, sw1, batches, batched = (float(x) for x in sys.argv[2:10])
 n = max(1, r["records_acked"])
 us = lambda seconds: seconds / n * 1e6
-print(f"{sys.argv[9]}: {r['acked_per_s']:>9,.0f} records/s  ACK p99 {float(r['ack_p99_ms']):6.2f} ms  "
-      f"server {us(cpu1 - cpu0):.3f} µs/record (user {us(user1 - user0):.3f})  "
-      f"publisher switches per batch {(sw1 - sw0) / max(1, batches):.1f}")
+print(f"{sys.argv[10]}: {r['acked_per_s']:>9,.0f} records/s  ACK p50/p99/p999 {float(r['ack_p50_ms']):.2f} / "
+      f"{float(r['ack_p99_ms']):.2f} / {float(r['ack_p999_ms']):.2f} ms  server {us(cpu1 - cpu0):.3f} µs/record "
+      f"(user {us(user1 - user0):.3f})  publisher switches per batch {(sw1 - sw0) / max(1, batches):.1f}  "
+      f"mean batch {batched / max(1, batches):.0f} records")
 PY
     done
 done

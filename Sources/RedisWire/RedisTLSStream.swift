@@ -88,11 +88,6 @@ final class RedisTLSStream {
     }
 
     /// Queues RESP bytes; they are encrypted and sent by the next `reply()`.
-    func append(_ resp: [UInt8]) throws(Failure) {
-        if let failed { throw failed }
-        pending.append(contentsOf: resp)
-    }
-
     func append(_ resp: UnsafeRawBufferPointer) throws(Failure) {
         if let failed { throw failed }
         pending.append(contentsOf: resp)

@@ -300,7 +300,11 @@ struct ClusterPublisherTests {
         var writer = RESPWriter()
         writer.beginCommand(arguments: 5)
         for argument in ["XADD", key, "*", "v", value] { writer.bulk(string: argument) }
-        return PublishJob(commands: writer.bytes, commandCount: 1, recordCount: 1, deadline: .now() + .milliseconds(timeoutMs)) { outcome in
+        return PublishJob(
+            commands: RESPBuffer(copying: writer.bytes, commands: 1),
+            recordCount: 1,
+            deadline: .now() + .milliseconds(timeoutMs)
+        ) { outcome in
             outcomes.withLockedValue { $0[value] = outcome }
         }
     }

@@ -136,8 +136,12 @@ final class FakeCluster: @unchecked Sendable {
         }
 
         func append(_ resp: UnsafeRawBufferPointer) throws(RedisConnection.Failure) {
+            try append(Array(resp))
+        }
+
+        func append(_ resp: [UInt8]) throws(RedisConnection.Failure) {
             try check()
-            guard let commands = RESPCommandScanner.commands(in: resp) else { fatalError("not RESP: \(Array(resp))") }
+            guard let commands = RESPCommandScanner.commands(in: resp) else { fatalError("not RESP: \(resp)") }
             for range in commands {
                 let arguments = RESPCommandScanner.arguments(in: resp, command: range.lowerBound)!
                 queued.append(arguments.map { String(decoding: resp[$0], as: UTF8.self) })
@@ -235,8 +239,7 @@ enum ClusterFixtures {
             for argument in ["XADD", key, "*", "v", value] { writer.bulk(string: argument) }
         }
         return PublishJob(
-            commands: writer.bytes,
-            commandCount: values.count,
+            commands: RESPBuffer(copying: writer.bytes, commands: values.count),
             recordCount: values.count,
             deadline: .now() + .seconds(5),
             completion: outcome ?? { _ in }

@@ -2,6 +2,7 @@ import Dispatch
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOEmbedded
+import RedisWire
 import Testing
 
 @testable import Ingest
@@ -9,7 +10,7 @@ import Testing
 /// A job's two flags: cancelled (seen by the publisher), and completed once whoever completes it first.
 struct PublishJobTests {
     static func job(_ outcomes: NIOLockedValueBox<[PublishOutcome]>) -> PublishJob {
-        PublishJob(commands: [], commandCount: 0, recordCount: 1, deadline: .now() + .seconds(60)) { outcome in
+        PublishJob(commands: RESPBuffer(), recordCount: 1, deadline: .now() + .seconds(60)) { outcome in
             outcomes.withLockedValue { $0.append(outcome) }
         }
     }
@@ -47,7 +48,7 @@ struct PublishJobTests {
         let b = EmbeddedEventLoop()
         let heard = NIOLockedValueBox<[String]>([])
         func job(_ name: String, on loop: EmbeddedEventLoop?) -> PublishJob {
-            PublishJob(commands: [], commandCount: 0, recordCount: 1, deadline: .now() + .seconds(60), eventLoop: loop) { outcome in
+            PublishJob(commands: RESPBuffer(), recordCount: 1, deadline: .now() + .seconds(60), eventLoop: loop) { outcome in
                 if let loop { #expect(loop.inEventLoop, "\(name) on its loop") }
                 heard.withLockedValue { $0.append("\(name):\(outcome == .stored ? "stored" : "other")") }
             }

@@ -144,7 +144,8 @@ struct RedisPublisherTests {
         timeoutMs: Int64 = 5000,
         into outcomes: NIOLockedValueBox<[String: PublishOutcome]>
     ) -> PublishJob {
-        PublishJob(commands: [], commandCount: records, recordCount: records, deadline: .now() + .milliseconds(timeoutMs)) { outcome in
+        PublishJob(commands: RESPBuffer(copying: [], commands: records), recordCount: records, deadline: .now() + .milliseconds(timeoutMs))
+        { outcome in
             outcomes.withLockedValue { $0[name] = outcome }
         }
     }

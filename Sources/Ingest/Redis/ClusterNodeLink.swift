@@ -10,6 +10,8 @@ import RedisWire
 protocol ClusterNodeLink: AnyObject {
     /// Queues pre-formatted RESP commands (copied).
     func append(_ resp: UnsafeRawBufferPointer) throws(RedisConnection.Failure)
+    /// Queues pre-formatted RESP commands.
+    func append(_ resp: [UInt8]) throws(RedisConnection.Failure)
     /// Sends what is queued, without waiting for replies.
     func flush() throws(RedisConnection.Failure)
     /// The next reply (sending what is queued first).
@@ -25,18 +27,6 @@ extension ClusterNodeLink {
         if case .error(let message) = try reply() { message } else { nil }
     }
 
-    /// Queues pre-formatted RESP commands.
-    func append(_ resp: [UInt8]) throws(RedisConnection.Failure) {
-        let failure: RedisConnection.Failure? = resp.withUnsafeBytes { bytes in
-            do throws(RedisConnection.Failure) {
-                try append(bytes)
-                return nil
-            } catch {
-                return error
-            }
-        }
-        if let failure { throw failure }
-    }
 }
 
 extension RedisConnection: ClusterNodeLink {}

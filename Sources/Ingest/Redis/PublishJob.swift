@@ -71,26 +71,6 @@ public final class PublishJob: Sendable {
         self.completion = completion
     }
 
-    /// A job for `commandCount` commands written elsewhere (tests, and messages written with a `RESPWriter`).
-    convenience init(
-        commands: [UInt8],
-        commandCount: Int,
-        recordCount: Int,
-        deadline: NIODeadline,
-        isMessage: Bool = false,
-        eventLoop: (any EventLoop)? = nil,
-        completion: @escaping @Sendable (PublishOutcome) -> Void
-    ) {
-        self.init(
-            commands: RESPBuffer(copying: commands, commands: commandCount),
-            recordCount: recordCount,
-            deadline: deadline,
-            isMessage: isMessage,
-            eventLoop: eventLoop,
-            completion: completion
-        )
-    }
-
     /// The connection closed: skip the job if it has not been sent yet.
     public func cancel() {
         flags.bitwiseOr(Self.cancelledFlag, ordering: .relaxed)
