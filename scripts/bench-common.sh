@@ -8,7 +8,8 @@
 #   start_redis    a redis-server without persistence on a free port: sets redis_port
 #   start_server NAME [ENV=VALUE ...]
 #                  the server against that Redis (stream bench:NAME, LOG_LEVEL warning, its log in
-#                  $work/NAME.log), once /readyz answers: sets server_pid, device_port, metrics_port
+#                  $work/NAME.log, then the settings in $BENCH_SERVER_ENV, e.g. "EVENT_LOOP_THREADS=1", then
+#                  ENV=VALUE), once /readyz answers: sets server_pid, device_port, metrics_port
 #   json_field F   field F of the last JSON line on standard input (a `simulate --json` summary)
 #   cpu_seconds PID [user]
 #                  the process's user + system CPU seconds so far (user only with `user`), from /proc
@@ -59,7 +60,7 @@ start_server() {
     device_port="$(free_port)"
     metrics_port="$(free_port)"
     env TELTONIKA_HOST=127.0.0.1 TELTONIKA_PORT="$device_port" METRICS_HOST=127.0.0.1 METRICS_PORT="$metrics_port" \
-        REDIS_URL="redis://127.0.0.1:$redis_port" REDIS_TELEMETRY_STREAM="bench:$1" LOG_LEVEL=warning "${@:2}" \
+        REDIS_URL="redis://127.0.0.1:$redis_port" REDIS_TELEMETRY_STREAM="bench:$1" LOG_LEVEL=warning ${BENCH_SERVER_ENV:-} "${@:2}" \
         "$bin" serve 2>"$work/$1.log" &
     server_pid=$!
     pids+=("$server_pid")

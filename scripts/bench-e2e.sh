@@ -2,9 +2,12 @@
 # End-to-end benchmark, run by `make bench` after the micro benchmarks (or alone):
 #   1. a throwaway redis-server (no persistence) on a free port;
 #   2. the release server under the device fleet at full speed (the peak): records/s, ACK latency,
-#      server CPU per 100k records, and the pipeline depth the publisher used (mean batch size); the
-#      every ACKed record must have gone into the stream (XINFO STREAM's entries-added >= records ACKed,
-#      equal when nothing was resent);
+#      server CPU per 100k records, and the pipeline depth the publisher used (mean batch size); every
+#      ACKed record must have gone into the stream (XINFO STREAM's entries-added >= records ACKed, equal
+#      when nothing was resent). Also where the machine's CPU went meanwhile: Redis', the fleet's and the
+#      server's CPU per ACKed record and the idle cores (/proc/stat), and the rate the machine's cores
+#      would allow at those costs with none idle (cores / the three costs summed), also as a ratio of
+#      the ceiling: on 2 cores shared by the three it bounds the end-to-end ratio, whatever the server does;
 #   3. this machine's ceiling: redis-benchmark with the stream's entry shape, best of pipeline 64 / 256 with
 #      1 / 50 clients (issue 19's definition), and with one connection at that pipeline depth (as the
 #      publisher has); the ratio peak / ceiling for each;
@@ -12,7 +15,8 @@
 #   5. the fleet's own ceiling against `ack-server` (ACKs without Redis);
 #   6. RSS per idle logged-in connection with 19,000 connections open (issue 19's figure: this machine allows
 #      20,000 descriptors), and the /metrics scrape time then.
-# Env: BENCH_DEVICES (200), BENCH_SECONDS (15), BENCH_RECORDS (10 per packet), BENCH_IDLE (19000),
+# Env: BENCH_DEVICES (200), BENCH_SECONDS (15), BENCH_RECORDS (10 per packet), BENCH_IDLE (19000), BENCH_SERVER_ENV
+# (server settings for every run, e.g. "EVENT_LOOP_THREADS=1"),
 # BENCH_FLEET (c: tools/fleet/fleet.c, the default; swift: `teltonika-ingest simulate`), BENCH_BIN.
 # Figures and how to read them: docs/PERFORMANCE.md.
 set -euo pipefail
@@ -32,10 +36,14 @@ echo "run: devices=$devices seconds=$seconds records_per_packet=$records fleet=$
 
 # 2. Peak.
 start_server peak
-cpu0="$(cpu_seconds "$server_pid")"
+idle_seconds() { awk -v t="$(getconf CLK_TCK)" '$1 == "cpu" { printf "%.3f", ($5 + $6) / t }' /proc/stat; }
+redis_pid="$(cat "$work/redis.pid")"
+cpu0="$(cpu_seconds "$server_pid")"; redis_cpu0="$(cpu_seconds "$redis_pid")"; idle0="$(idle_seconds)"; wall0="$(date +%s.%N)"
 fleet --host 127.0.0.1 --port "$device_port" --devices "$devices" --duration "$seconds" \
     --records-per-packet "$records" >"$work/peak.json"
-cpu1="$(cpu_seconds "$server_pid")"
+cpu1="$(cpu_seconds "$server_pid")"; redis_cpu1="$(cpu_seconds "$redis_pid")"; idle1="$(idle_seconds)"; wall1="$(date +%s.%N)"
+# Redis' CPU per ACKed record (µs) and the idle cores over the run.
+split="$(python3 -c "print(f'{($redis_cpu1 - $redis_cpu0) / max(1, $(json_field records_acked <"$work/peak.json")) * 1e6:.3f} {($idle1 - $idle0) / ($wall1 - $wall0):.2f}')")"
 peak_rps="$(json_field acked_per_s <"$work/peak.json")"
 peak_records="$(json_field records_acked <"$work/peak.json")"
 batch_sum="$(metric "$metrics_port" teltonika_publish_batch_size_records_sum)"
@@ -94,12 +102,19 @@ start_server idle MAX_CONNECTIONS=$((idle + 100))
 idle_line="$(python3 scripts/idle-rss.py "$device_port" "$server_pid" "$idle" "$metrics_port")"
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
 
-python3 - "$work" "$ceiling" "$depth" "$cpu_per_100k" "$rate" "$idle_line" "$fleet_kind" "$stored" "$ceiling_depth" <<'PY'
+python3 - "$work" "$ceiling" "$depth" "$cpu_per_100k" "$rate" "$idle_line" "$fleet_kind" "$stored" "$ceiling_depth" \
+    $split "$(nproc)" <<'PY'
 import json, os, sys
 work, ceiling, depth, cpu, rate, idle, fleet, stored = sys.argv[1], float(sys.argv[2]), *sys.argv[3:9]
 ceiling_depth = float(sys.argv[9])
+redis_us, idle_cores, cores = float(sys.argv[10]), float(sys.argv[11]), int(sys.argv[12])
 load = lambda name: json.loads(open(f"{work}/{name}.json").read().strip().splitlines()[-1])
 peak, half, sim = load("peak"), load("half"), load("sim")
+# Where the CPU went at peak, per ACKed record, and the rate the cores allow at those costs with none idle.
+server_us = float(cpu) * 10
+fleet_us = float(peak["cpu_s"]) / max(1, peak["records_acked"]) * 1e6
+bound = cores * 1e6 / (redis_us + server_us + fleet_us)
+split = f"Redis {redis_us:.2f}, server {server_us:.2f}, fleet {fleet_us:.2f} µs; {idle_cores:.2f} of {cores} cores idle"
 print()
 print("| measure | value |")
 print("|---|---|")
@@ -108,6 +123,8 @@ print(f"| redis-benchmark, 1 connection, pipeline {depth} (the publisher's shape
 print(f"| server peak ({fleet} fleet, {peak['devices']} devices) | {peak['acked_per_s']:,.0f} records/s |")
 print(f"| records ACKed at peak / added to the stream | {int(peak['records_acked']):,} / {int(stored):,} |")
 print(f"| ratio peak / ceiling | {peak['acked_per_s'] / ceiling:.2f} (target >= 0.9); against 1 connection: {peak['acked_per_s'] / ceiling_depth:.2f} |")
+print(f"| CPU per ACKed record at peak | {split} |")
+print(f"| rate the {cores} cores allow at those costs, none idle | {bound:,.0f} records/s ({bound / ceiling:.2f} of the ceiling) |")
 print(f"| ACK latency at peak p50 / p99 / p999 | {peak['ack_p50_ms']} / {peak['ack_p99_ms']} / {peak['ack_p999_ms']} ms |")
 print(f"| half peak (rate {rate} packets/s/device) achieved | {half['acked_per_s']:,.0f} records/s |")
 print(f"| ACK latency at half peak p50 / p99 / p999 | {half['ack_p50_ms']} / {half['ack_p99_ms']} / {half['ack_p999_ms']} ms (target p99 <= 5) |")
@@ -127,7 +144,9 @@ if summary:
         ("end to end (peak), records/s", f"{peak['acked_per_s']:,.0f}"),
         ("ratio end to end / ceiling (target >= 0.9)", f"{peak['acked_per_s'] / ceiling:.2f}"),
         ("ratio end to end / 1 connection at the same depth", f"{peak['acked_per_s'] / ceiling_depth:.2f}"),
-        ("server CPU per ACKed record at peak, µs (target <= 2.0)", f"{float(cpu) * 10:.2f}"),
+        ("server CPU per ACKed record at peak, µs (target <= 2.0)", f"{server_us:.2f}"),
+        ("CPU per ACKed record at peak: Redis, server, fleet; idle cores", split),
+        (f"rate the {cores} cores allow at those costs (none idle), records/s; ratio to the ceiling", f"{bound:,.0f}; {bound / ceiling:.2f}"),
         ("ACK latency at half peak p50 / p99, ms (target p99 <= 5)", f"{half['ack_p50_ms']} / {half['ack_p99_ms']}"),
         ("ACK latency at peak p99, ms", f"{peak['ack_p99_ms']}"),
         (f"RSS per idle logged-in connection at {fields.get('connections', '?')}, KiB (target <= 4)", fields.get("per_connection_kib", "?")),
