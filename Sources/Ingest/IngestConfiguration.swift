@@ -25,6 +25,8 @@ public struct IngestConfiguration: Sendable, Equatable {
     public var maxLoginFailuresPerIP = 60
     /// Receive-buffer bytes all device connections may hold beyond 2 KiB each.
     public var maxBufferedBytes = 64 * 1024 * 1024
+    /// Threads serving device connections (0: one per core).
+    public var eventLoopThreads = 0
 
     // MARK: Device authority
     public var deviceAuthorityMode = DeviceAuthorityMode.allowAll
@@ -192,6 +194,13 @@ public struct IngestConfiguration: Sendable, Equatable {
         ),
         int("MAX_FRAME_BYTES", "max-frame-bytes", "Largest accepted data-field length.", 64...16_777_216, \.maxFrameBytes),
         int("MAX_CONNECTIONS", "max-connections", "Device connections beyond this are refused.", 1...1_000_000, \.maxConnections),
+        int(
+            "EVENT_LOOP_THREADS",
+            "event-loop-threads",
+            "Threads serving device connections (0: one per core).",
+            0...1024,
+            \.eventLoopThreads
+        ),
         int(
             "MAX_CONNECTIONS_PER_IP",
             "max-connections-per-ip",

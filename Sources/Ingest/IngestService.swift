@@ -84,6 +84,8 @@ public final class IngestService: Service, Sendable {
     private let redisDescription: String
     private let metrics: IngestMetrics
     private let group: MultiThreadedEventLoopGroup
+    /// The device event loops (`EVENT_LOOP_THREADS`, or one per core).
+    private let eventLoopCount: Int
     private let authority: DeviceAuthority
     /// Where the allowlist comes from (nil in `allow_all`).
     private let allowlistSource: (any AllowlistSource)?
@@ -213,7 +215,8 @@ public final class IngestService: Service, Sendable {
             logger: logger,
             metrics: metrics
         )
-        self.group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        self.eventLoopCount = configuration.eventLoopThreads > 0 ? configuration.eventLoopThreads : System.coreCount
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: eventLoopCount)
         self.authority = DeviceAuthority(mode: configuration.deviceAuthorityMode)
         switch configuration.deviceAuthorityMode {
         case .allowAll: allowlistSource = nil
@@ -255,6 +258,7 @@ public final class IngestService: Service, Sendable {
             "min_replicas": .stringConvertible(configuration.redisMinReplicas), "stream": "\(configuration.telemetryStream)",
             "max_frame_bytes": .stringConvertible(configuration.maxFrameBytes),
             "max_connections": .stringConvertible(configuration.maxConnections),
+            "event_loops": .stringConvertible(eventLoopCount),
             "version": "\(IngestMetrics.version)", "revision": "\(IngestMetrics.revision)",
         ]
         // A number when the listener is on, absent when it is off (one type per field, for log pipelines).

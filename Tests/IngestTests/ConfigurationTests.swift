@@ -148,7 +148,7 @@ struct IngestConfigurationTests {
             "REDIS_COMMAND_EVENTS_MAXLEN": "10", "COMMAND_TIMEOUT_MS": "1000", "COMMAND_LATE_GRACE_MS": "0", "COMMAND_LOGIN_GRACE_MS": "0",
             "DEVICE_REGISTRY": "off", "REDIS_DEVICE_PREFIX": "d", "REDIS_NOTICES_STREAM": "n", "DEVICE_SEEN_INTERVAL_MS": "5000",
             "PROXY_PROTOCOL": "v2", "PROXY_TRUSTED_CIDRS": "192.0.2.7, 2001:db8::/32", "REDIS_STREAM_SHARDS": "4",
-            "REDIS_MODE": "cluster", "REDIS_CLUSTER_NODES": "10.0.0.5:7000",
+            "REDIS_MODE": "cluster", "REDIS_CLUSTER_NODES": "10.0.0.5:7000", "EVENT_LOOP_THREADS": "3",
         ]
         #expect(Set(other.keys) == Set(IngestConfiguration.settings.map(\.env)))
         #expect(base.changedSettings(comparedTo: base).isEmpty)

@@ -65,6 +65,32 @@ struct SettingsTests {
         close(fd)
     }
 
+    /// EVENT_LOOP_THREADS: the device connections are served by that many event-loop threads (NIO names
+    /// them `NIO-ELT-<group>-#<n>`; the metrics port's group has one), it is logged, and devices get their
+    /// ACKs. 5 is not this machine's core count, the default.
+    @Test func testEventLoopThreads() throws {
+        let server = try ServerProcess(environment: ["EVENT_LOOP_THREADS": "5"])
+        #expect(try server.waitForLog(event: "server.starting", timeout: 1)["event_loops"] as? Int == 5)
+        let task = "/proc/\(server.process.processIdentifier)/task"
+        var groups: [Substring: Int] = [:]
+        for thread in try FileManager.default.contentsOfDirectory(atPath: task) {
+            let name = (try? String(contentsOfFile: "\(task)/\(thread)/comm", encoding: .utf8)) ?? ""
+            if name.hasPrefix("NIO-ELT-"), let group = name.dropFirst("NIO-ELT-".count).split(separator: "-").first {
+                groups[group, default: 0] += 1
+            }
+        }
+        #expect(groups.values.sorted() == [1, 5], "event-loop groups \(groups)")
+        var devices: [DeviceClient] = []
+        for d in 0..<10 {
+            let device = try DeviceClient(port: server.port)
+            #expect(try device.login("35630704244\(1000 + d)"))
+            try device.send(try LifecycleTests.packet(records: 3, at: 1_700_000_000_000 + UInt64(d)))
+            devices.append(device)
+        }
+        for device in devices { #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 3))) }
+        #expect(try RedisClient(url: TestEnvironment.redisURL).xlen(server.stream) == 30)
+    }
+
     /// LOG_FORMAT=text: lines for people (no JSON), with the event and the instance.
     @Test func testTextLogs() throws {
         let port = TestEnvironment.freePort()
