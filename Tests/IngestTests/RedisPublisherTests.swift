@@ -29,6 +29,9 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
         /// The first command after a batch was sent fails, as a broken connection does (a health or
         /// durability check).
         var failCheckAfterABatch = false
+        /// In the first batch of more jobs than `answered`: once that many are answered, the transport says
+        /// so (as the hiredis one does between reply pieces), then calls `observe` before answering the rest.
+        var midBatch: (answered: Int, observe: @Sendable () -> Void)? = nil
     }
 
     private let lock = NIOLock()
@@ -74,6 +77,15 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
         }
 
         func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?) -> BatchResult {
+            send(jobs, replicaWait: replicaWait, answered: { _ in })
+        }
+
+        func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?, answered: ([String?]) -> Void) -> BatchResult {
+            let midBatch = redis.lock.withLock { () -> (answered: Int, observe: @Sendable () -> Void)? in
+                guard let mid = redis.script.midBatch, jobs.count > mid.answered else { return nil }
+                redis.script.midBatch = nil
+                return mid
+            }
             let (step, hang, replicas) = redis.lock.withLock {
                 () -> ((answers: (PublishJob) -> String?, breakAfter: Int?)?, Bool, Int?) in
                 redis.sent.append(jobs.map(\.recordCount))
@@ -85,12 +97,15 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
                 return (step, redis.script.hang, replicas)
             }
             if hang { redis.hung.wait() }
-            guard let step else { return BatchResult(answers: jobs.map { _ in nil }, replicas: replicas, failure: nil) }
-            let answered = jobs.prefix(step.breakAfter ?? jobs.count).map(step.answers)
-            guard step.breakAfter == nil else {
-                return BatchResult(answers: answered, failure: RedisConnection.Failure(kind: .eof, message: "connection closed"))
+            let answers = step.map { jobs.prefix($0.breakAfter ?? jobs.count).map($0.answers) } ?? jobs.map { _ in nil }
+            if let midBatch {
+                answered(Array(answers.prefix(midBatch.answered)))
+                midBatch.observe()
             }
-            return BatchResult(answers: answered, replicas: replicas, failure: nil)
+            guard step?.breakAfter == nil else {
+                return BatchResult(answers: answers, failure: RedisConnection.Failure(kind: .eof, message: "connection closed"))
+            }
+            return BatchResult(answers: answers, replicas: replicas, failure: nil)
         }
 
         func command(_ arguments: [String]) throws(RedisConnection.Failure) -> RedisConnection.Reply {
@@ -178,6 +193,63 @@ struct RedisPublisherTests {
         #expect(redis.batchesSent == [[2, 3]], "one pipelined batch")
         #expect(publisher.queuedRecords == 0)
         #expect(await publisher.stop(deadline: .now() + .seconds(1)) == .init(abandonedRecords: 0, threadFinished: true))
+    }
+
+    /// Without `WAIT`, the jobs answered while the rest of a batch is still being read complete then (their
+    /// ACKs go out), each once; the rest when the batch ends.
+    @Test func testJobsAnsweredMidBatchCompleteBeforeTheBatchEnds() async throws {
+        let outcomes = NIOLockedValueBox<[String: PublishOutcome]>([:])
+        let midway = NIOLockedValueBox<[String: PublishOutcome]?>(nil)
+        let completions = NIOLockedValueBox(0)
+        let redis = FakeRedis(.init(midBatch: (answered: 4, observe: { midway.withLockedValue { $0 = outcomes.withLockedValue { $0 } } })))
+        let metrics = IngestMetrics()
+        let publisher = Self.publisher(redis, metrics: metrics)
+        for n in 0..<8 {
+            let job = PublishJob(commands: RESPBuffer(copying: [], commands: 1), recordCount: 1, deadline: .now() + .seconds(5)) {
+                outcome in
+                completions.withLockedValue { $0 += 1 }
+                outcomes.withLockedValue { $0["j\(n)"] = outcome }
+            }
+            #expect(publisher.submit(job))
+        }
+        publisher.start()
+        try await Self.waitUntil { outcomes.withLockedValue { $0.count } == 8 }
+        #expect(midway.withLockedValue { $0 } == ["j0": .stored, "j1": .stored, "j2": .stored, "j3": .stored])
+        #expect(outcomes.withLockedValue { $0 }.values.allSatisfy { $0 == .stored })
+        #expect(completions.withLockedValue { $0 } == 8, "each job completed once")
+        #expect(try Self.value(metrics, "teltonika_records_published_total") == 8, "each record counted once")
+        #expect(redis.batchesSent == [[1, 1, 1, 1, 1, 1, 1, 1]])
+        _ = await publisher.stop(deadline: .now() + .seconds(1))
+    }
+
+    /// Jobs completed mid-batch are not sent again when the connection then breaks: only the unanswered ones
+    /// are, on the next connection (a resend of a stored job would be a duplicate entry).
+    @Test func testABreakAfterMidBatchCompletionsResendsOnlyTheUnanswered() async throws {
+        let outcomes = NIOLockedValueBox<[String: PublishOutcome]>([:])
+        let redis = FakeRedis(.init(batches: [(answers: { _ in nil }, breakAfter: 6)], midBatch: (answered: 4, observe: {})))
+        let publisher = Self.publisher(redis)
+        for n in 0..<8 { #expect(publisher.submit(Self.job("j\(n)", records: n + 1, into: outcomes))) }
+        publisher.start()
+        try await Self.waitUntil { outcomes.withLockedValue { $0.count } == 8 }
+        #expect(outcomes.withLockedValue { $0 }.values.allSatisfy { $0 == .stored })
+        #expect(redis.batchesSent == [[1, 2, 3, 4, 5, 6, 7, 8], [7, 8]], "only the two unanswered jobs are sent again")
+        _ = await publisher.stop(deadline: .now() + .seconds(1))
+    }
+
+    /// With `WAIT`, a job answered mid-batch is on the primary only: nothing completes before the replicas confirm.
+    @Test func testWithReplicasNothingCompletesMidBatch() async throws {
+        let outcomes = NIOLockedValueBox<[String: PublishOutcome]>([:])
+        let midway = NIOLockedValueBox<Int?>(nil)
+        let redis = FakeRedis(
+            .init(midBatch: (answered: 4, observe: { midway.withLockedValue { $0 = outcomes.withLockedValue { $0.count } } }))
+        )
+        let publisher = Self.publisher(redis, minReplicas: 1)
+        for n in 0..<8 { #expect(publisher.submit(Self.job("j\(n)", into: outcomes))) }
+        publisher.start()
+        try await Self.waitUntil { outcomes.withLockedValue { $0.count } == 8 }
+        #expect(midway.withLockedValue { $0 } == 0)
+        #expect(outcomes.withLockedValue { $0 }.values.allSatisfy { $0 == .stored })
+        _ = await publisher.stop(deadline: .now() + .seconds(1))
     }
 
     /// The connection breaks after the first job of a batch is answered and the second refused: the

@@ -55,8 +55,18 @@ protocol RedisTransport: AnyObject {
     /// Pipelines every job's commands, then, with `replicaWait`, a `WAIT` for the replicas (which
     /// covers every earlier write on the connection), and reads the replies in order.
     func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?) -> BatchResult
+    /// The same, calling `answered` while the replies are read with the answers so far (one per job answered
+    /// in full, in order, as in ``BatchResult/answers``), so the caller may act on the first jobs before the
+    /// last are answered. A transport that reads a batch's replies at once need not call it (the default).
+    func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?, answered: ([String?]) -> Void) -> BatchResult
     /// One command and its reply (`PING`, `CONFIG GET`).
     func command(_ arguments: [String]) throws(RedisConnection.Failure) -> RedisConnection.Reply
+}
+
+extension RedisTransport {
+    func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?, answered: ([String?]) -> Void) -> BatchResult {
+        send(jobs, replicaWait: replicaWait)
+    }
 }
 
 /// Opens transports; called on the publisher thread, which it may block up to the connect timeout.
@@ -93,6 +103,10 @@ final class HiredisTransport: RedisTransport {
     }
 
     func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?) -> BatchResult {
+        send(jobs, replicaWait: replicaWait, answered: { _ in })
+    }
+
+    func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?, answered: ([String?]) -> Void) -> BatchResult {
         var answers: [String?] = []
         answers.reserveCapacity(jobs.count)
         do throws(RedisConnection.Failure) {
@@ -108,13 +122,15 @@ final class HiredisTransport: RedisTransport {
             // (``RedisConnection/awaitReplies(bytes:timeoutMs:)``, which returns at once while hiredis holds
             // replies it has read). Each `XADD ... *` reply is a stream id, `$15\r\n<13-digit ms>-<seq>\r\n`,
             // 22 bytes or more; the time allowed grows with the replies awaited. The last few replies, and a
-            // smaller batch's, are read as they come.
+            // smaller batch's, are read as they come. Before each of those waits (which return at once for replies
+            // hiredis holds already), `answered` learns what is answered so far.
             var remaining = bytes > Self.redisReadPiece ? jobs.reduce(0) { $0 + $1.commandCount } : 0
             for job in jobs {
                 var firstError: String? = nil
                 for _ in 0..<job.commandCount {
                     if remaining >= Self.repliesWorthAWait {
                         let awaited = min(remaining, RedisConnection.maxLowWaterMark / Self.replyBytes)
+                        if !answers.isEmpty { answered(answers) }
                         try connection.awaitReplies(bytes: awaited * Self.replyBytes, timeoutMs: 2 + awaited / 100)
                     }
                     remaining = max(0, remaining - 1)
