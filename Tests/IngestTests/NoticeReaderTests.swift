@@ -28,7 +28,9 @@ struct NoticeReaderTests {
             let stream: Stream
             let endpoint = "fake"
             init(stream: Stream) { self.stream = stream }
-            func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?) -> BatchResult { BatchResult(answers: []) }
+            func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?, answered: ([String?]) -> Void) -> BatchResult {
+                BatchResult(answers: [])
+            }
 
             func command(_ arguments: [String]) throws(RedisConnection.Failure) -> RedisConnection.Reply {
                 stream.lock.withLock {

@@ -76,10 +76,6 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
             self.number = number
         }
 
-        func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?) -> BatchResult {
-            send(jobs, replicaWait: replicaWait, answered: { _ in })
-        }
-
         func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?, answered: ([String?]) -> Void) -> BatchResult {
             let midBatch = redis.lock.withLock { () -> (answered: Int, observe: @Sendable () -> Void)? in
                 guard let mid = redis.script.midBatch, jobs.count > mid.answered else { return nil }

@@ -26,7 +26,6 @@ extension ClusterNodeLink {
     func replyError() throws(RedisConnection.Failure) -> String? {
         if case .error(let message) = try reply() { message } else { nil }
     }
-
 }
 
 extension RedisConnection: ClusterNodeLink {}

@@ -142,7 +142,9 @@ final class ClusterTransport: RedisTransport {
         var asking: Bool
     }
 
-    func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?) -> BatchResult {
+    /// A batch spread over the primaries is answered out of order and may be redirected: `answered` is not
+    /// called, the whole batch is answered at once.
+    func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?, answered: ([String?]) -> Void) -> BatchResult {
         maintain()
         var progress = jobs.map { job -> Progress in
             var p = Progress()

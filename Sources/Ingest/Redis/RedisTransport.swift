@@ -53,19 +53,19 @@ protocol RedisTransport: AnyObject {
     /// Where it is connected (`host:port`), for logs and to tell a change of primary.
     var endpoint: String { get }
     /// Pipelines every job's commands, then, with `replicaWait`, a `WAIT` for the replicas (which
-    /// covers every earlier write on the connection), and reads the replies in order.
-    func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?) -> BatchResult
-    /// The same, calling `answered` while the replies are read with the answers so far (one per job answered
-    /// in full, in order, as in ``BatchResult/answers``), so the caller may act on the first jobs before the
-    /// last are answered. A transport that reads a batch's replies at once need not call it (the default).
+    /// covers every earlier write on the connection), and reads the replies in order. While it reads, it may
+    /// call `answered` with the answers so far (one per job answered in full, in order, as in
+    /// ``BatchResult/answers``), so the caller can act on the first jobs before the last are answered; a
+    /// transport that reads a batch's replies at once need not call it.
     func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?, answered: ([String?]) -> Void) -> BatchResult
     /// One command and its reply (`PING`, `CONFIG GET`).
     func command(_ arguments: [String]) throws(RedisConnection.Failure) -> RedisConnection.Reply
 }
 
 extension RedisTransport {
-    func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?, answered: ([String?]) -> Void) -> BatchResult {
-        send(jobs, replicaWait: replicaWait)
+    /// ``send(_:replicaWait:answered:)`` with nothing to do until the whole batch is answered.
+    func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?) -> BatchResult {
+        send(jobs, replicaWait: replicaWait, answered: { _ in })
     }
 }
 
@@ -100,10 +100,6 @@ final class HiredisTransport: RedisTransport {
     init(_ connection: RedisConnection, endpoint: String) {
         self.connection = connection
         self.endpoint = endpoint
-    }
-
-    func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?) -> BatchResult {
-        send(jobs, replicaWait: replicaWait, answered: { _ in })
     }
 
     func send(_ jobs: [PublishJob], replicaWait: ReplicaWait?, answered: ([String?]) -> Void) -> BatchResult {
