@@ -5,7 +5,7 @@
 #   work           a temporary directory; `pids` and every daemon whose pid file is in it are killed, and it
 #                  is removed, at exit
 #   free_port      prints a free TCP port on 127.0.0.1
-#   start_redis    a redis-server without persistence on a free port: sets redis_port
+#   start_redis    a redis-server without persistence on a free port: sets redis_port, redis_pid
 #   start_server NAME [ENV=VALUE ...]
 #                  the server against that Redis (stream bench:NAME, LOG_LEVEL warning, its log in
 #                  $work/NAME.log, then the settings in $BENCH_SERVER_ENV, e.g. "EVENT_LOOP_THREADS=1", then
@@ -13,6 +13,7 @@
 #   json_field F   field F of the last JSON line on standard input (a `simulate --json` summary)
 #   cpu_seconds PID [user]
 #                  the process's user + system CPU seconds so far (user only with `user`), from /proc
+#   idle_seconds   the seconds every core of the machine has been idle so far (idle + iowait, /proc/stat)
 #   fleet ARGS     the device fleet that drives the server (`simulate` options: --host, --port, --devices,
 #                  --duration, --records-per-packet, --rate; one JSON line out). BENCH_FLEET=c (default): the
 #                  independent C fleet, tools/fleet/fleet.c, built here with cc -O2 (or $CC, or the toolchain's clang); BENCH_FLEET=swift: the
@@ -24,6 +25,7 @@ cpu_seconds() {
     awk -v t="$(getconf CLK_TCK)" -v only="${2:-}" \
         '{ sub(/.*\) /, ""); split($0, f, " "); printf "%.3f", (f[12] + (only == "user" ? 0 : f[13])) / t }' "/proc/$1/stat"
 }
+idle_seconds() { awk -v t="$(getconf CLK_TCK)" '$1 == "cpu" { printf "%.3f", ($5 + $6) / t }' /proc/stat; }
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 work="$(mktemp -d)"
@@ -54,6 +56,7 @@ start_redis() {
     redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
         --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log"
     for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    redis_pid="$(cat "$work/redis.pid")"
 }
 
 start_server() {

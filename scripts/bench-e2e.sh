@@ -36,8 +36,6 @@ echo "run: devices=$devices seconds=$seconds records_per_packet=$records fleet=$
 
 # 2. Peak.
 start_server peak
-idle_seconds() { awk -v t="$(getconf CLK_TCK)" '$1 == "cpu" { printf "%.3f", ($5 + $6) / t }' /proc/stat; }
-redis_pid="$(cat "$work/redis.pid")"
 cpu0="$(cpu_seconds "$server_pid")"; redis_cpu0="$(cpu_seconds "$redis_pid")"; idle0="$(idle_seconds)"; wall0="$(date +%s.%N)"
 fleet --host 127.0.0.1 --port "$device_port" --devices "$devices" --duration "$seconds" \
     --records-per-packet "$records" >"$work/peak.json"

@@ -28,8 +28,6 @@ pace=()
 if [ -n "${BENCH_RATE:-}" ]; then pace=(--rate "$BENCH_RATE"); fi
 source scripts/bench-common.sh
 start_redis
-redis_pid="$(cat "$work/redis.pid")"
-idle_seconds() { awk -v t="$(getconf CLK_TCK)" '$1 == "cpu" { printf "%.3f", ($5 + $6) / t }' /proc/stat; }
 
 publisher_switches() {  # the publisher thread is the one named after its dispatch queue (…default-qos)
     local total=0 t
