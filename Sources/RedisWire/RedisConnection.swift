@@ -260,12 +260,14 @@ public final class RedisConnection {
         _ = poll(&ready, 1, Int32(clamping: timeoutMs))
     }
 
-    /// The most ``awaitReplies(bytes:timeoutMs:)`` waits for at once: 8 KiB (about 370 stream ids). A bigger
+    /// The most ``awaitReplies(bytes:timeoutMs:)`` waits for at once: 4 KiB (about 186 stream ids). A bigger
     /// mark can make Linux grow the receive buffer and clamp the connection's window to the mark, for the
     /// connection's life (`tcp_set_rcvlowat`); with marks up to 64 KiB the ACK latency p99 at half the peak
     /// rate was 12-18 ms against 5-7 ms with 8 KiB or none (docs/PERFORMANCE.md, "Issue 19, third pass").
-    /// A batch's replies are awaited in pieces of this size instead.
-    public static var maxLowWaterMark: Int { 8 * 1024 }
+    /// A batch's replies are awaited in pieces of this size instead, and the publisher completes the jobs
+    /// answered before each wait: 4 KiB rather than 8 lets those devices send again sooner (fewer idle
+    /// cores at peak, and a lower half-peak p99: "Issue 19, fifth pass").
+    public static var maxLowWaterMark: Int { 4 * 1024 }
 
     /// The socket's receive low-water mark (`SO_RCVLOWAT`): 1 except inside ``awaitReplies(bytes:timeoutMs:)``.
     /// Nil for TLS, whose socket this connection does not read through hiredis. For tests and diagnostics.
