@@ -65,7 +65,7 @@ let package = Package(
         .target(
             name: "Ingest",
             dependencies: [
-                "Codec8", "RedisWire", "CBuildInfo",
+                "Codec8", "RedisWire", "CBuildInfo", "COpenSSL",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -99,6 +99,22 @@ final class SessionEnvironment: Sendable {
         )
     }
 
+    /// One `device.certificate_mismatch` line per 10 s across connections.
+    private let certificateMismatchLog = NIOLockedValueBox(LogLimiter())
+
+    /// Logs (at most once per 10 s across connections) a TLS login whose IMEI is not its certificate's name.
+    func certificateMismatch(_ imei: IMEI, certificateName: String?, peer: SocketAddress?) {
+        let now = NIODeadline.now().uptimeNanoseconds
+        guard let heldBack = certificateMismatchLog.withLockedValue({ $0.admit(nowNanoseconds: now) }) else { return }
+        logger.warning(
+            "login IMEI is not the client certificate's",
+            metadata: [
+                "event": "device.certificate_mismatch", "imei": "\(imei)", "certificate_name": "\(certificateName ?? "")",
+                "peer": "\(peerString(peer))", "suppressed": .stringConvertible(heldBack),
+            ]
+        )
+    }
+
     /// One log line per 10 s across connections for buffer-budget refusals.
     private let bufferLog = NIOLockedValueBox(LogLimiter())
 
@@ -234,9 +250,24 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
     private var registered: RegisteredSession? = nil
     /// The login grace, the answer's deadline, the grace window, or a retry of a take.
     private var commandTimer: Scheduled<Void>? = nil
+    /// `TLS_CLIENT_CERT_IMEI` on the TLS port: the name the login IMEI must equal, once the handshake gave it.
+    private var certificate: CertificateIdentity
 
-    init(environment: SessionEnvironment) {
+    private enum CertificateIdentity {
+        /// Plain TCP, or the setting off: any IMEI the authority allows.
+        case notRequired
+        /// Required, and the handshake has not reported it: no IMEI matches (never the case at a login: the
+        /// handshake completes before the first byte of the session is read).
+        case awaited
+        /// The client certificate's one subject common name (nil: none, or several).
+        case named(String?)
+    }
+
+    /// `certificateNamesIMEI`: the connection is on the TLS port with `TLS_CLIENT_CERT_IMEI` (its
+    /// ``DeviceTLSHandler`` reports the certificate's name with ``SessionCertificateName``).
+    init(environment: SessionEnvironment, certificateNamesIMEI: Bool = false) {
         self.environment = environment
+        self.certificate = certificateNamesIMEI ? .awaited : .notRequired
         let configuration = environment.configuration
         self.decoder = TeltonikaFrameDecoder(maxDataLength: configuration.maxFrameBytes)
         self.maxFrameBytes = configuration.maxFrameBytes
@@ -445,6 +476,10 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
             close(context, .tlsHandshakeFailed)
             return
         }
+        if let reported = event as? SessionCertificateName {
+            if case .awaited = certificate { certificate = .named(reported.name) }
+            return
+        }
         if event is SessionProxyRefused {
             close(context, .proxyRefused)
             return
@@ -523,7 +558,7 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         handshakeTimer?.cancel()
         handshakeTimer = nil
         let parsed = frame.withUnsafeReadableBytes { raw in Result { () throws(Codec8Error) in try IMEI.parseLogin(raw) } }
-        switch session.loginReceived(parsed, isAllowed: { environment.authority.verdict($0) == .allowed }) {
+        switch session.loginReceived(parsed, isAllowed: { certified($0) && environment.authority.verdict($0) == .allowed }) {
         case .accept(let imei):
             if let old = environment.registry.register(imei, channel: context.channel) {
                 environment.metrics.connectionsReplaced.increment()
@@ -561,10 +596,26 @@ final class DeviceSessionHandler: ChannelDuplexHandler, RemovableChannelHandler 
         case .refuse(let result, let error):
             refuseLogin(context, error: error, result: result)
         case .deny(let imei):
-            environment.metrics.handshakes(result: .unknownDevice).increment()
-            environment.loginFailed(from: environment.deviceAddress(of: context.channel))
-            environment.unknownDevice(imei, peer: environment.deviceAddress(of: context.channel), transport: "tcp")
+            let address = environment.deviceAddress(of: context.channel)
+            environment.loginFailed(from: address)
+            if !certified(imei) {
+                let name: String? = if case .named(let name) = certificate { name } else { nil }
+                environment.metrics.handshakes(result: .certificateMismatch).increment()
+                environment.certificateMismatch(imei, certificateName: name, peer: address)
+            } else {
+                environment.metrics.handshakes(result: .unknownDevice).increment()
+                environment.unknownDevice(imei, peer: address, transport: "tcp")
+            }
             answerZeroAndClose(context, reason: .loginRejected)
+        }
+    }
+
+    /// Whether `imei` may log in on this connection as far as its client certificate goes.
+    private func certified(_ imei: IMEI) -> Bool {
+        switch certificate {
+        case .notRequired: true
+        case .awaited: false
+        case .named(let name): name == imei.description
         }
     }
 

@@ -1,5 +1,6 @@
 /// TLS for device connections: the settings, the credentials read from PEM files, and the context every new
 /// handshake takes (replaced whole on SIGHUP; a bad file keeps the one in force).
+import COpenSSL
 import Glibc
 import NIOConcurrencyHelpers
 import NIOCore
@@ -21,6 +22,9 @@ public struct DeviceTLSOptions: Sendable, Equatable {
     public var keyFile: String? = nil
     /// PEM CA certificates: set, a device must present a certificate signed by one of them (mutual TLS).
     public var clientCAFile: String? = nil
+    /// On: a device logs in only with the IMEI its client certificate names in its subject's one common name
+    /// (`TLS_CLIENT_CERT_IMEI`). Needs `clientCAFile`.
+    public var clientCertIMEI = false
     public var minimumVersion = Version.tls12
 
     public init() {}
@@ -33,7 +37,16 @@ public struct DeviceTLSOptions: Sendable, Equatable {
             if let (key, _) = given.first(where: { $0.1 != nil }) {
                 throw ConfigurationError(key: key, message: "is set, but TLS_PORT is not: no TLS listener would use it")
             }
+            if clientCertIMEI {
+                throw ConfigurationError(key: "TLS_CLIENT_CERT_IMEI", message: "is on, but TLS_PORT is not: no TLS listener would use it")
+            }
             return
+        }
+        if clientCertIMEI, clientCAFile == nil {
+            throw ConfigurationError(
+                key: "TLS_CLIENT_CERT_IMEI",
+                message: "is on, but TLS_CLIENT_CA_FILE is not set: without client certificates there is no name to match"
+            )
         }
         if certFile == nil { throw ConfigurationError(key: "TLS_CERT_FILE", message: "is required with TLS_PORT") }
         if keyFile == nil { throw ConfigurationError(key: "TLS_KEY_FILE", message: "is required with TLS_PORT") }
@@ -166,5 +179,26 @@ extension IngestConfiguration {
     public func makeDeviceTLSContext() throws(ConfigurationError) -> DeviceTLSContext? {
         guard deviceTLS.port != nil else { return nil }
         return try DeviceTLSContext(options: deviceTLS)
+    }
+}
+
+/// The one common name in the subject of `certificate`, as text; nil when it has none, several (which one
+/// names the device would be a guess), or one that is not plain printable ASCII. Parsed from its DER by the
+/// system OpenSSL (NIOSSL keeps its own reading of the name internal).
+func certificateCommonName(_ certificate: NIOSSLCertificate) -> String? {
+    guard let der = try? certificate.toDERBytes() else { return nil }
+    return der.withUnsafeBufferPointer { bytes -> String? in
+        var cursor: UnsafePointer<UInt8>? = bytes.baseAddress
+        guard let x509 = d2i_X509(nil, &cursor, bytes.count) else { return nil }
+        defer { X509_free(x509) }
+        guard let subject = X509_get_subject_name(x509) else { return nil }
+        let index = X509_NAME_get_index_by_NID(subject, NID_commonName, -1)
+        guard index >= 0, X509_NAME_get_index_by_NID(subject, NID_commonName, index) < 0,
+            let entry = X509_NAME_get_entry(subject, index), let data = X509_NAME_ENTRY_get_data(entry),
+            let start = ASN1_STRING_get0_data(data)
+        else { return nil }
+        let text = UnsafeBufferPointer(start: start, count: Int(ASN1_STRING_length(data)))
+        guard text.allSatisfy({ $0 >= 0x20 && $0 < 0x7F }) else { return nil }
+        return String(decoding: text, as: UTF8.self)
     }
 }

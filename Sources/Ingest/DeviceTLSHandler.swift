@@ -28,6 +28,8 @@ final class DeviceTLSHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let failureLog: NIOLockedValueBox<LogLimiter>
     /// The device's address: the PROXY header's behind a load balancer, else the connection's.
     private let deviceAddress: @Sendable (any Channel) -> SocketAddress?
+    /// `TLS_CLIENT_CERT_IMEI`: tell the session the client certificate's name when the handshake completes.
+    private let reportsCertificateName: Bool
     private var handshake = Handshake.pending
 
     private enum Handshake {
@@ -42,13 +44,15 @@ final class DeviceTLSHandler: ChannelInboundHandler, RemovableChannelHandler {
         metrics: IngestMetrics,
         logger: Logger,
         failureLog: NIOLockedValueBox<LogLimiter>,
-        deviceAddress: @escaping @Sendable (any Channel) -> SocketAddress? = { $0.remoteAddress }
+        deviceAddress: @escaping @Sendable (any Channel) -> SocketAddress? = { $0.remoteAddress },
+        reportsCertificateName: Bool = false
     ) {
         self.tls = tls
         self.metrics = metrics
         self.logger = logger
         self.failureLog = failureLog
         self.deviceAddress = deviceAddress
+        self.reportsCertificateName = reportsCertificateName
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -71,6 +75,10 @@ final class DeviceTLSHandler: ChannelInboundHandler, RemovableChannelHandler {
             case let other:
                 // TLS_MIN_VERSION is 1.2 at least, so BoringSSL cannot have agreed to anything else.
                 preconditionFailure("a TLS handshake completed with version \(String(describing: other))")
+            }
+            // Before any byte of the session reaches it: the login it is compared with comes after.
+            if reportsCertificateName {
+                context.fireUserInboundEventTriggered(SessionCertificateName(name: tls.peerCertificate.flatMap(certificateCommonName)))
             }
         }
         context.fireUserInboundEventTriggered(event)
@@ -119,3 +127,9 @@ private func logText(_ error: any Error) -> String {
 
 /// Sent to a TLS connection's session when its handshake failed: close it as `tls_handshake_failed`.
 struct SessionTLSFailed: Sendable {}
+
+/// Sent to a TLS connection's session when its handshake completed, with `TLS_CLIENT_CERT_IMEI`: the one
+/// common name of the client certificate's subject (nil: none, or several), which the login IMEI must equal.
+struct SessionCertificateName: Sendable {
+    let name: String?
+}

@@ -295,6 +295,12 @@ public struct IngestConfiguration: Sendable, Equatable {
             "PEM CA(s): set, devices must present a certificate signed by one (mutual TLS).",
             \.deviceTLS.clientCAFile
         ),
+        onOff(
+            "TLS_CLIENT_CERT_IMEI",
+            "tls-client-cert-imei",
+            "on: a TLS device logs in only with the IMEI that is its client certificate's subject CN (needs TLS_CLIENT_CA_FILE).",
+            \.deviceTLS.clientCertIMEI
+        ),
         Setting(
             env: "TLS_MIN_VERSION",
             flag: "tls-min-version",

@@ -87,6 +87,8 @@ enum HandshakeResult: String, CaseIterable, Sendable {
     case accepted, rejected, malformed, timeout
     /// A well-formed IMEI the device authority does not know (or no allowlist loaded yet).
     case unknownDevice = "unknown_device"
+    /// On the TLS port with `TLS_CLIENT_CERT_IMEI`: an IMEI other than the one the client certificate names.
+    case certificateMismatch = "certificate_mismatch"
 }
 
 /// `reason` label of `teltonika_disconnects_total`: why a device connection ended.
@@ -317,7 +319,7 @@ public final class IngestMetrics: Sendable {
             "teltonika_handshake_total",
             "result",
             HandshakeResult.allCases,
-            "IMEI logins: accepted, rejected (bad digits), malformed (bad length), timeout (none in HANDSHAKE_TIMEOUT_MS), unknown_device (not on the allowlist)."
+            "IMEI logins: accepted, rejected (bad digits), malformed (bad length), timeout (none in HANDSHAKE_TIMEOUT_MS), unknown_device (not on the allowlist), certificate_mismatch (not the IMEI of the TLS client certificate, TLS_CLIENT_CERT_IMEI)."
         )
         framesByCodecResult = labelled(
             "teltonika_frames_total",

@@ -79,6 +79,7 @@ public final class IngestServer: Sendable {
                 "event": "server.tls_listening", "address": "\(address)", "port": .stringConvertible(address.port ?? 0),
                 "min_version": "\(options.minimumVersion.rawValue)",
                 "client_certificates": "\(options.clientCAFile == nil ? "off" : "required")",
+                "certificate_imei": "\(options.clientCertIMEI ? "on" : "off")",
                 "certificate_serial": "\(tls.current.serial)", "certificate_not_after": .stringConvertible(tls.current.notAfter),
             ]
         )
@@ -147,11 +148,14 @@ public final class IngestServer: Sendable {
                                 metrics: metrics,
                                 logger: logger,
                                 failureLog: handshakeFailureLog,
-                                deviceAddress: { [environment] in environment.deviceAddress(of: $0) }
+                                deviceAddress: { [environment] in environment.deviceAddress(of: $0) },
+                                reportsCertificateName: tls.options.clientCertIMEI
                             )
                         )
                     }
-                    try pipeline.addHandler(DeviceSessionHandler(environment: environment))
+                    try pipeline.addHandler(
+                        DeviceSessionHandler(environment: environment, certificateNamesIMEI: tls?.options.clientCertIMEI == true)
+                    )
                 }
             }
         let channel = try await bootstrap.bind(host: configuration.host, port: port).get()

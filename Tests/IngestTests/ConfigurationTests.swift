@@ -144,7 +144,8 @@ struct IngestConfigurationTests {
             "DEVICE_AUTHORITY_MODE": "redis", "DEVICE_ALLOWLIST_FILE": "/a.txt", "REDIS_DEVICE_ALLOWLIST_KEY": "k",
             "DEVICE_ALLOWLIST_REFRESH_MS": "5000", "UDP_RECEIVE_BUFFER_BYTES": "100000",
             "TLS_PORT": "5444", "TLS_CERT_FILE": "/other.pem", "TLS_KEY_FILE": "/other.key", "TLS_CLIENT_CA_FILE": "/devices-ca.pem",
-            "TLS_MIN_VERSION": "1.3", "COMMANDS": "off", "REDIS_COMMAND_PREFIX": "c", "REDIS_COMMAND_EVENTS_STREAM": "e",
+            "TLS_MIN_VERSION": "1.3", "TLS_CLIENT_CERT_IMEI": "on", "COMMANDS": "off", "REDIS_COMMAND_PREFIX": "c",
+            "REDIS_COMMAND_EVENTS_STREAM": "e",
             "REDIS_COMMAND_EVENTS_MAXLEN": "10", "COMMAND_TIMEOUT_MS": "1000", "COMMAND_LATE_GRACE_MS": "0", "COMMAND_LOGIN_GRACE_MS": "0",
             "DEVICE_REGISTRY": "off", "REDIS_DEVICE_PREFIX": "d", "REDIS_NOTICES_STREAM": "n", "DEVICE_SEEN_INTERVAL_MS": "5000",
             "PROXY_PROTOCOL": "v2", "PROXY_TRUSTED_CIDRS": "192.0.2.7, 2001:db8::/32", "REDIS_STREAM_SHARDS": "4",
@@ -152,8 +153,11 @@ struct IngestConfigurationTests {
         ]
         #expect(Set(other.keys) == Set(IngestConfiguration.settings.map(\.env)))
         #expect(base.changedSettings(comparedTo: base).isEmpty)
-        // REDIS_CLUSTER_NODES goes only with REDIS_MODE=cluster: changed together, both named.
-        let companions = ["REDIS_CLUSTER_NODES": ["REDIS_MODE": "cluster"]]
+        // REDIS_CLUSTER_NODES goes only with REDIS_MODE=cluster, TLS_CLIENT_CERT_IMEI only with client certificates:
+        // changed together, both named.
+        let companions = [
+            "REDIS_CLUSTER_NODES": ["REDIS_MODE": "cluster"], "TLS_CLIENT_CERT_IMEI": ["TLS_CLIENT_CA_FILE": "/devices-ca.pem"],
+        ]
         for (env, value) in other {
             let extra = companions[env] ?? [:]
             let changed = try IngestConfiguration.load(environment: tls.merging([env: value]) { $1 }.merging(extra) { $1 }, flags: [:])

@@ -141,6 +141,47 @@ struct DeviceTLSTests {
         #expect(server.logCount(event: "tls.handshake_failed") == 1)
     }
 
+    /// (3b) `TLS_CLIENT_CERT_IMEI=on`: a device logs in only with the IMEI its certificate names as subject CN.
+    /// Its own certificate logs in and is ACKed; a certificate of another IMEI, or one named otherwise, from the
+    /// same CA, is answered `00` and closed (counted and logged as a certificate mismatch, not an unknown
+    /// device); the allowlist-free default would have let both in (test (3)).
+    @Test func testClientCertificateIMEIBindsTheLogin() throws {
+        let c = Self.certificates
+        let imei = DeviceServerTests.imei
+        let other = "352093081234567"
+        let own = try c.makeCertificate(name: imei, purpose: .client)
+        let someoneElse = try c.makeCertificate(name: other, purpose: .client)
+        let server = try Self.server(environment: ["TLS_CLIENT_CA_FILE": c.caFile, "TLS_CLIENT_CERT_IMEI": "on"])
+        let listening = try server.waitForLog(event: "server.tls_listening", timeout: 1)
+        #expect(listening["certificate_imei"] as? String == "on")
+        let frames = [Self.login, Self.packet.hex]
+
+        let impostor = try TLSDeviceRun(
+            port: server.tlsPort,
+            options: ["--cert", someoneElse.cert, "--key", someoneElse.key],
+            frames: frames
+        )
+        #expect(impostor.answers.first == "reply 00", "another IMEI's certificate is refused at login: \(impostor)")
+        #expect(!impostor.answers.contains { $0.hasPrefix("reply 0000") }, "and its packet never ACKed: \(impostor)")
+        let unnamed = try TLSDeviceRun(port: server.tlsPort, options: ["--cert", c.clientCert, "--key", c.clientKey], frames: frames)
+        #expect(unnamed.answers.first == "reply 00", "a certificate not named after an IMEI is refused: \(unnamed)")
+        let device = try TLSDeviceRun(port: server.tlsPort, options: ["--cert", own.cert, "--key", own.key], frames: frames)
+        #expect(device.status == 0 && device.answers == ["reply 01", "reply 00000001"], "\(device)")
+
+        try waitFor(timeout: 5, "every session ended") { try server.scrape().value("teltonika_tls_connections_active") == 0 }
+        let scrape = try server.scrape()
+        #expect(try scrape.value(#"teltonika_handshake_total{result="certificate_mismatch"}"#) == 2)
+        #expect(try scrape.value(#"teltonika_handshake_total{result="unknown_device"}"#) == 0)
+        #expect(try scrape.value(#"teltonika_handshake_total{result="accepted"}"#) == 1)
+        #expect(try scrape.value(#"teltonika_disconnects_total{reason="login_rejected"}"#) == 2)
+        #expect(try scrape.value("teltonika_acks_total") == 1)
+        #expect(try RedisClient(url: TestEnvironment.redisURL).xlen(server.stream) == 1)
+        // Two refusals within 10 s: one line, naming the first one's IMEI and certificate.
+        #expect(server.logCount(event: "device.certificate_mismatch") == 1)
+        let line = try server.waitForLog(event: "device.certificate_mismatch", timeout: 1)
+        #expect(line["imei"] as? String == imei && line["certificate_name"] as? String == other, "\(line)")
+    }
+
     /// (4) SIGHUP: a new handshake sees the new certificate while a session opened before keeps being
     /// ACKed on the same connection; a bad file then keeps the certificate in force (`tls.reload_failed`).
     @Test func testSighupServesTheNewCertificateToNewHandshakesOnly() throws {
@@ -242,6 +283,12 @@ struct DeviceTLSTests {
             "no PEM"
         ),
         (["TLS_PORT": "0", "TLS_CERT_FILE": "$CERT", "TLS_KEY_FILE": "$KEY", "TLS_MIN_VERSION": "1.1"], "TLS_MIN_VERSION", "1.2 or 1.3"),
+        (
+            ["TLS_PORT": "0", "TLS_CERT_FILE": "$CERT", "TLS_KEY_FILE": "$KEY", "TLS_CLIENT_CERT_IMEI": "on"], "TLS_CLIENT_CERT_IMEI",
+            "TLS_CLIENT_CA_FILE is not set"
+        ),
+        (["TLS_CLIENT_CERT_IMEI": "on"], "TLS_CLIENT_CERT_IMEI", "TLS_PORT is not"),
+        (["TLS_CLIENT_CERT_IMEI": "yes"], "TLS_CLIENT_CERT_IMEI", "on or off"),
         (["TELTONIKA_PORT": "5999", "TLS_PORT": "5999", "TLS_CERT_FILE": "$CERT", "TLS_KEY_FILE": "$KEY"], "TLS_PORT", "TELTONIKA_PORT"),
     ])
     func testConfigurationErrorsExitTwoNamingTheSetting(_ settings: [String: String], _ key: String, _ reason: String) throws {

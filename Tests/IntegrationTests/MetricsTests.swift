@@ -81,7 +81,7 @@ struct MetricsTests {
             #"teltonika_redis_cluster_slot_refreshes_total{result="failed"}"#,
             "teltonika_redis_cluster_node_failures_total",
         ]
-        #expect(expected.count == 40 + 2 + 5 + 3 + 4 + 8 + 6 + 2 + 15 + 2 + 31 + 8 + 4 + 3 + 2 + 7 + 6 + 2 + 6 + 5)
+        #expect(expected.count == 40 + 2 + 6 + 3 + 4 + 8 + 6 + 2 + 15 + 2 + 31 + 8 + 4 + 3 + 2 + 7 + 6 + 2 + 6 + 5)
         for series in expected { #expect(scrape[series] == 0, "\(series): \(String(describing: scrape[series]))") }
         for mode in IngestMetrics.redisDurabilityModes {
             #expect(scrape[#"teltonika_redis_durability{mode="\#(mode)"}"#] != nil, "durability \(mode)")
