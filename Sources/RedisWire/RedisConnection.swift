@@ -111,6 +111,16 @@ public final class RedisConnection {
         if case .hiredis(let context) = backend { redisFree(context) }
     }
 
+    /// How long each later read may wait for a reply (the one given at connect until then): a subscriber
+    /// that waits for rare messages reads longer than commands are answered in. 0 waits for ever.
+    public func setReadTimeout(milliseconds: Int) {
+        var tv = timeval(tv_sec: milliseconds / 1000, tv_usec: Int((milliseconds % 1000) * 1000))
+        switch backend {
+        case .hiredis(let context): _ = setsockopt(context.pointee.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        case .tls(let stream): stream.setReadTimeout(tv)
+        }
+    }
+
     /// Runs one command and waits for its reply.
     public func command(_ arguments: [String]) throws(Failure) -> Reply {
         var writer = RESPWriter()

@@ -245,6 +245,12 @@ final class RedisTLSStream {
         }
     }
 
+    /// Sets the socket's `SO_RCVTIMEO`: how long a later read may wait (``RedisConnection/setReadTimeout(milliseconds:)``).
+    func setReadTimeout(_ tv: timeval) {
+        var tv = tv
+        _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
     /// Waits (at most `SO_RCVTIMEO`) for ciphertext and hands it to OpenSSL.
     private func receiveCiphertext() throws(Failure) {
         while true {

@@ -134,6 +134,7 @@ struct RedisPublisherTests {
         capacity: Int = 1000,
         minReplicas: Int = 0,
         localFsync: Bool = false,
+        checksMs: Int? = nil,
         metrics: IngestMetrics = IngestMetrics()
     ) -> RedisPublisher {
         var configuration = PublisherConfiguration(
@@ -141,6 +142,10 @@ struct RedisPublisherTests {
             queueCapacity: capacity,
             redisTimeoutMs: 100
         )
+        if let checksMs {
+            configuration.healthCheckMs = checksMs
+            configuration.durabilityCheckMs = checksMs
+        }
         configuration.reconnectBaseMs = 1
         configuration.reconnectMaxMs = 4
         configuration.minReplicas = minReplicas
@@ -355,24 +360,51 @@ struct RedisPublisherTests {
     /// before it is stored, never confirmed by a `WAIT` that does not cover it.
     @Test func testAHeldJobIsWrittenAgainAfterACheckDropsTheConnection() async throws {
         let redis = FakeRedis(.init(firstConnectionShort: true, failCheckAfterABatch: true))
-        var configuration = PublisherConfiguration(
-            redis: RedisURL(endpoint: .unix(path: "/nonexistent")),
-            queueCapacity: 1000,
-            redisTimeoutMs: 100,
-            healthCheckMs: 5,
-            durabilityCheckMs: 5
-        )
-        configuration.reconnectBaseMs = 1
-        configuration.reconnectMaxMs = 4
-        configuration.minReplicas = 1
-        let publisher = RedisPublisher(configuration: configuration, connector: redis, logger: Self.logger, metrics: IngestMetrics())
+        let publisher = Self.publisher(redis, minReplicas: 1, checksMs: 5)
         let outcomes = NIOLockedValueBox<[String: PublishOutcome]>([:])
         #expect(publisher.submit(Self.job("a", records: 3, into: outcomes)))
         publisher.start()
-        try await Self.waitUntil { outcomes.withLockedValue { $0["a"] } != nil }
+        try await Self.expectStoredOnTheSecondConnection(redis, publisher, outcomes)
+    }
+
+    /// Job "a" (3 records) is stored, written on the first connection and again on the second (its `WAIT`
+    /// never confirmed on the first); then the publisher stops.
+    static func expectStoredOnTheSecondConnection(
+        _ redis: FakeRedis,
+        _ publisher: RedisPublisher,
+        _ outcomes: NIOLockedValueBox<[String: PublishOutcome]>
+    ) async throws {
+        try await waitUntil { outcomes.withLockedValue { $0["a"] } != nil }
         #expect(outcomes.withLockedValue { $0 } == ["a": .stored])
         #expect(redis.connects == 2)
         #expect(redis.batchesSent.filter { !$0.isEmpty } == [[3], [3]], "written again on the second connection: \(redis.batchesSent)")
+        _ = await publisher.stop(deadline: .now() + .seconds(1))
+    }
+
+    /// Sentinel's `+switch-master` (``RedisPublisher/primaryMoved(_:)``): the publisher leaves its connection
+    /// between batches and connects again at once. A job held for its replicas on the old primary (whose
+    /// `WAIT` never has enough) is written again on the new one and stored there, never confirmed by the old.
+    @Test func testAPrimarySwitchLeavesTheOldConnection() async throws {
+        let redis = FakeRedis(.init(endpoints: ["old:6379", "new:6379"], firstConnectionShort: true))
+        let publisher = Self.publisher(redis, minReplicas: 1)
+        let outcomes = NIOLockedValueBox<[String: PublishOutcome]>([:])
+        #expect(publisher.submit(Self.job("a", records: 3, timeoutMs: 20_000, into: outcomes)))
+        publisher.start()
+        try await Self.waitUntil { !redis.batchesSent.isEmpty }
+        #expect(outcomes.withLockedValue { $0 }.isEmpty, "held: the old primary's WAIT is short")
+        publisher.primaryMoved("old:6379 -> new:6379")
+        try await Self.expectStoredOnTheSecondConnection(redis, publisher, outcomes)
+    }
+
+    /// An idle publisher is woken by the switch: it does not wait for work or a health check to reconnect.
+    @Test func testAPrimarySwitchWakesAnIdlePublisher() async throws {
+        let redis = FakeRedis(.init(endpoints: ["old:6379", "new:6379"]))
+        // No health check or settings reading within the test's 5 s to wake it instead.
+        let publisher = Self.publisher(redis, checksMs: 60_000)
+        publisher.start()
+        try await Self.waitUntil { publisher.isConnected }
+        publisher.primaryMoved("old:6379 -> new:6379")
+        try await Self.waitUntil { redis.connects == 2 && publisher.isConnected }
         _ = await publisher.stop(deadline: .now() + .seconds(1))
     }
 

@@ -2,6 +2,7 @@ import Codec8
 import FixtureSupport
 import Foundation
 import NIOConcurrencyHelpers
+import RedisWire
 import Testing
 
 #if canImport(Glibc)
@@ -52,6 +53,49 @@ struct RedisTopologyTests {
         _ = try server.waitForLog(event: "redis.replicas_ok", timeout: 5)
         #expect(try primary.xlen(server.stream) == 5, "no record written twice")
         #expect(try RedisClient(url: redis.replicas[1].url).xlen(server.stream) == 5)
+    }
+
+    /// A primary that Sentinel replaced but that stays a writable primary (cut off from the Sentinels in
+    /// production; here it refuses to be demoted: its `SLAVEOF`/`REPLICAOF` are renamed away, so Sentinel's
+    /// reconfiguration, and the `CLIENT KILL` in the same transaction, fail) breaks no connection and answers
+    /// no `READONLY`. The server follows Sentinel's `+switch-master` notice: the next packet goes to the new
+    /// primary, not to the old one, whose writes the new primary never gets (ACKed records lost to every
+    /// reader of the new primary, and gone when the old one is finally demoted).
+    @Test func testAPrimaryStillWritableAfterAFailoverIsLeftForTheNewOne() throws {
+        let redis = try ReplicatedRedis(
+            replicas: 1,
+            primaryArguments: ["--rename-command", "SLAVEOF", "", "--rename-command", "REPLICAOF", ""]
+        )
+        let sentinels = try Sentinels(watching: redis.primary, replicas: 1)
+        let server = try ServerProcess(
+            redisURL: "redis://127.0.0.1:1",  // credentials only: the primary is Sentinel's
+            environment: ["REDIS_SENTINELS": sentinels.addresses, "REDIS_MASTER_NAME": sentinels.masterName, "LOG_LEVEL": "info"]
+        )
+        let device = try DeviceClient(port: server.port)
+        #expect(try device.login(DeviceServerTests.imei))
+        try device.send(try Self.packet(records: 3, at: 1_700_000_000_000))
+        #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 3)))
+        try waitFor(timeout: 10, "the replica has the first packet") {
+            try RedisClient(url: redis.replicas[0].url).xlen(server.stream) == 3
+        }
+
+        _ = try RedisClient(url: sentinels.nodes[0].url).command(["SENTINEL", "FAILOVER", sentinels.masterName])
+        try waitFor(timeout: 30, "Sentinel names the replica") { try sentinels.primaryPort() == redis.replicas[0].port }
+        let changed = try server.waitForLog(event: "redis.primary_changed", timeout: 20)
+        #expect(changed["new"] as? String == "127.0.0.1:\(redis.replicas[0].port)", "\(changed)")
+        #expect(server.logCount(event: "redis.sentinel_switch") >= 1)
+        // Connections made after the failover: the promoted replica closed every client (Sentinel's `CLIENT KILL`).
+        let (old, new) = (try RedisClient(url: redis.primary.url), try RedisClient(url: redis.replicas[0].url))
+        let role = try old.command(["ROLE"])
+        guard case .array(let fields) = role, fields.first == .string("master") else {
+            Issue.record("the old primary was demoted after all (ROLE: \(role)): the case is not made")
+            return
+        }
+
+        try device.send(try Self.packet(records: 2, at: 1_700_000_001_000))
+        #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 2)))
+        #expect(try new.xlen(server.stream) == 5, "the second packet is on the new primary")
+        #expect(try old.xlen(server.stream) == 3, "and not on the old one")
     }
 
     /// `REDIS_MIN_LOCAL_FSYNC=1` against this machine's Redis 7.0, which has no `WAITAOF`: one warning

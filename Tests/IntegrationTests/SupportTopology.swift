@@ -15,8 +15,9 @@ final class ReplicatedRedis {
     let primary: OwnRedis
     let replicas: [OwnRedis]
 
-    init(replicas count: Int) throws {
-        let primary = try OwnRedis(arguments: Self.nodeArguments)
+    /// `primaryArguments`: more settings for the primary alone.
+    init(replicas count: Int, primaryArguments: [String] = []) throws {
+        let primary = try OwnRedis(arguments: Self.nodeArguments + primaryArguments)
         self.primary = primary
         replicas = try (0..<count).map { _ in
             try OwnRedis(arguments: Self.nodeArguments + ["--replicaof", "127.0.0.1", "\(primary.port)"])

@@ -20,6 +20,8 @@ final class PublishQueue: @unchecked Sendable {
     private var head = 0
     private var held = 0
     private var submissions = 0
+    /// Bumped by ``wake()``: ends any ``wait(until:wakeOnWork:)``.
+    private var wakeups = 0
     private var stopDeadline: NIODeadline? = nil
 
     init(capacity: Int, metrics: IngestMetrics) {
@@ -131,9 +133,18 @@ final class PublishQueue: @unchecked Sendable {
         defer { condition.unlock() }
         let seen = submissions
         let stopSeen = stopDeadline
-        while NIODeadline.now() < deadline, stopDeadline == stopSeen, !(wakeOnWork && submissions != seen) {
+        let woken = wakeups
+        while NIODeadline.now() < deadline, stopDeadline == stopSeen, wakeups == woken, !(wakeOnWork && submissions != seen) {
             _ = condition.wait(until: Date(timeIntervalSinceNow: Double((deadline - .now()).nanoseconds) / 1e9))
         }
+    }
+
+    /// Wakes the publisher from its wait, work or not (something outside the queue needs it).
+    func wake() {
+        condition.lock()
+        wakeups &+= 1
+        condition.broadcast()
+        condition.unlock()
     }
 
     /// Refuses new jobs from now on and wakes the publisher; the first deadline given stands.

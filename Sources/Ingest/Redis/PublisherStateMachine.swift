@@ -160,6 +160,11 @@ struct PublisherStateMachine {
         link = .down(failures: 0, nextAttempt: now)
     }
 
+    /// Sentinel named another primary, the connection was closed between batches: connect again at once.
+    mutating func primaryMoved(at now: NIODeadline) {
+        link = .down(failures: 0, nextAttempt: now)
+    }
+
     /// Stop taking work; finish what is left by `deadline`. The first deadline given stands.
     mutating func stop(deadline: NIODeadline) {
         if stopDeadline == nil { stopDeadline = deadline }

@@ -124,11 +124,21 @@ public final class RedisPublisher: Sendable {
         }
     }
 
-    /// Starts the publisher thread.
+    /// Starts the publisher thread (and, with Sentinel, the watch for a primary switch).
     public func start() {
         let thread = Thread { [self] in Driver(publisher: self).run() }
         thread.name = "redis-publisher"
         thread.start()
+        connector.watchPrimary(logger: logger) { [self] detail in primaryMoved(detail) }
+    }
+
+    /// A primary switch the connection cannot notice (``RedisConnector/watchPrimary(logger:_:)``), for the
+    /// publisher thread to act on between two batches.
+    private let moved = NIOLockedValueBox<String?>(nil)
+
+    func primaryMoved(_ detail: String) {
+        moved.withLockedValue { $0 = detail }
+        queue.wake()
     }
 
     /// Whether the last attempt to reach Redis succeeded.
@@ -238,6 +248,7 @@ public final class RedisPublisher: Sendable {
 
         func run() {
             while true {
+                if let detail = publisher.moved.withLockedValue({ $0.take() }) { primaryMoved(detail) }
                 let now = NIODeadline.now()
                 let front = queue.front(at: now)
                 if let deadline = front.stopDeadline { machine.stop(deadline: deadline) }
@@ -307,6 +318,19 @@ public final class RedisPublisher: Sendable {
                 awaitingReplicas.removeAll(where: isDead)
             }
             for job in gone { queue.complete(job, job.isCancelled ? .dropped : .expired(.timeout)) }
+        }
+
+        /// Sentinel promoted another primary: the connection (to the old one, which may still take writes) is
+        /// closed between two batches and the next connect asks the Sentinels again. Jobs held for replicas
+        /// are written again on the new primary (``dropConnection()``).
+        private func primaryMoved(_ detail: String) {
+            logger.warning(
+                "Sentinel switched the primary: reconnecting",
+                metadata: ["event": "redis.sentinel_switch", "switch": "\(detail)", "connected": .stringConvertible(transport != nil)]
+            )
+            guard transport != nil else { return }
+            dropConnection()
+            machine.primaryMoved(at: .now())
         }
 
         /// A new connection with Redis' settings read, or a failure counted, logged once, and the next

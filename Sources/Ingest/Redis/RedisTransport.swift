@@ -1,4 +1,5 @@
 /// The publisher's seam to Redis: a connection that pipelines jobs, and the hiredis implementation of it.
+import Logging
 import RedisWire
 
 /// `WAIT` after a batch: how many replicas must have the batch's writes, and how long Redis may wait
@@ -74,6 +75,13 @@ protocol RedisConnector: Sendable {
     /// Where it connects, for logs (no password).
     var description: String { get }
     func connect() throws(RedisConnection.Failure) -> any RedisTransport
+    /// Starts telling `moved` (with what moved, for the log) when the primary it connects to changes
+    /// without the connection noticing: Sentinel's `+switch-master`. Nothing for a fixed Redis or a cluster.
+    func watchPrimary(logger: Logger, _ moved: @escaping @Sendable (String) -> Void)
+}
+
+extension RedisConnector {
+    func watchPrimary(logger: Logger, _ moved: @escaping @Sendable (String) -> Void) {}
 }
 
 /// `REDIS_URL`: hiredis over TCP or a unix socket, or TLS (`rediss://`, with `tls`), the connection

@@ -1,4 +1,6 @@
 /// The primary found through Redis Sentinel (`REDIS_SENTINELS`, `REDIS_MASTER_NAME`).
+import Foundation
+import Logging
 import RedisWire
 
 /// Opens a connection to the primary that the Sentinels name, confirmed with `ROLE`. The publisher
@@ -53,5 +55,61 @@ struct SentinelConnector: RedisConnector {
             kind: .connect,
             message: "no Sentinel named a primary '\(masterName)': \(errors.joined(separator: "; "))"
         )
+    }
+
+    /// A thread subscribed to `+switch-master` on one Sentinel at a time (the next one when it cannot be
+    /// reached or its connection ends), calling `moved` for each switch of `masterName`. A primary that
+    /// stays up and writable after Sentinel promoted another (cut off from the Sentinels, or refusing to
+    /// be demoted) breaks no connection and answers no `READONLY`: without this the publisher would keep
+    /// writing to it, ACKing records the new primary never gets. The subscription is renewed after a
+    /// minute without a message.
+    func watchPrimary(logger: Logger, _ moved: @escaping @Sendable (String) -> Void) {
+        let thread = Thread { [self] in
+            var next = 0
+            var failedInARow = 0
+            while true {
+                let sentinel = sentinels[next % sentinels.count]
+                next += 1
+                do throws(RedisConnection.Failure) {
+                    try listen(to: sentinel, moved)
+                    failedInARow = 0
+                } catch {
+                    // A quiet minute ends the read with a timeout: renewed at once. Anything else, the next
+                    // Sentinel after a pause once every one of them failed in a row.
+                    if error.kind == .timeout {
+                        failedInARow = 0
+                        continue
+                    }
+                    failedInARow += 1
+                    if failedInARow % sentinels.count == 0 {
+                        logger.debug(
+                            "no Sentinel to watch for a primary switch",
+                            metadata: ["event": "redis.sentinel_watch_failed", "error": "\(error)"]
+                        )
+                        Thread.sleep(forTimeInterval: 1)
+                    }
+                }
+            }
+        }
+        thread.name = "sentinel-watch"
+        thread.start()
+    }
+
+    /// Subscribes on `sentinel` and reads messages until the connection fails (a quiet minute included).
+    private func listen(to sentinel: RedisURL, _ moved: @Sendable (String) -> Void) throws(RedisConnection.Failure) {
+        let connection = try RedisConnection(url: sentinel, timeoutMs: timeoutMs, tls: tls)
+        guard case .array(let confirmed) = try connection.command(["SUBSCRIBE", "+switch-master"]), confirmed.first == .string("subscribe")
+        else { throw RedisConnection.Failure(kind: .protocol, message: "SUBSCRIBE +switch-master not confirmed") }
+        connection.setReadTimeout(milliseconds: 60_000)
+        while true {
+            // ["message", "+switch-master", "<name> <old ip> <old port> <new ip> <new port>"]
+            guard case .array(let message) = try connection.reply(), message.count == 3, case .string(let text) = message[2] else {
+                continue
+            }
+            let words = text.split(separator: " ")
+            if words.count == 5, words[0] == masterName {
+                moved("\(words[1]):\(words[2]) -> \(words[3]):\(words[4])")
+            }
+        }
     }
 }
