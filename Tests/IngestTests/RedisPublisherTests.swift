@@ -36,7 +36,9 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
 
     private let lock = NIOLock()
     private var script: Script
-    private(set) var connects = 0
+    private var connectsMade = 0
+    /// Connects tried so far (read under the lock: the publisher thread counts them while a test polls).
+    var connects: Int { lock.withLock { connectsMade } }
     private let hung = DispatchSemaphore(value: 0)
 
     /// Lets the batches held by `hang` go on.
@@ -51,14 +53,14 @@ final class FakeRedis: RedisConnector, @unchecked Sendable {
 
     func connect() throws(RedisConnection.Failure) -> any RedisTransport {
         let fail = lock.withLock { () -> Bool in
-            connects += 1
+            connectsMade += 1
             guard script.failingConnects > 0 else { return false }
             script.failingConnects -= 1
             return true
         }
         if fail { throw RedisConnection.Failure(kind: .connect, message: "refused") }
         let endpoint = lock.withLock { script.endpoints.count > 1 ? script.endpoints.removeFirst() : script.endpoints.first ?? "fake:6379" }
-        return Transport(redis: self, endpoint: endpoint, number: lock.withLock { connects })
+        return Transport(redis: self, endpoint: endpoint, number: connects)
     }
 
     /// Record counts of the jobs of each batch sent so far.
