@@ -218,6 +218,7 @@ public final class IngestMetrics: Sendable {
     private let redisErrorsByKind: [RedisErrorKind: Counter]
     let redisReconnects: Counter
     let redisPrimaryChanges: Counter
+    let redisSentinelWatch: Gauge
     let devicesOnline: Gauge
     let redisMemoryUsed: Gauge
     let redisMaxMemory: Gauge
@@ -446,6 +447,12 @@ public final class IngestMetrics: Sendable {
             descriptor: d(
                 "teltonika_redis_primary_changes_total",
                 "Reconnects that landed on another Redis endpoint than before (a Sentinel failover, or REDIS_URL's name moving)."
+            )
+        )
+        redisSentinelWatch = r.makeGauge(
+            descriptor: d(
+                "teltonika_redis_sentinel_watch",
+                "1 while subscribed to +switch-master on a Sentinel (REDIS_SENTINELS only), else 0."
             )
         )
         redisReplicasAcknowledged = r.makeGauge(

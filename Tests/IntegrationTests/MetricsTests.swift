@@ -50,6 +50,7 @@ struct MetricsTests {
             "teltonika_publish_overflow_total", "teltonika_unknown_codec_total", "teltonika_connections_replaced_total",
             "teltonika_device_messages_rate_limited_total", "teltonika_metrics_connections_refused_total",
             "teltonika_redis_reconnects_total", "teltonika_connections_active", "teltonika_redis_primary_changes_total",
+            "teltonika_redis_sentinel_watch",
             "teltonika_redis_replicas_acknowledged", "teltonika_redis_replica_waits_short_total",
             "teltonika_publish_jobs_held_for_replicas_total", "teltonika_devices_online", "teltonika_redis_memory_used_bytes",
             "teltonika_redis_maxmemory_bytes", "teltonika_udp_window_entries", "teltonika_buffered_bytes",
@@ -81,7 +82,7 @@ struct MetricsTests {
             #"teltonika_redis_cluster_slot_refreshes_total{result="failed"}"#,
             "teltonika_redis_cluster_node_failures_total",
         ]
-        #expect(expected.count == 40 + 2 + 6 + 3 + 4 + 8 + 6 + 2 + 15 + 2 + 31 + 8 + 4 + 3 + 2 + 7 + 6 + 2 + 6 + 5)
+        #expect(expected.count == 41 + 2 + 6 + 3 + 4 + 8 + 6 + 2 + 15 + 2 + 31 + 8 + 4 + 3 + 2 + 7 + 6 + 2 + 6 + 5)
         for series in expected { #expect(scrape[series] == 0, "\(series): \(String(describing: scrape[series]))") }
         for mode in IngestMetrics.redisDurabilityModes {
             #expect(scrape[#"teltonika_redis_durability{mode="\#(mode)"}"#] != nil, "durability \(mode)")

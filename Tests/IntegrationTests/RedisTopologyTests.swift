@@ -75,6 +75,8 @@ struct RedisTopologyTests {
         #expect(try device.login(DeviceServerTests.imei))
         try device.send(try Self.packet(records: 3, at: 1_700_000_000_000))
         #expect(device.receive(4, timeout: 10) == .bytes(AVLAck.bytes(count: 3)))
+        // The watch is on before the failover it must see.
+        try waitFor(timeout: 10, "subscribed to +switch-master") { try server.scrape().value("teltonika_redis_sentinel_watch") == 1 }
         try waitFor(timeout: 10, "the replica has the first packet") {
             try RedisClient(url: redis.replicas[0].url).xlen(server.stream) == 3
         }

@@ -129,7 +129,11 @@ public final class RedisPublisher: Sendable {
         let thread = Thread { [self] in Driver(publisher: self).run() }
         thread.name = "redis-publisher"
         thread.start()
-        connector.watchPrimary(logger: logger) { [self] detail in primaryMoved(detail) }
+        connector.watchPrimary(
+            logger: logger,
+            watching: { [metrics] on in metrics.redisSentinelWatch.set(Int64(on ? 1 : 0)) },
+            { [self] detail in primaryMoved(detail) }
+        )
     }
 
     /// A primary switch the connection cannot notice (``RedisConnector/watchPrimary(logger:_:)``), for the

@@ -76,12 +76,21 @@ protocol RedisConnector: Sendable {
     var description: String { get }
     func connect() throws(RedisConnection.Failure) -> any RedisTransport
     /// Starts telling `moved` (with what moved, for the log) when the primary it connects to changes
-    /// without the connection noticing: Sentinel's `+switch-master`. Nothing for a fixed Redis or a cluster.
-    func watchPrimary(logger: Logger, _ moved: @escaping @Sendable (String) -> Void)
+    /// without the connection noticing: Sentinel's `+switch-master`; `watching` learns whether the watch is
+    /// on (subscribed) or off. Nothing for a fixed Redis or a cluster.
+    func watchPrimary(
+        logger: Logger,
+        watching: @escaping @Sendable (Bool) -> Void,
+        _ moved: @escaping @Sendable (String) -> Void
+    )
 }
 
 extension RedisConnector {
-    func watchPrimary(logger: Logger, _ moved: @escaping @Sendable (String) -> Void) {}
+    func watchPrimary(
+        logger: Logger,
+        watching: @escaping @Sendable (Bool) -> Void,
+        _ moved: @escaping @Sendable (String) -> Void
+    ) {}
 }
 
 /// `REDIS_URL`: hiredis over TCP or a unix socket, or TLS (`rediss://`, with `tls`), the connection

@@ -63,7 +63,11 @@ struct SentinelConnector: RedisConnector {
     /// be demoted) breaks no connection and answers no `READONLY`: without this the publisher would keep
     /// writing to it, ACKing records the new primary never gets. The subscription is renewed after a
     /// minute without a message.
-    func watchPrimary(logger: Logger, _ moved: @escaping @Sendable (String) -> Void) {
+    func watchPrimary(
+        logger: Logger,
+        watching: @escaping @Sendable (Bool) -> Void,
+        _ moved: @escaping @Sendable (String) -> Void
+    ) {
         let thread = Thread { [self] in
             var next = 0
             var failedInARow = 0
@@ -71,15 +75,11 @@ struct SentinelConnector: RedisConnector {
                 let sentinel = sentinels[next % sentinels.count]
                 next += 1
                 do throws(RedisConnection.Failure) {
-                    try listen(to: sentinel, moved)
+                    try listen(to: sentinel, watching: watching, moved)
                     failedInARow = 0
                 } catch {
-                    // A quiet minute ends the read with a timeout: renewed at once. Anything else, the next
-                    // Sentinel after a pause once every one of them failed in a row.
-                    if error.kind == .timeout {
-                        failedInARow = 0
-                        continue
-                    }
+                    // The next Sentinel, after a pause once every one of them failed in a row.
+                    watching(false)
                     failedInARow += 1
                     if failedInARow % sentinels.count == 0 {
                         logger.debug(
@@ -95,17 +95,29 @@ struct SentinelConnector: RedisConnector {
         thread.start()
     }
 
-    /// Subscribes on `sentinel` and reads messages until the connection fails (a quiet minute included).
-    private func listen(to sentinel: RedisURL, _ moved: @Sendable (String) -> Void) throws(RedisConnection.Failure) {
+    /// Subscribes on `sentinel` (then `watching(true)`) and reads messages; returns after a quiet minute, throws
+    /// when the connection fails.
+    private func listen(
+        to sentinel: RedisURL,
+        watching: @Sendable (Bool) -> Void,
+        _ moved: @Sendable (String) -> Void
+    ) throws(RedisConnection.Failure) {
         let connection = try RedisConnection(url: sentinel, timeoutMs: timeoutMs, tls: tls)
         guard case .array(let confirmed) = try connection.command(["SUBSCRIBE", "+switch-master"]), confirmed.first == .string("subscribe")
         else { throw RedisConnection.Failure(kind: .protocol, message: "SUBSCRIBE +switch-master not confirmed") }
         connection.setReadTimeout(milliseconds: 60_000)
+        watching(true)
         while true {
-            // ["message", "+switch-master", "<name> <old ip> <old port> <new ip> <new port>"]
-            guard case .array(let message) = try connection.reply(), message.count == 3, case .string(let text) = message[2] else {
-                continue
+            let reply: RedisConnection.Reply
+            do throws(RedisConnection.Failure) {
+                reply = try connection.reply()
+            } catch {
+                // A quiet minute: the caller subscribes again at once (still watching meanwhile).
+                if error.kind == .timeout { return }
+                throw error
             }
+            // ["message", "+switch-master", "<name> <old ip> <old port> <new ip> <new port>"]
+            guard case .array(let message) = reply, message.count == 3, case .string(let text) = message[2] else { continue }
             let words = text.split(separator: " ")
             if words.count == 5, words[0] == masterName {
                 moved("\(words[1]):\(words[2]) -> \(words[3]):\(words[4])")
