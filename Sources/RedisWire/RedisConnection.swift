@@ -79,7 +79,7 @@ public final class RedisConnection {
             }
             backend = .tls(try RedisTLSStream(host: host, port: port, timeoutMs: timeoutMs, context: context))
         } else {
-            let tv = timeval(tv_sec: timeoutMs / 1000, tv_usec: Int((timeoutMs % 1000) * 1000))
+            let tv = timeval(milliseconds: timeoutMs)
             let ctx: UnsafeMutablePointer<redisContext>?
             switch url.endpoint {
             case .tcp(let host, let port): ctx = redisConnectWithTimeout(host, Int32(port), tv)
@@ -114,11 +114,13 @@ public final class RedisConnection {
     /// How long each later read may wait for a reply (the one given at connect until then): a subscriber
     /// that waits for rare messages reads longer than commands are answered in. 0 waits for ever.
     public func setReadTimeout(milliseconds: Int) {
-        var tv = timeval(tv_sec: milliseconds / 1000, tv_usec: Int((milliseconds % 1000) * 1000))
-        switch backend {
-        case .hiredis(let context): _ = setsockopt(context.pointee.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        case .tls(let stream): stream.setReadTimeout(tv)
-        }
+        var tv = timeval(milliseconds: milliseconds)
+        let fd =
+            switch backend {
+            case .hiredis(let context): context.pointee.fd
+            case .tls(let stream): stream.fd
+            }
+        _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
     /// Runs one command and waits for its reply.
@@ -356,5 +358,12 @@ public final class RedisConnection {
             let bytes = raw.prefix { $0 != 0 }
             return String(decoding: bytes, as: UTF8.self)
         }
+    }
+}
+
+extension timeval {
+    /// `milliseconds` as a socket timeout.
+    init(milliseconds: Int) {
+        self.init(tv_sec: milliseconds / 1000, tv_usec: Int((milliseconds % 1000) * 1000))
     }
 }

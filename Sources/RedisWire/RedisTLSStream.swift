@@ -19,7 +19,8 @@ final class RedisTLSStream {
     private static let plaintextCapacity = 16 * 1024
     private static let ciphertextCapacity = 64 * 1024
 
-    private let fd: Int32
+    /// The TCP socket (its `SO_RCVTIMEO` bounds every read).
+    let fd: Int32
     private let ssl: OpaquePointer
     /// Ciphertext from the socket, for OpenSSL to read (owned by `ssl`).
     private let incoming: OpaquePointer
@@ -245,12 +246,6 @@ final class RedisTLSStream {
         }
     }
 
-    /// Sets the socket's `SO_RCVTIMEO`: how long a later read may wait (``RedisConnection/setReadTimeout(milliseconds:)``).
-    func setReadTimeout(_ tv: timeval) {
-        var tv = tv
-        _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    }
-
     /// Waits (at most `SO_RCVTIMEO`) for ciphertext and hands it to OpenSSL.
     private func receiveCiphertext() throws(Failure) {
         while true {
@@ -333,7 +328,7 @@ final class RedisTLSStream {
             var idle: Int32 = 15
             var interval: Int32 = 5
             var count: Int32 = 3
-            var tv = timeval(tv_sec: timeoutMs / 1000, tv_usec: Int((timeoutMs % 1000) * 1000))
+            var tv = timeval(milliseconds: timeoutMs)
             if timeoutMs <= 0 { tv = timeval() }
             let intSize = socklen_t(MemoryLayout<Int32>.size)
             let options = [

@@ -91,7 +91,7 @@ struct PublisherStateMachineTests {
         #expect(demoted.next(now: Self.at(409), work: Self.work) == .wait(until: Self.at(410), wakeOnWork: false))
 
         var checked = Self.connected()
-        checked.checkFailed(at: Self.at(1000))
+        checked.droppedBetweenBatches(at: Self.at(1000))
         #expect(checked.next(now: Self.at(1000), work: .none) == .connect)
     }
 

@@ -52,9 +52,9 @@ struct PublisherStateMachine {
         /// Send the retried jobs, then queued ones, in one pipelined batch; report
         /// ``batchAnswered(at:refused:jitter:)`` or ``connectionLost(at:jitter:)``.
         case send
-        /// Nothing to send for a while: `PING`; report ``pinged(at:)`` or ``checkFailed(at:)``.
+        /// Nothing to send for a while: `PING`; report ``pinged(at:)`` or ``droppedBetweenBatches(at:)``.
         case ping
-        /// Read Redis' persistence settings again; report ``durabilityChecked(at:)`` or ``checkFailed(at:)``.
+        /// Read Redis' persistence settings again; report ``durabilityChecked(at:)`` or ``droppedBetweenBatches(at:)``.
         case checkDurability
         /// Sleep until `until`; with `wakeOnWork`, a new job ends the sleep early. A stop request always does.
         case wait(until: NIODeadline, wakeOnWork: Bool)
@@ -155,13 +155,9 @@ struct PublisherStateMachine {
         nextDurabilityCheck = now + settings.durabilityCheck
     }
 
-    /// A `PING` or settings check failed with nothing in flight: reconnect at once.
-    mutating func checkFailed(at now: NIODeadline) {
-        link = .down(failures: 0, nextAttempt: now)
-    }
-
-    /// Sentinel named another primary, the connection was closed between batches: connect again at once.
-    mutating func primaryMoved(at now: NIODeadline) {
+    /// The connection was closed with nothing in flight (a `PING` or settings check failed, or Sentinel named
+    /// another primary): reconnect at once.
+    mutating func droppedBetweenBatches(at now: NIODeadline) {
         link = .down(failures: 0, nextAttempt: now)
     }
 

@@ -334,7 +334,7 @@ public final class RedisPublisher: Sendable {
             )
             guard transport != nil else { return }
             dropConnection()
-            machine.primaryMoved(at: .now())
+            machine.droppedBetweenBatches(at: .now())
         }
 
         /// A new connection with Redis' settings read, or a failure counted, logged once, and the next
@@ -393,7 +393,7 @@ public final class RedisPublisher: Sendable {
                 try body(transport)
             } catch {
                 dropConnection()
-                machine.checkFailed(at: .now())
+                machine.droppedBetweenBatches(at: .now())
                 metrics.redisErrors(kind: error.kind).increment()
                 logger.error(
                     "redis health check failed",
